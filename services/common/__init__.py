@@ -1,0 +1,1 @@
+"""Pieces every mrhub service shares: settings, events, topics, identifiers, errors."""

@@ -1,0 +1,377 @@
+"""A genuine single-node Apache Kafka (KRaft, broker + controller) run from Maven Central jars.
+
+No Docker: the jars are fetched once with Maven into the cache directory (outside the work
+tree), after which starting needs no network. State (the KRaft log, the generated
+``server.properties``, the broker's own log and a ``broker.json`` with its pid and ports) lives
+in one data directory, so several brokers (a developer's and a test session's) never meet.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from services.common.errors import BrokerError, PortInUseError
+
+log = logging.getLogger(__name__)
+
+_SLF4J = "1.7.36"
+_RELOAD4J = "1.2.25"
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>mrhub.local</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId>
+      <version>{slf4j}</version></dependency>
+    <dependency><groupId>ch.qos.reload4j</groupId><artifactId>reload4j</artifactId>
+      <version>{reload4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J = """log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=2
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.request.logger=WARN
+"""
+
+
+def jar_dir(cache_dir: Path, kafka_version: str) -> Path:
+    return cache_dir / "kafka" / kafka_version / "jars"
+
+
+def ensure_jars(cache_dir: Path, kafka_version: str) -> Path:
+    """Fetch Kafka's runtime jars with Maven once; later calls return at once, offline."""
+    jars = jar_dir(cache_dir, kafka_version)
+    marker = jars / ".complete"
+    if marker.exists():
+        return jars
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "Maven (mvn) is needed once to fetch Kafka's jars; on Debian: apt-get install maven"
+        )
+    work = jars.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(
+        _POM.format(kafka=kafka_version, slf4j=_SLF4J, reload4j=_RELOAD4J), encoding="utf-8"
+    )
+    tmp = work / "jars.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetching Kafka %s jars from Maven Central into %s", kafka_version, jars)
+    proc = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"mvn could not fetch Kafka {kafka_version}:\n{proc.stdout[-2000:]}")
+    shutil.rmtree(jars, ignore_errors=True)
+    tmp.rename(jars)
+    marker.write_text(kafka_version, encoding="utf-8")
+    return jars
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    pid: int
+    port: int
+    controller_port: int
+    data_dir: str
+    kafka_version: str
+    started_at: float
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LocalBroker:
+    """Manage one broker whose whole state lives in ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        cache_dir: Path,
+        *,
+        kafka_version: str = "3.9.1",
+        port: int = 9092,
+        controller_port: int = 9093,
+        heap: str = "512m",
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.cache_dir = cache_dir
+        self.kafka_version = kafka_version
+        self.port = port
+        self.controller_port = controller_port
+        self.heap = heap
+
+    @property
+    def info_path(self) -> Path:
+        return self.data_dir / "broker.json"
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs" / "server.log"
+
+    def status(self) -> BrokerInfo | None:
+        """The running broker this data directory belongs to, or None."""
+        try:
+            info = BrokerInfo(**json.loads(self.info_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+        if _pid_alive(info.pid) and str(self.properties_path) in _cmdline(info.pid):
+            return info
+        return None
+
+    def _write_config(self, port: int, controller_port: int) -> None:
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        kraft = self.data_dir / "kraft"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(kraft),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.hours": "168",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+        }
+        text = "".join(f"{k}={v}\n" for k, v in props.items())
+        self.properties_path.write_text(text, encoding="utf-8")
+        (self.data_dir / "log4j.properties").write_text(
+            _LOG4J.format(log=self.log_path), encoding="utf-8"
+        )
+
+    def _java(self, jars: Path, main: str, *args: str, heap: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                "Java 17 is needed to run Kafka; on Debian: apt-get install openjdk-17-jre-headless"
+            )
+        return [
+            java,
+            f"-Xmx{heap}",
+            "-Xms64m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
+            "-cp",
+            f"{jars}/*",
+            main,
+            *args,
+        ]
+
+    def _format(self, jars: Path) -> None:
+        if (self.data_dir / "kraft" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        proc = subprocess.run(
+            self._java(
+                jars,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties_path),
+                heap="256m",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting the KRaft directory failed:\n{proc.stdout}{proc.stderr}")
+
+    def start(self, *, timeout_s: float = 60.0) -> tuple[BrokerInfo, bool]:
+        """Start the broker unless this data directory's broker runs already.
+
+        Returns the broker and whether this call started it. Raises ``PortInUseError``
+        naming the port when a port it needs is taken by something else.
+        """
+        running = self.status()
+        if running is not None:
+            return running, False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = self.port or self._remembered("port") or free_port()
+        cport = self.controller_port or self._remembered("controller_port") or free_port()
+        # A remembered port (from port 0) may have been taken since: pick again.
+        if not self.port and not port_is_free(port):
+            port = free_port()
+        if not self.controller_port and not port_is_free(cport):
+            cport = free_port()
+        for p, purpose in ((port, "Kafka listener"), (cport, "KRaft controller")):
+            if not port_is_free(p):
+                raise PortInUseError(p, purpose)
+        jars = ensure_jars(self.cache_dir, self.kafka_version)
+        self._write_config(port, cport)
+        self._format(jars)
+        out = open(self.data_dir / "logs" / "stdout.log", "ab")  # noqa: SIM115 - handed to child
+        try:
+            proc = subprocess.Popen(
+                self._java(jars, "kafka.Kafka", str(self.properties_path), heap=self.heap),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+        info = BrokerInfo(
+            pid=proc.pid,
+            port=port,
+            controller_port=cport,
+            data_dir=str(self.data_dir),
+            kafka_version=self.kafka_version,
+            started_at=time.time(),
+        )
+        self.info_path.write_text(json.dumps(asdict(info)), encoding="utf-8")
+        try:
+            self._wait_ready(info, proc, timeout_s)
+        except BaseException:
+            self._terminate(proc.pid, grace_s=5)
+            raise
+        return info, True
+
+    def _remembered(self, field: str) -> int:
+        try:
+            return int(json.loads(self.info_path.read_text(encoding="utf-8"))[field])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _wait_ready(
+        self, info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: float
+    ) -> None:
+        from services.common.kafka_admin import cluster_answers
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {proc.returncode}; see {self.log_path}"
+                )
+            if cluster_answers(info.bootstrap, timeout_s=2.0):
+                return
+            time.sleep(0.3)
+        raise BrokerError(f"the broker did not answer within {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self, *, grace_s: float = 20.0) -> BrokerInfo | None:
+        """Stop exactly the broker this data directory started; None if none was running."""
+        info = self.status()
+        if info is None:
+            return None
+        self._terminate(info.pid, grace_s=grace_s)
+        return info
+
+    @staticmethod
+    def _terminate(pid: int, *, grace_s: float) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                    return
+            except ChildProcessError:  # not our child: poll for it
+                if not _pid_alive(pid):
+                    return
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass

@@ -1,0 +1,105 @@
+"""Cluster-level chores with kafka-python: is the cluster there, create the declared topics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.common.errors import KafkaUnavailableError
+from services.common.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def _admin(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
+    ms = int(timeout_s * 1000)
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="mrhub-admin",
+        request_timeout_ms=max(ms, 1000),
+        bootstrap_timeout_ms=max(ms, 1000),
+        reconnect_backoff_max_ms=500,
+    )
+
+
+def cluster_answers(bootstrap: str, *, timeout_s: float = 5.0) -> bool:
+    """True when a broker answers a metadata request with at least one live broker."""
+    try:
+        admin = _admin(bootstrap, timeout_s)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        cluster: dict[str, Any] = admin.describe_cluster()
+        return bool(cluster.get("brokers"))
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        admin.close()
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    partitions: int
+    created: bool
+    note: str = ""
+
+
+def create_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    default_partitions: int,
+    replication_factor: int,
+    timeout_s: float = 30.0,
+) -> list[TopicResult]:
+    """Create every topic in ``specs`` that does not exist yet; never alter an existing one.
+
+    An existing topic with another partition count than declared is reported, not changed:
+    repartitioning a keyed topic moves keys between partitions and is an operator's decision.
+    """
+    specs = list(specs)
+    try:
+        admin = _admin(bootstrap, timeout_s)
+    except (KafkaError, OSError, ValueError) as exc:
+        raise KafkaUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partition_count(default_partitions),
+                replication_factor=replication_factor,
+                topic_configs=dict(s.config),
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        created: set[str] = set()
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
+                created = {t.name for t in new}
+            except TopicAlreadyExistsError:  # a concurrent creator won the race
+                created = set()
+        described = {
+            d["name"]: len(d["partitions"]) for d in admin.describe_topics([s.name for s in specs])
+        }
+    except KafkaError as exc:
+        raise KafkaUnavailableError(
+            f"Kafka at {bootstrap} refused the topic request: {exc}"
+        ) from exc
+    finally:
+        admin.close()
+    results = []
+    for s in specs:
+        want = s.partition_count(default_partitions)
+        have = described.get(s.name, 0)
+        note = "" if have == want else f"has {have} partitions, declared {want}; left as is"
+        results.append(TopicResult(s.name, have, s.name in created, note))
+    return results

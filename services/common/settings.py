@@ -1,0 +1,112 @@
+"""One settings object per process, read from ``MRHUB_*`` environment variables.
+
+Nesting uses ``__``: ``MRHUB_KAFKA__BOOTSTRAP_SERVERS``, ``MRHUB_INGEST__PORT``. Secrets are
+``SecretStr`` and have no default: a service that needs one refuses to start without it.
+Read once at the entry point and passed down; nothing below reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "mrhub"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mrhub"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """Where the brokers are and how the hub talks to them."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated host:port list. Unset: `mrhub up` starts the local broker.",
+    )
+    replication_factor: int = Field(default=1, ge=1, description="For topics the hub creates.")
+    request_timeout_ms: int = Field(default=15_000, ge=1_000)
+    client_id_prefix: str = "mrhub"
+
+
+class BrokerSettings(_Frozen):
+    """The local single-node KRaft broker that `mrhub broker start` manages."""
+
+    kafka_version: str = "3.9.1"
+    port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
+    controller_port: int = Field(default=9093, ge=0, le=65535, description="0 picks a free port.")
+    data_dir: Path = Field(default_factory=lambda: _default_state_dir() / "broker")
+    heap: str = "512m"
+    start_timeout_s: float = 60.0
+
+
+class ServiceSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class IngestSettings(ServiceSettings):
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    institutions_path: Path = Path("config/institutions.yaml")
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RecognitionSettings(ServiceSettings):
+    port: int = Field(default=8081, ge=0, le=65535)
+
+
+class ImagingSettings(ServiceSettings):
+    port: int = Field(default=8082, ge=0, le=65535)
+
+
+class PatientIndexSettings(ServiceSettings):
+    port: int = Field(default=8083, ge=0, le=65535)
+
+
+class IdentitySettings(_Frozen):
+    hmac_key: SecretStr | None = Field(
+        default=None,
+        description="Key for the keyed hash of identifiers in Kafka keys and tables. No default.",
+    )
+
+
+class Settings(BaseSettings):
+    """Everything a process may be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MRHUB_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    ingest: IngestSettings = IngestSettings()
+    recognition: RecognitionSettings = RecognitionSettings()
+    imaging: ImagingSettings = ImagingSettings()
+    patient_index: PatientIndexSettings = PatientIndexSettings()
+    identity: IdentitySettings = IdentitySettings()
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the hub's main topics when it creates them."
+    )
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (call at the entry point only)."""
+    return Settings()

@@ -1,0 +1,92 @@
+"""Every Kafka topic the hub declares: the contract downstream consumers rely on.
+
+Names follow ``mrhub.<producing service>.<past-tense event>.v<N>``. Topics whose records are
+keyed by master patient id share one partition count so that faust tables built from them
+are co-partitioned. ``mrhub topics create`` creates exactly this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    description: str
+    partitions: int | None = None  # None: the hub's configured main partition count
+    config: dict[str, str] = field(default_factory=dict)
+
+    def partition_count(self, default: int) -> int:
+        return self.partitions if self.partitions is not None else default
+
+
+_DEAD_LETTER_CONFIG = {"retention.ms": str(30 * 24 * 3600 * 1000)}
+
+RESOURCE_ACCEPTED = TopicSpec(
+    "mrhub.ingest.resource-accepted.v1",
+    key="institution + resource type + keyed hash of the business id",
+    description="Each validated FHIR resource as received, in the event envelope.",
+)
+IDENTITY_LINKED = TopicSpec(
+    "mrhub.patient.identity-linked.v1",
+    key="master patient id",
+    description="Link / unlink / merge events with evidence and score.",
+)
+RESULT_INDEXED = TopicSpec(
+    "mrhub.results.result-indexed.v1",
+    key="master patient id",
+    description="Canonical results (lab and imaging) keyed by master patient id.",
+)
+ORDER_PLACED = TopicSpec(
+    "mrhub.results.order-placed.v1",
+    key="master patient id",
+    description="Canonical orders (ServiceRequest) keyed by master patient id.",
+)
+DECISION_MADE = TopicSpec(
+    "mrhub.recognition.decision-made.v1",
+    key="master patient id",
+    description="Recognition decision for an order.",
+)
+FEEDBACK_RECORDED = TopicSpec(
+    "mrhub.recognition.feedback-recorded.v1",
+    key="master patient id",
+    description="The ordering doctor's choice: recognised, or re-ordered with a reason.",
+)
+STUDY_INDEXED = TopicSpec(
+    "mrhub.imaging.study-indexed.v1",
+    key="master patient id",
+    description="Imaging study indexed, with its DICOMweb endpoints.",
+)
+ACCESS_RECORDED = TopicSpec(
+    "mrhub.audit.access-recorded.v1",
+    key="institution",
+    description="Audit of reads: who read what about which master patient id, when, why.",
+)
+
+
+def dead_letter(service: str) -> TopicSpec:
+    return TopicSpec(
+        f"mrhub.{service}.dead-letter.v1",
+        key="the original key",
+        description=f"Messages {service} could not process: original bytes and the error.",
+        partitions=1,
+        config=_DEAD_LETTER_CONFIG,
+    )
+
+
+#: Topic-name prefixes of the services that consume topics and own a dead-letter topic.
+CONSUMING_SERVICES = ("patient", "recognition", "imaging")
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    RESOURCE_ACCEPTED,
+    IDENTITY_LINKED,
+    RESULT_INDEXED,
+    ORDER_PLACED,
+    DECISION_MADE,
+    FEEDBACK_RECORDED,
+    STUDY_INDEXED,
+    ACCESS_RECORDED,
+    *(dead_letter(s) for s in CONSUMING_SERVICES),
+)

@@ -1,0 +1,94 @@
+"""The platform itself against the real broker: round trip, faust tables and recovery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from services.common.broker import free_port
+from services.common.kafka_admin import cluster_answers, create_topics
+from services.common.topics import ALL_TOPICS
+from tests.support import consume_all, create_topic, produce, run_module, stop_process
+
+
+def test_message_round_trips_through_the_real_broker(bootstrap: str, unique: str) -> None:
+    topic = f"test.roundtrip.{unique}"
+    create_topic(bootstrap, topic, 1)
+    produce(bootstrap, topic, [(b"k", "检验报告 ✓".encode())])
+    records = consume_all(bootstrap, topic, expect=1)
+    assert [(r.key, r.value.decode()) for r in records] == [(b"k", "检验报告 ✓")]
+
+
+def test_topics_create_is_idempotent_and_declares_partitions(bootstrap: str) -> None:
+    first = create_topics(bootstrap, ALL_TOPICS, default_partitions=3, replication_factor=1)
+    second = create_topics(bootstrap, ALL_TOPICS, default_partitions=3, replication_factor=1)
+    assert not any(r.created for r in second)
+    by_name = {r.name: r.partitions for r in second}
+    assert by_name["mrhub.ingest.resource-accepted.v1"] == 3
+    assert by_name["mrhub.recognition.dead-letter.v1"] == 1
+    assert {r.name for r in first} == {t.name for t in ALL_TOPICS}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        assert {t.name for t in ALL_TOPICS} <= consumer.topics()
+    finally:
+        consumer.close()
+
+
+def test_cluster_answers_is_false_for_a_dead_address() -> None:
+    assert not cluster_answers(f"127.0.0.1:{free_port()}", timeout_s=1.0)
+
+
+def _wait_counts(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
+    records = consume_all(bootstrap, topic, expect=n, timeout_s=90)
+    return [json.loads(r.value) for r in records]
+
+
+def test_faust_table_survives_restart_from_its_changelog(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    partitions = 2
+    src, out = f"test.counter.in.{unique}", f"test.counter.out.{unique}"
+    create_topic(bootstrap, src, partitions)
+    create_topic(bootstrap, out, 1)
+    state = tmp_path / "state"
+    env = {
+        "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MRHUB_STATE_DIR": str(state),
+        "MRHUB_TOPIC_PARTITIONS": str(partitions),
+        "MRHUB_TEST_SUFFIX": unique,
+        "MRHUB_TEST_WEB_PORT": str(free_port()),
+    }
+    args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
+    log = tmp_path / "worker.log"
+
+    worker = run_module(args, env, log)
+    try:
+        produce(bootstrap, src, [(b"patient-a", b"x")] * 3 + [(b"patient-b", b"x")])
+        first = _wait_counts(bootstrap, out, 4)
+    finally:
+        stop_process(worker)
+    assert sorted((c["key"], c["count"]) for c in first) == [
+        ("patient-a", 1),
+        ("patient-a", 2),
+        ("patient-a", 3),
+        ("patient-b", 1),
+    ], log.read_text()[-3000:]
+    # the table lived in RocksDB on disk …
+    app_dir = state / f"test-counter-{unique}"
+    assert any(p.name.endswith(".db") for p in app_dir.rglob("*")), list(app_dir.rglob("*"))
+    # … and without that disk, the restarted worker rebuilds it from the changelog topic.
+    shutil.rmtree(state)
+
+    worker = run_module(args, env, log)
+    try:
+        time.sleep(1)
+        produce(bootstrap, src, [(b"patient-a", b"x")])
+        after = _wait_counts(bootstrap, out, 5)
+    finally:
+        stop_process(worker)
+    assert after[-1] == {"key": "patient-a", "count": 4}, log.read_text()[-3000:]
