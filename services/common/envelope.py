@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import simplejson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
@@ -38,11 +39,18 @@ class Envelope(BaseModel):
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        """Compact UTF-8 JSON. The payload is written as given: ``Decimal`` values keep
+        their digits (a FHIR decimal ``6.30`` stays ``6.30``) and key order is kept."""
+        doc = self.model_dump(mode="json", exclude={"payload"})
+        doc["payload"] = self.payload
+        return simplejson.dumps(
+            doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        return cls.model_validate_json(data)
+        """Read an envelope; decimals in the payload come back as ``Decimal``."""
+        return cls.model_validate(simplejson.loads(data, use_decimal=True))
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers: ids for tracing and routing, never identity data."""

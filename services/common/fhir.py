@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from pydantic import ValidationError
 
@@ -48,26 +48,10 @@ IssueCode = Literal[
     "transient",
     "processing",
     "informational",
+    "login",
 ]
-SEVERITIES: Final = frozenset({"fatal", "error", "warning", "information"})
-ISSUE_CODES: Final = frozenset(
-    {
-        "structure",
-        "required",
-        "value",
-        "invalid",
-        "business-rule",
-        "not-supported",
-        "not-found",
-        "forbidden",
-        "security",
-        "too-costly",
-        "exception",
-        "transient",
-        "processing",
-        "informational",
-    }
-)
+SEVERITIES: Final = frozenset(get_args(Severity))
+ISSUE_CODES: Final = frozenset(get_args(IssueCode))
 
 #: Every machine reason an :class:`Issue` may carry (a Prometheus label: keep the set small).
 REASONS: Final[Mapping[str, str]] = MappingProxyType(
@@ -89,6 +73,14 @@ REASONS: Final[Mapping[str, str]] = MappingProxyType(
         "missing-request": "a batch/transaction entry has no request",
         "foreign-institution": "the resource claims another institution as performer/assigner",
         "truncated": "more issues were found than are reported",
+        "unauthenticated": "no bearer token, or one that resolves to no institution",
+        "unsupported-media-type": "Content-Type is not application/fhir+json (or ndjson)",
+        "too-large": "the body, or one NDJSON line, is over the configured limit",
+        "method-not-allowed": "the HTTP method is not supported on this path",
+        "unknown-endpoint": "no such path, or a resource type the hub does not take",
+        "kafka-unavailable": "Kafka did not acknowledge in time; nothing was published",
+        "internal": "an unexpected error; nothing was published",
+        "import-summary": "the summary line of an NDJSON import answer (not a refusal)",
     }
 )
 

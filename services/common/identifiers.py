@@ -52,6 +52,12 @@ DOCUMENT_TYPES: dict[str, str] = {
 }
 DOCUMENT_TYPE_SYSTEM = "urn:oid:2.16.156.10011.2.3.1.7"  # CV02.01.101 value domain
 
+#: 省级行政区划代码 (GB/T 2260), the first two digits of any region code.
+_PROVINCES = (range(11, 16), range(21, 24), range(31, 38), range(41, 47), range(50, 55))
+PROVINCE_CODES = frozenset(
+    [str(n) for block in _PROVINCES for n in block] + [str(n) for n in (*range(61, 66), 71, 81, 82)]
+)
+
 Sex = Literal["male", "female"]
 
 
@@ -85,11 +91,22 @@ def parse_id_card(value: str) -> IdCard:
     number = ric.compact(value or "")
     if len(number) == 15:
         number = _upgrade_15(number)
+    # Not ric.validate(): besides the checksum it requires the county code to have existed
+    # in the birth year, but a card carries the county where it was first issued (at 16 or
+    # later), so it would refuse real cards (born 1985 in 小店区, created 1997). The province
+    # prefix is checked instead.
     try:
-        number = ric.validate(number)
+        if len(number) != 18:
+            raise ric.InvalidLength()
+        if not number[:17].isdigit():
+            raise ric.InvalidFormat()
+        if number[-1] != ric.calc_check_digit(number):
+            raise ric.InvalidChecksum()
         born = ric.get_birth_date(number)
     except ValidationError as exc:
         raise IdentifierError(f"invalid 身份证 number: {_reason(exc)}") from exc
+    if number[:2] not in PROVINCE_CODES:
+        raise IdentifierError("invalid 身份证 number: the region code names no province")
     if born > date.today():
         raise IdentifierError("invalid 身份证 number: birth date in the future")
     sex: Sex = "male" if int(number[16]) % 2 == 1 else "female"
@@ -101,7 +118,7 @@ def _reason(exc: ValidationError) -> str:
         ric.InvalidLength: "length must be 18 (or 15 for a legacy card)",
         ric.InvalidFormat: "the first 17 characters must be digits",
         ric.InvalidChecksum: "check character does not match (GB 11643 MOD 11-2)",
-        ric.InvalidComponent: "birth date or region code is not valid",
+        ric.InvalidComponent: "the birth date is not a valid date",
     }.get(type(exc), "malformed")
 
 

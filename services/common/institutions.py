@@ -26,7 +26,7 @@ from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
 from services.common.errors import ConfigError
-from services.common.identifiers import is_valid_uscc
+from services.common.identifiers import PROVINCE_CODES, is_valid_uscc
 
 Level = Literal[1, 2, 3]
 Grade = Literal["甲", "乙", "丙", "特", "未定等"]
@@ -101,12 +101,6 @@ class Institution(BaseModel):
 #: The organisation-code check character is not verified (historic codes do not all
 #: satisfy it); the shape, the province and the last digit are.
 REGISTRATION_NO_PATTERN = re.compile(r"[0-9A-Z]{8}[0-9X][0-9]{6}[0-9]{2}[A-Z][0-9]{3}[129]")
-
-#: 省级行政区划代码 (GB/T 2260), the first two digits of any region code.
-_PROVINCES = (range(11, 16), range(21, 24), range(31, 38), range(41, 47), range(50, 55))
-PROVINCE_CODES = frozenset(
-    [str(n) for block in _PROVINCES for n in block] + [str(n) for n in (*range(61, 66), 71, 81, 82)]
-)
 
 #: Prefix of every issued token, so that a leaked one is easy to grep for (not a secret).
 TOKEN_PREFIX = "mrh_"  # noqa: S105

@@ -24,12 +24,12 @@ Each resource is checked in three steps:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import simplejson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -140,10 +140,14 @@ def parse_json(body: bytes | bytearray | str) -> tuple[Any, list[Issue]]:
         text = body.decode("utf-8-sig") if isinstance(body, bytes | bytearray) else body
         if text.startswith("\ufeff"):
             text = text[1:]
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        # Decimals stay Decimal so that 6.30 is republished as 6.30: FHIR decimals carry
+        # their precision.
+        value = simplejson.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, use_decimal=True
+        )
     except UnicodeDecodeError:
         return None, [_malformed("the body is not UTF-8")]
-    except json.JSONDecodeError as exc:
+    except simplejson.JSONDecodeError as exc:
         return None, [_malformed(f"{exc.msg} at line {exc.lineno} column {exc.colno}")]
     except ValueError as exc:  # duplicate keys, NaN/Infinity
         return None, [_malformed(str(exc))]

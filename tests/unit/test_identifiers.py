@@ -20,7 +20,7 @@ WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 CHECK_CHARS = "10X98765432"  # indexed by the weighted sum % 11
 ALL_CHECK_CHARS = "0123456789X"
 
-#: County codes valid for every birth year from 1900 on (no start or end year in GB/T 2260).
+#: Region codes used by the generated numbers.
 REGIONS = ("110101", "110102", "110105", "110106", "120101", "120102", "140121", "310101")
 
 
@@ -206,3 +206,16 @@ def test_uscc_check_character() -> None:
     assert is_valid_uscc("91110000600037341L")  # python-stdnum's documented example
     assert not is_valid_uscc("91110000600037341M")
     assert not is_valid_uscc("91110000600037341")
+
+
+def test_card_from_a_county_created_after_the_birth_year_is_accepted() -> None:
+    # 太原市小店区 (140105) exists since 1997; a person born in 1985 got the card at 16.
+    number = with_check("14010519850317123")
+    card = parse_id_card(number)
+    assert card.region_code == "140105"
+    assert card.birth_date == date(1985, 3, 17)
+
+
+def test_card_with_no_such_province_is_refused() -> None:
+    with pytest.raises(IdentifierError, match="province"):
+        parse_id_card(with_check("99010519850317123"))

@@ -1,0 +1,340 @@
+"""``mrhub``: run the hub and its local broker, manage topics and institutions, benchmark.
+
+The CLI starts services as separate processes (``mrhub serve NAME``) and never imports one
+service into another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from services.common.broker import LocalBroker
+from services.common.errors import MrhubError
+from services.common.settings import ServiceSettings, Settings, load_settings
+from services.common.topics import ALL_TOPICS
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str  # has a ``main.run(settings)``
+
+    def exists(self) -> bool:
+        return importlib.util.find_spec(f"{self.module}.main") is not None
+
+    def settings(self, settings: Settings) -> ServiceSettings:
+        section: ServiceSettings = getattr(settings, self.name)
+        return section
+
+
+#: Every service the hub has, in start order; `up` starts those whose code exists.
+SERVICES = (
+    ServiceSpec("ingest", "services.ingest"),
+    ServiceSpec("patient_index", "services.patient_index"),
+    ServiceSpec("recognition", "services.recognition"),
+    ServiceSpec("imaging", "services.imaging_index"),
+)
+
+
+def _broker(settings: Settings, data_dir: Path | None = None) -> LocalBroker:
+    b = settings.broker
+    return LocalBroker(
+        data_dir or b.data_dir,
+        settings.cache_dir,
+        kafka_version=b.kafka_version,
+        port=b.port,
+        controller_port=b.controller_port,
+        heap=b.heap,
+    )
+
+
+def _bootstrap(settings: Settings) -> str:
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    info = _broker(settings).status()
+    if info is None:
+        raise MrhubError(
+            "no Kafka: set MRHUB_KAFKA__BOOTSTRAP_SERVERS or start the local one with "
+            "`mrhub broker start`"
+        )
+    return info.bootstrap
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    broker = _broker(settings, args.data_dir)
+    if args.action == "start":
+        running = broker.status()
+        if running is not None:
+            print(
+                f"a broker is already running from {broker.data_dir} "
+                f"(pid {running.pid}) at {running.bootstrap}; not starting another"
+            )
+            return 0
+        started_at = time.monotonic()
+        info, _ = broker.start(timeout_s=settings.broker.start_timeout_s)
+        took = time.monotonic() - started_at
+        print(f"Kafka {info.kafka_version} ready at {info.bootstrap} (pid {info.pid}, {took:.1f}s)")
+        print(f"export MRHUB_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap}")
+        return 0
+    if args.action == "stop":
+        stopped = broker.stop()
+        print(f"stopped the broker (pid {stopped.pid})" if stopped else "no broker was running")
+        return 0
+    status = broker.status()
+    if status is None:
+        print(f"not running (data directory {broker.data_dir})")
+        return 3
+    print(f"running at {status.bootstrap} (pid {status.pid}, data {status.data_dir})")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.kafka_admin import create_topics
+
+    bootstrap = _bootstrap(settings)
+    results = create_topics(
+        bootstrap,
+        ALL_TOPICS,
+        default_partitions=settings.topic_partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
+    for r in results:
+        state = "created" if r.created else "exists "
+        print(f"{state} {r.name} ({r.partitions} partitions){'  ' + r.note if r.note else ''}")
+    return 0
+
+
+def cmd_institutions(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common import institutions as inst
+
+    path = settings.ingest.institutions_path
+    if args.action == "list":
+        registry = inst.Registry.load(path)
+        if args.json:
+            print(json.dumps(inst.list_rows(registry), ensure_ascii=False, indent=2))
+        else:
+            print(inst.format_table(registry))
+        return 0
+    if args.action == "issue-token":
+        token = inst.issue_token(path, args.id, label=args.label)
+        print(token)
+        print(
+            f"# token for {args.id}: shown once, only its hash is stored in {path}",
+            file=sys.stderr,
+        )
+        return 0
+    removed = inst.revoke_tokens(path, args.id)
+    print(f"revoked {removed} token(s) of {args.id}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    spec = next(s for s in SERVICES if s.name == args.service)
+    if not spec.exists():
+        raise MrhubError(f"the {spec.name} service does not exist yet")
+    module = importlib.import_module(f"{spec.module}.main")
+    module.run(settings)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- up
+
+
+def _local_hmac_key(settings: Settings) -> str:
+    """A random key kept in the state directory, for a one-machine hub only."""
+    path = settings.state_dir / "identity-hmac.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _terminate(procs: Sequence[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
+    for _, p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for _, p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    broker: LocalBroker | None = None
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    code = 0
+    try:
+        if settings.kafka.bootstrap_servers:
+            bootstrap = settings.kafka.bootstrap_servers
+            print(f"using Kafka at {bootstrap}")
+        else:
+            local = _broker(settings)
+            info, started = local.start(timeout_s=settings.broker.start_timeout_s)
+            broker = local if started else None
+            bootstrap = info.bootstrap
+            print(f"Kafka {'started' if started else 'already running'} at {bootstrap}")
+        from services.common.kafka_admin import create_topics
+
+        create_topics(
+            bootstrap,
+            ALL_TOPICS,
+            default_partitions=settings.topic_partitions,
+            replication_factor=settings.kafka.replication_factor,
+        )
+        print(f"topics ready ({len(ALL_TOPICS)})")
+        env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
+        if settings.identity.hmac_key is None:
+            env["MRHUB_IDENTITY__HMAC_KEY"] = _local_hmac_key(settings)
+        log_dir = settings.state_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for spec in SERVICES:
+            if not spec.exists() or stop.requested:
+                continue
+            svc = spec.settings(settings)
+            with open(log_dir / f"{spec.name}.log", "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "serve", spec.name],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            procs.append((spec.name, proc))
+            base = f"http://{svc.host}:{svc.port}"
+            if not _wait_healthy(f"{base}/healthz", proc, 30):
+                print(f"{spec.name} did not start; see {log_dir / (spec.name + '.log')}")
+                return 1
+            rows.append((spec.name, base))
+        print("mrhub is up:")
+        for name, base in rows:
+            print(f"  {name:<14} {base}   (metrics {base}/metrics)")
+        print(f"  {'kafka':<14} {bootstrap}")
+        print(f"logs in {log_dir}; Ctrl-C stops everything", flush=True)
+        while not stop.requested:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping the hub")
+                    code = 1
+                    stop.requested = True
+            time.sleep(0.3)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _terminate(procs, grace_s=15)
+        if broker is not None:
+            broker.stop()
+            print("Kafka stopped")
+        print("mrhub stopped", flush=True)
+    return code
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrhub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="the local single-node Kafka (KRaft) broker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--data-dir", type=Path, default=None, help="default: MRHUB_BROKER__DATA_DIR")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="the hub's Kafka topics")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("up", help="start Kafka (unless configured) and every service")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("serve", help="run one service in the foreground")
+    p.add_argument("service", choices=[s.name for s in SERVICES])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("institutions", help="the institution registry")
+    isub = p.add_subparsers(dest="action", required=True)
+    q = isub.add_parser("list", help="every institution (no credentials)")
+    q.add_argument("--json", action="store_true")
+    q = isub.add_parser("issue-token", help="create a token; prints it once")
+    q.add_argument("id")
+    q.add_argument("--label", default="")
+    q = isub.add_parser("revoke-token", help="remove every token of an institution")
+    q.add_argument("id")
+    p.set_defaults(func=cmd_institutions)
+
+    p = sub.add_parser("bench", help="benchmarks that print measured figures")
+    p.add_argument("which", choices=["ingest"])
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from services.bench import ingest as bench_ingest
+
+    code: int = bench_ingest.main(args, settings)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        code: int = args.func(args, settings)
+    except MrhubError as exc:
+        print(f"mrhub: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

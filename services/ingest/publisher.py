@@ -1,0 +1,268 @@
+"""Durable, atomic publication to Kafka, with group commit.
+
+Every publication goes through a Kafka transaction (``acks=all``, idempotent): what a
+request publishes becomes visible to ``read_committed`` consumers all at once, or — if Kafka
+does not commit in time — never. That is what lets the gateway answer 503 and mean "nothing
+was written": an unacknowledged plain send could still be delivered after the answer.
+
+Transactions cost a few round trips, so requests share them: a small number of *slots*,
+each with its own transactional producer, take everything queued since their last commit
+(up to ``max_batch``) into one transaction. Under load the batches grow by themselves;
+with no load a request waits for one transaction only.
+
+A request that is still queued when its time is up is withdrawn (503, never published). One
+that a transaction has taken waits for that transaction, which is bounded by ``timeout_s``
+and aborted on failure; a producer left in doubt is dropped, and its successor — same
+``transactional_id`` — fences it and aborts whatever it left open. The one case no protocol
+can close is a commit that succeeds while its answer is lost: the gateway then answers 503
+for data that is stored, the sender retries, and the duplicate carries the same business key
+for the patient index to drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+from services.common.errors import KafkaUnavailableError
+from services.ingest.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(eq=False)
+class _Pending:
+    msgs: Sequence[OutMessage]
+    fut: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    taken: bool = False
+    withdrawn: bool = False
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+def _consume_exception(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Publisher:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        metrics: IngestMetrics,
+        *,
+        timeout_s: float = 10.0,
+        slots: int = 2,
+        max_batch: int = 2000,
+        instance: str | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.max_batch = max_batch
+        self._slots = slots
+        self._instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._probe: AIOKafkaClient | None = None
+        self._ready = False
+        self._ready_at = 0.0
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._slot(i), name=f"kafka-slot-{i}") for i in range(self._slots)
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        err = KafkaUnavailableError("the gateway is shutting down")
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.fut.done():
+                p.fut.set_exception(err)
+        for producer in list(self._producers.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+        self._producers.clear()
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await self._probe.close()
+            self._probe = None
+
+    # -------------------------------------------------------------------------- publish
+
+    async def publish(self, msgs: Sequence[OutMessage]) -> None:
+        """Publish all of ``msgs`` atomically, acknowledged by Kafka with acks=all, or raise
+        ``KafkaUnavailableError`` having published none of them."""
+        if not msgs:
+            return
+        pending = _Pending(msgs)
+        pending.fut.add_done_callback(_consume_exception)
+        self._queue.append(pending)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.fut), self.timeout_s)
+        except TimeoutError:
+            if not pending.taken:
+                pending.withdrawn = True
+                self.metrics.publish_errors.labels("queued-too-long").inc()
+                raise KafkaUnavailableError("no transaction took the request in time") from None
+            await pending.fut  # its transaction is bounded by timeout_s and decides
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        count = 0
+        while self._queue and count < self.max_batch:
+            p = self._queue.popleft()
+            if p.withdrawn:
+                continue
+            p.taken = True
+            batch.append(p)
+            count += len(p.msgs)
+        return batch
+
+    async def _slot(self, slot: int) -> None:
+        with contextlib.suppress(KafkaUnavailableError):
+            await self._producer(slot)  # connect early; failures are retried on demand
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
+            if not batch:
+                continue
+            msgs = [m for p in batch for m in p.msgs]
+            started = time.perf_counter()
+            try:
+                producer = await self._producer(slot)
+                await asyncio.wait_for(self._transaction(producer, msgs), self.timeout_s)
+            except asyncio.CancelledError:
+                self._fail(batch, KafkaUnavailableError("the gateway is shutting down"))
+                raise
+            except Exception as exc:
+                await self._drop(slot)
+                self._ready = False
+                self.metrics.publish_errors.labels("transaction").inc()
+                log.warning(
+                    "kafka transaction failed; aborted",
+                    extra={"slot": slot, "messages": len(msgs), "err": repr(exc)},
+                )
+                self._fail(batch, KafkaUnavailableError(f"Kafka did not commit: {exc!r}"))
+                continue
+            self.metrics.publish_latency.labels("transaction").observe(
+                time.perf_counter() - started
+            )
+            self.metrics.transaction_messages.observe(len(msgs))
+            self._ready = True
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_result(None)
+
+    @staticmethod
+    def _fail(batch: Sequence[_Pending], err: Exception) -> None:
+        for p in batch:
+            if not p.fut.done():
+                p.fut.set_exception(err)
+
+    async def _transaction(self, producer: AIOKafkaProducer, msgs: Sequence[OutMessage]) -> None:
+        async with producer.transaction():
+            futures = [
+                await producer.send(self.topic, value=m.value, key=m.key, headers=list(m.headers))
+                for m in msgs
+            ]
+            await asyncio.gather(*futures)
+
+    async def _producer(self, slot: int) -> AIOKafkaProducer:
+        existing = self._producers.get(slot)
+        if existing is not None:
+            return existing
+        ms = max(int(self.timeout_s * 1000), 1000)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap.split(","),
+            client_id=f"mrhub-ingest-{self._instance}-{slot}",
+            transactional_id=f"mrhub-ingest-{self._instance}-{slot}",
+            transaction_timeout_ms=max(3 * ms, 10_000),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            max_request_size=_MAX_REQUEST,
+            request_timeout_ms=ms,
+            retry_backoff_ms=100,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self.timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise KafkaUnavailableError(f"cannot reach Kafka: {exc!r}") from exc
+        self._producers[slot] = producer
+        return producer
+
+    async def _drop(self, slot: int) -> None:
+        producer = self._producers.pop(slot, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+
+    # -------------------------------------------------------------------------- readiness
+
+    async def ready(self) -> bool:
+        """Whether Kafka answers a metadata request now (probed at most once a second)."""
+        now = time.monotonic()
+        if now - self._ready_at < 1.0:
+            return self._ready
+        self._ready_at = now
+        try:
+            if self._probe is None:
+                self._probe = AIOKafkaClient(
+                    bootstrap_servers=self.bootstrap.split(","),
+                    client_id=f"mrhub-ingest-probe-{self._instance}",
+                    request_timeout_ms=3000,
+                )
+                await asyncio.wait_for(self._probe.bootstrap(), 3.0)
+            await asyncio.wait_for(self._probe.fetch_all_metadata(), 3.0)
+            self._ready = True
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.info("kafka probe failed", extra={"err": repr(exc)})
+            if self._probe is not None:
+                with contextlib.suppress(Exception):
+                    await self._probe.close()
+            self._probe = None
+            self._ready = False
+        self.metrics.kafka_up.set(1 if self._ready else 0)
+        return self._ready
