@@ -23,7 +23,7 @@ from types import FrameType
 
 import httpx
 
-from services.common.broker import LocalBroker
+from services.common.broker import LocalBroker, ensure_jars
 from services.common.errors import MrhubError
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS
@@ -80,6 +80,10 @@ def _bootstrap(settings: Settings) -> str:
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     broker = _broker(settings, args.data_dir)
+    if args.action == "fetch":
+        jars = ensure_jars(settings.cache_dir, settings.broker.kafka_version)
+        print(f"Kafka {settings.broker.kafka_version} jars in {jars}")
+        return 0
     if args.action == "start":
         running = broker.status()
         if running is not None:
@@ -252,10 +256,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             if not _wait_healthy(f"{base}/healthz", proc, 30):
                 print(f"{spec.name} did not start; see {log_dir / (spec.name + '.log')}")
                 return 1
-            rows.append((spec.name, base))
+            rows.append((spec.name, base, proc.pid))
         print("mrhub is up:")
-        for name, base in rows:
-            print(f"  {name:<14} {base}   (metrics {base}/metrics)")
+        for name, base, pid in rows:
+            print(f"  {name:<14} {base}   (metrics {base}/metrics, pid {pid})")
         print(f"  {'kafka':<14} {bootstrap}")
         print(f"logs in {log_dir}; Ctrl-C stops everything", flush=True)
         while not stop.requested:
@@ -284,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="the local single-node Kafka (KRaft) broker")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("action", choices=["start", "stop", "status", "fetch"])
     p.add_argument("--data-dir", type=Path, default=None, help="default: MRHUB_BROKER__DATA_DIR")
     p.set_defaults(func=cmd_broker)
 

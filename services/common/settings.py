@@ -59,6 +59,10 @@ class IngestSettings(ServiceSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     institutions_path: Path = Path("config/institutions.yaml")
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    topic: str = Field(
+        default="mrhub.ingest.resource-accepted.v1",
+        description="Where accepted resources go; only tests and staging change it.",
+    )
 
 
 class RecognitionSettings(ServiceSettings):

@@ -42,6 +42,7 @@ def build_app(
     app.router.add_get("/fhir/metadata", views.metadata)
     app.router.add_post("/fhir/$import", views.post_import)
     app.router.add_post("/fhir", views.post_bundle)
+    app.router.add_post("/fhir/", views.post_bundle)  # clients that join base + ""
     app.router.add_post("/fhir/{type}", views.post_resource)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)

@@ -29,6 +29,7 @@ def run(settings: Settings) -> None:
         hmac_key=settings.identity.hmac_key.get_secret_value().encode(),
         max_body_bytes=settings.ingest.max_body_bytes,
         publish_timeout_s=settings.ingest.publish_timeout_s,
+        topic=settings.ingest.topic,
         institutions_path=settings.ingest.institutions_path,
     )
     log.info(

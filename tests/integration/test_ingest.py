@@ -229,6 +229,7 @@ async def test_posting_as_another_institution_is_forbidden(gw: Gw) -> None:
 
 
 async def test_revoked_token_stops_working_without_a_restart(gw: Gw) -> None:
+    import asyncio
     import os
     import time
 
@@ -238,7 +239,7 @@ async def test_revoked_token_stops_working_without_a_restart(gw: Gw) -> None:
     assert (await post(gw, "/fhir/Observation", body)).status_code == 201
     revoke_tokens(gw.registry_path, gw.inst)
     os.utime(gw.registry_path, (time.time() + 5, time.time() + 5))
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     assert (await post(gw, "/fhir/Observation", body)).status_code == 401
 
 

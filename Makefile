@@ -1,0 +1,57 @@
+# mrhub — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps run test unit check lint format types clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+system-deps: ## Java 17 and Maven from Debian when missing (for the local Kafka broker)
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java 17 and Maven from Debian"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || { \
+	  echo "mrhub needs Python 3.11 (found: $$($(PYTHON) --version 2>&1))"; exit 1; }
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: system-deps $(STAMP) ## venv, Python packages and the Kafka jars (idempotent)
+	@$(BIN)/mrhub broker fetch
+
+run: setup ## start Kafka (unless MRHUB_KAFKA__BOOTSTRAP_SERVERS is set) and every service
+	$(BIN)/mrhub up
+
+test: setup ## the whole suite: unit tests, then integration tests on a broker the session starts
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: setup ## unit tests only (no broker, no network)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+format: setup ## apply ruff's formatting and fixes
+	$(BIN)/ruff format services tests
+	$(BIN)/ruff check --fix services tests
+
+types: setup ## mypy (strict on services/)
+	$(BIN)/mypy
+
+check: lint types test ## lint, types and the whole suite
+
+clean: ## remove the venv and caches (not the Kafka jars in ~/.cache/mrhub)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
