@@ -315,17 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_institutions)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("which", choices=["ingest"])
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
+    p.add_argument("which", choices=["ingest", "match"])
+    p.add_argument("--seconds", type=float, default=10.0, help="ingest: length of each run")
+    p.add_argument(
+        "--dataset",
+        default="febrl4",
+        choices=["febrl1", "febrl2", "febrl3", "febrl4"],
+        help="match: the labelled FEBRL data set",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from services.bench import ingest as bench_ingest
-
-    code: int = bench_ingest.main(args, settings)
+    module = importlib.import_module(f"services.bench.{args.which}")
+    code: int = module.main(args, settings)
     return code
 
 

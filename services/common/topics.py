@@ -76,8 +76,8 @@ def dead_letter(service: str) -> TopicSpec:
     )
 
 
-#: Topic-name prefixes of the services that consume topics and own a dead-letter topic.
-CONSUMING_SERVICES = ("patient", "recognition", "imaging")
+#: The services (folder names) that consume topics; each owns a dead-letter topic.
+CONSUMING_SERVICES = ("patient_index", "recognition", "imaging_index")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RESOURCE_ACCEPTED,
