@@ -35,7 +35,10 @@ class ServiceSpec:
     module: str  # has a ``main.run(settings)``
 
     def exists(self) -> bool:
-        return importlib.util.find_spec(f"{self.module}.main") is not None
+        try:
+            return importlib.util.find_spec(f"{self.module}.main") is not None
+        except ModuleNotFoundError:  # the service's package itself is not there
+            return False
 
     def settings(self, settings: Settings) -> ServiceSettings:
         section: ServiceSettings = getattr(settings, self.name)

@@ -35,6 +35,29 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
         producer.close()
 
 
+def produce_aborted(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
+    """Write ``records`` inside a Kafka transaction and abort it (they must stay invisible)."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, transactional_id=f"test-abort-{uuid.uuid4().hex}"
+        )
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            for key, value in records:
+                await producer.send_and_wait(topic, value=value, key=key)
+            await producer.abort_transaction()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
 def consume_all(
     bootstrap: str,
     topic: str,

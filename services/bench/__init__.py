@@ -1,0 +1,1 @@
+"""Benchmarks behind `mrhub bench`: they print measured figures."""

@@ -48,7 +48,10 @@ def make_app(
         "web_port": web_port,
         "producer_acks": -1,
         "producer_max_request_size": 8 * 1024 * 1024,
-        "processing_guarantee": "at_least_once",
+        # exactly_once: outputs, changelogs and offsets commit in one Kafka transaction, and
+        # the consumer reads read_committed (under at_least_once faust reads uncommitted
+        # data, and would see what an aborted gateway transaction wrote).
+        "processing_guarantee": "exactly_once",
         "consumer_auto_offset_reset": "earliest",
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.kafka.replication_factor,

@@ -1,0 +1,1 @@
+"""Patient master index (EMPI), canonical records and deduplication."""

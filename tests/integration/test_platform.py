@@ -13,7 +13,14 @@ from kafka import KafkaConsumer
 from services.common.broker import free_port
 from services.common.kafka_admin import cluster_answers, create_topics
 from services.common.topics import ALL_TOPICS
-from tests.support import consume_all, create_topic, produce, run_module, stop_process
+from tests.support import (
+    consume_all,
+    create_topic,
+    produce,
+    produce_aborted,
+    run_module,
+    stop_process,
+)
 
 
 def test_message_round_trips_through_the_real_broker(bootstrap: str, unique: str) -> None:
@@ -48,7 +55,7 @@ def _wait_counts(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
 
 
-def test_faust_table_survives_restart_from_its_changelog(
+def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
     bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     partitions = 2
@@ -66,6 +73,8 @@ def test_faust_table_survives_restart_from_its_changelog(
     args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
     log = tmp_path / "worker.log"
 
+    # An aborted transaction (a gateway request answered 503) must never be counted.
+    produce_aborted(bootstrap, src, [(b"patient-a", b"aborted")] * 2)
     worker = run_module(args, env, log)
     try:
         produce(bootstrap, src, [(b"patient-a", b"x")] * 3 + [(b"patient-b", b"x")])

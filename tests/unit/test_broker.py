@@ -68,3 +68,11 @@ def test_generated_config_listens_on_loopback_only(tmp_path: Path) -> None:
     assert props["listeners"] == ("PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093")
     assert props["process.roles"] == "broker,controller"
     assert props["transaction.state.log.replication.factor"] == "1"
+
+
+def test_up_starts_only_services_whose_code_exists() -> None:
+    from services.cli import ServiceSpec
+
+    assert ServiceSpec("ingest", "services.ingest").exists()
+    assert not ServiceSpec("nothing", "services.no_such_service").exists()
+    assert not ServiceSpec("recognition", "services.recognition").exists()

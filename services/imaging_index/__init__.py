@@ -1,0 +1,1 @@
+"""Imaging index: studies by patient, FHIR and DICOMweb search (not written yet)."""
