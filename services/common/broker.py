@@ -262,8 +262,8 @@ class LocalBroker:
                 jars,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # one argument: a base64 id may start with "-" and be read as an option
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.properties_path),
                 heap="256m",

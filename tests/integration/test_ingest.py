@@ -85,7 +85,7 @@ async def post(gw: Gw, path: str, body: bytes, **headers: str) -> httpx.Response
 
 def outcome(resp: httpx.Response) -> dict[str, Any]:
     assert resp.headers["content-type"].startswith(FHIR)
-    doc = resp.json()
+    doc: dict[str, Any] = resp.json()
     OperationOutcome.model_validate(doc)  # a real R4 OperationOutcome
     return doc
 
@@ -284,8 +284,10 @@ async def test_metadata_is_a_truthful_capability_statement(gw: Gw) -> None:
     assert resp.status_code == 200
     cs = CapabilityStatement.model_validate(resp.json())
     assert cs.fhirVersion == "4.0.1"
+    assert cs.rest is not None
     [rest] = cs.rest
-    types = {r.type: {i.code for i in r.interaction} for r in rest.resource}
+    assert rest.resource is not None and rest.interaction is not None
+    types = {r.type: {i.code for i in r.interaction or []} for r in rest.resource}
     assert types == {
         t: {"create"}
         for t in ("Patient", "Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -112,9 +113,9 @@ def _check(resp: httpx.Response) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(gateway_process: GatewayProcess) -> httpx.Client:
+def client(gateway_process: GatewayProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway_process.url, timeout=30) as c:
-        yield c  # type: ignore[misc]
+        yield c
 
 
 PROPS = settings(
