@@ -59,6 +59,13 @@ class IngestSettings(ServiceSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     institutions_path: Path = Path("config/institutions.yaml")
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    transaction_slots: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Kafka transactions in flight at once; requests queue behind them and "
+        "share the next one (group commit). Fewer slots, bigger transactions.",
+    )
     topic: str = Field(
         default="mrhub.ingest.resource-accepted.v1",
         description="Where accepted resources go; only tests and staging change it.",

@@ -21,13 +21,16 @@ def build_app(
     hmac_key: bytes,
     max_body_bytes: int,
     publish_timeout_s: float = 10.0,
+    transaction_slots: int = 1,
     topic: str = RESOURCE_ACCEPTED.name,
     institutions_path: Path | None = None,
 ) -> web.Application:
     """``institutions_path``: when given, the registry is reloaded from it whenever the file
     changes (checked at most once a second), so an issued or revoked token counts at once."""
     metrics = IngestMetrics()
-    publisher = Publisher(bootstrap, topic, metrics, timeout_s=publish_timeout_s)
+    publisher = Publisher(
+        bootstrap, topic, metrics, timeout_s=publish_timeout_s, slots=transaction_slots
+    )
     gateway = views.Gateway(
         registry,
         publisher,

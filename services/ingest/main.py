@@ -30,6 +30,7 @@ def run(settings: Settings) -> None:
         max_body_bytes=settings.ingest.max_body_bytes,
         publish_timeout_s=settings.ingest.publish_timeout_s,
         topic=settings.ingest.topic,
+        transaction_slots=settings.ingest.transaction_slots,
         institutions_path=settings.ingest.institutions_path,
     )
     log.info(
