@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,7 @@ class Gateway:
         bundle_id: str | None = None,
         entry_index: int | None = None,
         import_line: int | None = None,
+        patients: Mapping[str, dict[str, Any]] | None = None,
     ) -> tuple[OutMessage, str]:
         env = Envelope(
             event_type=EVENT_TYPE,
@@ -167,6 +168,7 @@ class Gateway:
                 "entry_index": entry_index,
                 "import_line": import_line,
                 "full_url": checked.full_url,
+                "patient_identifiers": patient_identifiers(checked.resource, patients or {}),
                 "resource": checked.resource,
             },
         )
@@ -180,6 +182,36 @@ class Gateway:
             if outcome == "rejected":
                 for reason in {i.reason for i in c.issues if i.is_error}:
                     self.metrics.rejections.labels(reason).inc()
+
+
+def patient_identifiers(
+    resource: Mapping[str, Any], patients: Mapping[str, dict[str, Any]]
+) -> list[Any]:
+    """The identifiers of the patient a resource is about: a Patient's own; else those of
+    the Patient its ``subject`` references in the same bundle; else ``subject.identifier``."""
+    if resource.get("resourceType") == "Patient":
+        return list(resource.get("identifier") or [])
+    subject = resource.get("subject")
+    if not isinstance(subject, dict):
+        return []
+    ref = subject.get("reference")
+    if isinstance(ref, str) and ref in patients:
+        return list(patients[ref].get("identifier") or [])
+    ident = subject.get("identifier")
+    return [ident] if isinstance(ident, dict) else []
+
+
+def bundle_patients(entries: Sequence[CheckedResource]) -> dict[str, dict[str, Any]]:
+    """The bundle's Patients by every name a reference may use: fullUrl and Patient/<id>."""
+    found: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.resource_type != "Patient":
+            continue
+        if e.full_url:
+            found[e.full_url] = e.resource
+        if isinstance(e.resource.get("id"), str):
+            found[f"Patient/{e.resource['id']}"] = e.resource
+    return found
 
 
 def _mtime(path: Path | None) -> float:
@@ -344,6 +376,7 @@ async def post_bundle(request: web.Request) -> web.Response:
         return outcome_response(all_issues, http_status(all_issues))
     trace_id = _trace_id(request)
     bundle_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    patients = bundle_patients(bundle.entries)
     out = [
         gw.message(
             who,
@@ -352,6 +385,7 @@ async def post_bundle(request: web.Request) -> web.Response:
             trace_id=trace_id,
             bundle_id=bundle_id,
             entry_index=e.index,
+            patients=patients,
         )
         for e in good
     ]

@@ -137,6 +137,10 @@ async def test_transaction_bundle_lands_whole_with_bundle_coordinates(gw: Gw) ->
         by_index[payload["entry_index"]] = json.loads(r.value)["payload"]["resource"]
     posted = json.loads(dumps(doc))
     assert by_index == {i: e["resource"] for i, e in enumerate(posted["entry"])}
+    # each Observation says whose it is: the identifiers of the bundle's Patient
+    patient_ids = posted["entry"][0]["resource"]["identifier"]
+    for r in recs:
+        assert json.loads(r.value)["payload"]["patient_identifiers"] == patient_ids
     # no raw 身份证 anywhere in keys or headers
     for r in recs:
         assert ID_CARD.encode() not in r.key
