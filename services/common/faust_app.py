@@ -53,6 +53,10 @@ def make_app(
         # data, and would see what an aborted gateway transaction wrote).
         "processing_guarantee": "exactly_once",
         "consumer_auto_offset_reset": "earliest",
+        # a dead worker's partitions move after 10 s, not faust's default 60 s
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 3.0,
+        "broker_commit_interval": 1.0,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.kafka.replication_factor,
         "table_standby_replicas": 0 if settings.kafka.replication_factor == 1 else 1,

@@ -1,0 +1,380 @@
+"""The patient index as a faust app: three stages, each owned by one partition's worker.
+
+1. ``route`` reads ``mrhub.ingest.resource-accepted.v1``, works out whose record it is, and
+   forwards it to the owner of its strongest identifier (internal topic, keyed by the
+   identifier's keyed hash), with a claim for each weaker identifier.
+2. ``resolve`` owns the ``identities`` table (identifier hash → master id): it resolves the
+   record's master id, applies claims, publishes identity events on
+   ``mrhub.patient.identity-linked.v1``, and forwards results and orders to the owner of
+   their record id.
+3. ``index`` owns the ``seen`` table (record id → what was published): it drops repeats and
+   stale versions and publishes new records, updates and retractions on
+   ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``.
+
+The app runs ``exactly_once``: a stage's outputs, its table changes and its input offset
+commit in one Kafka transaction, so a crash or redelivery never publishes twice nor loses a
+record. A message a stage cannot process goes to ``mrhub.patient_index.dead-letter.v1`` with
+its original bytes and the error; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import simplejson
+from prometheus_client import Counter, Gauge
+
+from services.common.envelope import Envelope
+from services.common.faust_app import make_app
+from services.common.identifiers import keyed_hash
+from services.common.metrics import CONTENT_TYPE_LATEST, build_info, exposition, new_registry
+from services.common.settings import Settings
+from services.common.topics import (
+    IDENTITY_LINKED,
+    ORDER_PLACED,
+    RESOURCE_ACCEPTED,
+    RESULT_INDEXED,
+    dead_letter,
+)
+from services.patient_index.canonical import CanonicalRecord, build_record, to_event_payload
+from services.patient_index.dedup import Seen, decide
+from services.patient_index.identity import (
+    IdentityState,
+    Keyed,
+    apply_claim,
+    keyed_identifiers,
+    resolve_anchor,
+)
+from services.patient_index.normalize import Ident, person_from_fhir, person_from_subject
+
+log = logging.getLogger(__name__)
+
+SERVICE = "patient_index"
+DEAD_LETTER = dead_letter(SERVICE)
+CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
+
+
+def _dumps(doc: Any) -> bytes:
+    return simplejson.dumps(
+        doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+
+
+def _loads(data: bytes) -> Any:
+    return simplejson.loads(data, use_decimal=True)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = new_registry()
+        build_info(self.registry, SERVICE)
+        self.records = Counter(
+            "mrhub_patient_index_records_total",
+            "Canonical records by kind (result, order) and outcome "
+            "(new, duplicate, update, retraction, stale).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "mrhub_patient_index_link_decisions_total",
+            "Identity decisions by kind (deterministic, new; auto and review come with "
+            "probabilistic matching).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.link_events = Counter(
+            "mrhub_patient_index_link_events_total",
+            "identity-linked events published, by kind (new, alias, relinked, conflict).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.skipped = Counter(
+            "mrhub_patient_index_skipped_total",
+            "Accepted resources that carry no record for the index, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "mrhub_patient_index_dead_letters_total",
+            "Messages sent to the dead-letter topic, by stage.",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.review_queue = Gauge(
+            "mrhub_patient_index_review_queue_size",
+            "Possible matches waiting for a data steward (0 until probabilistic linking runs).",
+            registry=self.registry,
+        )
+
+
+def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+    if settings.identity.hmac_key is None:
+        raise ValueError("MRHUB_IDENTITY__HMAC_KEY must be set")
+    hmac_key = settings.identity.hmac_key.get_secret_value().encode()
+    port = settings.patient_index.port if web_port is None else web_port
+    app = make_app(SERVICE, settings, web_port=port, web_host=settings.patient_index.host)
+    metrics = Metrics()
+    partitions = settings.topic_partitions
+
+    accepted = app.topic(RESOURCE_ACCEPTED.name, key_type=bytes, value_type=bytes)
+    by_identity = app.topic(
+        f"{app.conf.id}-by-identity",
+        partitions=partitions,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    by_record = app.topic(
+        f"{app.conf.id}-by-record",
+        partitions=partitions,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    linked = app.topic(IDENTITY_LINKED.name, key_type=bytes, value_type=bytes)
+    results = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
+    orders = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
+    dlq = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes)
+    identities = app.Table("identities", partitions=partitions, key_type=bytes, value_type=bytes)
+    seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
+
+    def source_transaction(event: Any) -> str:
+        """The transaction whose commit carries ``event``'s input offset.
+
+        faust-streaming picks a send's transaction by the *destination* partition, which is
+        only right when input and output are co-partitioned: a repartitioning hop's output
+        would commit with an unrelated partition's offsets, or never. Naming the source
+        partition's transaction puts output, table changes and input offset in one commit.
+        """
+        tp = event.message.tp
+        return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+
+    async def emit(
+        event: Any,
+        topic: Any,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        await app.producer.send(
+            topic.get_topic_name(),
+            key,
+            value,
+            None,
+            None,
+            headers or [],
+            transactional_id=source_transaction(event),
+        )
+
+    def hash_ident(ident: Ident) -> str:
+        return keyed_hash(hmac_key, *ident.key())
+
+    async def dead(stage: str, event: Any, exc: BaseException) -> None:
+        msg = event.message
+        metrics.dead_letters.labels(stage).inc()
+        log.error(
+            "dead-lettered",
+            extra={
+                "stage": stage,
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "error": type(exc).__name__,
+            },
+        )
+        value = msg.value if isinstance(msg.value, bytes) else b""
+        await emit(
+            event,
+            dlq,
+            msg.key if isinstance(msg.key, bytes) else None,
+            _dumps(
+                {
+                    "service": SERVICE,
+                    "stage": stage,
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "traceback": traceback.format_exc(limit=5)[-4000:],
+                    "topic": msg.topic,
+                    "partition": msg.partition,
+                    "offset": msg.offset,
+                    "original_base64": base64.b64encode(value).decode(),
+                }
+            ),
+        )
+
+    def guarded(  # a stage that dead-letters what it cannot process
+        stage: str, handle: Callable[[Any, bytes | None, bytes], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        async def agent(stream: Any) -> None:
+            # items(), not events(): faust acks (and so commits) what items() yields
+            async for key, value in stream.items():
+                event = stream.current_event
+                try:
+                    await handle(event, key, value)
+                except Exception as exc:  # every failure is dead-lettered, never dropped
+                    await dead(stage, event, exc)
+
+        agent.__name__ = agent.__qualname__ = stage  # faust names agents by qualname
+        return agent
+
+    # ------------------------------------------------------------------ 1. route
+
+    async def route(event: Any, _key: bytes | None, value: bytes) -> None:
+        env = Envelope.from_bytes(value)
+        payload = env.payload
+        rtype = payload.get("resource_type")
+        if rtype != "Patient" and rtype not in CLINICAL:
+            metrics.skipped.labels("context-resource").inc()
+            return
+        resource = payload["resource"]
+        person = (
+            person_from_fhir(resource, env.source)
+            if rtype == "Patient"
+            else person_from_subject(payload.get("patient_identifiers") or [], env.source)
+        )
+        idents = keyed_identifiers(person, hash_ident)
+        if not idents:
+            raise ValueError("no usable patient identifier (none, or none that verifies)")
+        anchor, aliases = idents[0], idents[1:]
+        await emit(
+            event,
+            by_identity,
+            anchor.key.encode(),
+            _dumps(
+                {
+                    "type": "record",
+                    "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
+                    "aliases": [{"key": a.key, "rank": a.rank, "kind": a.kind} for a in aliases],
+                    "envelope": simplejson.loads(value, use_decimal=True),
+                }
+            ),
+        )
+
+    # ---------------------------------------------------------------- 2. resolve
+
+    async def publish_link(event: Any, link: Any, trace_id: str, source: str) -> None:
+        metrics.link_events.labels(link.kind).inc()
+        env = Envelope(
+            event_type="mrhub.patient.identity-linked",
+            source=source,
+            trace_id=trace_id,
+            payload=link.payload(),
+        )
+        await emit(event, linked, link.master_patient_id.encode(), env.to_bytes(), env.headers())
+
+    async def resolve(event: Any, key: bytes | None, value: bytes) -> None:
+        msg = _loads(value)
+        if key is None:
+            raise ValueError("identity message without a key")
+        current_raw = identities.get(key)
+        current = IdentityState.model_validate_json(current_raw) if current_raw else None
+        env_doc = msg["envelope"]
+        trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
+        if msg["type"] == "claim":
+            alias = Keyed(key.decode(), msg["alias_rank"], msg["alias_kind"])
+            result = apply_claim(current, msg["master_patient_id"], alias, msg["rank"])
+            if result.state is not None:
+                identities[key] = result.state.model_dump_json().encode()
+            if result.event is not None:
+                await publish_link(event, result.event, trace_id, source)
+            return
+        a = msg["anchor"]
+        res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
+        metrics.decisions.labels(res.decision).inc()
+        if res.changed:
+            identities[key] = res.state.model_dump_json().encode()
+        if res.event is not None:
+            await publish_link(event, res.event, trace_id, source)
+        for alias in msg["aliases"]:
+            await emit(
+                event,
+                by_identity,
+                alias["key"].encode(),
+                _dumps(
+                    {
+                        "type": "claim",
+                        "master_patient_id": res.master_patient_id,
+                        "rank": a["rank"],
+                        "alias_rank": alias["rank"],
+                        "alias_kind": alias["kind"],
+                        "envelope": {"trace_id": trace_id, "source": source},
+                    }
+                ),
+            )
+        env = Envelope.model_validate(env_doc)
+        record = build_record(
+            env.payload,
+            source_institution=env.source,
+            master_patient_id=res.master_patient_id,
+            event_id=env.event_id,
+            received_at=env.received_at,
+            trace_id=env.trace_id,
+        )
+        if record is None:
+            metrics.skipped.labels("not-a-result-or-order").inc()
+            return
+        await emit(
+            event,
+            by_record,
+            record.record_id.encode(),
+            _dumps({"record": record.model_dump(mode="json"), "source": env.source}),
+        )
+
+    # ------------------------------------------------------------------ 3. index
+
+    async def index(event: Any, key: bytes | None, value: bytes) -> None:
+        if key is None:
+            raise ValueError("record message without a key")
+        msg = _loads(value)
+        record = CanonicalRecord.model_validate(msg["record"])
+        stored = seen.get(key)
+        outcome = decide(Seen.model_validate_json(stored) if stored else None, record)
+        metrics.records.labels(record.kind, outcome.change).inc()
+        if outcome.store:
+            seen[key] = outcome.seen.model_dump_json().encode()
+        change = outcome.published_change
+        if change is None:
+            return
+        topic, spec = (
+            (results, RESULT_INDEXED) if record.kind == "result" else (orders, ORDER_PLACED)
+        )
+        env = Envelope(
+            event_type=spec.name.rsplit(".", 1)[0],
+            source=msg["source"],
+            trace_id=record.trace_id,
+            received_at=record.source.received_at,
+            payload=to_event_payload(
+                record,
+                change=change,
+                previous_master_patient_id=outcome.previous_master_patient_id,
+            ),
+        )
+        await emit(event, topic, record.master_patient_id.encode(), env.to_bytes(), env.headers())
+
+    app.agent(accepted, name="route", concurrency=1)(guarded("route", route))
+    app.agent(by_identity, name="resolve", concurrency=1)(guarded("resolve", resolve))
+    app.agent(by_record, name="index", concurrency=1)(guarded("index", index))
+
+    # ------------------------------------------------------------------- web
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(exposition(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        tables: Any = app.tables  # faust's type hints omit the recovery service
+        ready = not app.rebalancing and tables.recovery.completed.is_set()
+        return web.json(
+            {"status": "ready" if ready else "recovering"}, status=200 if ready else 503
+        )
+
+    return app

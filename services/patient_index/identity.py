@@ -1,0 +1,154 @@
+"""Who a record belongs to: deterministic identity resolution with one owner per identifier.
+
+Every record is routed by its *anchor*, its strongest identifier (a verified 身份证 beats a
+typed document, which beats an insurance or health card, which beats a hospital's own
+number). All decisions about one identifier are made where its keyed hash is owned, one at a
+time, so two bundles for the same new patient arriving at once on different gateway
+processes meet at the same owner. A new anchor's master id is derived from its keyed hash,
+so even two owners that never spoke would name the person alike.
+
+The record's weaker identifiers become *claims*: "this 门诊号 belongs to master P", sent to
+their own owners. An unclaimed identifier takes the claim; one already held by another
+master moves only to stronger evidence (higher rank), and two equally strong claims that
+disagree are a conflict for a data steward, never a silent relink.
+
+This module is pure: the agents call it with table state and publish what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from services.patient_index.normalize import Ident, Person
+
+#: How strongly an identifier names one person (0: never used for linking).
+RANK: dict[str, int] = {
+    "id_card": 50,
+    "document": 40,
+    "insurance": 30,
+    "health_card": 30,
+    "local": 10,
+    "other": 5,
+}
+
+LinkKind = Literal["new", "alias", "relinked", "conflict"]
+
+
+def rank(ident: Ident) -> int:
+    """A 身份证 or document counts only when verified (checksum / known document type)."""
+    if ident.kind in ("id_card", "document") and not ident.verified:
+        return 0
+    return RANK.get(ident.kind, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """An identifier as the hub may name it: its keyed hash, rank and kind — never its value."""
+
+    key: str
+    rank: int
+    kind: str
+
+
+def keyed_identifiers(person: Person, hash_ident: Callable[[Ident], str]) -> list[Keyed]:
+    """The person's usable identifiers, strongest first (ties by key, so the order is stable)."""
+    found = {hash_ident(i): Keyed(hash_ident(i), rank(i), i.kind) for i in person.idents if rank(i)}
+    return sorted(found.values(), key=lambda k: (-k.rank, k.key))
+
+
+def master_id_for(anchor_key: str) -> str:
+    return f"MP{anchor_key[:24]}"
+
+
+class IdentityState(BaseModel):
+    """What the owner of one identifier knows: its master and how strong the claim was."""
+
+    model_config = ConfigDict(frozen=True)
+
+    master_patient_id: str
+    rank: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    kind: LinkKind
+    master_patient_id: str
+    identifier_kind: str
+    rank: int
+    previous_master_patient_id: str | None = None
+    competing_master_patient_id: str | None = None
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "master_patient_id": self.master_patient_id,
+            "previous_master_patient_id": self.previous_master_patient_id,
+            "competing_master_patient_id": self.competing_master_patient_id,
+            "evidence": {
+                "rule": "deterministic",
+                "identifier_kind": self.identifier_kind,
+                "rank": self.rank,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    master_patient_id: str
+    state: IdentityState  # to store for the anchor (unchanged when it was known)
+    changed: bool
+    event: LinkEvent | None  # identity-linked event to publish, if any
+    decision: Literal["new", "deterministic"]
+
+
+def resolve_anchor(state: IdentityState | None, anchor: Keyed) -> Resolution:
+    """The master of a record routed to the owner of its anchor."""
+    if state is not None:
+        return Resolution(state.master_patient_id, state, False, None, "deterministic")
+    master = master_id_for(anchor.key)
+    new_state = IdentityState(master_patient_id=master, rank=anchor.rank, kind=anchor.kind)
+    event = LinkEvent("new", master, anchor.kind, anchor.rank)
+    return Resolution(master, new_state, True, event, "new")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    state: IdentityState | None  # to store, or None to leave the table as it is
+    event: LinkEvent | None
+
+
+def apply_claim(
+    state: IdentityState | None, claim_master: str, alias: Keyed, claim_rank: int
+) -> ClaimResult:
+    """A record whose anchor has rank ``claim_rank`` says ``alias`` belongs to ``claim_master``."""
+    if state is None:
+        new = IdentityState(master_patient_id=claim_master, rank=claim_rank, kind=alias.kind)
+        return ClaimResult(new, LinkEvent("alias", claim_master, alias.kind, claim_rank))
+    if state.master_patient_id == claim_master:
+        if claim_rank > state.rank:  # same master, stronger evidence: remember it
+            return ClaimResult(state.model_copy(update={"rank": claim_rank}), None)
+        return ClaimResult(None, None)
+    if claim_rank > state.rank:
+        new = IdentityState(master_patient_id=claim_master, rank=claim_rank, kind=alias.kind)
+        event = LinkEvent(
+            "relinked",
+            claim_master,
+            alias.kind,
+            claim_rank,
+            previous_master_patient_id=state.master_patient_id,
+        )
+        return ClaimResult(new, event)
+    # as strong or weaker, and it disagrees: a steward decides, nothing moves
+    event = LinkEvent(
+        "conflict",
+        state.master_patient_id,
+        alias.kind,
+        claim_rank,
+        competing_master_patient_id=claim_master,
+    )
+    return ClaimResult(None, event)

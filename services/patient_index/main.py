@@ -1,0 +1,19 @@
+"""Run the patient index: ``mrhub serve patient_index``."""
+
+from __future__ import annotations
+
+import faust
+
+from services.common.errors import ConfigError
+from services.common.settings import Settings
+from services.patient_index.app import create_app
+
+
+def run(settings: Settings) -> None:
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS must name the Kafka cluster")
+    if settings.identity.hmac_key is None:
+        raise ConfigError("MRHUB_IDENTITY__HMAC_KEY must be set (it keys identifier hashes)")
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
+    worker.execute_from_commandline()

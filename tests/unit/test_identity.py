@@ -1,0 +1,103 @@
+"""Identity resolution rules, named by outcome (pure: no broker)."""
+
+from __future__ import annotations
+
+from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
+from services.patient_index.identity import (
+    IdentityState,
+    Keyed,
+    apply_claim,
+    keyed_identifiers,
+    master_id_for,
+    resolve_anchor,
+)
+from services.patient_index.normalize import person_from_subject
+from tests.fhir_samples import gb11643
+
+CARD = gb11643("11010519850317123")
+BAD_CARD = CARD[:-1] + ("0" if CARD[-1] != "0" else "1")
+HOSPITAL = "12140000405001730E"
+
+
+def hashed(ident: object) -> str:
+    return keyed_hash(b"k", *ident.key())  # type: ignore[attr-defined]
+
+
+def idents(*pairs: tuple[str, str]) -> list[Keyed]:
+    person = person_from_subject([{"system": s, "value": v} for s, v in pairs], HOSPITAL)
+    return keyed_identifiers(person, hashed)
+
+
+def test_card_outranks_hospital_number_and_becomes_the_anchor() -> None:
+    found = idents((OUTPATIENT_NO_SYSTEM, "MZ1"), (ID_CARD_SYSTEM, CARD))
+    assert [k.kind for k in found] == ["id_card", "local"]
+
+
+def test_card_failing_checksum_is_not_used_at_all() -> None:
+    found = idents((OUTPATIENT_NO_SYSTEM, "MZ1"), (ID_CARD_SYSTEM, BAD_CARD))
+    assert [k.kind for k in found] == ["local"]
+
+
+def test_15_and_18_digit_card_hash_alike() -> None:
+    [a] = idents((ID_CARD_SYSTEM, CARD))
+    [b] = idents((ID_CARD_SYSTEM, CARD[:6] + CARD[8:17]))
+    assert a.key == b.key
+
+
+def test_new_anchor_gets_a_master_derived_from_it_and_a_new_event() -> None:
+    anchor = Keyed("ab" * 16, 50, "id_card")
+    res = resolve_anchor(None, anchor)
+    assert res.decision == "new" and res.changed
+    assert res.master_patient_id == master_id_for(anchor.key)
+    assert res.event is not None and res.event.kind == "new"
+    # a second owner that never saw the first would still name the person alike
+    assert resolve_anchor(None, anchor).master_patient_id == res.master_patient_id
+
+
+def test_known_anchor_is_a_deterministic_link_without_event() -> None:
+    state = IdentityState(master_patient_id="MP1", rank=50, kind="id_card")
+    res = resolve_anchor(state, Keyed("x" * 32, 50, "id_card"))
+    assert (res.master_patient_id, res.decision, res.changed, res.event) == (
+        "MP1",
+        "deterministic",
+        False,
+        None,
+    )
+
+
+ALIAS = Keyed("c" * 32, 10, "local")
+
+
+def test_unclaimed_number_takes_the_claim() -> None:
+    result = apply_claim(None, "MP1", ALIAS, 50)
+    assert result.state is not None and result.state.master_patient_id == "MP1"
+    assert result.event is not None and result.event.kind == "alias"
+
+
+def test_same_claim_again_changes_nothing() -> None:
+    state = IdentityState(master_patient_id="MP1", rank=50, kind="local")
+    result = apply_claim(state, "MP1", ALIAS, 50)
+    assert result.state is None and result.event is None
+
+
+def test_stronger_evidence_relinks_a_number_and_says_from_where() -> None:
+    state = IdentityState(master_patient_id="MP-own", rank=10, kind="local")
+    result = apply_claim(state, "MP-card", ALIAS, 50)
+    assert result.state is not None and result.state.master_patient_id == "MP-card"
+    assert result.event is not None
+    assert (result.event.kind, result.event.previous_master_patient_id) == ("relinked", "MP-own")
+
+
+def test_equally_strong_disagreement_is_a_conflict_and_moves_nothing() -> None:
+    state = IdentityState(master_patient_id="MP-x", rank=50, kind="local")
+    result = apply_claim(state, "MP-y", ALIAS, 50)
+    assert result.state is None
+    assert result.event is not None and result.event.kind == "conflict"
+    assert result.event.competing_master_patient_id == "MP-y"
+
+
+def test_link_events_carry_no_identifier_values() -> None:
+    result = apply_claim(None, "MP1", ALIAS, 50)
+    assert result.event is not None
+    text = str(result.event.payload())
+    assert ALIAS.key not in text and CARD not in text
