@@ -297,8 +297,27 @@ def _status_line(code: int) -> str:
 # -------------------------------------------------------------------------------- handlers
 
 
+async def _json_write(gw: Gateway, request: web.Request) -> tuple[Institution, Any] | web.Response:
+    """A write's institution and parsed JSON body — or the refusal: 401, 415, 413, 400."""
+    who = _authenticate(gw, request)
+    if isinstance(who, web.Response):
+        return who
+    refused = _media_type_refusal(gw, request, JSON_TYPES)
+    if refused is not None:
+        return refused
+    body = await _read_body(gw, request)
+    if isinstance(body, web.Response):
+        return body
+    raw, issues = parse_json(body)
+    if issues:
+        gw.metrics.rejections.labels("malformed-json").inc()
+        return outcome_response(issues, http_status(issues))
+    return who, raw
+
+
 async def post_resource(request: web.Request) -> web.Response:
     gw = request.app[STATE_KEY]
+    received_at = utcnow()
     rtype = request.match_info["type"]
     if rtype not in CLINICAL_TYPES:
         gw.metrics.rejections.labels("unknown-endpoint").inc()
@@ -309,25 +328,16 @@ async def post_resource(request: web.Request) -> web.Response:
             "unknown-endpoint",
             f"this gateway does not take {shown} on its own; it takes {', '.join(CLINICAL_TYPES)}",
         )
-    who = _authenticate(gw, request)
-    if isinstance(who, web.Response):
-        return who
-    refused = _media_type_refusal(gw, request, JSON_TYPES)
-    if refused is not None:
-        return refused
-    body = await _read_body(gw, request)
-    if isinstance(body, web.Response):
-        return body
-    received_at = utcnow()
-    raw, issues = parse_json(body)
-    if issues:
-        gw.metrics.rejections.labels("malformed-json").inc()
-        return outcome_response(issues, http_status(issues))
+    read = await _json_write(gw, request)
+    if isinstance(read, web.Response):
+        return read
+    who, raw = read
     checked = check_resource(raw, who, expected_type=rtype)
     if not checked.ok:
         gw.count([checked], "rejected")
         return outcome_response(checked.issues, http_status(checked.issues))
-    msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=_trace_id(request))
+    trace_id = _trace_id(request)
+    msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=trace_id)
     try:
         await gw.publisher.publish([msg])
     except KafkaUnavailableError as exc:
@@ -338,30 +348,17 @@ async def post_resource(request: web.Request) -> web.Response:
     return fhir_response(
         checked.resource,
         201,
-        {"Location": location, "ETag": 'W/"1"', "X-Trace-Id": _header_trace(msg)},
+        {"Location": location, "ETag": 'W/"1"', "X-Trace-Id": trace_id},
     )
-
-
-def _header_trace(msg: OutMessage) -> str:
-    return dict(msg.headers)["trace_id"].decode()
 
 
 async def post_bundle(request: web.Request) -> web.Response:
     gw = request.app[STATE_KEY]
-    who = _authenticate(gw, request)
-    if isinstance(who, web.Response):
-        return who
-    refused = _media_type_refusal(gw, request, JSON_TYPES)
-    if refused is not None:
-        return refused
-    body = await _read_body(gw, request)
-    if isinstance(body, web.Response):
-        return body
     received_at = utcnow()
-    raw, issues = parse_json(body)
-    if issues:
-        gw.metrics.rejections.labels("malformed-json").inc()
-        return outcome_response(issues, http_status(issues))
+    read = await _json_write(gw, request)
+    if isinstance(read, web.Response):
+        return read
+    who, raw = read
     bundle = check_bundle(raw, who)
     if (bundle.issues and any(i.is_error for i in bundle.issues)) or bundle.bundle_type is None:
         gw.count(bundle.entries, "rejected")

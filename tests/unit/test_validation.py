@@ -39,17 +39,9 @@ from services.ingest.validation import (
     is_dicom_uid,
     parse_json,
 )
+from tests.fhir_samples import gb11643
 
 # --------------------------------------------------------------------------- fixtures
-
-_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-
-
-def gb11643(body17: str) -> str:
-    """An 18-character 身份证 number: ``body17`` and its ISO 7064 MOD 11-2 check character."""
-    total = sum(int(c) * w for c, w in zip(body17, _WEIGHTS, strict=True))
-    return body17 + "10X98765432"[total % 11]
-
 
 ID_CARD = gb11643("33010619850317123")  # 杭州西湖区, born 1985-03-17, sequence 123 (odd: male)
 BAD_ID_CARD = ID_CARD[:-1] + ("0" if ID_CARD[-1] != "0" else "1")
