@@ -82,6 +82,10 @@ class ImagingSettings(ServiceSettings):
 
 class PatientIndexSettings(ServiceSettings):
     port: int = Field(default=8083, ge=0, le=65535)
+    rules_path: Path = Field(
+        default=Path("config/matching/rules-v1.yaml"),
+        description="Matching rules (versioned data): fields, weights, blocking, thresholds.",
+    )
 
 
 class IdentitySettings(_Frozen):

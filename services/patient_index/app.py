@@ -41,22 +41,34 @@ from services.common.topics import (
     RESULT_INDEXED,
     dead_letter,
 )
+from services.patient_index import dedup, matching
 from services.patient_index.canonical import CanonicalRecord, build_record, to_event_payload
-from services.patient_index.dedup import Seen, decide
+from services.patient_index.dedup import Seen
 from services.patient_index.identity import (
+    MATCH_BELOW_RANK,
+    PROBABILISTIC_RANK,
     IdentityState,
     Keyed,
+    LinkEvent,
     apply_claim,
     keyed_identifiers,
     resolve_anchor,
 )
-from services.patient_index.normalize import Ident, person_from_fhir, person_from_subject
+from services.patient_index.normalize import (
+    Ident,
+    person_from_fhir,
+    person_from_json,
+    person_from_subject,
+    person_to_json,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
 CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
+#: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
+BLOCK_LIMIT = 500
 
 
 def _dumps(doc: Any) -> bytes:
@@ -82,8 +94,8 @@ class Metrics:
         )
         self.decisions = Counter(
             "mrhub_patient_index_link_decisions_total",
-            "Identity decisions by kind (deterministic, new; auto and review come with "
-            "probabilistic matching).",
+            "Identity decisions by kind: deterministic (a known identifier), new, and for "
+            "identities no verified identifier links, auto, review or new from the matcher.",
             ["kind"],
             registry=self.registry,
         )
@@ -107,7 +119,7 @@ class Metrics:
         )
         self.review_queue = Gauge(
             "mrhub_patient_index_review_queue_size",
-            "Possible matches waiting for a data steward (0 until probabilistic linking runs).",
+            "Possible matches this worker has queued for a data steward since it started.",
             registry=self.registry,
         )
 
@@ -136,12 +148,22 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         key_type=bytes,
         value_type=bytes,
     )
+    by_block = app.topic(
+        f"{app.conf.id}-by-block",
+        partitions=partitions,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+    )
     linked = app.topic(IDENTITY_LINKED.name, key_type=bytes, value_type=bytes)
     results = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
     dlq = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes)
     identities = app.Table("identities", partitions=partitions, key_type=bytes, value_type=bytes)
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
+    blocks = app.Table("blocks", partitions=partitions, key_type=bytes, value_type=bytes)
+    reviews = app.Table("reviews", partitions=partitions, key_type=bytes, value_type=bytes)
+    rules = matching.load_rules(settings.patient_index.rules_path)
 
     def source_transaction(event: Any) -> str:
         """The transaction whose commit carries ``event``'s input offset.
@@ -249,6 +271,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     "type": "record",
                     "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
                     "aliases": [{"key": a.key, "rank": a.rank, "kind": a.kind} for a in aliases],
+                    "person": person_to_json(person) if rtype == "Patient" else None,
                     "envelope": simplejson.loads(value, use_decimal=True),
                 }
             ),
@@ -305,6 +328,26 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     }
                 ),
             )
+        person = msg.get("person")
+        if person is not None and person.get("birth_date"):
+            await emit(
+                event,
+                by_block,
+                keyed_hash(hmac_key, "block:birth_date", person["birth_date"]).encode(),
+                _dumps(
+                    {
+                        "person": person,
+                        "master_patient_id": res.master_patient_id,
+                        "anchor": a,
+                        # match while nothing stronger than a hospital number holds this
+                        # identity — not only when it is new: the patient's own record may
+                        # arrive after one of its results created the identity
+                        "match": a["rank"] < MATCH_BELOW_RANK
+                        and res.state.rank < PROBABILISTIC_RANK,
+                        "envelope": {"trace_id": trace_id, "source": source},
+                    }
+                ),
+            )
         env = Envelope.model_validate(env_doc)
         record = build_record(
             env.payload,
@@ -324,6 +367,64 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             _dumps({"record": record.model_dump(mode="json"), "source": env.source}),
         )
 
+    # ------------------------------------------------------------------ 2b. match
+
+    async def match(event: Any, key: bytes | None, value: bytes) -> None:
+        """Owner of one block (birth date): probabilistic linking of identities that no
+        verified identifier links, then the block keeps the person as a future candidate."""
+        if key is None:
+            raise ValueError("block message without a key")
+        msg = _loads(value)
+        person = person_from_json(msg["person"])
+        master = msg["master_patient_id"]
+        anchor = msg["anchor"]
+        entries = _loads(blocks[key]) if blocks.get(key) else []
+        members = [(e["master_patient_id"], person_from_json(e["person"])) for e in entries]
+        env_doc = msg["envelope"]
+        if msg["match"]:
+            candidates = [(m, p) for m, p in members if m != master]
+            decision = matching.decide(person, candidates, rules)
+            metrics.decisions.labels(decision.kind).inc()
+            if decision.kind == "auto" and decision.master_id is not None:
+                # the block remembers the person under the master it now belongs to, so a
+                # later re-match of the candidate cannot flip the link back
+                master = decision.master_id
+                await emit(
+                    event,
+                    by_identity,
+                    anchor["key"].encode(),
+                    _dumps(
+                        {
+                            "type": "claim",
+                            "master_patient_id": decision.master_id,
+                            "rank": PROBABILISTIC_RANK,
+                            "alias_rank": anchor["rank"],
+                            "alias_kind": anchor["kind"],
+                            "envelope": env_doc,
+                        }
+                    ),
+                )
+            elif decision.kind == "review" and decision.master_id is not None:
+                queue = _loads(reviews[key]) if reviews.get(key) else {}
+                queue[master] = {"candidate": decision.master_id, "score": decision.score}
+                reviews[key] = _dumps(queue)
+                metrics.review_queue.inc()
+                review = LinkEvent(
+                    "review",
+                    master,
+                    anchor["kind"],
+                    anchor["rank"],
+                    competing_master_patient_id=decision.master_id,
+                )
+                await publish_link(
+                    event, review, env_doc.get("trace_id", ""), env_doc.get("source", "")
+                )
+        # one entry per identity (its anchor): the newest view of the person, under the
+        # master it belongs to now
+        kept = [e for e in entries if e.get("anchor") != anchor["key"]]
+        kept.append({"anchor": anchor["key"], "master_patient_id": master, "person": msg["person"]})
+        blocks[key] = _dumps(kept[-BLOCK_LIMIT:])
+
     # ------------------------------------------------------------------ 3. index
 
     async def index(event: Any, key: bytes | None, value: bytes) -> None:
@@ -332,7 +433,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         msg = _loads(value)
         record = CanonicalRecord.model_validate(msg["record"])
         stored = seen.get(key)
-        outcome = decide(Seen.model_validate_json(stored) if stored else None, record)
+        outcome = dedup.decide(Seen.model_validate_json(stored) if stored else None, record)
         metrics.records.labels(record.kind, outcome.change).inc()
         if outcome.store:
             seen[key] = outcome.seen.model_dump_json().encode()
@@ -358,12 +459,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     app.agent(accepted, name="route", concurrency=1)(guarded("route", route))
     app.agent(by_identity, name="resolve", concurrency=1)(guarded("resolve", resolve))
     app.agent(by_record, name="index", concurrency=1)(guarded("index", index))
+    app.agent(by_block, name="match", concurrency=1)(guarded("match", match))
 
     # ------------------------------------------------------------------- web
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(exposition(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the header carries it whole
+        return web.bytes(
+            exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -35,7 +35,12 @@ RANK: dict[str, int] = {
     "other": 5,
 }
 
-LinkKind = Literal["new", "alias", "relinked", "conflict"]
+LinkKind = Literal["new", "alias", "relinked", "conflict", "review"]
+
+#: Rank of a probabilistic auto-link: above a hospital number, below any verified document.
+PROBABILISTIC_RANK = 20
+#: Identities weaker than this get probabilistic matching when first seen.
+MATCH_BELOW_RANK = 30
 
 
 def rank(ident: Ident) -> int:
@@ -90,7 +95,7 @@ class LinkEvent:
             "previous_master_patient_id": self.previous_master_patient_id,
             "competing_master_patient_id": self.competing_master_patient_id,
             "evidence": {
-                "rule": "deterministic",
+                "rule": "probabilistic" if self.rank == PROBABILISTIC_RANK else "deterministic",
                 "identifier_kind": self.identifier_kind,
                 "rank": self.rank,
             },

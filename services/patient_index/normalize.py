@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -601,3 +601,18 @@ def person_from_subject(identifiers: Iterable[Any], institution: str) -> Person:
     if isinstance(identifiers, dict):
         identifiers = [identifiers]
     return make_person(institution, idents=normalize_idents(identifiers, institution))
+
+
+def person_to_json(p: Person) -> dict[str, Any]:
+    """A Person as JSON-ready data (for table state; it holds names and numbers — never log it)."""
+    doc = asdict(p)
+    doc["birth_date"] = p.birth_date.isoformat() if p.birth_date else None
+    return doc
+
+
+def person_from_json(doc: Mapping[str, Any]) -> Person:
+    fields = dict(doc)
+    fields["idents"] = tuple(Ident(**i) for i in fields.get("idents") or ())
+    born = fields.get("birth_date")
+    fields["birth_date"] = date.fromisoformat(born) if born else None
+    return Person(**fields)

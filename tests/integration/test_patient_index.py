@@ -287,6 +287,17 @@ def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(hub: Hub) -> N
     poison = [d for d in dead if d["original_base64"] == "/yBub3QganNvbg=="]
     assert len(poison) == 1
     assert poison[0]["stage"] == "route" and poison[0]["error"]
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    dead_count = [
+        float(line.split()[-1])
+        for line in metrics.text.splitlines()
+        if line.startswith('mrhub_patient_index_dead_letters_total{stage="route"}')
+    ]
+    assert dead_count and dead_count[0] >= 1
+    assert "mrhub_patient_index_records_total" in metrics.text
 
 
 def test_kill_9_mid_stream_loses_and_doubles_nothing(hub: Hub) -> None:
@@ -318,3 +329,125 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(hub: Hub) -> None:
     ]
     assert len(mine) == 40
     assert len({e.payload["record_id"] for e in mine}) == 40
+
+
+_DAYS = iter(random.sample(range(20_000), 200))
+
+
+def new_birth_date() -> str:
+    from datetime import date, timedelta
+
+    return (date(1940, 1, 1) + timedelta(days=next(_DAYS))).isoformat()
+
+
+def patient_bundle(
+    inst: str, mz: str, name: dict[str, Any], sex: str, birth: str, phone: str
+) -> dict[str, Any]:
+    """A Patient known only by this hospital's 门诊号, and one Observation of theirs."""
+    p_url = "urn:uuid:" + f"{random.getrandbits(128):032x}"
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": OUTPATIENT_NO_SYSTEM, "value": mz}],
+        "name": [name],
+        "gender": sex,
+        "birthDate": birth,
+        "telecom": [{"system": "phone", "value": phone}],
+        "address": [{"text": "山西省太原市小店区平阳路 12 号"}],
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": p_url,
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:" + f"{random.getrandbits(128):032x}",
+                "resource": observation(inst, subject={"reference": p_url}),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+
+
+def test_hanzi_and_pinyin_with_same_birth_date_and_phone_are_auto_linked(hub: Hub) -> None:
+    a, b, _ = hub.tokens
+    birth, phone = new_birth_date(), f"139{random.randint(10_000_000, 99_999_999)}"
+    m_a = master(
+        hub,
+        trace(
+            hub.post(a, "/fhir", patient_bundle(a, "A-1", {"text": "王芳"}, "female", birth, phone))
+        ),
+    )
+    m_b0 = master(
+        hub,
+        trace(
+            hub.post(
+                b,
+                "/fhir",
+                patient_bundle(
+                    b, "B-7", {"family": "Wang", "given": ["Fang"]}, "female", birth, f"+86 {phone}"
+                ),
+            )
+        ),
+    )
+    # whichever of the two reached their block second is linked to the first (and B's own
+    # Observation may already have been resolved after that link: both are right)
+    relinked = hub.events(
+        "mrhub.patient.identity-linked.v1",
+        where=lambda p: (
+            p["kind"] == "relinked"
+            and p["evidence"]["rule"] == "probabilistic"
+            and m_a in (p["master_patient_id"], p["previous_master_patient_id"])
+        ),
+        expect=1,
+    )
+    assert len(relinked) == 1
+    assert m_b0 in (m_a, relinked[0].payload["previous_master_patient_id"])
+    survivor = relinked[0].payload["master_patient_id"]
+    # from now on both hospitals' numbers for her name one patient
+    assert master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_mz(b, "B-7")))) == survivor
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, "A-1")))) == survivor
+    # A's hospital sends her record again: matched again, the link must not flip
+    again = master(
+        hub,
+        trace(
+            hub.post(a, "/fhir", patient_bundle(a, "A-1", {"text": "王芳"}, "female", birth, phone))
+        ),
+    )
+    assert again == survivor
+    time.sleep(3)
+    assert master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_mz(b, "B-7")))) == survivor
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, "A-1")))) == survivor
+
+
+def test_twins_are_not_linked(hub: Hub) -> None:
+    a, _, _ = hub.tokens
+    birth, phone = new_birth_date(), f"137{random.randint(10_000_000, 99_999_999)}"
+    m1 = master(
+        hub,
+        trace(
+            hub.post(a, "/fhir", patient_bundle(a, "T-1", {"text": "李明"}, "male", birth, phone))
+        ),
+    )
+    time.sleep(2)
+    m2 = master(
+        hub,
+        trace(
+            hub.post(a, "/fhir", patient_bundle(a, "T-2", {"text": "李芳"}, "female", birth, phone))
+        ),
+    )
+    assert m1 != m2
+    time.sleep(2)  # any link decision has been made by now
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, "T-2")))) == m2
+    assert not hub.events(
+        "mrhub.patient.identity-linked.v1",
+        where=lambda p: (
+            p["kind"] in ("relinked", "review")
+            and m2 in (p["master_patient_id"], p.get("previous_master_patient_id"))
+        ),
+        expect=1,
+        timeout_s=2,
+    )
