@@ -134,27 +134,20 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     partitions = settings.topic_partitions
 
     accepted = app.topic(RESOURCE_ACCEPTED.name, key_type=bytes, value_type=bytes)
-    by_identity = app.topic(
-        f"{app.conf.id}-by-identity",
-        partitions=partitions,
-        internal=True,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    by_record = app.topic(
-        f"{app.conf.id}-by-record",
-        partitions=partitions,
-        internal=True,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    by_block = app.topic(
-        f"{app.conf.id}-by-block",
-        partitions=partitions,
-        internal=True,
-        key_type=bytes,
-        value_type=bytes,
-    )
+
+    def internal(stage: str) -> Any:
+        """A repartition topic of this app: keyed by what its stage's owner owns."""
+        return app.topic(
+            f"{app.conf.id}-{stage}",
+            partitions=partitions,
+            internal=True,
+            key_type=bytes,
+            value_type=bytes,
+        )
+
+    by_identity = internal("by-identity")
+    by_record = internal("by-record")
+    by_block = internal("by-block")
     linked = app.topic(IDENTITY_LINKED.name, key_type=bytes, value_type=bytes)
     results = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
