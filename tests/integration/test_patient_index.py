@@ -451,37 +451,3 @@ def test_twins_are_not_linked(hub: Hub) -> None:
         expect=1,
         timeout_s=2,
     )
-
-
-def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies(
-    hub: Hub,
-) -> None:
-    a, b, c = hub.tokens
-    port2 = free_port()
-    env2 = {
-        **hub.env,
-        "MRHUB_PATIENT_INDEX__PORT": str(port2),
-        "MRHUB_STATE_DIR": str(hub.log_dir / "state-2"),
-    }
-    second = _worker(env2, hub.log_dir / "patient_index-2.log")
-    try:
-        _wait_ready(f"http://127.0.0.1:{port2}/readyz", second, hub.log_dir / "patient_index-2.log")
-        cards = [new_card() for _ in range(6)]
-        traces: dict[str, list[str]] = {card: [] for card in cards}
-        for card in cards:  # each patient posted by three hospitals
-            for inst in (a, b, c):
-                doc = bundle("transaction", inst, n_obs=1, id_card=card)
-                traces[card].append(trace(hub.post(inst, "/fhir", doc)))
-        for card in cards:
-            assert len({master(hub, t) for t in traces[card]}) == 1
-        # the second worker dies; the first takes its partitions and state over
-        second.send_signal(signal.SIGKILL)
-        second.wait()
-        late = new_card()
-        t1 = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=late)))
-        t2 = trace(hub.post(b, "/fhir/Observation", obs_for_card(b, late)))
-        t3 = trace(hub.post(c, "/fhir/Observation", obs_for_card(c, cards[0])))
-        assert master(hub, t1) == master(hub, t2)
-        assert master(hub, t3) == master(hub, traces[cards[0]][0])
-    finally:
-        stop_process(second)
