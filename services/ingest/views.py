@@ -297,14 +297,22 @@ def _status_line(code: int) -> str:
 # -------------------------------------------------------------------------------- handlers
 
 
-async def _json_write(gw: Gateway, request: web.Request) -> tuple[Institution, Any] | web.Response:
-    """A write's institution and parsed JSON body — or the refusal: 401, 415, 413, 400."""
+def _admit(
+    gw: Gateway, request: web.Request, media_types: frozenset[str]
+) -> Institution | web.Response:
+    """The writing institution — or the refusal: 401 (credential) or 415 (content type)."""
     who = _authenticate(gw, request)
     if isinstance(who, web.Response):
         return who
-    refused = _media_type_refusal(gw, request, JSON_TYPES)
-    if refused is not None:
-        return refused
+    refused = _media_type_refusal(gw, request, media_types)
+    return refused if refused is not None else who
+
+
+async def _json_write(gw: Gateway, request: web.Request) -> tuple[Institution, Any] | web.Response:
+    """A write's institution and parsed JSON body — or the refusal: 401, 415, 413, 400."""
+    who = _admit(gw, request, JSON_TYPES)
+    if isinstance(who, web.Response):
+        return who
     body = await _read_body(gw, request)
     if isinstance(body, web.Response):
         return body
@@ -423,12 +431,9 @@ async def post_import(request: web.Request) -> web.StreamResponse:
     sender resumes after them.
     """
     gw = request.app[STATE_KEY]
-    who = _authenticate(gw, request)
+    who = _admit(gw, request, NDJSON_TYPES)
     if isinstance(who, web.Response):
         return who
-    refused = _media_type_refusal(gw, request, NDJSON_TYPES)
-    if refused is not None:
-        return refused
     received_at = utcnow()
     trace_id = _trace_id(request)
     issues: list[Issue] = []
