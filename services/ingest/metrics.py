@@ -13,6 +13,10 @@ from services.ingest.validation import CLINICAL_TYPES, CONTEXT_TYPES
 _KNOWN_TYPES = frozenset((*CLINICAL_TYPES, *CONTEXT_TYPES, "Bundle"))
 
 
+#: Seconds: 1 ms to 10 s, for request and Kafka transaction latencies alike.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
 def type_label(resource_type: str) -> str:
     return resource_type if resource_type in _KNOWN_TYPES else "other"
 
@@ -46,7 +50,7 @@ class IngestMetrics:
             "mrhub_ingest_request_duration_seconds",
             "Time from request start to response, by route template.",
             ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.received_bytes = Counter(
@@ -59,7 +63,7 @@ class IngestMetrics:
             "mrhub_ingest_kafka_publish_duration_seconds",
             "Time for one Kafka transaction (acks=all) from its start to its commit.",
             ["mode"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.publish_errors = Counter(
