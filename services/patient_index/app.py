@@ -239,7 +239,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     # ------------------------------------------------------------------ 1. route
 
     async def route(event: Any, _key: bytes | None, value: bytes) -> None:
-        env = Envelope.from_bytes(value)
+        doc = _loads(value)  # parsed once: validated here, forwarded as is
+        env = Envelope.model_validate(doc)
         payload = env.payload
         rtype = payload.get("resource_type")
         if rtype != "Patient" and rtype not in CLINICAL:
@@ -265,7 +266,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
                     "aliases": [{"key": a.key, "rank": a.rank, "kind": a.kind} for a in aliases],
                     "person": person_to_json(person) if rtype == "Patient" else None,
-                    "envelope": simplejson.loads(value, use_decimal=True),
+                    "envelope": doc,
                 }
             ),
         )
