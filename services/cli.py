@@ -25,6 +25,7 @@ import httpx
 
 from services.common.broker import LocalBroker, ensure_jars
 from services.common.errors import MrhubError
+from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS
 
@@ -150,6 +151,18 @@ def cmd_institutions(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     removed = inst.revoke_tokens(path, args.id)
     print(f"revoked {removed} token(s) of {args.id}")
+    return 0
+
+
+def cmd_stewards(args: argparse.Namespace, settings: Settings) -> int:
+    """A new data-steward token: printed once, with the hash that goes into the settings."""
+    token = "mrs_" + secrets.token_urlsafe(32)
+    print(f"token: {token}")
+    print(f"hash:  {hash_token(token)}")
+    print(
+        "Add the hash to MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES (a JSON list) and give "
+        "the token to the steward; it is not stored anywhere."
+    )
     return 0
 
 
@@ -317,14 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     p.set_defaults(func=cmd_institutions)
 
+    p = sub.add_parser("stewards", help="data stewards of the patient index")
+    ssub = p.add_subparsers(dest="action", required=True)
+    ssub.add_parser("new-token", help="make a steward token; prints it and its hash once")
+    p.set_defaults(func=cmd_stewards)
+
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("which", choices=["ingest", "match"])
+    p.add_argument("which", choices=["ingest", "match", "index"])
     p.add_argument("--seconds", type=float, default=10.0, help="ingest: length of each run")
     p.add_argument(
         "--dataset",
         default="febrl4",
         choices=["febrl1", "febrl2", "febrl3", "febrl4"],
         help="match: the labelled FEBRL data set",
+    )
+    p.add_argument(
+        "--populations",
+        default="10000,100000,1000000",
+        help="index: comma-separated numbers of known persons to measure at",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_bench)

@@ -86,6 +86,11 @@ class PatientIndexSettings(ServiceSettings):
         default=Path("config/matching/rules-v1.yaml"),
         description="Matching rules (versioned data): fields, weights, blocking, thresholds.",
     )
+    steward_token_hashes: tuple[str, ...] = Field(
+        default=(),
+        description="'sha256:<hex>' hashes of the data stewards' bearer tokens (JSON list); "
+        "`mrhub stewards new-token` makes one. Empty: the steward API refuses every request.",
+    )
 
 
 class IdentitySettings(_Frozen):

@@ -29,7 +29,7 @@ import faust
 import simplejson
 from prometheus_client import Counter, Gauge
 
-from services.common.envelope import Envelope
+from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.identifiers import keyed_hash
 from services.common.metrics import CONTENT_TYPE_LATEST, build_info, exposition, new_registry
@@ -41,7 +41,8 @@ from services.common.topics import (
     RESULT_INDEXED,
     dead_letter,
 )
-from services.patient_index import dedup, matching
+from services.patient_index import dedup, matching, stewardship
+from services.patient_index import web as steward_api
 from services.patient_index.canonical import CanonicalRecord, build_record, to_event_payload
 from services.patient_index.dedup import Seen
 from services.patient_index.identity import (
@@ -119,7 +120,7 @@ class Metrics:
         )
         self.review_queue = Gauge(
             "mrhub_patient_index_review_queue_size",
-            "Possible matches this worker has queued for a data steward since it started.",
+            "Possible matches waiting for a data steward, in the partitions this worker owns.",
             registry=self.registry,
         )
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     by_identity = internal("by-identity")
     by_record = internal("by-record")
     by_block = internal("by-block")
+    by_master = internal("by-master")
     linked = app.topic(IDENTITY_LINKED.name, key_type=bytes, value_type=bytes)
     results = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
@@ -156,7 +158,18 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
     blocks = app.Table("blocks", partitions=partitions, key_type=bytes, value_type=bytes)
     reviews = app.Table("reviews", partitions=partitions, key_type=bytes, value_type=bytes)
+    masters = app.Table("masters", partitions=partitions, key_type=bytes, value_type=bytes)
+    # the last record published per record id: what a merge or unmerge re-publishes
+    published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
     rules = matching.load_rules(settings.patient_index.rules_path)
+
+    def pending_reviews() -> int:
+        try:
+            return sum(len(_loads(v)) for v in reviews.values())
+        except Exception:  # a scrape during a rebalance: no figure rather than an error
+            return 0
+
+    metrics.review_queue.set_function(pending_reviews)
 
     def source_transaction(event: Any) -> str:
         """The transaction whose commit carries ``event``'s input offset.
@@ -188,6 +201,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     def hash_ident(ident: Ident) -> str:
         return keyed_hash(hmac_key, *ident.key())
+
+    def block_key(birth_date: str) -> str:
+        return keyed_hash(hmac_key, "block:birth_date", birth_date)
 
     async def dead(stage: str, event: Any, exc: BaseException) -> None:
         msg = event.message
@@ -291,6 +307,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         current = IdentityState.model_validate_json(current_raw) if current_raw else None
         env_doc = msg["envelope"]
         trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
+        if msg["type"] in ("steward-link", "steward-unlink"):
+            await steward_identity(event, key, current, msg)
+            return
         if msg["type"] == "claim":
             alias = Keyed(key.decode(), msg["alias_rank"], msg["alias_kind"])
             result = apply_claim(current, msg["master_patient_id"], alias, msg["rank"])
@@ -327,7 +346,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             await emit(
                 event,
                 by_block,
-                keyed_hash(hmac_key, "block:birth_date", person["birth_date"]).encode(),
+                block_key(person["birth_date"]).encode(),
                 _dumps(
                     {
                         "person": person,
@@ -356,10 +375,118 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             return
         await emit(
             event,
-            by_record,
-            record.record_id.encode(),
-            _dumps({"record": record.model_dump(mode="json"), "source": env.source}),
+            by_master,
+            res.master_patient_id.encode(),
+            _dumps(
+                {
+                    "type": "record",
+                    "anchor": a["key"],
+                    "record": record.model_dump(mode="json"),
+                    "source": env.source,
+                }
+            ),
         )
+
+    async def steward_identity(
+        event: Any, key: bytes, current: IdentityState | None, msg: dict[str, Any]
+    ) -> None:
+        """A data steward links an identifier to a master, or unlinks it from one."""
+        cmd = stewardship.Command.from_json(msg)
+        ident_key = key.decode()
+        kind = current.kind if current is not None else msg.get("identifier_kind", "other")
+        if msg["type"] == "steward-link":
+            target = msg["master_patient_id"]
+            if current is not None and current.master_patient_id == target:
+                if current.rank < stewardship.STEWARD_RANK:
+                    identities[key] = (
+                        current.model_copy(update={"rank": stewardship.STEWARD_RANK})
+                        .model_dump_json()
+                        .encode()
+                    )
+                return
+            link = stewardship.StewardEvent(
+                "linked",
+                target,
+                cmd,
+                previous_master_patient_id=current.master_patient_id if current else None,
+            )
+        else:
+            if current is None or current.master_patient_id != msg["master_patient_id"]:
+                return  # not linked to that master (or unlinked already): nothing to undo
+            target = stewardship.unlinked_master_id(ident_key, cmd.command_id)
+            link = stewardship.StewardEvent(
+                "unlinked", target, cmd, previous_master_patient_id=current.master_patient_id
+            )
+        identities[key] = (
+            IdentityState(master_patient_id=target, rank=stewardship.STEWARD_RANK, kind=kind)
+            .model_dump_json()
+            .encode()
+        )
+        await publish_steward(event, link)
+        if current is not None:  # the identifier's records follow it
+            await emit(
+                event,
+                by_master,
+                current.master_patient_id.encode(),
+                _dumps({"type": "move-records", "anchor": ident_key, "to": target}),
+            )
+
+    async def publish_steward(event: Any, link: stewardship.StewardEvent) -> None:
+        metrics.link_events.labels(link.kind).inc()
+        env = Envelope(
+            event_type="mrhub.patient.identity-linked",
+            source=link.command.actor or "steward",
+            payload=link.payload(),
+        )
+        await emit(event, linked, link.master_patient_id.encode(), env.to_bytes(), env.headers())
+
+    # ---------------------------------------------------------------- 2c. master
+
+    async def master(event: Any, key: bytes | None, value: bytes) -> None:
+        """Owner of one master patient id: its records, merges and unmerges."""
+        if key is None:
+            raise ValueError("master message without a key")
+        msg = _loads(value)
+        mid = key.decode()
+        raw = masters.get(key)
+        st = stewardship.MasterState.model_validate_json(raw) if raw else None
+        kind = msg["type"]
+        if kind == "record":
+            step = stewardship.add_record(st, mid, msg["record"]["record_id"], msg["anchor"])
+            root = (step.state or st or stewardship.MasterState.new(mid)).root
+            msg["record"]["master_patient_id"] = root
+            await emit(
+                event,
+                by_record,
+                msg["record"]["record_id"].encode(),
+                _dumps({"type": "record", "record": msg["record"], "source": msg["source"]}),
+            )
+        elif kind == "merge":
+            cmd = stewardship.Command.from_json(msg)
+            step = stewardship.merge_request(st, mid, msg["source"], cmd)
+        elif kind == "attach":
+            cmd = stewardship.Command.from_json(msg)
+            step = stewardship.attach(st, mid, msg["parent"], msg["root"], cmd)
+        elif kind == "unmerge":
+            step = stewardship.unmerge(st, mid, stewardship.Command.from_json(msg))
+        elif kind == "detach-child":
+            cmd = stewardship.Command.from_json(msg)
+            step = stewardship.detach_child(st, msg["child"], cmd, refused=msg["refused"])
+        elif kind == "set-root":
+            step = stewardship.set_root(st, mid, msg["root"])
+        elif kind == "move-records":
+            step = stewardship.move_records(st, msg["anchor"], msg["to"])
+        elif kind == "adopt-records":
+            step = stewardship.adopt_records(st, mid, msg["records"])
+        else:
+            raise ValueError(f"unknown master message type {kind!r}")
+        if step.state is not None:
+            masters[key] = step.state.model_dump_json().encode()
+        for send in step.sends:
+            topic = by_master if send.to == "master" else by_record
+            await emit(event, topic, send.key.encode(), _dumps(send.body))
+        for ev in step.events:
+            await publish_steward(event, ev)
 
     # ------------------------------------------------------------------ 2b. match
 
@@ -369,14 +496,20 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if key is None:
             raise ValueError("block message without a key")
         msg = _loads(value)
+        if msg.get("type") == "review-decision":
+            await review_decision(event, key, msg)
+            return
         person = person_from_json(msg["person"])
         master = msg["master_patient_id"]
         anchor = msg["anchor"]
         entries = _loads(blocks[key]) if blocks.get(key) else []
         members = [(e["master_patient_id"], person_from_json(e["person"])) for e in entries]
+        mine = next((e for e in entries if e.get("anchor") == anchor["key"]), None)
+        # masters a steward said are not this person (a rejected review) are never offered
+        distinct: list[str] = list(mine.get("distinct", [])) if mine else []
         env_doc = msg["envelope"]
         if msg["match"]:
-            candidates = [(m, p) for m, p in members if m != master]
+            candidates = [(m, p) for m, p in members if m != master and m not in distinct]
             decision = matching.decide(person, candidates, rules)
             metrics.decisions.labels(decision.kind).inc()
             if decision.kind == "auto" and decision.master_id is not None:
@@ -400,9 +533,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 )
             elif decision.kind == "review" and decision.master_id is not None:
                 queue = _loads(reviews[key]) if reviews.get(key) else {}
-                queue[master] = {"candidate": decision.master_id, "score": decision.score}
+                queue[master] = {
+                    "candidate": decision.master_id,
+                    "score": decision.score,
+                    "queued_at": utcnow().isoformat(),
+                }
                 reviews[key] = _dumps(queue)
-                metrics.review_queue.inc()
                 review = LinkEvent(
                     "review",
                     master,
@@ -416,8 +552,45 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # one entry per identity (its anchor): the newest view of the person, under the
         # master it belongs to now
         kept = [e for e in entries if e.get("anchor") != anchor["key"]]
-        kept.append({"anchor": anchor["key"], "master_patient_id": master, "person": msg["person"]})
+        entry = {"anchor": anchor["key"], "master_patient_id": master, "person": msg["person"]}
+        if distinct:
+            entry["distinct"] = distinct
+        kept.append(entry)
         blocks[key] = _dumps(kept[-BLOCK_LIMIT:])
+
+    async def review_decision(event: Any, key: bytes, msg: dict[str, Any]) -> None:
+        """A data steward confirms (merge) or rejects (never offer again) a possible match."""
+        queue = _loads(reviews[key]) if reviews.get(key) else {}
+        reviewed = msg["master_patient_id"]
+        item = queue.pop(reviewed, None)
+        if item is None:
+            return  # resolved already (or never queued): nothing to do
+        if queue:
+            reviews[key] = _dumps(queue)
+        else:
+            del reviews[key]
+        cmd = stewardship.Command.from_json(msg)
+        candidate = item["candidate"]
+        if msg["decision"] == "confirm":
+            await emit(
+                event,
+                by_master,
+                candidate.encode(),
+                _dumps({"type": "merge", "source": reviewed, **cmd.to_json()}),
+            )
+            ev = stewardship.StewardEvent(
+                "review-confirmed", candidate, cmd, previous_master_patient_id=reviewed
+            )
+        else:
+            entries = _loads(blocks[key]) if blocks.get(key) else []
+            for e in entries:
+                if e["master_patient_id"] == reviewed:
+                    e["distinct"] = sorted({*e.get("distinct", []), candidate})
+            blocks[key] = _dumps(entries)
+            ev = stewardship.StewardEvent(
+                "review-rejected", reviewed, cmd, competing_master_patient_id=candidate
+            )
+        await publish_steward(event, ev)
 
     # ------------------------------------------------------------------ 3. index
 
@@ -425,7 +598,18 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if key is None:
             raise ValueError("record message without a key")
         msg = _loads(value)
-        record = CanonicalRecord.model_validate(msg["record"])
+        if msg.get("type") == "remaster":
+            last = published.get(key)
+            if last is None:  # not published yet: it will carry the right master when it is
+                return
+            doc = _loads(last)
+            record = CanonicalRecord.model_validate(doc["record"]).model_copy(
+                update={"master_patient_id": msg["master_patient_id"]}
+            )
+            source = doc["source"]
+        else:
+            record = CanonicalRecord.model_validate(msg["record"])
+            source = msg["source"]
         stored = seen.get(key)
         outcome = dedup.decide(Seen.model_validate_json(stored) if stored else None, record)
         metrics.records.labels(record.kind, outcome.change).inc()
@@ -434,12 +618,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         change = outcome.published_change
         if change is None:
             return
+        published[key] = _dumps({"record": record.model_dump(mode="json"), "source": source})
         topic, spec = (
             (results, RESULT_INDEXED) if record.kind == "result" else (orders, ORDER_PLACED)
         )
         env = Envelope(
             event_type=spec.name.rsplit(".", 1)[0],
-            source=msg["source"],
+            source=source,
             trace_id=record.trace_id,
             received_at=record.source.received_at,
             payload=to_event_payload(
@@ -454,8 +639,27 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     app.agent(by_identity, name="resolve", concurrency=1)(guarded("resolve", resolve))
     app.agent(by_record, name="index", concurrency=1)(guarded("index", index))
     app.agent(by_block, name="match", concurrency=1)(guarded("match", match))
+    app.agent(by_master, name="master", concurrency=1)(guarded("master", master))
 
     # ------------------------------------------------------------------- web
+
+    steward_api.install(
+        steward_api.Context(
+            app=app,
+            settings=settings,
+            identities=identities,
+            blocks=blocks,
+            masters=masters,
+            reviews=reviews,
+            by_identity=by_identity.get_topic_name(),
+            by_master=by_master.get_topic_name(),
+            by_block=by_block.get_topic_name(),
+            hash_ident=hash_ident,
+            block_key=block_key,
+            rules=rules,
+            token_hashes=frozenset(settings.patient_index.steward_token_hashes),
+        )
+    )
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -1,0 +1,303 @@
+"""Master patients over time: records, merges, unmerges, and the history of each.
+
+One owner per master patient id keeps a :class:`MasterState`: which canonical records belong
+to the master's own identities (record id → the anchor identifier's keyed hash), the master
+it is merged into (if any), the *root* it resolves to (the surviving master at the top of its
+merge chain), the masters merged into it, and a history of what stewards did.
+
+Every record passes its identity's master on the way to the index stage, which stamps it with
+that master's root — so a record posted after a merge is published under the surviving id.
+A merge, an unmerge or a change of a root further up re-publishes the master's records
+(*remaster*), and passes the new root down to the masters merged into it, each of which does
+the same. All messages about one record then come from one owner, in order.
+
+A merge is two steps, so that a cycle is refused without a global lock:
+
+1. ``merge`` goes to the **target**'s owner, which refuses if the target is itself merged
+   (merge into the surviving master, never into a merged one), and otherwise adopts the
+   source as a child (idempotent: a second identical merge changes nothing);
+2. ``attach`` goes to the **source**'s owner, which refuses if the source is already merged
+   elsewhere or the target is one of its own children (a concurrent opposite merge), and
+   otherwise records the merge, publishes it, and re-publishes its records. A refusal tells
+   the target to drop the child again.
+
+Pure functions: each takes the stored state and a message and returns the new state (or
+``None`` when nothing changes) and the messages to send. The agent sends and stores them in
+one Kafka transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Rank of an identifier a data steward linked or unlinked: above any automatic evidence, so
+#: no later claim moves it back.
+STEWARD_RANK = 100
+#: History entries kept per master (the oldest drop out first; the events stay on Kafka).
+HISTORY_LIMIT = 200
+
+StewardEventKind = Literal[
+    "merged",
+    "unmerged",
+    "merge-rejected",
+    "linked",
+    "unlinked",
+    "review-confirmed",
+    "review-rejected",
+]
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    action: str
+    other_master_patient_id: str | None = None
+    command_id: str
+    actor: str = ""
+    reason: str = ""
+
+
+class MasterState(BaseModel):
+    """What the owner of one master patient id knows about it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    master_patient_id: str
+    merged_into: str | None = None
+    root: str
+    children: tuple[str, ...] = ()
+    records: dict[str, str] = Field(default_factory=dict)  # record id → anchor key
+    history: tuple[HistoryEntry, ...] = ()
+
+    @classmethod
+    def new(cls, master: str) -> MasterState:
+        return cls(master_patient_id=master, root=master)
+
+    def public_view(self) -> dict[str, Any]:
+        """What a steward sees: no identifier, only ids, counts and history."""
+        return {
+            "master_patient_id": self.master_patient_id,
+            "status": "merged" if self.merged_into else "active",
+            "merged_into": self.merged_into,
+            "surviving_master_patient_id": self.root,
+            "merged_from": list(self.children),
+            "records": len(self.records),
+            "history": [h.model_dump(mode="json") for h in self.history],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Who asked for a steward action, and why (carried by every message it causes)."""
+
+    command_id: str
+    actor: str = ""
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Command:
+        return cls(doc["command_id"], doc.get("actor", ""), doc.get("reason", ""))
+
+    def to_json(self) -> dict[str, str]:
+        return {"command_id": self.command_id, "actor": self.actor, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A message for another stage: ``to`` is ``master`` (keyed by a master id) or
+    ``record`` (keyed by a record id)."""
+
+    to: Literal["master", "record"]
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StewardEvent:
+    """An identity-linked event caused by a steward (or refused for one)."""
+
+    kind: StewardEventKind
+    master_patient_id: str
+    command: Command
+    previous_master_patient_id: str | None = None
+    competing_master_patient_id: str | None = None
+    detail: str = ""
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "master_patient_id": self.master_patient_id,
+            "previous_master_patient_id": self.previous_master_patient_id,
+            "competing_master_patient_id": self.competing_master_patient_id,
+            "evidence": {
+                "rule": "steward",
+                "command_id": self.command.command_id,
+                "actor": self.command.actor,
+                "reason": self.command.reason,
+                "detail": self.detail,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    state: MasterState | None  # to store, or None: unchanged
+    sends: list[Send] = field(default_factory=list)
+    events: list[StewardEvent] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _with_history(
+    st: MasterState, action: str, cmd: Command, other: str | None, **update: Any
+) -> MasterState:
+    entry = HistoryEntry(
+        at=_now(),
+        action=action,
+        other_master_patient_id=other,
+        command_id=cmd.command_id,
+        actor=cmd.actor,
+        reason=cmd.reason,
+    )
+    return st.model_copy(update={**update, "history": (*st.history, entry)[-HISTORY_LIMIT:]})
+
+
+def _remaster(st: MasterState, record_ids: Any = None) -> list[Send]:
+    """Re-publish records (all of the master's by default) under its root."""
+    ids = st.records if record_ids is None else record_ids
+    return [Send("record", rid, {"type": "remaster", "master_patient_id": st.root}) for rid in ids]
+
+
+def _cascade(st: MasterState) -> list[Send]:
+    """Tell every master merged into this one where it now resolves to."""
+    return [Send("master", c, {"type": "set-root", "root": st.root}) for c in st.children]
+
+
+def unlinked_master_id(identifier_key: str, command_id: str) -> str:
+    """The fresh master an unlinked identifier gets (same command → same id on redelivery)."""
+    digest = hashlib.sha256(f"unlink:{identifier_key}:{command_id}".encode()).hexdigest()
+    return f"MP{digest[:24]}"
+
+
+# ── records ─────────────────────────────────────────────────────────────────────────────
+
+
+def add_record(st: MasterState | None, master: str, record_id: str, anchor: str) -> Step:
+    """A record of this master's identity: remember it; the caller stamps ``root``."""
+    cur = st or MasterState.new(master)
+    if cur.records.get(record_id) == anchor:
+        return Step(None if st is not None else cur)
+    return Step(cur.model_copy(update={"records": {**cur.records, record_id: anchor}}))
+
+
+def move_records(st: MasterState | None, anchor: str, to: str) -> Step:
+    """An identifier left this master: its records go with it to ``to``."""
+    if st is None:
+        return Step(None)
+    moved = {r: a for r, a in st.records.items() if a == anchor}
+    if not moved:
+        return Step(None)
+    kept = {r: a for r, a in st.records.items() if a != anchor}
+    return Step(
+        st.model_copy(update={"records": kept}),
+        [Send("master", to, {"type": "adopt-records", "records": moved})],
+    )
+
+
+def adopt_records(st: MasterState | None, master: str, records: dict[str, str]) -> Step:
+    cur = st or MasterState.new(master)
+    new = cur.model_copy(update={"records": {**cur.records, **records}})
+    return Step(new, _remaster(new, records))
+
+
+# ── merge, unmerge ──────────────────────────────────────────────────────────────────────
+
+
+def merge_request(st: MasterState | None, target: str, source: str, cmd: Command) -> Step:
+    """Step 1, at the target's owner."""
+    cur = st or MasterState.new(target)
+    if source == target:
+        return Step(None, events=[StewardEvent("merge-rejected", source, cmd, detail="same")])
+    if cur.merged_into is not None:
+        detail = f"target is merged into {cur.merged_into}; merge into that master"
+        event = StewardEvent(
+            "merge-rejected", source, cmd, competing_master_patient_id=target, detail=detail
+        )
+        return Step(None, events=[event])
+    if source in cur.children:  # the same merge again: nothing to do
+        return Step(None)
+    new = _with_history(cur, "merged-from", cmd, source, children=(*cur.children, source))
+    body = {"type": "attach", "parent": target, "root": cur.root, **cmd.to_json()}
+    return Step(new, [Send("master", source, body)])
+
+
+def attach(st: MasterState | None, source: str, parent: str, root: str, cmd: Command) -> Step:
+    """Step 2, at the source's owner."""
+    cur = st or MasterState.new(source)
+    if cur.merged_into == parent:
+        return Step(None)
+    refusal = None
+    if cur.merged_into is not None:
+        refusal = f"source is already merged into {cur.merged_into}"
+    elif parent in cur.children or root == source:
+        refusal = "target is merged into the source (a merge the other way round)"
+    if refusal is not None:
+        return Step(
+            None,
+            [
+                Send(
+                    "master",
+                    parent,
+                    {"type": "detach-child", "child": source, "refused": True, **cmd.to_json()},
+                )
+            ],
+            [
+                StewardEvent(
+                    "merge-rejected",
+                    source,
+                    cmd,
+                    competing_master_patient_id=parent,
+                    detail=refusal,
+                )
+            ],
+        )
+    new = _with_history(cur, "merged-into", cmd, parent, merged_into=parent, root=root)
+    event = StewardEvent("merged", parent, cmd, previous_master_patient_id=source)
+    return Step(new, _remaster(new) + _cascade(new), [event])
+
+
+def set_root(st: MasterState | None, master: str, root: str) -> Step:
+    cur = st or MasterState.new(master)
+    if cur.root == root:
+        return Step(None)
+    new = cur.model_copy(update={"root": root})
+    return Step(new, _remaster(new) + _cascade(new))
+
+
+def unmerge(st: MasterState | None, source: str, cmd: Command) -> Step:
+    """Undo the merge of ``source``: its records are its own again, and its children's."""
+    if st is None or st.merged_into is None:
+        return Step(None)  # not merged (or unmerged already): nothing to undo
+    parent = st.merged_into
+    new = _with_history(st, "unmerged-from", cmd, parent, merged_into=None, root=source)
+    event = StewardEvent("unmerged", source, cmd, previous_master_patient_id=parent)
+    detach = {"type": "detach-child", "child": source, "refused": False, **cmd.to_json()}
+    sends = [Send("master", parent, detach)]
+    return Step(new, sends + _remaster(new) + _cascade(new), [event])
+
+
+def detach_child(st: MasterState | None, child: str, cmd: Command, *, refused: bool) -> Step:
+    """The child left (unmerged), or refused the merge this master had started."""
+    if st is None or child not in st.children:
+        return Step(None)
+    children = tuple(c for c in st.children if c != child)
+    action = "merge-refused-by-source" if refused else "unmerged-child"
+    return Step(_with_history(st, action, cmd, child, children=children))

@@ -1,0 +1,475 @@
+"""The data stewards' HTTP API of the patient index (port 8083).
+
+Writes (merge, unmerge, link, unlink, confirm or reject a review) are *commands*: the handler
+checks the request, writes one message to the internal topic of the owner that decides
+(acks=all), and answers ``202 Accepted`` with the command id. The owner applies it in order
+with everything else it decides, publishes the outcome on ``mrhub.patient.identity-linked.v1``
+(the event's ``evidence.command_id`` names the command), and ``GET /patients/{id}`` shows the
+master's state and history.
+
+Reads go to the worker that owns the key (``faust`` keeps one owner per table partition): a
+request that lands elsewhere is forwarded to the owner over HTTP. ``GET /reviews`` asks every
+worker for the reviews in its partitions.
+
+Every path here but ``/metrics``, ``/healthz`` and ``/readyz`` needs a steward's bearer token
+(``MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES``; hospitals' tokens do not work here). Nothing
+here logs an identifier; identifiers in requests are hashed (HMAC) before they go anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import simplejson
+from aiohttp.web import Request, Response
+from aiokafka import AIOKafkaProducer
+from faust.web import View
+from mode import Service
+from yarl import URL
+
+from services.common.fhir import Issue, operation_outcome
+from services.common.institutions import hash_token
+from services.common.settings import Settings
+from services.patient_index import matching
+from services.patient_index.identity import keyed_identifiers
+from services.patient_index.normalize import (
+    Ident,
+    person_from_fhir,
+    person_from_json,
+    person_from_subject,
+)
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
+#: Candidates ``$match`` returns at most.
+MATCH_COUNT = 10
+_MASTER_PREFIX = "MP"
+
+
+def _dumps(doc: Any) -> bytes:
+    return simplejson.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Context:
+    """What the handlers need from the app: tables, topic names, hashing, rules."""
+
+    app: faust.App
+    settings: Settings
+    identities: Any
+    blocks: Any
+    masters: Any
+    reviews: Any
+    by_identity: str
+    by_master: str
+    by_block: str
+    hash_ident: Callable[[Ident], str]
+    block_key: Callable[[str], str]
+    rules: matching.Rules
+    token_hashes: frozenset[str]
+    producer: AIOKafkaProducer | None = None
+
+
+def outcome(status: int, code: str, message: str, expression: str = "") -> Response:
+    issue = Issue("error", code, message, (expression,) if expression else (), code)  # type: ignore[arg-type]
+    return Response(body=_dumps(operation_outcome([issue])), status=status, content_type=FHIR_JSON)
+
+
+def _json(doc: Any, status: int = 200, content_type: str = "application/json") -> Response:
+    return Response(body=_dumps(doc), status=status, content_type=content_type)
+
+
+def _is_master_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and value.startswith(_MASTER_PREFIX)
+        and len(value) == 26
+        and all(c in "0123456789abcdef" for c in value[2:])
+    )
+
+
+def install(ctx: Context) -> None:
+    """Register the steward routes on ``ctx.app``."""
+    app = ctx.app
+
+    class CommandProducer(Service):
+        """The acks=all producer that writes stewards' commands (runs with the worker)."""
+
+        async def on_start(self) -> None:
+            ctx.producer = AIOKafkaProducer(
+                bootstrap_servers=ctx.settings.kafka.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+            )
+            await ctx.producer.start()
+
+        async def on_stop(self) -> None:
+            if ctx.producer is not None:
+                await ctx.producer.stop()
+                ctx.producer = None
+
+    app.service(CommandProducer)
+
+    def authorised(request: Request) -> Response | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _unauthorised("a steward's bearer token is required")
+        if hash_token(token.strip()) not in ctx.token_hashes:
+            return _unauthorised("this token is not a data steward's")
+        return None
+
+    async def body_of(request: Request) -> dict[str, Any] | Response:
+        raw = await request.read()
+        try:
+            doc = simplejson.loads(raw) if raw else None
+        except ValueError as exc:
+            return outcome(400, "structure", f"the body is not JSON: {exc}")
+        if not isinstance(doc, dict):
+            return outcome(400, "structure", "the body must be a JSON object")
+        return doc
+
+    async def send(topic: str, key: str, body: dict[str, Any]) -> Response | None:
+        if ctx.producer is None:
+            return outcome(503, "transient", "the worker is starting; try again")
+        try:
+            await ctx.producer.send_and_wait(topic, _dumps(body), key=key.encode())
+        except Exception as exc:  # Kafka unavailable: nothing was written
+            log.warning("steward command not written", extra={"error": type(exc).__name__})
+            return outcome(503, "transient", "the command could not be stored; try again")
+        return None
+
+    async def accept(
+        request: Request, topic: str, key: str, body: dict[str, Any], doc: dict[str, Any]
+    ) -> Response:
+        command_id = str(uuid.uuid4())
+        reason = doc.get("reason", "")
+        if not isinstance(reason, str):
+            return outcome(400, "value", "reason must be a string", "reason")
+        actor = request.headers.get("X-Steward", "")[:100]
+        full = {**body, "command_id": command_id, "actor": actor, "reason": reason[:500]}
+        failed = await send(topic, key, full)
+        if failed is not None:
+            return failed
+        return _json({"command_id": command_id, "status": "accepted"}, 202)
+
+    def master_field(doc: dict[str, Any], name: str) -> str | Response:
+        value = doc.get(name)
+        if not _is_master_id(value):
+            return outcome(
+                400, "value", f"{name} must be a master patient id (MP + 24 hex digits)", name
+            )
+        return str(value)
+
+    def identifier_key(doc: dict[str, Any]) -> tuple[str, str] | Response:
+        ident = doc.get("identifier")
+        institution = doc.get("institution", "")
+        if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+            return outcome(400, "required", "identifier needs a system and a value", "identifier")
+        if not isinstance(institution, str):
+            return outcome(400, "value", "institution must be a string", "institution")
+        person = person_from_subject([ident], institution)
+        keyed = keyed_identifiers(person, ctx.hash_ident)
+        if not keyed:
+            return outcome(
+                422,
+                "business-rule",
+                "this identifier cannot name a patient (unknown system, a failing 身份证 "
+                "checksum, or a hospital number without its institution)",
+                "identifier",
+            )
+        return keyed[0].key, keyed[0].kind
+
+    def command_view(handle: Callable[[Request, dict[str, Any]], Awaitable[Response]]) -> type:
+        class CommandView(View):
+            async def post(self, request: Request) -> Response:
+                refused = authorised(request)
+                if refused is not None:
+                    return refused
+                doc = await body_of(request)
+                if isinstance(doc, Response):
+                    return doc
+                return await handle(request, doc)
+
+        CommandView.__name__ = CommandView.__qualname__ = handle.__name__
+        return CommandView
+
+    async def merge(request: Request, doc: dict[str, Any]) -> Response:
+        source, target = master_field(doc, "source"), master_field(doc, "target")
+        if isinstance(source, Response):
+            return source
+        if isinstance(target, Response):
+            return target
+        if source == target:
+            return outcome(400, "business-rule", "source and target are the same master")
+        body = {"type": "merge", "source": source}
+        return await accept(request, ctx.by_master, target, body, doc)
+
+    async def unmerge(request: Request, doc: dict[str, Any]) -> Response:
+        source = master_field(doc, "source")
+        if isinstance(source, Response):
+            return source
+        return await accept(request, ctx.by_master, source, {"type": "unmerge"}, doc)
+
+    def identity_command(kind: str) -> Callable[[Request, dict[str, Any]], Awaitable[Response]]:
+        async def handle(request: Request, doc: dict[str, Any]) -> Response:
+            master = master_field(doc, "master_patient_id")
+            if isinstance(master, Response):
+                return master
+            found = identifier_key(doc)
+            if isinstance(found, Response):
+                return found
+            key, ident_kind = found
+            body = {"type": kind, "master_patient_id": master, "identifier_kind": ident_kind}
+            return await accept(request, ctx.by_identity, key, body, doc)
+
+        handle.__name__ = kind.replace("-", "_")
+        return handle
+
+    def review_command(decision: str) -> type:
+        class ReviewView(View):
+            async def post(self, request: Request, review_id: str) -> Response:
+                refused = authorised(request)
+                if refused is not None:
+                    return refused
+                doc = await body_of(request) if request.can_read_body else {}
+                if isinstance(doc, Response):
+                    return doc
+                block, _, master = review_id.partition(".")
+                if not block or not _is_master_id(master):
+                    return outcome(404, "not-found", "no such review id")
+                body = {
+                    "type": "review-decision",
+                    "decision": decision,
+                    "master_patient_id": master,
+                }
+                return await accept(request, ctx.by_block, block, body, doc)
+
+        ReviewView.__name__ = ReviewView.__qualname__ = f"review_{decision}"
+        return ReviewView
+
+    app.page("/patients/$merge")(command_view(merge))
+    app.page("/patients/$unmerge")(command_view(unmerge))
+    app.page("/patients/$link")(command_view(identity_command("steward-link")))
+    app.page("/patients/$unlink")(command_view(identity_command("steward-unlink")))
+    app.page("/reviews/{review_id}/$confirm")(review_command("confirm"))
+    app.page("/reviews/{review_id}/$reject")(review_command("reject"))
+
+    # ── reads, each answered by the owner of its key ────────────────────────────────────
+
+    async def routed(
+        request: Request, table: str, key: str, local: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """Answer locally when this worker owns ``key``'s partition, else forward to the owner."""
+        if request.query.get("routed") == "1":
+            return await local()
+        try:
+            dest = app.router.key_store(table, key.encode())
+        except KeyError:
+            return outcome(503, "transient", "partitions are being assigned; try again")
+        if (dest.host, dest.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
+            return await local()
+        url = request.url.with_host(dest.host or "").with_port(dest.port).update_query(routed="1")
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        async with app.http_client.get(url, headers=headers) as answer:
+            return Response(
+                body=await answer.read(), status=answer.status, content_type=answer.content_type
+            )
+
+    class PatientView(View):
+        async def get(self, request: Request, master_patient_id: str) -> Response:
+            refused = authorised(request)
+            if refused is not None:
+                return refused
+            if not _is_master_id(master_patient_id):
+                return outcome(404, "not-found", "no such master patient id")
+
+            async def local() -> Response:
+                from services.patient_index.stewardship import MasterState
+
+                raw = ctx.masters.get(master_patient_id.encode())
+                if raw is None:
+                    return outcome(404, "not-found", "no such master patient id")
+                return _json(MasterState.model_validate_json(raw).public_view())
+
+            return await routed(request, "masters", master_patient_id, local)
+
+    app.page("/patients/{master_patient_id}")(PatientView)
+
+    class IdentityView(View):  # internal: one identifier's master, at its owner
+        async def get(self, request: Request, key: str) -> Response:
+            refused = authorised(request)
+            if refused is not None:
+                return refused
+
+            async def local() -> Response:
+                raw = ctx.identities.get(key.encode())
+                return _json(simplejson.loads(raw) if raw else None)
+
+            return await routed(request, "identities", key, local)
+
+    class BlockView(View):  # internal: one block's persons, at its owner
+        async def get(self, request: Request, key: str) -> Response:
+            refused = authorised(request)
+            if refused is not None:
+                return refused
+
+            async def local() -> Response:
+                raw = ctx.blocks.get(key.encode())
+                return _json(simplejson.loads(raw) if raw else [])
+
+            return await routed(request, "blocks", key, local)
+
+    app.page("/internal/identities/{key}")(IdentityView)
+    app.page("/internal/blocks/{key}")(BlockView)
+
+    async def internal_get(request: Request, path: str) -> Any:
+        url = request.url.with_path(path).with_query({})
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        async with app.http_client.get(url, headers=headers) as answer:
+            if answer.status != 200:
+                raise RuntimeError(f"{path.split('/')[2]} lookup answered {answer.status}")
+            return simplejson.loads(await answer.read())
+
+    class MatchView(View):
+        """``POST /fhir/Patient/$match``: the master patients a Patient resource may be."""
+
+        async def post(self, request: Request) -> Response:
+            refused = authorised(request)
+            if refused is not None:
+                return refused
+            doc = await body_of(request)
+            if isinstance(doc, Response):
+                return doc
+            patient = doc
+            if doc.get("resourceType") == "Parameters":
+                found = [
+                    p.get("resource")
+                    for p in doc.get("parameter") or []
+                    if isinstance(p, dict) and p.get("name") == "resource"
+                ]
+                patient = found[0] if found and isinstance(found[0], dict) else {}
+            if patient.get("resourceType") != "Patient":
+                return outcome(
+                    400,
+                    "required",
+                    "give a Patient, or Parameters with a 'resource' parameter holding one",
+                    "Parameters.parameter.where(name='resource')",
+                )
+            institution = doc.get("institution") or ""
+            try:
+                person = person_from_fhir(patient, str(institution))
+            except (TypeError, ValueError, AttributeError) as exc:
+                return outcome(400, "invalid", f"the Patient could not be read: {exc}")
+            try:
+                return _json(await self.match(request, person), content_type=FHIR_JSON)
+            except RuntimeError as exc:
+                return outcome(503, "transient", str(exc))
+
+        async def match(self, request: Request, person: Any) -> dict[str, Any]:
+            grades: dict[str, tuple[str, float]] = {}
+            for keyed in keyed_identifiers(person, ctx.hash_ident):
+                state = await internal_get(request, f"/internal/identities/{keyed.key}")
+                if state and keyed.rank >= 30:  # a verified document or a card names one person
+                    grades.setdefault(state["master_patient_id"], ("certain", 1.0))
+                elif state:
+                    grades.setdefault(state["master_patient_id"], ("probable", 0.9))
+            if person.birth_date is not None:
+                block = ctx.block_key(person.birth_date.isoformat())
+                entries = await internal_get(request, f"/internal/blocks/{block}")
+                for entry in entries:
+                    s = matching.score(person, person_from_json(entry["person"]), ctx.rules)
+                    grade = {"auto": "probable", "review": "possible"}.get(s.outcome)
+                    mid = entry["master_patient_id"]
+                    if grade is not None and mid not in grades:
+                        grades[mid] = (grade, round(s.probability, 6))
+            order = {"certain": 0, "probable": 1, "possible": 2}
+            best = sorted(grades.items(), key=lambda kv: (order[kv[1][0]], -kv[1][1], kv[0]))
+            return {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": min(len(best), MATCH_COUNT),
+                "entry": [
+                    {
+                        "fullUrl": f"urn:mrhub:master-patient:{mid}",
+                        "resource": {
+                            "resourceType": "Patient",
+                            "id": mid,
+                            "identifier": [
+                                {"system": "https://fhir.mrhub.cn/sid/master-patient", "value": mid}
+                            ],
+                        },
+                        "search": {
+                            "mode": "match",
+                            "score": score,
+                            "extension": [{"url": MATCH_GRADE_URL, "valueCode": grade}],
+                        },
+                    }
+                    for mid, (grade, score) in best[:MATCH_COUNT]
+                ],
+            }
+
+    app.page("/fhir/Patient/$match")(MatchView)
+
+    class ReviewsView(View):
+        """``GET /reviews``: every pending review, gathered from every worker."""
+
+        async def get(self, request: Request) -> Response:
+            refused = authorised(request)
+            if refused is not None:
+                return refused
+            items = self.local_items()
+            if request.query.get("routed") != "1":
+                me = (app.conf.canonical_url.host, app.conf.canonical_url.port)
+                try:
+                    hosts = list(app.router.table_metadata("reviews"))
+                except KeyError:
+                    hosts = []
+                for host in hosts:
+                    url = URL(host)
+                    if (url.host, url.port) == me:
+                        continue
+                    got = await internal_list(request, url)
+                    items.extend(got)
+            items.sort(key=lambda i: (i.get("queued_at") or "", i["id"]))
+            return _json({"total": len(items), "items": items})
+
+        def local_items(self) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for key, raw in ctx.reviews.items():
+                for master, item in simplejson.loads(raw).items():
+                    out.append(
+                        {
+                            "id": f"{key.decode()}.{master}",
+                            "master_patient_id": master,
+                            "candidate_master_patient_id": item["candidate"],
+                            "score": item["score"],
+                            "queued_at": item.get("queued_at"),
+                        }
+                    )
+            return out
+
+    async def internal_list(request: Request, url: Any) -> list[dict[str, Any]]:
+        target = request.url.with_host(url.host).with_port(url.port).update_query(routed="1")
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        async with app.http_client.get(target, headers=headers) as answer:
+            if answer.status != 200:
+                raise RuntimeError(f"a worker answered {answer.status} for its reviews")
+            doc = simplejson.loads(await answer.read())
+            items: list[dict[str, Any]] = doc["items"]
+            return items
+
+    app.page("/reviews")(ReviewsView)
+
+
+def _unauthorised(message: str) -> Response:
+    response = outcome(401, "login", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="mrhub-steward"'
+    return response

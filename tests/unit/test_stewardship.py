@@ -1,0 +1,204 @@
+"""Merges, unmerges and record moves as the owners of master ids apply them (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.patient_index import stewardship as sw
+from services.patient_index.stewardship import Command, MasterState, Send
+
+A, B, C = "MP" + "a" * 24, "MP" + "b" * 24, "MP" + "c" * 24
+CMD = Command("cmd-1", "steward-x", "same person, checked by phone")
+
+
+class Owners:
+    """Every master's owner, with a queue of the messages between them (in order)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, MasterState | None] = {}
+        self.remastered: list[tuple[str, str]] = []  # (record id, master) in publish order
+        self.events: list[sw.StewardEvent] = []
+
+    def get(self, m: str) -> MasterState | None:
+        return self.state.get(m)
+
+    def apply(self, m: str, step: sw.Step) -> list[tuple[str, dict[str, Any]]]:
+        if step.state is not None:
+            self.state[m] = step.state
+        self.events.extend(step.events)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for s in step.sends:
+            if s.to == "record":
+                self.remastered.append((s.key, s.body["master_patient_id"]))
+            else:
+                out.append((s.key, s.body))
+        return out
+
+    def deliver(self, m: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        st = self.get(m)
+        kind = body["type"]
+        cmd = Command.from_json(body) if "command_id" in body else CMD
+        if kind == "merge":
+            step = sw.merge_request(st, m, body["source"], cmd)
+        elif kind == "attach":
+            step = sw.attach(st, m, body["parent"], body["root"], cmd)
+        elif kind == "unmerge":
+            step = sw.unmerge(st, m, cmd)
+        elif kind == "detach-child":
+            step = sw.detach_child(st, body["child"], cmd, refused=body["refused"])
+        elif kind == "set-root":
+            step = sw.set_root(st, m, body["root"])
+        elif kind == "move-records":
+            step = sw.move_records(st, body["anchor"], body["to"])
+        elif kind == "adopt-records":
+            step = sw.adopt_records(st, m, body["records"])
+        else:
+            raise AssertionError(kind)
+        return self.apply(m, step)
+
+    def run(self, m: str, body: dict[str, Any]) -> None:
+        """Deliver and then deliver everything that causes, until quiet."""
+        queue = [(m, body)]
+        while queue:
+            target, msg = queue.pop(0)
+            queue.extend(self.deliver(target, msg))
+
+    def record(self, m: str, rid: str, anchor: str) -> str:
+        """A record of ``m``'s identity: the master it is published under."""
+        step = sw.add_record(self.get(m), m, rid, anchor)
+        self.apply(m, step)
+        st = self.get(m)
+        assert st is not None
+        return st.root
+
+
+def merge(source: str, target: str) -> dict[str, Any]:
+    return {"type": "merge", "source": source, **CMD.to_json()}
+
+
+def unmerge() -> dict[str, Any]:
+    return {"type": "unmerge", **CMD.to_json()}
+
+
+def test_merge_republishes_the_source_records_under_the_target() -> None:
+    o = Owners()
+    assert o.record(A, "r-a", "id-a") == A
+    assert o.record(B, "r-b1", "id-b") == B
+    assert o.record(B, "r-b2", "id-b") == B
+    o.run(A, merge(B, A))
+    assert sorted(o.remastered) == [("r-b1", A), ("r-b2", A)]
+    assert [(e.kind, e.master_patient_id, e.previous_master_patient_id) for e in o.events] == [
+        ("merged", A, B)
+    ]
+    # a record posted for B's identity after the merge is published under A
+    assert o.record(B, "r-b3", "id-b") == A
+    view = o.state[B].public_view()  # type: ignore[union-attr]
+    assert view["status"] == "merged" and view["surviving_master_patient_id"] == A
+    assert view["history"][0]["reason"] == "same person, checked by phone"
+    assert o.state[A].public_view()["merged_from"] == [B]  # type: ignore[union-attr]
+
+
+def test_the_same_merge_twice_changes_nothing_the_second_time() -> None:
+    o = Owners()
+    o.record(B, "r-b", "id-b")
+    o.run(A, merge(B, A))
+    before = (list(o.remastered), list(o.events), dict(o.state))
+    o.run(A, merge(B, A))
+    assert (o.remastered, o.events, o.state) == before
+
+
+def test_merge_then_unmerge_restores_both() -> None:
+    o = Owners()
+    o.record(A, "r-a", "id-a")
+    o.record(B, "r-b", "id-b")
+    o.run(A, merge(B, A))
+    o.remastered.clear()
+    o.run(B, unmerge())
+    assert o.remastered == [("r-b", B)]  # only B's records move back; A's never moved
+    assert o.record(B, "r-b2", "id-b") == B
+    assert o.record(A, "r-a2", "id-a") == A
+    assert o.state[A].children == ()  # type: ignore[union-attr]
+    assert [e.kind for e in o.events] == ["merged", "unmerged"]
+    actions = [h.action for h in o.state[A].history]  # type: ignore[union-attr]
+    assert actions == ["merged-from", "unmerged-child"]
+
+
+def test_unmerging_a_master_that_is_not_merged_does_nothing() -> None:
+    o = Owners()
+    o.record(B, "r-b", "id-b")
+    o.run(B, unmerge())
+    assert o.remastered == [] and o.events == []
+
+
+def test_merging_into_a_merged_master_is_refused_with_the_survivor_named() -> None:
+    o = Owners()
+    o.run(A, merge(B, A))
+    o.run(B, merge(C, B))
+    [refused] = [e for e in o.events if e.kind == "merge-rejected"]
+    assert refused.master_patient_id == C and A in refused.detail
+    assert o.get(C) is None or o.state[C].merged_into is None  # type: ignore[union-attr]
+
+
+def test_opposite_merges_at_the_same_time_never_make_a_cycle() -> None:
+    o = Owners()
+    # both requests reach their targets before either attach is delivered
+    to_b = o.deliver(A, merge(B, A))  # attach B to A, pending
+    to_a = o.deliver(B, merge(A, B))  # attach A to B, pending
+    for target, body in to_b + to_a:
+        o.run(target, body)
+    a, b = o.state[A], o.state[B]
+    assert a is not None and b is not None
+    # the first attach finds the other merge pending and refuses; the second then holds
+    assert (b.merged_into, a.merged_into) == (None, B)
+    assert (a.children, b.children) == ((), (A,))
+    assert [e.kind for e in o.events] == ["merge-rejected", "merged"]
+
+
+def test_a_merge_further_up_reaches_the_records_of_masters_merged_before() -> None:
+    o = Owners()
+    o.record(C, "r-c", "id-c")
+    o.run(B, merge(C, B))  # C into B
+    o.run(A, merge(B, A))  # then B (with C) into A
+    assert ("r-c", A) in o.remastered
+    assert o.record(C, "r-c2", "id-c") == A
+    o.remastered.clear()
+    o.run(B, unmerge())  # B leaves A: C follows B, not A
+    assert o.remastered == [("r-c", B), ("r-c2", B)]
+    assert o.record(C, "r-c3", "id-c") == B
+
+
+def test_an_unlinked_identifier_takes_its_records_to_its_new_master() -> None:
+    o = Owners()
+    o.record(A, "r-card", "id-card")
+    o.record(A, "r-mz", "id-mz")
+    new = sw.unlinked_master_id("id-mz", "cmd-9")
+    o.run(A, {"type": "move-records", "anchor": "id-mz", "to": new})
+    assert o.remastered == [("r-mz", new)]
+    assert o.state[A].records == {"r-card": "id-card"}  # type: ignore[union-attr]
+    assert o.state[new].records == {"r-mz": "id-mz"}  # type: ignore[union-attr]
+
+
+def test_an_unlinked_master_id_is_the_same_on_redelivery_and_new_per_command() -> None:
+    assert sw.unlinked_master_id("k", "c1") == sw.unlinked_master_id("k", "c1")
+    assert sw.unlinked_master_id("k", "c1") != sw.unlinked_master_id("k", "c2")
+    assert sw.unlinked_master_id("k", "c1").startswith("MP")
+    assert len(sw.unlinked_master_id("k", "c1")) == len(A)
+
+
+def test_a_known_record_again_does_not_rewrite_the_state() -> None:
+    st = sw.add_record(None, A, "r", "id").state
+    assert st is not None
+    assert sw.add_record(st, A, "r", "id").state is None
+
+
+def test_steward_events_name_the_command_and_never_an_identifier() -> None:
+    ev = sw.StewardEvent("merged", A, CMD, previous_master_patient_id=B)
+    payload = ev.payload()
+    assert payload["evidence"] == {
+        "rule": "steward",
+        "command_id": "cmd-1",
+        "actor": "steward-x",
+        "reason": "same person, checked by phone",
+        "detail": "",
+    }
+    assert Send("master", A, {}).to == "master"
