@@ -81,6 +81,10 @@ REASONS: Final[Mapping[str, str]] = MappingProxyType(
         "kafka-unavailable": "Kafka did not acknowledge in time; nothing was published",
         "internal": "an unexpected error; nothing was published",
         "import-summary": "the summary line of an NDJSON import answer (not a refusal)",
+        "invalid-parameter": "a request parameter is missing or has a value of the wrong form",
+        "unusable-identifier": "an identifier that cannot name a patient (system, checksum)",
+        "not-found": "no such master patient, review or record",
+        "not-ready": "the worker is starting or its partitions are moving; try again",
     }
 )
 

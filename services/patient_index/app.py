@@ -305,11 +305,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             raise ValueError("identity message without a key")
         current_raw = identities.get(key)
         current = IdentityState.model_validate_json(current_raw) if current_raw else None
-        env_doc = msg["envelope"]
-        trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
         if msg["type"] in ("steward-link", "steward-unlink"):
             await steward_identity(event, key, current, msg)
             return
+        env_doc = msg["envelope"]
+        trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
         if msg["type"] == "claim":
             alias = Keyed(key.decode(), msg["alias_rank"], msg["alias_kind"])
             result = apply_claim(current, msg["master_patient_id"], alias, msg["rank"])
@@ -536,6 +536,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 queue[master] = {
                     "candidate": decision.master_id,
                     "score": decision.score,
+                    "probability": decision.evidence.get("probability"),
+                    "parts": decision.evidence.get("parts", {}),
                     "queued_at": utcnow().isoformat(),
                 }
                 reviews[key] = _dumps(queue)

@@ -32,7 +32,7 @@ from faust.web import View
 from mode import Service
 from yarl import URL
 
-from services.common.fhir import Issue, operation_outcome
+from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import hash_token
 from services.common.settings import Settings
 from services.patient_index import matching
@@ -77,8 +77,19 @@ class Context:
     producer: AIOKafkaProducer | None = None
 
 
-def outcome(status: int, code: str, message: str, expression: str = "") -> Response:
-    issue = Issue("error", code, message, (expression,) if expression else (), code)  # type: ignore[arg-type]
+#: The OperationOutcome reason each HTTP status of this API is given.
+_REASON = {
+    400: "invalid-parameter",
+    401: "unauthenticated",
+    404: "not-found",
+    422: "unusable-identifier",
+    503: "not-ready",
+}
+
+
+def outcome(status: int, code: IssueCode, message: str, expression: str = "") -> Response:
+    """A one-issue OperationOutcome answer."""
+    issue = Issue("error", code, message, (expression,) if expression else (), _REASON[status])
     return Response(body=_dumps(operation_outcome([issue])), status=status, content_type=FHIR_JSON)
 
 
@@ -131,7 +142,7 @@ def install(ctx: Context) -> None:
         try:
             doc = simplejson.loads(raw) if raw else None
         except ValueError as exc:
-            return outcome(400, "structure", f"the body is not JSON: {exc}")
+            return outcome(400, "structure", f"the body is not JSON: {exc}", "$body")
         if not isinstance(doc, dict):
             return outcome(400, "structure", "the body must be a JSON object")
         return doc
@@ -451,6 +462,8 @@ def install(ctx: Context) -> None:
                             "master_patient_id": master,
                             "candidate_master_patient_id": item["candidate"],
                             "score": item["score"],
+                            "probability": item.get("probability"),
+                            "field_weights": item.get("parts", {}),
                             "queued_at": item.get("queued_at"),
                         }
                     )

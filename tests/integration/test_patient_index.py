@@ -12,7 +12,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 from services.common.broker import free_port
 from services.common.envelope import Envelope
 from services.common.identifiers import OUTPATIENT_NO_SYSTEM
-from services.common.institutions import Registry, issue_token
+from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
 from tests.conftest import REPO
@@ -32,6 +32,8 @@ from tests.support import consume_all, produce, run_module, stop_process
 
 PARTITIONS = 3
 FHIR = "application/fhir+json"
+STEWARD = "mrs_integration-test-steward"
+LINKED = "mrhub.patient.identity-linked.v1"
 
 
 @dataclass
@@ -105,6 +107,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
         "MRHUB_LOG_LEVEL": "INFO",
+        "MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES": json.dumps([hash_token(STEWARD)]),
     }
     gateway = run_module(["-m", "services.cli", "serve", "ingest"], env, tmp / "ingest.log")
     worker = _worker(env, tmp / "patient_index.log")
@@ -341,7 +344,13 @@ def new_birth_date() -> str:
 
 
 def patient_bundle(
-    inst: str, mz: str, name: dict[str, Any], sex: str, birth: str, phone: str
+    inst: str,
+    mz: str,
+    name: dict[str, Any],
+    sex: str,
+    birth: str,
+    phone: str,
+    address: str = "山西省太原市小店区平阳路 12 号",
 ) -> dict[str, Any]:
     """A Patient known only by this hospital's 门诊号, and one Observation of theirs."""
     p_url = "urn:uuid:" + f"{random.getrandbits(128):032x}"
@@ -352,7 +361,7 @@ def patient_bundle(
         "gender": sex,
         "birthDate": birth,
         "telecom": [{"system": "phone", "value": phone}],
-        "address": [{"text": "山西省太原市小店区平阳路 12 号"}],
+        "address": [{"text": address}],
     }
     return {
         "resourceType": "Bundle",
@@ -451,3 +460,324 @@ def test_twins_are_not_linked(hub: Hub) -> None:
         expect=1,
         timeout_s=2,
     )
+
+
+# ------------------------------------------------------------------------ data stewards
+
+
+def steward(
+    hub: Hub, method: str, path: str, body: Any = None, token: str | None = STEWARD
+) -> httpx.Response:
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body)
+    return httpx.request(
+        method,
+        f"http://127.0.0.1:{port}{path}",
+        content=content,
+        headers={**headers, "Content-Type": "application/json", "X-Steward": "s.li"},
+        timeout=30,
+    )
+
+
+def command(hub: Hub, path: str, body: dict[str, Any]) -> str:
+    resp = steward(hub, "POST", path, body)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["command_id"])
+
+
+def steward_events(hub: Hub, command_id: str, kind: str, expect: int = 1) -> list[Envelope]:
+    return hub.events(
+        LINKED,
+        where=lambda p: p["kind"] == kind and p["evidence"].get("command_id") == command_id,
+        expect=expect,
+    )
+
+
+def record_history(hub: Hub, record_id: str, expect: int) -> list[dict[str, Any]]:
+    """Every publication of one record, in the order published (a record moves between
+    partitions when its master changes), once ``expect`` are there."""
+    deadline = time.monotonic() + 60
+    while True:
+        envs = [
+            e
+            for e in (
+                Envelope.from_bytes(r.value)
+                for r in consume_all(hub.bootstrap, "mrhub.results.result-indexed.v1")
+            )
+            if e.payload["record_id"] == record_id
+        ]
+        found = [e.payload for e in sorted(envs, key=lambda e: e.occurred_at)]
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_merge_then_unmerge_restores_both(hub: Hub) -> None:
+    a, b, _ = hub.tokens
+    card_x, card_y = new_card(), new_card()
+    [rx] = results(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x))))
+    [ry] = results(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y))))
+    mx, my = rx.payload["master_patient_id"], ry.payload["master_patient_id"]
+    assert mx != my
+
+    cmd = command(hub, "/patients/$merge", {"source": my, "target": mx, "reason": "same person"})
+    [merged] = steward_events(hub, cmd, "merged")
+    assert merged.payload["master_patient_id"] == mx
+    assert merged.payload["previous_master_patient_id"] == my
+    assert merged.payload["evidence"]["actor"] == "s.li"
+    # Y's earlier result is published again, now under X
+    history = record_history(hub, ry.payload["record_id"], expect=2)
+    assert [(p["change"], p["master_patient_id"]) for p in history] == [
+        ("new", my),
+        ("update", mx),
+    ]
+    assert history[1]["previous_master_patient_id"] == my
+    # a result posted for Y after the merge is X's
+    [ry2] = results(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y))))
+    assert ry2.payload["master_patient_id"] == mx
+    # the same merge again is accepted and changes nothing
+    again = command(hub, "/patients/$merge", {"source": my, "target": mx})
+    time.sleep(3)
+    assert not steward_events(hub, again, "merged", expect=0)
+    assert len(record_history(hub, ry.payload["record_id"], expect=3)) == 2
+    shown = steward(hub, "GET", f"/patients/{my}").json()
+    assert (shown["status"], shown["merged_into"], shown["records"]) == ("merged", mx, 2)
+    assert steward(hub, "GET", f"/patients/{mx}").json()["merged_from"] == [my]
+
+    cmd = command(hub, "/patients/$unmerge", {"source": my, "reason": "different mothers"})
+    [unmerged] = steward_events(hub, cmd, "unmerged")
+    assert unmerged.payload["master_patient_id"] == my
+    assert unmerged.payload["previous_master_patient_id"] == mx
+    for rid in (ry.payload["record_id"], ry2.payload["record_id"]):
+        last = record_history(hub, rid, expect=3 if rid == ry.payload["record_id"] else 2)[-1]
+        assert (last["change"], last["master_patient_id"]) == ("update", my)
+    # X's own result never moved, and each card names its own master again
+    assert [p["master_patient_id"] for p in record_history(hub, rx.payload["record_id"], 1)] == [mx]
+    assert master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y)))) == my
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x)))) == mx
+    shown = steward(hub, "GET", f"/patients/{my}").json()
+    assert shown["status"] == "active"
+    assert [h["action"] for h in shown["history"]] == ["merged-into", "unmerged-from"]
+    assert steward(hub, "GET", f"/patients/{mx}").json()["merged_from"] == []
+
+
+def test_unlink_gives_a_hospital_number_its_own_master_and_link_brings_it_back(hub: Hub) -> None:
+    a, _, _ = hub.tokens
+    card = new_card()
+    mz = f"UL-{card[-6:]}"
+    doc = bundle("transaction", a, n_obs=1, id_card=card)
+    doc["entry"][0]["resource"]["identifier"][1]["value"] = mz
+    m = master(hub, trace(hub.post(a, "/fhir", doc)))
+    hub.events(
+        LINKED, where=lambda p: p["master_patient_id"] == m and p["kind"] == "alias", expect=1
+    )
+    [by_mz] = results(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, mz))))
+    assert by_mz.payload["master_patient_id"] == m
+    ident = {"system": OUTPATIENT_NO_SYSTEM, "value": mz}
+
+    cmd = command(
+        hub, "/patients/$unlink", {"identifier": ident, "institution": a, "master_patient_id": m}
+    )
+    [unlinked] = steward_events(hub, cmd, "unlinked")
+    n = unlinked.payload["master_patient_id"]
+    assert n != m and unlinked.payload["previous_master_patient_id"] == m
+    history = record_history(hub, by_mz.payload["record_id"], expect=2)
+    assert [p["master_patient_id"] for p in history] == [m, n]
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, mz)))) == n
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card)))) == m
+
+    cmd = command(
+        hub, "/patients/$link", {"identifier": ident, "institution": a, "master_patient_id": m}
+    )
+    [relinked] = steward_events(hub, cmd, "linked")
+    assert relinked.payload["previous_master_patient_id"] == n
+    history = record_history(hub, by_mz.payload["record_id"], expect=3)
+    assert [p["master_patient_id"] for p in history] == [m, n, m]
+    assert master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_mz(a, mz)))) == m
+
+
+def _review_pair(
+    hub: Hub, name: str
+) -> tuple[str, str, dict[str, tuple[str, Callable[[], dict[str, Any]]]]]:
+    """Two hospitals' records that may be one woman: same name, sex and birth date;
+    different phone and address — the matcher queues them for a steward. Returns both
+    masters and, per master, its institution and a maker of fresh bundles like the first."""
+    a, b, _ = hub.tokens
+    birth = new_birth_date()
+    suffix = birth.replace("-", "")
+
+    def doc_a() -> dict[str, Any]:
+        return patient_bundle(a, f"RA{suffix}", {"text": name}, "female", birth, "13911112222")
+
+    def doc_b() -> dict[str, Any]:
+        return patient_bundle(
+            b,
+            f"RB{suffix}",
+            {"text": name},
+            "female",
+            birth,
+            "13700003333",
+            "山西省大同市平城区永泰街 5 号",
+        )
+
+    m_a = master(hub, trace(hub.post(a, "/fhir", doc_a())))
+    time.sleep(1)  # A's record reaches its block first
+    m_b = master(hub, trace(hub.post(b, "/fhir", doc_b())))
+    return m_a, m_b, {m_a: (a, doc_a), m_b: (b, doc_b)}
+
+
+def _queued(hub: Hub, pair: set[str]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    while True:
+        resp = steward(hub, "GET", "/reviews")
+        assert resp.status_code == 200, resp.text
+        items = [
+            i
+            for i in resp.json()["items"]
+            if {i["master_patient_id"], i["candidate_master_patient_id"]} == pair
+        ]
+        if items or time.monotonic() > deadline:
+            return items
+        time.sleep(0.5)
+
+
+def test_a_possible_match_is_queued_and_confirming_it_merges(hub: Hub) -> None:
+    m_a, m_b, _ = _review_pair(hub, "赵丽")
+    assert m_a != m_b
+    [item] = _queued(hub, {m_a, m_b})
+    assert 0 < item["probability"] < 1  # possible, not certain: why it waits for a person
+    assert set(item["field_weights"]) >= {"family", "given", "birth_date", "phone"}
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    assert _review_gauge(port) >= 1
+    cmd = command(hub, f"/reviews/{item['id']}/$confirm", {"reason": "called the patient"})
+    [confirmed] = steward_events(hub, cmd, "review-confirmed")
+    [merged] = steward_events(hub, cmd, "merged")
+    assert merged.payload["master_patient_id"] == item["candidate_master_patient_id"]
+    assert merged.payload["previous_master_patient_id"] == item["master_patient_id"]
+    assert confirmed.payload["master_patient_id"] == item["candidate_master_patient_id"]
+    assert not _queued_now(hub, {m_a, m_b})  # resolved: off the list
+    # the same confirmation again does nothing
+    again = command(hub, f"/reviews/{item['id']}/$confirm", {})
+    time.sleep(2)
+    assert not steward_events(hub, again, "merged", expect=0)
+
+
+def _review_gauge(port: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    [value] = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("mrhub_patient_index_review_queue_size ")
+    ]
+    return value
+
+
+def test_a_rejected_possible_match_is_not_offered_again(hub: Hub) -> None:
+    m_a, m_b, docs = _review_pair(hub, "钱敏")
+    [item] = _queued(hub, {m_a, m_b})
+    cmd = command(hub, f"/reviews/{item['id']}/$reject", {"reason": "different mothers"})
+    [rejected] = steward_events(hub, cmd, "review-rejected")
+    assert rejected.payload["master_patient_id"] == item["master_patient_id"]
+    assert rejected.payload["competing_master_patient_id"] == item["candidate_master_patient_id"]
+    assert not _queued_now(hub, {m_a, m_b})
+
+    def reviews_of_pair() -> int:
+        return len(
+            hub.events(
+                LINKED,
+                where=lambda p: (
+                    p["kind"] == "review"
+                    and {p["master_patient_id"], p["competing_master_patient_id"]} == {m_a, m_b}
+                ),
+                expect=0,
+            )
+        )
+
+    before = reviews_of_pair()
+    # the reviewed hospital sends her record again: matched again, but not queued again
+    inst, make = docs[item["master_patient_id"]]
+    assert master(hub, trace(hub.post(inst, "/fhir", make()))) == item["master_patient_id"]
+    time.sleep(3)
+    assert reviews_of_pair() == before
+    assert not _queued_now(hub, {m_a, m_b})
+
+
+def _queued_now(hub: Hub, pair: set[str]) -> list[dict[str, Any]]:
+    items = steward(hub, "GET", "/reviews").json()["items"]
+    return [i for i in items if {i["master_patient_id"], i["candidate_master_patient_id"]} == pair]
+
+
+def test_match_lookup_finds_the_master_by_card_and_by_demographics(hub: Hub) -> None:
+    a, _, _ = hub.tokens
+    card = new_card()
+    m = master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card))))
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": card}],
+    }
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": patient}],
+    }
+    found = steward(hub, "POST", "/fhir/Patient/$match", params)
+    assert found.status_code == 200, found.text
+    doc = found.json()
+    assert doc["resourceType"] == "Bundle" and doc["type"] == "searchset"
+    [entry] = doc["entry"]
+    assert entry["resource"]["id"] == m
+    assert entry["search"]["extension"][0]["valueCode"] == "certain"
+
+    birth, phone = new_birth_date(), f"135{random.randint(10_000_000, 99_999_999)}"
+    m_p = master(
+        hub,
+        trace(
+            hub.post(a, "/fhir", patient_bundle(a, "M-1", {"text": "孙悦"}, "female", birth, phone))
+        ),
+    )
+    time.sleep(2)  # her block has her by now
+    by_demographics = {
+        "resourceType": "Patient",
+        "name": [{"family": "Sun", "given": ["Yue"]}],
+        "gender": "female",
+        "birthDate": birth,
+        "telecom": [{"system": "phone", "value": phone}],
+    }
+    doc = steward(hub, "POST", "/fhir/Patient/$match", by_demographics).json()
+    assert [e["resource"]["id"] for e in doc["entry"]] == [m_p]
+    assert doc["entry"][0]["search"]["extension"][0]["valueCode"] in ("probable", "possible")
+    # nobody with another birth date
+    other = dict(by_demographics, birthDate="1901-01-01")
+    assert steward(hub, "POST", "/fhir/Patient/$match", other).json()["entry"] == []
+
+
+def test_the_steward_api_refuses_bad_requests_and_other_credentials(hub: Hub) -> None:
+    a, _, _ = hub.tokens
+    merge = {"source": "MP" + "1" * 24, "target": "MP" + "2" * 24}
+    for token in (None, hub.tokens[a], "mrs_not-a-steward"):
+        resp = steward(hub, "POST", "/patients/$merge", merge, token=token)
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["resourceType"] == "OperationOutcome"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    resp = steward(hub, "POST", "/patients/$merge", b"{not json")
+    assert resp.status_code == 400 and resp.json()["issue"][0]["code"] == "structure"
+    resp = steward(hub, "POST", "/patients/$merge", {"source": "123", "target": merge["target"]})
+    assert resp.status_code == 400
+    assert resp.json()["issue"][0]["expression"] == ["source"]
+    resp = steward(hub, "POST", "/patients/$merge", {**merge, "source": merge["target"]})
+    assert resp.status_code == 400
+    bad_card = new_card()
+    bad_card = bad_card[:-1] + ("0" if bad_card[-1] != "0" else "1")
+    resp = steward(
+        hub,
+        "POST",
+        "/patients/$link",
+        {
+            "identifier": {"system": "urn:oid:2.16.156.10011.1.3", "value": bad_card},
+            "master_patient_id": merge["target"],
+        },
+    )
+    assert resp.status_code == 422
+    assert bad_card not in resp.text
+    assert steward(hub, "GET", "/patients/" + "MP" + "9" * 24).status_code == 404
+    assert steward(hub, "GET", "/reviews", token=None).status_code == 401

@@ -202,3 +202,35 @@ def test_steward_events_name_the_command_and_never_an_identifier() -> None:
         "detail": "",
     }
     assert Send("master", A, {}).to == "master"
+
+
+def test_every_identity_event_matches_the_published_json_schema() -> None:
+    import json
+
+    import jsonschema
+
+    from services.patient_index.identity import LinkEvent
+    from tests.conftest import REPO
+
+    schema = json.loads(
+        (REPO / "docs" / "schemas" / "identity-linked.v1.json").read_text(encoding="utf-8")
+    )
+    validator = jsonschema.Draft202012Validator(schema)
+    payloads = [
+        LinkEvent("new", A, "id_card", 50).payload(),
+        LinkEvent("relinked", A, "local", 20, previous_master_patient_id=B).payload(),
+        LinkEvent("review", A, "local", 10, competing_master_patient_id=B).payload(),
+    ]
+    o = Owners()
+    o.record(B, "r-b", "id-b")
+    o.run(A, merge(B, A))
+    o.run(B, unmerge())
+    o.run(B, merge(B, B))
+    payloads += [e.payload() for e in o.events]
+    kinds = {p["kind"] for p in payloads}
+    assert kinds == {"new", "relinked", "review", "merged", "unmerged", "merge-rejected"}
+    for payload in payloads:
+        validator.validate(payload)
+    # a raw identifier would fail: the schema admits only master ids and kinds
+    bad = dict(payloads[0], master_patient_id="110105198503170011")
+    assert not validator.is_valid(bad)
