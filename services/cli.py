@@ -28,6 +28,7 @@ from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS
+from services.recognition import catalog_cli
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = isub.add_parser("revoke-token", help="remove every token of an institution")
     q.add_argument("id")
     p.set_defaults(func=cmd_institutions)
+
+    catalog_cli.add_parser(sub)
 
     p = sub.add_parser("stewards", help="data stewards of the patient index")
     ssub = p.add_subparsers(dest="action", required=True)
