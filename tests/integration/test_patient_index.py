@@ -781,3 +781,53 @@ def test_the_steward_api_refuses_bad_requests_and_other_credentials(hub: Hub) ->
     assert bad_card not in resp.text
     assert steward(hub, "GET", "/patients/" + "MP" + "9" * 24).status_code == 404
     assert steward(hub, "GET", "/reviews", token=None).status_code == 401
+
+
+def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies(
+    hub: Hub,
+) -> None:
+    a, b, c = hub.tokens
+    port1, port2 = hub.env["MRHUB_PATIENT_INDEX__PORT"], str(free_port())
+    env2 = {
+        **hub.env,
+        "MRHUB_PATIENT_INDEX__PORT": port2,
+        "MRHUB_STATE_DIR": str(hub.log_dir / "state-2"),
+    }
+    second = _worker(env2, hub.log_dir / "patient_index-2.log")
+    try:
+        _wait_ready(f"http://127.0.0.1:{port2}/readyz", second, hub.log_dir / "patient_index-2.log")
+        cards = [new_card() for _ in range(6)]
+        traces: dict[str, list[str]] = {card: [] for card in cards}
+        for card in cards:  # each patient posted by three hospitals
+            for inst in (a, b, c):
+                doc = bundle("transaction", inst, n_obs=1, id_card=card)
+                traces[card].append(trace(hub.post(inst, "/fhir", doc)))
+        masters = []
+        for card in cards:
+            found = {master(hub, t) for t in traces[card]}
+            assert len(found) == 1
+            masters.extend(found)
+        # either worker answers for any master: the one that does not own it forwards
+        for m in masters:
+            views = []
+            for port in (port1, port2):
+                resp = httpx.get(
+                    f"http://127.0.0.1:{port}/patients/{m}",
+                    headers={"Authorization": f"Bearer {STEWARD}"},
+                    timeout=30,
+                )
+                assert resp.status_code == 200, resp.text
+                views.append(resp.json())
+            assert views[0] == views[1]
+            assert views[0]["records"] == 3
+        # the second worker dies; the first takes its partitions and state over
+        second.send_signal(signal.SIGKILL)
+        second.wait()
+        late = new_card()
+        t1 = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=late)))
+        t2 = trace(hub.post(b, "/fhir/Observation", obs_for_card(b, late)))
+        t3 = trace(hub.post(c, "/fhir/Observation", obs_for_card(c, cards[0])))
+        assert master(hub, t1) == master(hub, t2)
+        assert master(hub, t3) == master(hub, traces[cards[0]][0])
+    finally:
+        stop_process(second)
