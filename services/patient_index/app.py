@@ -461,25 +461,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 msg["record"]["record_id"].encode(),
                 _dumps({"type": "record", "record": msg["record"], "source": msg["source"]}),
             )
-        elif kind == "merge":
-            cmd = stewardship.Command.from_json(msg)
-            step = stewardship.merge_request(st, mid, msg["source"], cmd)
-        elif kind == "attach":
-            cmd = stewardship.Command.from_json(msg)
-            step = stewardship.attach(st, mid, msg["parent"], msg["root"], cmd)
-        elif kind == "unmerge":
-            step = stewardship.unmerge(st, mid, stewardship.Command.from_json(msg))
-        elif kind == "detach-child":
-            cmd = stewardship.Command.from_json(msg)
-            step = stewardship.detach_child(st, msg["child"], cmd, refused=msg["refused"])
-        elif kind == "set-root":
-            step = stewardship.set_root(st, mid, msg["root"])
-        elif kind == "move-records":
-            step = stewardship.move_records(st, msg["anchor"], msg["to"])
-        elif kind == "adopt-records":
-            step = stewardship.adopt_records(st, mid, msg["records"])
         else:
-            raise ValueError(f"unknown master message type {kind!r}")
+            step = stewardship.apply(st, mid, msg)
         if step.state is not None:
             masters[key] = step.state.model_dump_json().encode()
         for send in step.sends:

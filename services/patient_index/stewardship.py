@@ -301,3 +301,23 @@ def detach_child(st: MasterState | None, child: str, cmd: Command, *, refused: b
     children = tuple(c for c in st.children if c != child)
     action = "merge-refused-by-source" if refused else "unmerged-child"
     return Step(_with_history(st, action, cmd, child, children=children))
+
+
+def apply(st: MasterState | None, master: str, msg: dict[str, Any]) -> Step:
+    """The step for one message to the owner of ``master`` (every type but ``record``)."""
+    kind = msg["type"]
+    if kind == "merge":
+        return merge_request(st, master, msg["source"], Command.from_json(msg))
+    if kind == "attach":
+        return attach(st, master, msg["parent"], msg["root"], Command.from_json(msg))
+    if kind == "unmerge":
+        return unmerge(st, master, Command.from_json(msg))
+    if kind == "detach-child":
+        return detach_child(st, msg["child"], Command.from_json(msg), refused=msg["refused"])
+    if kind == "set-root":
+        return set_root(st, master, msg["root"])
+    if kind == "move-records":
+        return move_records(st, msg["anchor"], msg["to"])
+    if kind == "adopt-records":
+        return adopt_records(st, master, msg["records"])
+    raise ValueError(f"unknown master message type {kind!r}")

@@ -349,85 +349,77 @@ def install(ctx: Context) -> None:
                 raise RuntimeError(f"{path.split('/')[2]} lookup answered {answer.status}")
             return simplejson.loads(await answer.read())
 
-    class MatchView(View):
+    async def match(request: Request, doc: dict[str, Any]) -> Response:
         """``POST /fhir/Patient/$match``: the master patients a Patient resource may be."""
+        patient = doc
+        if doc.get("resourceType") == "Parameters":
+            found = [
+                p.get("resource")
+                for p in doc.get("parameter") or []
+                if isinstance(p, dict) and p.get("name") == "resource"
+            ]
+            patient = found[0] if found and isinstance(found[0], dict) else {}
+        if patient.get("resourceType") != "Patient":
+            return outcome(
+                400,
+                "required",
+                "give a Patient, or Parameters with a 'resource' parameter holding one",
+                "Parameters.parameter.where(name='resource')",
+            )
+        institution = doc.get("institution") or ""
+        try:
+            person = person_from_fhir(patient, str(institution))
+        except (TypeError, ValueError, AttributeError) as exc:
+            return outcome(400, "invalid", f"the Patient could not be read: {exc}")
+        try:
+            return _json(await candidates(request, person), content_type=FHIR_JSON)
+        except RuntimeError as exc:
+            return outcome(503, "transient", str(exc))
 
-        async def post(self, request: Request) -> Response:
-            refused = authorised(request)
-            if refused is not None:
-                return refused
-            doc = await body_of(request)
-            if isinstance(doc, Response):
-                return doc
-            patient = doc
-            if doc.get("resourceType") == "Parameters":
-                found = [
-                    p.get("resource")
-                    for p in doc.get("parameter") or []
-                    if isinstance(p, dict) and p.get("name") == "resource"
-                ]
-                patient = found[0] if found and isinstance(found[0], dict) else {}
-            if patient.get("resourceType") != "Patient":
-                return outcome(
-                    400,
-                    "required",
-                    "give a Patient, or Parameters with a 'resource' parameter holding one",
-                    "Parameters.parameter.where(name='resource')",
-                )
-            institution = doc.get("institution") or ""
-            try:
-                person = person_from_fhir(patient, str(institution))
-            except (TypeError, ValueError, AttributeError) as exc:
-                return outcome(400, "invalid", f"the Patient could not be read: {exc}")
-            try:
-                return _json(await self.match(request, person), content_type=FHIR_JSON)
-            except RuntimeError as exc:
-                return outcome(503, "transient", str(exc))
+    async def candidates(request: Request, person: Any) -> dict[str, Any]:
+        grades: dict[str, tuple[str, float]] = {}
+        for keyed in keyed_identifiers(person, ctx.hash_ident):
+            state = await internal_get(request, f"/internal/identities/{keyed.key}")
+            if state and keyed.rank >= 30:  # a verified document or a card names one person
+                grades.setdefault(state["master_patient_id"], ("certain", 1.0))
+            elif state:
+                grades.setdefault(state["master_patient_id"], ("probable", 0.9))
+        if person.birth_date is not None:
+            block = ctx.block_key(person.birth_date.isoformat())
+            entries = await internal_get(request, f"/internal/blocks/{block}")
+            for entry in entries:
+                s = matching.score(person, person_from_json(entry["person"]), ctx.rules)
+                grade = {"auto": "probable", "review": "possible"}.get(s.outcome)
+                mid = entry["master_patient_id"]
+                if grade is not None and mid not in grades:
+                    grades[mid] = (grade, round(s.probability, 6))
+        order = {"certain": 0, "probable": 1, "possible": 2}
+        best = sorted(grades.items(), key=lambda kv: (order[kv[1][0]], -kv[1][1], kv[0]))
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": min(len(best), MATCH_COUNT),
+            "entry": [
+                {
+                    "fullUrl": f"urn:mrhub:master-patient:{mid}",
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": mid,
+                        "identifier": [
+                            {"system": "https://fhir.mrhub.cn/sid/master-patient", "value": mid}
+                        ],
+                    },
+                    "search": {
+                        "mode": "match",
+                        "score": score,
+                        "extension": [{"url": MATCH_GRADE_URL, "valueCode": grade}],
+                    },
+                }
+                for mid, (grade, score) in best[:MATCH_COUNT]
+            ],
+        }
 
-        async def match(self, request: Request, person: Any) -> dict[str, Any]:
-            grades: dict[str, tuple[str, float]] = {}
-            for keyed in keyed_identifiers(person, ctx.hash_ident):
-                state = await internal_get(request, f"/internal/identities/{keyed.key}")
-                if state and keyed.rank >= 30:  # a verified document or a card names one person
-                    grades.setdefault(state["master_patient_id"], ("certain", 1.0))
-                elif state:
-                    grades.setdefault(state["master_patient_id"], ("probable", 0.9))
-            if person.birth_date is not None:
-                block = ctx.block_key(person.birth_date.isoformat())
-                entries = await internal_get(request, f"/internal/blocks/{block}")
-                for entry in entries:
-                    s = matching.score(person, person_from_json(entry["person"]), ctx.rules)
-                    grade = {"auto": "probable", "review": "possible"}.get(s.outcome)
-                    mid = entry["master_patient_id"]
-                    if grade is not None and mid not in grades:
-                        grades[mid] = (grade, round(s.probability, 6))
-            order = {"certain": 0, "probable": 1, "possible": 2}
-            best = sorted(grades.items(), key=lambda kv: (order[kv[1][0]], -kv[1][1], kv[0]))
-            return {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "total": min(len(best), MATCH_COUNT),
-                "entry": [
-                    {
-                        "fullUrl": f"urn:mrhub:master-patient:{mid}",
-                        "resource": {
-                            "resourceType": "Patient",
-                            "id": mid,
-                            "identifier": [
-                                {"system": "https://fhir.mrhub.cn/sid/master-patient", "value": mid}
-                            ],
-                        },
-                        "search": {
-                            "mode": "match",
-                            "score": score,
-                            "extension": [{"url": MATCH_GRADE_URL, "valueCode": grade}],
-                        },
-                    }
-                    for mid, (grade, score) in best[:MATCH_COUNT]
-                ],
-            }
-
-    app.page("/fhir/Patient/$match")(MatchView)
+    app.page("/fhir/Patient/$match")(command_view(match))
 
     class ReviewsView(View):
         """``GET /reviews``: every pending review, gathered from every worker."""

@@ -35,26 +35,7 @@ class Owners:
         return out
 
     def deliver(self, m: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        st = self.get(m)
-        kind = body["type"]
-        cmd = Command.from_json(body) if "command_id" in body else CMD
-        if kind == "merge":
-            step = sw.merge_request(st, m, body["source"], cmd)
-        elif kind == "attach":
-            step = sw.attach(st, m, body["parent"], body["root"], cmd)
-        elif kind == "unmerge":
-            step = sw.unmerge(st, m, cmd)
-        elif kind == "detach-child":
-            step = sw.detach_child(st, body["child"], cmd, refused=body["refused"])
-        elif kind == "set-root":
-            step = sw.set_root(st, m, body["root"])
-        elif kind == "move-records":
-            step = sw.move_records(st, body["anchor"], body["to"])
-        elif kind == "adopt-records":
-            step = sw.adopt_records(st, m, body["records"])
-        else:
-            raise AssertionError(kind)
-        return self.apply(m, step)
+        return self.apply(m, sw.apply(self.get(m), m, body))
 
     def run(self, m: str, body: dict[str, Any]) -> None:
         """Deliver and then deliver everything that causes, until quiet."""
