@@ -1,14 +1,19 @@
-"""The patient index as a faust app: three stages, each owned by one partition's worker.
+"""The patient index as a faust app: five stages, each key owned by one partition's worker.
 
 1. ``route`` reads ``mrhub.ingest.resource-accepted.v1``, works out whose record it is, and
    forwards it to the owner of its strongest identifier (internal topic, keyed by the
    identifier's keyed hash), with a claim for each weaker identifier.
 2. ``resolve`` owns the ``identities`` table (identifier hash → master id): it resolves the
-   record's master id, applies claims, publishes identity events on
-   ``mrhub.patient.identity-linked.v1``, and forwards results and orders to the owner of
-   their record id.
-3. ``index`` owns the ``seen`` table (record id → what was published): it drops repeats and
-   stale versions and publishes new records, updates and retractions on
+   record's master id, applies claims and stewards' link / unlink, publishes identity events
+   on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
+   orders to their master's owner.
+3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
+   matches): probabilistic linking, the review queue, stewards' confirm / reject.
+4. ``master`` owns the ``masters`` table (master id → its records, merges, history): it
+   stamps each record with the surviving master id, applies merges and unmerges and
+   re-publishes the records they move (see :mod:`services.patient_index.stewardship`).
+5. ``index`` owns the ``seen`` and ``published`` tables (record id → what was published): it
+   drops repeats and stale versions and publishes new records, updates and retractions on
    ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``.
 
 The app runs ``exactly_once``: a stage's outputs, its table changes and its input offset
@@ -158,7 +163,15 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
     blocks = app.Table("blocks", partitions=partitions, key_type=bytes, value_type=bytes)
     reviews = app.Table("reviews", partitions=partitions, key_type=bytes, value_type=bytes)
-    masters = app.Table("masters", partitions=partitions, key_type=bytes, value_type=bytes)
+    # a master's value lists its record ids (~70 bytes each): allow 8 MiB values (~100,000
+    # records) instead of the broker's 1 MiB default
+    masters = app.Table(
+        "masters",
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs={"max.message.bytes": str(8 * 1024 * 1024)},
+    )
     # the last record published per record id: what a merge or unmerge re-publishes
     published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
     rules = matching.load_rules(settings.patient_index.rules_path)
@@ -486,13 +499,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         master = msg["master_patient_id"]
         anchor = msg["anchor"]
         entries = _loads(blocks[key]) if blocks.get(key) else []
-        members = [(e["master_patient_id"], person_from_json(e["person"])) for e in entries]
         mine = next((e for e in entries if e.get("anchor") == anchor["key"]), None)
         # masters a steward said are not this person (a rejected review) are never offered
         distinct: list[str] = list(mine.get("distinct", [])) if mine else []
         env_doc = msg["envelope"]
         if msg["match"]:
-            candidates = [(m, p) for m, p in members if m != master and m not in distinct]
+            candidates = [
+                (e["master_patient_id"], person_from_json(e["person"]))
+                for e in entries
+                if e["master_patient_id"] != master and e["master_patient_id"] not in distinct
+            ]
             decision = matching.decide(person, candidates, rules)
             metrics.decisions.labels(decision.kind).inc()
             if decision.kind == "auto" and decision.master_id is not None:

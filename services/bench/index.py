@@ -1,0 +1,1513 @@
+"""``mrhub bench index``: canonical records per second through the running patient index, at
+10 thousand, 100 thousand and 1 million known persons.
+
+For each population ``N`` (``--populations``, smallest first), on a fresh Kafka broker:
+
+1. **Seed** ``N`` known persons *as the service's own state*: the bench writes, straight onto
+   the changelog topics of the patient index's faust tables, exactly the entries the service
+   itself would have written after seeing one visit of each person (a ``Patient`` with a
+   verified 身份证 and a hospital 门诊号):
+
+   - ``mrhub-patient-index-identities-changelog`` — per identifier, key = its keyed hash
+     (``keyed_hash(MRHUB_IDENTITY__HMAC_KEY, *Ident.key())``), value = the
+     ``IdentityState`` JSON: for the 身份证 (the anchor) what ``resolve_anchor`` stores for a
+     new anchor (master ``master_id_for(key)``, rank 50), for the 门诊号 what ``apply_claim``
+     stores for the claim the anchor's record makes (same master, rank 50);
+   - ``mrhub-patient-index-blocks-changelog`` — per birth date, key =
+     ``keyed_hash(key, "block:birth_date", date)``, value = the JSON list the ``match`` stage
+     keeps: ``{"anchor", "master_patient_id", "person"}`` per person (``person_to_json`` of
+     the Patient as ``person_from_fhir`` reads it), the last ``BLOCK_LIMIT`` of them.
+
+   The values are built with the service's own pure functions (``keyed_identifiers``,
+   ``resolve_anchor``, ``apply_claim``, ``person_from_fhir``) and serialised the way the
+   agents serialise them. Each entry goes to the partition the service will look it up in:
+   faust writes a table change to the partition of the event being processed (tables are
+   co-partitioned with the stage's input topic), and the stage's input is keyed by the very
+   same key and partitioned by the producer's default partitioner —
+   ``(murmur2(key) & 0x7fffffff) % partitions`` (aiokafka's ``DefaultPartitioner``, which
+   faust uses; Kafka's Java default too). So an entry lands where the owner of its key reads.
+   The tables that follow *records* rather than persons — ``masters`` (master id → its
+   record ids), ``seen`` and ``published`` (record id → what was published) — and
+   ``reviews`` start empty: a seeded person is one whose Patient the index has seen, and
+   every measured record is new to it.
+2. **Recover.** Start the service (``python -m services.cli serve patient_index``, as
+   ``mrhub up`` and the tests do) with a fresh state directory, and time it until
+   ``GET /readyz`` answers 200: faust has read the changelogs back into RocksDB.
+3. **Warm up** with a few visits (not measured), then **measure**: produce, as the gateway
+   publishes them onto ``mrhub.ingest.resource-accepted.v1`` (same envelope, same key), the
+   resources of ``visits`` lab visits — a transaction bundle's worth each: the ``Patient``,
+   the 8 results of one panel and their ``DiagnosticReport`` — half of the visits by known
+   persons sampled from the ``N`` seeded ones (same 身份证, 门诊号 and hospital), half by new
+   persons. The clock runs from the first message produced until the last of the visits'
+   canonical records (9 a visit) can be read with a ``read_committed`` consumer on
+   ``mrhub.results.result-indexed.v1``. This is done in ``rounds`` rounds of fresh visitors;
+   the figures — records/s, µs per record (wall) and the service's CPU µs per record — are
+   the median of the rounds, each also as a ratio to the smallest population's in the same
+   run: flat scaling reads as ratios near 1.
+4. **Check** on the service's ``/metrics``: the identity decisions of the measured load must
+   be ``new`` exactly once per new person and ``deterministic`` for every other message (a
+   known person whose seeded entry were not found would count as ``new``), and nothing may
+   be dead-lettered.
+
+Everything it starts (one broker per population, the service) is stopped in ``finally``
+blocks, on Ctrl-C too. ``MRHUB_KAFKA__BOOTSTRAP_SERVERS`` is not used: seeding writes a
+million made-up persons into the patient index's own state topics, which only a throw-away
+broker may hold. Pure parts (persons, table entries, partitions, envelopes, report) are
+unit-tested; timing is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import httpx
+import simplejson
+from aiokafka.partitioner import murmur2
+
+from services.bench.ingest import ID_CARD_REGIONS, PANELS, LabTest, Panel, gb11643
+from services.common.envelope import Envelope
+from services.common.errors import MrhubError
+from services.common.fhir import INSTITUTION_SYSTEM
+from services.common.identifiers import (
+    DOCUMENT_TYPE_SYSTEM,
+    ID_CARD_SYSTEM,
+    LAB_REPORT_NO_SYSTEM,
+    OUTPATIENT_NO_SYSTEM,
+    keyed_hash,
+)
+from services.common.settings import Settings
+from services.common.topics import ALL_TOPICS, RESOURCE_ACCEPTED, RESULT_INDEXED, TopicSpec
+from services.ingest.validation import business_id
+from services.ingest.views import EVENT_TYPE, patient_identifiers
+from services.patient_index.app import BLOCK_LIMIT, SERVICE
+from services.patient_index.identity import (
+    apply_claim,
+    keyed_identifiers,
+    resolve_anchor,
+)
+from services.patient_index.normalize import person_from_fhir, person_to_json
+
+SEED: Final = 20260312
+DEFAULT_POPULATIONS: Final = (10_000, 100_000, 1_000_000)
+VISITS: Final = 500  # per measured round
+ROUNDS: Final = 3  # measured rounds per population (the report gives their median)
+WARMUP_VISITS: Final = 40
+KNOWN_SHARE: Final = 0.5
+INSTITUTIONS: Final = 3  # the registry's first institutions post the visits
+HOST: Final = "127.0.0.1"
+#: The faust app id of the patient index (``services.common.faust_app.make_app``).
+APP_ID: Final = f"mrhub-{SERVICE.replace('_', '-')}"
+SEEDED_TABLES: Final = ("identities", "blocks")
+#: No new record for this long while waiting for the load's records: the run failed.
+STALL_S: Final = 90.0
+#: "other" CPU (% of one core) above which a round is reported as disturbed.
+DISTURBED_PCT: Final = 20.0
+
+CST = timezone(timedelta(hours=8))
+_BORN_FROM: Final = date(1940, 1, 1)
+_BORN_DAYS: Final = (date(2015, 12, 31) - _BORN_FROM).days + 1
+_SURNAMES: Final = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧程曹袁邓许"
+_GIVEN: Final = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰建国志红文辉宇浩然欣怡子轩"
+_LOINC = "http://loinc.org"
+_UCUM = "http://unitsofmeasure.org"
+_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+
+
+def changelog_topic(table: str) -> str:
+    """The changelog topic faust keeps for one of the patient index's tables."""
+    return f"{APP_ID}-{table}-changelog"
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
+    that faust's producer uses) gives ``key`` on a topic of ``partitions`` partitions."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def dumps(doc: Any) -> bytes:
+    """Compact UTF-8 JSON, the way the patient index's agents serialise what they store."""
+    text: str = simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, separators=(",", ":"))
+    return text.encode()
+
+
+def parse_populations(text: str) -> list[int]:
+    """``"10000,100000,1e6"``-style text as distinct positive ints, smallest first."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip().replace("_", "")
+        if not part:
+            continue
+        try:
+            value = int(float(part)) if "e" in part.lower() else int(part)
+        except ValueError as exc:
+            raise ValueError(f"not a number of persons: {part!r}") from exc
+        if value < 1:
+            raise ValueError(f"a population must be at least 1, not {value}")
+        out.add(value)
+    if not out:
+        raise ValueError("no population given")
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------- persons
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A made-up patient as one hospital registered them."""
+
+    index: int
+    card: str  # 18-character 身份证, GB 11643-valid
+    mz: str  # the hospital's 门诊号
+    institution: str
+    family: str
+    given: str
+    sex: str
+    born: date
+    phone: str
+
+
+class PersonGen:
+    """A deterministic stream of distinct persons (no two share a 身份证 or a 门诊号).
+
+    Birth dates are uniform over 1940–2015, so blocks (one per birth date, about 27,800)
+    hold ``N / 27,800`` persons on average. A card's sequence digits count per birth date and
+    region, which makes every card distinct; their parity is the sex, as GB 11643 says.
+    """
+
+    def __init__(self, seed: int, institutions: Sequence[str]) -> None:
+        if not institutions:
+            raise ValueError("at least one institution is needed")
+        self.rng = random.Random(seed)  # noqa: S311 - test data, not security
+        self.institutions = tuple(institutions)
+        self.count = 0
+        self._seq: dict[tuple[int, str], int] = {}
+
+    def __iter__(self) -> Iterator[Person]:
+        return self
+
+    def __next__(self) -> Person:
+        rng = self.rng
+        day = rng.randrange(_BORN_DAYS)
+        region = rng.choice(ID_CARD_REGIONS)
+        seq = self._seq.get((day, region), 0)
+        if seq > 999:  # pragma: no cover - needs ~140 million persons
+            raise OverflowError("out of 身份证 sequence numbers")
+        self._seq[(day, region)] = seq + 1
+        born = _BORN_FROM + timedelta(days=day)
+        index = self.count
+        self.count += 1
+        given = "".join(rng.sample(_GIVEN, rng.choice((1, 2, 2))))
+        return Person(
+            index=index,
+            card=gb11643(f"{region}{born:%Y%m%d}{seq:03d}"),
+            mz=f"MZ{index:09d}",
+            institution=rng.choice(self.institutions),
+            family=rng.choice(_SURNAMES),
+            given=given,
+            sex="male" if seq % 2 else "female",
+            born=born,
+            phone=f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}",
+        )
+
+
+def _org(institution: str) -> dict[str, Any]:
+    return {"identifier": {"system": INSTITUTION_SYSTEM, "value": institution}}
+
+
+def patient_resource(p: Person) -> dict[str, Any]:
+    """The FHIR ``Patient`` the person's hospital posts."""
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {
+                "use": "official",
+                "type": {
+                    "coding": [
+                        {"system": DOCUMENT_TYPE_SYSTEM, "code": "01", "display": "居民身份证"}
+                    ]
+                },
+                "system": ID_CARD_SYSTEM,
+                "value": p.card,
+            },
+            {
+                "use": "usual",
+                "type": {"text": "门诊号"},
+                "system": OUTPATIENT_NO_SYSTEM,
+                "value": p.mz,
+                "assigner": _org(p.institution),
+            },
+        ],
+        "name": [
+            {"use": "official", "text": p.family + p.given, "family": p.family, "given": [p.given]}
+        ],
+        "telecom": [{"system": "phone", "value": p.phone, "use": "mobile"}],
+        "gender": p.sex,
+        "birthDate": p.born.isoformat(),
+    }
+
+
+# ------------------------------------------------------------------------ table entries
+
+
+@dataclass(frozen=True, slots=True)
+class SeedEntries:
+    """What the patient index stores after one visit of a person: its identity entries
+    (identifier hash → ``IdentityState`` JSON) and its entry in its birth date's block."""
+
+    identities: tuple[tuple[bytes, bytes], ...]
+    block_key: bytes
+    block_entry: bytes  # one element of the block's JSON list
+    master_patient_id: str
+
+
+def seed_entries(p: Person, hmac_key: bytes) -> SeedEntries:
+    """The state the service writes for ``p``'s Patient, built with its own functions:
+    ``route`` (``person_from_fhir``, ``keyed_identifiers``), ``resolve`` (``resolve_anchor``
+    for the anchor, ``apply_claim`` for each weaker identifier) and ``match`` (the block)."""
+    person = person_from_fhir(patient_resource(p), p.institution)
+    idents = keyed_identifiers(person, lambda i: keyed_hash(hmac_key, *i.key()))
+    if not idents:  # pragma: no cover - every generated person has a verified card
+        raise ValueError("the person has no usable identifier")
+    anchor, aliases = idents[0], idents[1:]
+    res = resolve_anchor(None, anchor)
+    entries = [(anchor.key.encode(), res.state.model_dump_json().encode())]
+    for alias in aliases:
+        claimed = apply_claim(None, res.master_patient_id, alias, anchor.rank).state
+        if claimed is not None:
+            entries.append((alias.key.encode(), claimed.model_dump_json().encode()))
+    person_json = person_to_json(person)
+    block_key = keyed_hash(hmac_key, "block:birth_date", person_json["birth_date"]).encode()
+    entry = dumps(
+        {"anchor": anchor.key, "master_patient_id": res.master_patient_id, "person": person_json}
+    )
+    return SeedEntries(tuple(entries), block_key, entry, res.master_patient_id)
+
+
+def block_value(entries: Sequence[bytes]) -> bytes:
+    """A block's stored value from its entries in arrival order: the JSON list of the last
+    ``BLOCK_LIMIT`` (byte for byte what ``match`` writes with ``kept[-BLOCK_LIMIT:]``)."""
+    return b"[" + b",".join(entries[-BLOCK_LIMIT:]) + b"]"
+
+
+# -------------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One lab visit as a transaction bundle's entries: ``(fullUrl, resource)``."""
+
+    person: Person
+    known: bool
+    trace_id: str
+    bundle_id: str
+    entries: tuple[tuple[str, dict[str, Any]], ...]
+
+    @property
+    def records(self) -> int:
+        """Canonical records it yields (its clinical resources)."""
+        return sum(1 for _, r in self.entries if r["resourceType"] != "Patient")
+
+
+def _quantize(test: LabTest, value: float) -> Decimal:
+    return Decimal(f"{value:.{test.places}f}")
+
+
+def _observation(
+    rng: random.Random,
+    test: LabTest,
+    subject: dict[str, Any],
+    report_no: str,
+    line: int,
+    when: tuple[str, str],
+    institution: str,
+) -> dict[str, Any]:
+    mid = float(test.low + test.high) / 2
+    spread = float(test.high - test.low) / 3.2
+    value = max(_quantize(test, rng.gauss(mid, spread)), _quantize(test, 0.0))
+    flag = "L" if value < test.low else "H" if value > test.high else "N"
+
+    def qty(v: Decimal) -> dict[str, Any]:
+        return {"value": v, "unit": test.unit, "system": _UCUM, "code": test.unit}
+
+    return {
+        "resourceType": "Observation",
+        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": f"{report_no}-{line:02d}"}],
+        "status": "final",
+        "category": [
+            {"coding": [{"system": _OBS_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
+        ],
+        "code": {
+            "coding": [{"system": _LOINC, "code": test.loinc, "display": test.display}],
+            "text": test.text,
+        },
+        "subject": subject,
+        "effectiveDateTime": when[0],
+        "issued": when[1],
+        "performer": [_org(institution)],
+        "valueQuantity": qty(value),
+        "interpretation": [{"coding": [{"system": _INTERPRETATION, "code": flag}]}],
+        "referenceRange": [{"low": qty(test.low), "high": qty(test.high)}],
+    }
+
+
+def make_visit(rng: random.Random, p: Person, *, known: bool, number: int) -> Visit:
+    """The person's Patient, the results of one panel and their DiagnosticReport, posted by
+    the person's hospital; ``number`` makes the report number (and so the records) unique."""
+    panel: Panel = rng.choice(PANELS)
+    taken = datetime(2026, 11, 2, 7, 30, tzinfo=CST) + timedelta(
+        days=rng.randrange(14), minutes=rng.randrange(9 * 60)
+    )
+    issued = taken + timedelta(minutes=rng.randrange(40, 180), seconds=rng.randrange(60))
+    when = (taken.isoformat(), issued.isoformat())
+    report_no = f"LR{taken:%Y%m%d}-{number:07d}"
+
+    def url() -> str:
+        return f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+
+    patient_url = url()
+    subject = {"reference": patient_url}
+    entries: list[tuple[str, dict[str, Any]]] = [(patient_url, patient_resource(p))]
+    results = []
+    for line, test in enumerate(panel.tests, start=1):
+        obs_url = url()
+        entries.append(
+            (obs_url, _observation(rng, test, subject, report_no, line, when, p.institution))
+        )
+        results.append({"reference": obs_url})
+    report = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": report_no}],
+        "status": "final",
+        "category": [{"coding": [{"system": _V2_0074, "code": panel.section}]}],
+        "code": {
+            "coding": [{"system": _LOINC, "code": panel.code, "display": panel.display}],
+            "text": panel.text,
+        },
+        "subject": subject,
+        "effectiveDateTime": when[0],
+        "issued": when[1],
+        "performer": [_org(p.institution)],
+        "result": results,
+    }
+    entries.append((url(), report))
+    trace_id = f"{rng.getrandbits(128):032x}"
+    return Visit(p, known, trace_id, f"b-{number:07d}", tuple(entries))
+
+
+def bundle_of(visit: Visit) -> dict[str, Any]:
+    """The visit as the transaction Bundle a hospital would ``POST /fhir``."""
+    return {
+        "resourceType": "Bundle",
+        "id": visit.bundle_id,
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": u, "resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
+            for u, r in visit.entries
+        ],
+    }
+
+
+def gateway_messages(
+    visit: Visit, hmac_key: bytes, received_at: datetime
+) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` of each entry as the gateway publishes an accepted transaction bundle
+    on ``mrhub.ingest.resource-accepted.v1`` (``Gateway.message`` in services/ingest/views)."""
+    inst = visit.person.institution
+    patients = {u: r for u, r in visit.entries if r["resourceType"] == "Patient"}
+    out = []
+    for index, (full_url, resource) in enumerate(visit.entries):
+        rtype = resource["resourceType"]
+        env = Envelope(
+            event_type=EVENT_TYPE,
+            received_at=received_at,
+            source=inst,
+            trace_id=visit.trace_id,
+            payload={
+                "resource_type": rtype,
+                "bundle_id": visit.bundle_id,
+                "entry_index": index,
+                "import_line": None,
+                "full_url": full_url,
+                "patient_identifiers": patient_identifiers(resource, patients),
+                "resource": resource,
+            },
+        )
+        bid = business_id(resource)
+        digest = keyed_hash(hmac_key, *bid) if bid is not None else f"event-{env.event_id}"
+        out.append((f"{inst}|{rtype}|{digest}".encode(), env.to_bytes()))
+    return out
+
+
+@dataclass
+class LoadPlan:
+    """Which seeded persons come back (by index) and how many new persons come."""
+
+    warmup_known: list[int]
+    measured_known: list[int]
+    warmup_new: int
+    measured_new: int
+
+
+def plan_load(population: int, visits: int, warmup: int, known_share: float, seed: int) -> LoadPlan:
+    """Known visitors sampled without repetition from the ``population`` seeded persons (a
+    warm-up visitor never comes back in the measured load); the rest are new persons."""
+    m_known = min(round(visits * known_share), population)
+    w_known = min(round(warmup * known_share), population - m_known)
+    picked = random.Random(seed + population).sample(range(population), m_known + w_known)  # noqa: S311
+    return LoadPlan(
+        warmup_known=sorted(picked[m_known:]),
+        measured_known=sorted(picked[:m_known]),
+        warmup_new=warmup - w_known,
+        measured_new=visits - m_known,
+    )
+
+
+def make_visits(
+    rng: random.Random, known: Sequence[Person], new: Sequence[Person], first_number: int
+) -> list[Visit]:
+    """One visit per person, known and new interleaved in random order."""
+    people = [(p, True) for p in known] + [(p, False) for p in new]
+    rng.shuffle(people)
+    return [make_visit(rng, p, known=k, number=first_number + i) for i, (p, k) in enumerate(people)]
+
+
+def split_rounds(
+    known: Sequence[Person], new: Sequence[Person], rounds: int
+) -> list[tuple[list[Person], list[Person]]]:
+    """The measured visitors dealt into ``rounds`` rounds (sizes differ by one at most)."""
+    return [(list(known[i::rounds]), list(new[i::rounds])) for i in range(rounds)]
+
+
+# ------------------------------------------------------------------------- arithmetic
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The value of one sample in Prometheus text exposition (0.0 when absent)."""
+    want = dict(labels or {})
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if got == want:
+            return float(m.group(3))
+    return 0.0
+
+
+def run_figures(
+    arrivals: Sequence[float], t_start: float, expected: int
+) -> dict[str, float | int | None]:
+    """Rates of one measured load from the times (``perf_counter``) its records were read.
+
+    ``records_per_s`` and ``us_per_record`` run from ``t_start`` (the first message produced)
+    to the last record read; ``first_record_s`` is how long the first took (the pipeline's
+    fill: a record crosses several stages, each committing its Kafka transaction before the
+    next may read);
+    ``after_first_records_per_s`` counts only from the first record on.
+    """
+    times = sorted(arrivals)
+    n = len(times)
+    out: dict[str, float | int | None] = {
+        "records": n,
+        "records_expected": expected,
+        "seconds": None,
+        "records_per_s": None,
+        "us_per_record": None,
+        "first_record_s": None,
+        "after_first_records_per_s": None,
+    }
+    if not n:
+        return out
+    elapsed = times[-1] - t_start
+    out["seconds"] = round(elapsed, 3)
+    out["first_record_s"] = round(times[0] - t_start, 3)
+    if elapsed > 0:
+        out["records_per_s"] = round(n / elapsed, 1)
+        out["us_per_record"] = round(elapsed / n * 1e6, 1)
+    if n > 1 and times[-1] > times[0]:
+        out["after_first_records_per_s"] = round((n - 1) / (times[-1] - times[0]), 1)
+    return out
+
+
+_ROUND_FIGURES: Final = (
+    "records_per_s",
+    "us_per_record",
+    "first_record_s",
+    "after_first_records_per_s",
+    "service_cpu_us_per_record",
+    "service_main_cpu_us_per_record",
+    "produce_s",
+)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def combine_rounds(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A population's figures from its measured rounds: the median of each (and of each CPU
+    share), the range of the two per-record costs, and the records read over all rounds."""
+    out: dict[str, Any] = {"rounds": len(rounds)}
+    for key in _ROUND_FIGURES:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        med = _median(values)
+        out[key] = None if med is None else round(med, 3)
+        if key in ("us_per_record", "service_cpu_us_per_record"):
+            out[f"{key}_min"] = min(values, default=None)
+            out[f"{key}_max"] = max(values, default=None)
+    cpu_keys = sorted({k for r in rounds for k in (r.get("cpu_pct") or {})})
+    out["cpu_pct"] = {
+        k: _median([r["cpu_pct"][k] for r in rounds if k in (r.get("cpu_pct") or {})])
+        for k in cpu_keys
+    }
+    out["records"] = sum(int(r.get("records") or 0) for r in rounds)
+    out["records_expected"] = sum(int(r.get("records_expected") or 0) for r in rounds)
+    return out
+
+
+def combine_checks(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The checks of all rounds: counts summed, ok only when every round was."""
+    out: dict[str, Any] = {}
+    for key in (
+        "decisions_new",
+        "decisions_deterministic",
+        "expected_new",
+        "expected_deterministic",
+        "dead_letters",
+    ):
+        out[key] = sum(int(r.get(key) or 0) for r in rounds)
+    out["stalled"] = any(r.get("stalled") for r in rounds)
+    out["ok"] = bool(rounds) and all(r.get("ok") for r in rounds)
+    return out
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Per population, each per-record cost divided by the smallest population's (rows with
+    a figure only), as ``ratios``: ``{"us_per_record": …, "service_cpu_us_per_record": …,
+    "service_main_cpu_us_per_record": …, "base_population": …}``."""
+    for key in ("us_per_record", "service_cpu_us_per_record", "service_main_cpu_us_per_record"):
+        have = [r for r in rows if (r.get("measured") or {}).get(key)]
+        base = min(have, key=lambda r: r["population"]) if have else None
+        for r in rows:
+            value = (r.get("measured") or {}).get(key)
+            ratio = None
+            if base is not None and value:
+                ratio = round(value / base["measured"][key], 3)
+            r.setdefault("ratios", {})[key] = ratio
+        for r in rows:
+            r["ratios"]["base_population"] = base["population"] if base is not None else None
+
+
+def _fmt(value: Any, spec: str = ",.0f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int | float):
+        return format(value, spec)
+    return str(value)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The human-readable report (``report`` is what ``--json`` prints)."""
+    rows: list[Mapping[str, Any]] = report["populations"]
+    load = report["load"]
+    lines: list[str] = []
+    add = lines.append
+    add(f"mrhub bench index — {report['command']}")
+    add(
+        f"  {report['cpu_count']} CPU cores; one fresh Kafka {report['kafka_version']} broker per "
+        f"population, started by the bench; {report['partitions']} partitions; 1 patient-index "
+        "worker process"
+    )
+    add(
+        f"  load per population: {load['warmup_visits']} warm-up visits (not measured), then "
+        f"{load.get('rounds', 1)} measured rounds of {load['visits']} visits "
+        f"({load['known_visits']} by known persons, {load['new_visits']} by new ones): "
+        f"{_fmt(load['messages'])} messages on {RESOURCE_ACCEPTED.name} and "
+        f"{_fmt(load['records'])} canonical records expected on {RESULT_INDEXED.name} per round"
+    )
+    add(
+        f"  a visit = Patient (身份证 + 门诊号) + {_fmt((load['resources_per_visit'] or 2) - 2)} "
+        f"lab Observations + their DiagnosticReport (seed {report['seed']}); known persons "
+        "come back to the same hospital; figures are the median of the rounds"
+    )
+    add("")
+    w = 20
+    head = "".join(f"{_fmt(r['population']):>{w}}" for r in rows)
+    add(f"{'known persons':<44}{head}")
+
+    def row(label: str, get: Callable[[Mapping[str, Any]], Any], spec: str = ",.0f") -> None:
+        cells = ""
+        for r in rows:
+            try:
+                v = get(r)
+            except (KeyError, TypeError):
+                v = None
+            cells += f"{_fmt(v, spec):>{w}}"
+        add(f"  {label:<42}{cells}")
+
+    def per_round(key: str) -> Callable[[Mapping[str, Any]], str]:
+        return lambda r: "/".join(_fmt(x.get(key)) for x in r["rounds"])
+
+    base = next((r["ratios"].get("base_population") for r in rows if r.get("ratios")), None)
+    row("seeded identity / block entries", lambda r: _pair(r["seed"], "identities", "blocks"))
+    row("seeding s", lambda r: r["seed"]["seconds"], ",.1f")
+    row("recovery (start → /readyz 200) s", lambda r: r["recovery_s"], ",.1f")
+    row("records/s (first message → last record)", lambda r: r["measured"]["records_per_s"])
+    row("µs/record (wall)", lambda r: r["measured"]["us_per_record"])
+    row("  each round", per_round("us_per_record"))
+    row(f"  ratio to {_fmt(base)}", lambda r: r["ratios"]["us_per_record"], ".2f")
+    row("first record after s", lambda r: r["measured"]["first_record_s"], ".2f")
+    row("records/s after the first", lambda r: r["measured"]["after_first_records_per_s"])
+    row("service CPU µs/record", lambda r: r["measured"]["service_cpu_us_per_record"])
+    row("  each round", per_round("service_cpu_us_per_record"))
+    row(f"  ratio to {_fmt(base)}", lambda r: r["ratios"]["service_cpu_us_per_record"], ".2f")
+    row("  in its main thread µs/record", lambda r: r["measured"]["service_main_cpu_us_per_record"])
+    row(
+        f"    ratio to {_fmt(base)}",
+        lambda r: r["ratios"]["service_main_cpu_us_per_record"],
+        ".2f",
+    )
+    row(
+        "CPU % service/kafka/bench/other",
+        lambda r: "/".join(
+            _fmt(r["measured"]["cpu_pct"].get(k), ".0f")
+            for k in ("service", "kafka", "bench", "other")
+        ),
+    )
+    row("records read / expected", lambda r: _pair(r["measured"], "records", "records_expected"))
+    row(
+        "decisions new / deterministic",
+        lambda r: _pair(r["checks"], "decisions_new", "decisions_deterministic"),
+    )
+    row(
+        "  expected",
+        lambda r: _pair(r["checks"], "expected_new", "expected_deterministic"),
+    )
+    row("dead letters", lambda r: r["checks"]["dead_letters"], "d")
+    row("complete and checked", lambda r: r["checks"]["ok"])
+    row("patient-index source sha256", lambda r: r["service_source_sha256"])
+    add("")
+    for r in rows:
+        if r.get("error"):
+            add(f"Population {_fmt(r['population'])} failed: {r['error']}")
+    for note in report.get("notes", []):
+        add(f"Note: {note}")
+    return "\n".join(lines)
+
+
+def _pair(d: Mapping[str, Any], a: str, b: str) -> str:
+    return f"{_fmt(d.get(a))}/{_fmt(d.get(b))}"
+
+
+# ------------------------------------------------------------------------------- CPU
+
+
+def _clock_ticks() -> int:
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def proc_cpu_s(pid: int | None, tid: int | None = None) -> float | None:
+    """User + system CPU seconds of a process, or of its thread ``tid`` (Linux /proc), None
+    if unknown."""
+    if pid is None:
+        return None
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all cores spent busy since boot (/proc/stat), None if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            cols = [int(c) for c in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = cols
+    return (user + nice + system + irq + softirq) / _clock_ticks()
+
+
+def cpu_sample(service_pid: int | None, kafka_pid: int | None) -> dict[str, float | None]:
+    return {
+        "service": proc_cpu_s(service_pid),
+        # the main thread runs the event loop (faust's agents, aiokafka, the web server); the
+        # other threads are mostly RocksDB's (flushes, compactions)
+        "service_main": proc_cpu_s(service_pid, service_pid),
+        "kafka": proc_cpu_s(kafka_pid),
+        "bench": time.process_time(),
+        "machine": machine_busy_s(),
+        "wall": time.perf_counter(),
+    }
+
+
+def cpu_percent(
+    before: Mapping[str, float | None], after: Mapping[str, float | None]
+) -> dict[str, float]:
+    """% of one core between two samples; ``other`` is the machine minus the service, Kafka
+    and the bench (``service_main``, the service's main thread, is part of ``service``)."""
+    wall = (after["wall"] or 0.0) - (before["wall"] or 0.0)
+    out: dict[str, float] = {}
+    for key in ("service", "service_main", "kafka", "bench", "machine"):
+        a, b = after.get(key), before.get(key)
+        if a is not None and b is not None and wall > 0:
+            out[key] = round((a - b) / wall * 100, 1)
+    if all(k in out for k in ("service", "kafka", "bench", "machine")):
+        mine = out["service"] + out["kafka"] + out["bench"]
+        out["other"] = round(max(0.0, out["machine"] - mine), 1)
+    return out
+
+
+def cpu_us_per_record(
+    before: Mapping[str, float | None], after: Mapping[str, float | None], key: str, records: int
+) -> float | None:
+    """CPU µs that ``key`` (a :func:`cpu_sample` field) spent per record between samples."""
+    a, b = after.get(key), before.get(key)
+    if a is None or b is None or records <= 0:
+        return None
+    return round((a - b) / records * 1e6, 1)
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+class BenchError(MrhubError):
+    """The bench could not run (the broker or the service did not start, or died)."""
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Service:
+    """One patient-index worker process (``mrhub serve patient_index``)."""
+
+    def __init__(self, env: Mapping[str, str], port: int, log_path: Path) -> None:
+        self.env = dict(env)
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, timeout_s: float) -> float:
+        """Start it and wait for ``/readyz`` 200; the seconds that took."""
+        started = time.perf_counter()
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", "patient_index"],
+                env={**self.env, "MRHUB_PATIENT_INDEX__PORT": str(self.port)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = started + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"the patient index exited with code {self.proc.returncode}:\n{self.tail()}"
+                )
+            if self._ready():
+                return time.perf_counter() - started
+            if time.perf_counter() > deadline:
+                raise BenchError(f"the patient index was not ready in {timeout_s:.0f}s")
+            time.sleep(0.2)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/readyz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.base}/metrics", timeout=10.0).text
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------- Kafka
+
+
+def _producer(bootstrap: str, **overrides: Any) -> Any:
+    from kafka import KafkaProducer
+
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": "mrhub-bench-index",
+        "acks": "all",
+        "linger_ms": 20,
+        "batch_size": 1024 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        "max_block_ms": 120_000,
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def _consumer(bootstrap: str) -> Any:
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="mrhub-bench-index",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=50,
+        max_poll_records=5000,
+    )
+
+
+def changelog_specs(partitions: int) -> list[TopicSpec]:
+    """The seeded tables' changelog topics, as faust would create them (compacted)."""
+    return [
+        TopicSpec(
+            changelog_topic(t),
+            key="table key",
+            description=f"faust changelog of the patient index's {t} table",
+            partitions=partitions,
+            config={"cleanup.policy": "compact"},
+        )
+        for t in SEEDED_TABLES
+    ]
+
+
+@dataclass
+class Seeded:
+    stats: dict[str, Any]
+    known: dict[int, Person]  # the seeded persons the load brings back, by index
+    gen: PersonGen  # continues with persons nobody has seen
+
+
+def seed_population(
+    bootstrap: str,
+    population: int,
+    *,
+    partitions: int,
+    hmac_key: bytes,
+    institutions: Sequence[str],
+    keep: set[int],
+    seed: int,
+) -> Seeded:
+    """Write ``population`` persons' identity and block entries to the changelog topics."""
+    started = time.perf_counter()
+    gen = PersonGen(seed, institutions)
+    blocks: dict[bytes, list[bytes]] = {}
+    known: dict[int, Person] = {}
+    counts = {"identities": 0}
+
+    def messages() -> Iterator[tuple[str, bytes, bytes]]:
+        ident_topic = changelog_topic("identities")
+        step = max(1, population // 10)
+        for _ in range(population):
+            p = next(gen)
+            if p.index in keep:
+                known[p.index] = p
+            entries = seed_entries(p, hmac_key)
+            for key, value in entries.identities:
+                counts["identities"] += 1
+                yield ident_topic, key, value
+            blocks.setdefault(entries.block_key, []).append(entries.block_entry)
+            if (p.index + 1) % step == 0 and population >= 50_000:
+                _log(f"  seeded {p.index + 1:,} of {population:,} persons")
+        block_topic = changelog_topic("blocks")
+        for key, members in blocks.items():
+            yield block_topic, key, block_value(members)
+
+    # right after the topics are created their leaders may still be moving: aiokafka retries
+    # (NotLeaderForPartition) and says so at WARNING; only errors are worth printing here
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.ERROR)
+    try:
+        asyncio.run(produce_to_partitions(bootstrap, messages(), partitions))
+    finally:
+        aiokafka_log.setLevel(level)
+    sizes = [min(len(m), BLOCK_LIMIT) for m in blocks.values()]
+    stats = {
+        "persons": population,
+        "identities": counts["identities"],
+        "blocks": len(blocks),
+        "block_entries": sum(sizes),
+        "largest_block": max(sizes, default=0),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Seeded(stats, known, gen)
+
+
+async def produce_to_partitions(
+    bootstrap: str, messages: Iterable[tuple[str, bytes, bytes]], partitions: int
+) -> int:
+    """Produce ``(topic, key, value)`` messages, each to ``partition_for(key, partitions)``,
+    in record batches of up to 1 MiB built by aiokafka (a few µs a message, against ≈ 50 µs
+    for kafka-python's ``send``); acks=all. Returns how many were produced."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="mrhub-bench-index-seed",
+        acks="all",
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        request_timeout_ms=120_000,
+    )
+    await producer.start()
+    try:
+        open_batches: dict[tuple[str, int], Any] = {}
+        pending: list[Any] = []
+        count = 0
+
+        async def submit(topic: str, partition: int, batch: Any) -> None:
+            batch.close()
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+            if len(pending) >= 64:
+                await asyncio.gather(*pending)
+                pending.clear()
+
+        for topic, key, value in messages:
+            tp = (topic, partition_for(key, partitions))
+            batch = open_batches.get(tp)
+            if batch is None:
+                batch = open_batches[tp] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                await submit(*tp, batch)
+                batch = open_batches[tp] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise BenchError(f"a {len(value):,}-byte message does not fit a batch")
+            count += 1
+        for (topic, partition), batch in open_batches.items():
+            await submit(topic, partition, batch)
+        await asyncio.gather(*pending)
+        return count
+    finally:
+        await producer.stop()
+
+
+def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + 30
+    parts = consumer.partitions_for_topic(topic) or set()
+    while not parts and time.monotonic() < deadline:
+        time.sleep(0.2)
+        parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    return {tp: int(off) for tp, off in consumer.end_offsets(tps).items()}
+
+
+@dataclass
+class LoadRun:
+    arrivals: list[float] = field(default_factory=list)
+    t_start: float = 0.0
+    produce_s: float = 0.0
+    stalled: bool = False
+
+
+def run_load(
+    bootstrap: str,
+    messages: Sequence[tuple[bytes, bytes]],
+    trace_ids: set[str],
+    expected: int,
+    *,
+    alive: Callable[[], bool],
+) -> LoadRun:
+    """Produce ``messages`` onto the accepted topic (another thread) while reading the results
+    topic (read_committed) from its current end until ``expected`` records whose trace id is
+    in ``trace_ids`` are read; their read times are the arrivals."""
+    consumer = _consumer(bootstrap)
+    producer = _producer(bootstrap, linger_ms=5)
+    run = LoadRun()
+    errors: list[BaseException] = []
+    try:
+        ends = _end_offsets(consumer, RESULT_INDEXED.name)
+        consumer.assign(list(ends))
+        for tp, off in ends.items():
+            consumer.seek(tp, off)
+        consumer.poll(timeout_ms=0)  # connect before the clock starts
+
+        def produce() -> None:
+            try:
+                for key, value in messages:
+                    producer.send(RESOURCE_ACCEPTED.name, key=key, value=value)
+                producer.flush(timeout=120)
+                run.produce_s = time.perf_counter() - run.t_start
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        run.t_start = time.perf_counter()
+        thread = threading.Thread(target=produce, name="bench-produce", daemon=True)
+        thread.start()
+        last_progress = time.perf_counter()
+        while len(run.arrivals) < expected:
+            batch = consumer.poll(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for rec in records:
+                    if _trace_id(rec.value) in trace_ids:
+                        run.arrivals.append(now)
+                        last_progress = now
+            if errors:
+                raise BenchError(f"producing the load failed: {errors[0]!r}")
+            if now - last_progress > STALL_S or not alive():
+                run.stalled = True
+                break
+        thread.join(timeout=60)
+        return run
+    finally:
+        producer.close(timeout=30)
+        consumer.close()
+
+
+def _trace_id(value: bytes | None) -> str:
+    if not value:
+        return ""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return ""
+    return str(doc.get("trace_id", "")) if isinstance(doc, dict) else ""
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def service_source_digest() -> str:
+    """A short SHA-256 of the patient index's source (and the faust settings it runs with),
+    to tell which code a population measured: the service starts anew for each one."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in [*sorted((root / "patient_index").glob("*.py")), root / "common" / "faust_app.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _institutions(settings: Settings) -> list[str]:
+    from services.common.institutions import Registry
+
+    path = settings.ingest.institutions_path
+    if not path.exists():
+        path = Path(__file__).resolve().parents[2] / "config" / "institutions.yaml"
+    return list(Registry.load(path).ids[:INSTITUTIONS])
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """``mrhub bench index``: ``args.populations`` (comma-separated), ``args.json``;
+    ``args.visits`` (per round), ``args.rounds`` and ``args.warmup_visits`` (not on the
+    command line) change the load."""
+    try:
+        populations = parse_populations(
+            str(getattr(args, "populations", None) or ",".join(map(str, DEFAULT_POPULATIONS)))
+        )
+    except ValueError as exc:
+        _log(f"--populations: {exc}")
+        return 2
+    visits = int(getattr(args, "visits", VISITS))
+    warmup = int(getattr(args, "warmup_visits", WARMUP_VISITS))
+    rounds = int(getattr(args, "rounds", ROUNDS))
+    if visits < 2 or warmup < 0 or rounds < 1:
+        _log("the load needs at least 2 visits and 1 round")
+        return 2
+    as_json = bool(getattr(args, "json", False))
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        report = _run(settings, populations, visits=visits, warmup=warmup, rounds=rounds)
+    except (KeyboardInterrupt, _Interrupted):
+        _log("interrupted; everything the bench started is stopped")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    ok = all(r.get("checks", {}).get("ok") for r in report["populations"])
+    return 0 if ok and len(report["populations"]) == len(populations) else 1
+
+
+def _run(
+    settings: Settings, populations: Sequence[int], *, visits: int, warmup: int, rounds: int
+) -> dict[str, Any]:
+    if settings.kafka.bootstrap_servers:
+        _log(
+            "MRHUB_KAFKA__BOOTSTRAP_SERVERS is ignored: seeding writes made-up persons into the "
+            "patient index's own state topics, so each population gets a throw-away broker"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-index-"))
+    keep_tmp = False
+    partitions = settings.topic_partitions
+    institutions = _institutions(settings)
+    hmac_secret = secrets.token_urlsafe(32)
+    known_visits = round(visits * KNOWN_SHARE)
+    report: dict[str, Any] = {
+        "command": "mrhub bench index --populations " + ",".join(str(n) for n in populations),
+        "cpu_count": os.cpu_count() or 1,
+        "kafka_version": settings.broker.kafka_version,
+        "partitions": partitions,
+        "seed": SEED,
+        "institutions": institutions,
+        "load": {
+            "visits": visits,
+            "known_visits": known_visits,
+            "new_visits": visits - known_visits,
+            "warmup_visits": warmup,
+            "rounds": rounds,
+            "resources_per_visit": None,
+            "messages": None,
+            "records": None,
+        },
+        "populations": [],
+        "notes": [],
+    }
+    try:
+        for n in populations:
+            try:
+                row = _run_population(
+                    settings,
+                    n,
+                    tmp=tmp,
+                    hmac_secret=hmac_secret,
+                    institutions=institutions,
+                    visits=visits,
+                    warmup=warmup,
+                    rounds=rounds,
+                    load=report["load"],
+                )
+            except (MrhubError, TimeoutError) as exc:  # BenchError, BrokerError, Kafka
+                keep_tmp = True
+                _log(f"population {n:,} failed: {exc}")
+                report["populations"].append(
+                    {"population": n, "error": str(exc), "checks": {"ok": False}}
+                )
+                continue
+            report["populations"].append(row)
+        add_ratios(report["populations"])
+        report["notes"] = report_notes(report)
+        return report
+    finally:
+        if keep_tmp:
+            _log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_population(
+    settings: Settings,
+    n: int,
+    *,
+    tmp: Path,
+    hmac_secret: str,
+    institutions: Sequence[str],
+    visits: int,
+    warmup: int,
+    rounds: int,
+    load: dict[str, Any],
+) -> dict[str, Any]:
+    from services.common.broker import LocalBroker, free_port
+    from services.common.kafka_admin import create_topics
+
+    partitions = settings.topic_partitions
+    hmac_key = hmac_secret.encode()
+    work = tmp / f"population-{n}"
+    work.mkdir()
+    broker: LocalBroker | None = None
+    service: Service | None = None
+    try:
+        _log(f"population {n:,}: starting a Kafka broker")
+        broker = LocalBroker(
+            work / "kafka",
+            settings.cache_dir,
+            kafka_version=settings.broker.kafka_version,
+            port=0,
+            controller_port=0,
+            heap=settings.broker.heap,
+        )
+        info, _ = broker.start(timeout_s=max(90.0, settings.broker.start_timeout_s))
+        bootstrap = info.bootstrap
+        create_topics(
+            bootstrap,
+            [*ALL_TOPICS, *changelog_specs(partitions)],
+            default_partitions=partitions,
+            replication_factor=1,
+        )
+
+        plan = plan_load(n, visits * rounds, warmup, KNOWN_SHARE, SEED)
+        _log(f"population {n:,}: seeding the identities and blocks changelogs")
+        seeded = seed_population(
+            bootstrap,
+            n,
+            partitions=partitions,
+            hmac_key=hmac_key,
+            institutions=institutions,
+            keep={*plan.warmup_known, *plan.measured_known},
+            seed=SEED,
+        )
+        _log(
+            f"population {n:,}: {seeded.stats['identities']:,} identity and "
+            f"{seeded.stats['blocks']:,} block entries in {seeded.stats['seconds']:.1f} s"
+        )
+        rng = random.Random(SEED + 7 * n)  # noqa: S311 - test data
+        new_people = [next(seeded.gen) for _ in range(plan.warmup_new + plan.measured_new)]
+        warm = make_visits(
+            rng,
+            [seeded.known[i] for i in plan.warmup_known],
+            new_people[: plan.warmup_new],
+            first_number=1,
+        )
+        batches: list[list[Visit]] = []
+        number = len(warm) + 1
+        for known, new in split_rounds(
+            [seeded.known[i] for i in plan.measured_known],
+            new_people[plan.warmup_new :],
+            rounds,
+        ):
+            batches.append(make_visits(rng, known, new, first_number=number))
+            number += len(batches[-1])
+        received = datetime.now(UTC)
+        first = batches[0]
+        load.update(
+            {
+                "rounds": rounds,
+                "resources_per_visit": first[0].records + 1,
+                "messages": sum(len(v.entries) for v in first),
+                "records": sum(v.records for v in first),
+                "known_visits": sum(v.known for v in first),
+                "new_visits": sum(not v.known for v in first),
+            }
+        )
+
+        env = {
+            **os.environ,
+            "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "MRHUB_IDENTITY__HMAC_KEY": hmac_secret,
+            "MRHUB_TOPIC_PARTITIONS": str(partitions),
+            "MRHUB_STATE_DIR": str(work / "state"),
+            "MRHUB_PATIENT_INDEX__HOST": HOST,
+            "MRHUB_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+        service = Service(env, free_port(), work / "patient_index.log")
+        source_digest = service_source_digest()
+        _log(f"population {n:,}: starting the patient index, waiting for /readyz")
+        recovery_s = service.start(timeout_s=max(300.0, n / 1000))
+        _log(f"population {n:,}: ready after {recovery_s:.1f} s")
+
+        if warm:
+            _log(f"population {n:,}: warm-up, {len(warm)} visits")
+            w = run_load(
+                bootstrap,
+                [m for v in warm for m in gateway_messages(v, hmac_key, received)],
+                {v.trace_id for v in warm},
+                sum(v.records for v in warm),
+                alive=service.alive,
+            )
+            if w.stalled:
+                raise BenchError(f"the warm-up stalled:\n{service.tail()}")
+        results: list[dict[str, Any]] = []
+        checks: list[dict[str, Any]] = []
+        for i, batch in enumerate(batches, start=1):
+            fig, chk = _measure(service, info.pid, bootstrap, batch, hmac_key, received)
+            results.append(fig)
+            checks.append(chk)
+            _log(
+                f"population {n:,}: round {i} of {rounds}: {_fmt(fig['records_per_s'])} "
+                f"records/s, {_fmt(fig['us_per_record'])} µs/record, service CPU "
+                f"{_fmt(fig['service_cpu_us_per_record'])} µs/record, "
+                f"checks {'ok' if chk['ok'] else 'FAILED'}"
+            )
+            if not chk["ok"] and not service.alive():
+                raise BenchError(f"the patient index died:\n{service.tail()}")
+        return {
+            "population": n,
+            "seed": seeded.stats,
+            "recovery_s": round(recovery_s, 2),
+            "service_source_sha256": source_digest,
+            "measured": combine_rounds(results),
+            "rounds": results,
+            "checks": combine_checks(checks),
+        }
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if service is not None:
+                _log(f"population {n:,}: stopping the patient index")
+                service.stop()
+            if broker is not None:
+                _log(f"population {n:,}: stopping the Kafka broker")
+                broker.stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            shutil.rmtree(work / "kafka", ignore_errors=True)
+            shutil.rmtree(work / "state", ignore_errors=True)
+
+
+def _measure(
+    service: Service,
+    kafka_pid: int,
+    bootstrap: str,
+    visits: Sequence[Visit],
+    hmac_key: bytes,
+    received: datetime,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One measured round: its figures and its checks."""
+    messages = [m for v in visits for m in gateway_messages(v, hmac_key, received)]
+    records = sum(v.records for v in visits)
+    before_metrics = service.metrics()
+    cpu_before = cpu_sample(service.pid, kafka_pid)
+    run = run_load(bootstrap, messages, {v.trace_id for v in visits}, records, alive=service.alive)
+    cpu_after = cpu_sample(service.pid, kafka_pid)
+    time.sleep(0.5)  # metrics of the last messages
+    after_metrics = service.metrics() if service.alive() else ""
+    figures: dict[str, Any] = dict(run_figures(run.arrivals, run.t_start, records))
+    n = len(run.arrivals)
+    figures["service_cpu_us_per_record"] = cpu_us_per_record(cpu_before, cpu_after, "service", n)
+    figures["service_main_cpu_us_per_record"] = cpu_us_per_record(
+        cpu_before, cpu_after, "service_main", n
+    )
+    figures["produce_s"] = round(run.produce_s, 3)
+    figures["cpu_pct"] = cpu_percent(cpu_before, cpu_after)
+    return figures, _checks(before_metrics, after_metrics, visits, run, records)
+
+
+_DECISIONS = "mrhub_patient_index_link_decisions_total"
+_DEAD = "mrhub_patient_index_dead_letters_total"
+
+
+def _checks(
+    before: str, after: str, visits: Sequence[Visit], run: LoadRun, records: int
+) -> dict[str, Any]:
+    def delta(name: str, labels: Mapping[str, str]) -> int:
+        return round(metric_value(after, name, labels) - metric_value(before, name, labels))
+
+    messages = sum(len(v.entries) for v in visits)
+    new = sum(1 for v in visits if not v.known)
+    dead = sum(delta(_DEAD, {"stage": s}) for s in ("route", "resolve", "match", "index"))
+    out = {
+        "decisions_new": delta(_DECISIONS, {"kind": "new"}),
+        "decisions_deterministic": delta(_DECISIONS, {"kind": "deterministic"}),
+        "expected_new": new,
+        "expected_deterministic": messages - new,
+        "dead_letters": dead,
+        "stalled": run.stalled,
+    }
+    out["ok"] = (
+        not run.stalled
+        and len(run.arrivals) == records
+        and out["decisions_new"] == new
+        and out["decisions_deterministic"] == messages - new
+        and dead == 0
+    )
+    return out
+
+
+def report_notes(report: Mapping[str, Any]) -> list[str]:
+    notes = [
+        f"this machine has {report['cpu_count']} CPU cores, shared by Kafka, the patient index "
+        "and the bench (which produces the load and reads the results); wall-clock figures "
+        "move with whatever else runs — read them with the 'other' CPU column, and prefer the "
+        "service CPU µs/record for the scaling question",
+        "records/s include the pipeline's fill: a record crosses four stages (route → resolve "
+        "→ master → index), each of which commits its Kafka transaction about once a second "
+        "before the next may read its output, so the first record takes seconds whatever the "
+        "population ('first record after'); 'records/s after the first' leaves that out",
+        "seeded: the identities and blocks tables (what the index keeps per person); the "
+        "tables that grow with records (masters, seen, published) start empty, so every "
+        "measured record is new and a known person's master has no records yet; every "
+        "visitor has a verified 身份证, so the match stage only keeps blocks up to date (no "
+        "probabilistic matching runs)",
+    ]
+    digests = {r.get("service_source_sha256") for r in report["populations"]} - {None}
+    if len(digests) > 1:
+        notes.append(
+            "the patient index's source changed between populations (see its sha256 per "
+            "population): the populations did not all measure the same code"
+        )
+    disturbed = []
+    for r in report["populations"]:
+        bad = [
+            f"{i} ({x['cpu_pct']['other']:.0f}%)"
+            for i, x in enumerate(r.get("rounds") or [], start=1)
+            if (x.get("cpu_pct") or {}).get("other", 0) > DISTURBED_PCT
+        ]
+        if bad:
+            disturbed.append(f"{r['population']:,}: round {', '.join(bad)}")
+    if disturbed:
+        notes.append(
+            "processes the bench did not start took more than "
+            f"{DISTURBED_PCT:.0f}% of a core during measured rounds — "
+            f"{'; '.join(disturbed)}: those rounds' wall-clock figures are disturbed"
+        )
+    return notes
