@@ -74,6 +74,14 @@ class IngestSettings(ServiceSettings):
 
 class RecognitionSettings(ServiceSettings):
     port: int = Field(default=8081, ge=0, le=65535)
+    catalog_path: Path = Field(
+        default=Path("config/catalog"),
+        description="The recognition catalogue: one YAML file or a directory of them.",
+    )
+    institutions_path: Path = Field(
+        default=Path("config/institutions.yaml"),
+        description="The institution registry (levels, regions, 医联体, HR qualifications).",
+    )
 
 
 class ImagingSettings(ServiceSettings):
