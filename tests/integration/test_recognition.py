@@ -147,10 +147,20 @@ def _metric(hub: Hub, name: str, **labels: str) -> float:
     return total
 
 
+def _known_after(hub: Hub, before: float, changes: int) -> None:
+    """Wait until the recognition worker has applied ``changes`` more results: results and
+    orders are separate topics, so an order posted later may otherwise be read first."""
+    deadline = time.monotonic() + 60
+    while _metric(hub, "mrhub_recognition_results_total") < before + changes:
+        assert time.monotonic() < deadline, "the result never reached the recognition worker"
+        time.sleep(0.3)
+
+
 def test_an_order_at_a_lower_level_hospital_recognises_a_recent_result(hub: Hub) -> None:
     card = _card()
+    before = _metric(hub, "mrhub_recognition_results_total")
     hub.post(A, "/fhir/Observation", _potassium(A, card, datetime.now(UTC) - timedelta(hours=2)))
-    time.sleep(2)  # the result reaches the patient's known results first
+    _known_after(hub, before, 1)
     resp = hub.post(B, "/fhir/ServiceRequest", _order(B, card))
     decision = hub.decision(resp.headers["X-Trace-Id"])
     assert (decision["outcome"], decision["reason"]) == ("recognisable", "recognised")
@@ -168,8 +178,9 @@ def test_an_order_at_a_lower_level_hospital_recognises_a_recent_result(hub: Hub)
 def test_an_order_after_the_window_is_not_recognisable(hub: Hub) -> None:
     card = _card()
     old = datetime.now(UTC) - timedelta(days=30)  # potassium: 7 days from collection
+    before = _metric(hub, "mrhub_recognition_results_total")
     hub.post(A, "/fhir/Observation", _potassium(A, card, old))
-    time.sleep(2)
+    _known_after(hub, before, 1)
     resp = hub.post(B, "/fhir/ServiceRequest", _order(B, card))
     decision = hub.decision(resp.headers["X-Trace-Id"])
     assert (decision["outcome"], decision["reason"]) == ("not-recognisable", "outside-window")
@@ -185,9 +196,10 @@ def test_an_order_with_no_earlier_result_says_so(hub: Hub) -> None:
 def test_a_withdrawn_result_is_not_recognised(hub: Hub) -> None:
     card = _card()
     result = _potassium(A, card, datetime.now(UTC) - timedelta(hours=2))
+    before = _metric(hub, "mrhub_recognition_results_total")
     hub.post(A, "/fhir/Observation", result)
     hub.post(A, "/fhir/Observation", dict(result, status="entered-in-error"))
-    time.sleep(3)
+    _known_after(hub, before, 2)  # the result, then its retraction
     resp = hub.post(B, "/fhir/ServiceRequest", _order(B, card))
     decision = hub.decision(resp.headers["X-Trace-Id"])
     assert decision["reason"] == "no-prior-result"
