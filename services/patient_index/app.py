@@ -24,21 +24,20 @@ its original bytes and the error; the stream goes on.
 
 from __future__ import annotations
 
-import base64
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-import simplejson
 from prometheus_client import Counter, Gauge
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.identifiers import keyed_hash
-from services.common.metrics import CONTENT_TYPE_LATEST, build_info, exposition, new_registry
+from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
+from services.common.stages import Stages, add_service_pages
+from services.common.stages import dumps as _dumps
+from services.common.stages import loads as _loads
 from services.common.topics import (
     IDENTITY_LINKED,
     ORDER_PLACED,
@@ -75,16 +74,6 @@ DEAD_LETTER = dead_letter(SERVICE)
 CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
-
-
-def _dumps(doc: Any) -> bytes:
-    return simplejson.dumps(
-        doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
-    ).encode()
-
-
-def _loads(data: bytes) -> Any:
-    return simplejson.loads(data, use_decimal=True)
 
 
 class Metrics:
@@ -184,86 +173,14 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     metrics.review_queue.set_function(pending_reviews)
 
-    def source_transaction(event: Any) -> str:
-        """The transaction whose commit carries ``event``'s input offset.
-
-        faust-streaming picks a send's transaction by the *destination* partition, which is
-        only right when input and output are co-partitioned: a repartitioning hop's output
-        would commit with an unrelated partition's offsets, or never. Naming the source
-        partition's transaction puts output, table changes and input offset in one commit.
-        """
-        tp = event.message.tp
-        return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
-
-    async def emit(
-        event: Any,
-        topic: Any,
-        key: bytes | None,
-        value: bytes,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        await app.producer.send(
-            topic.get_topic_name(),
-            key,
-            value,
-            None,
-            None,
-            headers or [],
-            transactional_id=source_transaction(event),
-        )
+    stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
+    emit = stages.emit
 
     def hash_ident(ident: Ident) -> str:
         return keyed_hash(hmac_key, *ident.key())
 
     def block_key(birth_date: str) -> str:
         return keyed_hash(hmac_key, "block:birth_date", birth_date)
-
-    async def dead(stage: str, event: Any, exc: BaseException) -> None:
-        msg = event.message
-        metrics.dead_letters.labels(stage).inc()
-        log.error(
-            "dead-lettered",
-            extra={
-                "stage": stage,
-                "topic": msg.topic,
-                "partition": msg.partition,
-                "offset": msg.offset,
-                "error": type(exc).__name__,
-            },
-        )
-        value = msg.value if isinstance(msg.value, bytes) else b""
-        await emit(
-            event,
-            dlq,
-            msg.key if isinstance(msg.key, bytes) else None,
-            _dumps(
-                {
-                    "service": SERVICE,
-                    "stage": stage,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
-                    "traceback": traceback.format_exc(limit=5)[-4000:],
-                    "topic": msg.topic,
-                    "partition": msg.partition,
-                    "offset": msg.offset,
-                    "original_base64": base64.b64encode(value).decode(),
-                }
-            ),
-        )
-
-    def guarded(  # a stage that dead-letters what it cannot process
-        stage: str, handle: Callable[[Any, bytes | None, bytes], Awaitable[None]]
-    ) -> Callable[[Any], Awaitable[None]]:
-        async def agent(stream: Any) -> None:
-            # items(), not events(): faust acks (and so commits) what items() yields
-            async for key, value in stream.items():
-                event = stream.current_event
-                try:
-                    await handle(event, key, value)
-                except Exception as exc:  # every failure is dead-lettered, never dropped
-                    await dead(stage, event, exc)
-
-        agent.__name__ = agent.__qualname__ = stage  # faust names agents by qualname
-        return agent
 
     # ------------------------------------------------------------------ 1. route
 
@@ -636,11 +553,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
         await emit(event, topic, record.master_patient_id.encode(), env.to_bytes(), env.headers())
 
-    app.agent(accepted, name="route", concurrency=1)(guarded("route", route))
-    app.agent(by_identity, name="resolve", concurrency=1)(guarded("resolve", resolve))
-    app.agent(by_record, name="index", concurrency=1)(guarded("index", index))
-    app.agent(by_block, name="match", concurrency=1)(guarded("match", match))
-    app.agent(by_master, name="master", concurrency=1)(guarded("master", master))
+    stages.agent(accepted, "route", route)
+    stages.agent(by_identity, "resolve", resolve)
+    stages.agent(by_record, "index", index)
+    stages.agent(by_block, "match", match)
+    stages.agent(by_master, "master", master)
 
     # ------------------------------------------------------------------- web
 
@@ -662,23 +579,6 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
     )
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        # aiohttp refuses a charset inside content_type; the header carries it whole
-        return web.bytes(
-            exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        tables: Any = app.tables  # faust's type hints omit the recovery service
-        ready = not app.rebalancing and tables.recovery.completed.is_set()
-        return web.json(
-            {"status": "ready" if ready else "recovering"}, status=200 if ready else 503
-        )
+    add_service_pages(app, metrics.registry)
 
     return app

@@ -20,22 +20,22 @@ offset commit together. A message that cannot be processed goes to
 
 from __future__ import annotations
 
-import base64
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import faust
-import simplejson
 from prometheus_client import Counter
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.institutions import Registry
-from services.common.metrics import CONTENT_TYPE_LATEST, build_info, exposition, new_registry
+from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
+from services.common.stages import Stages, add_service_pages
+from services.common.stages import dumps as _dumps
+from services.common.stages import loads as _loads
 from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
 from services.recognition.catalog import CatalogSet, load_catalogs
 from services.recognition.decision import Order, PriorResult, decide, to_detected_issue
@@ -46,16 +46,6 @@ SERVICE = "recognition"
 DEAD_LETTER = dead_letter(SERVICE)
 #: Order statuses that ask for a decision (a revoked or completed order does not).
 DECIDED_STATUSES = frozenset({"active", "draft", "on-hold"})
-
-
-def _dumps(doc: Any) -> bytes:
-    return simplejson.dumps(
-        doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
-    ).encode()
-
-
-def _loads(data: bytes) -> Any:
-    return simplejson.loads(data, use_decimal=True)
 
 
 class Metrics:
@@ -128,63 +118,8 @@ def create_app(
         "results", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
     )
 
-    def source_transaction(event: Any) -> str:
-        # outputs commit with the *source* partition's offsets (see decision 0003)
-        tp = event.message.tp
-        return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
-
-    async def emit(
-        event: Any, topic: Any, key: bytes | None, value: bytes, headers: Any = None
-    ) -> None:
-        await app.producer.send(
-            topic.get_topic_name(),
-            key,
-            value,
-            None,
-            None,
-            headers or [],
-            transactional_id=source_transaction(event),
-        )
-
-    async def dead(stage: str, event: Any, exc: BaseException) -> None:
-        msg = event.message
-        metrics.dead_letters.labels(stage).inc()
-        log.error(
-            "dead-lettered",
-            extra={"stage": stage, "topic": msg.topic, "error": type(exc).__name__},
-        )
-        value = msg.value if isinstance(msg.value, bytes) else b""
-        await emit(
-            event,
-            dlq,
-            msg.key if isinstance(msg.key, bytes) else None,
-            _dumps(
-                {
-                    "service": SERVICE,
-                    "stage": stage,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
-                    "traceback": traceback.format_exc(limit=5)[-4000:],
-                    "topic": msg.topic,
-                    "partition": msg.partition,
-                    "offset": msg.offset,
-                    "original_base64": base64.b64encode(value).decode(),
-                }
-            ),
-        )
-
-    def guarded(
-        stage: str, handle: Callable[[Any, bytes | None, bytes], Awaitable[None]]
-    ) -> Callable[[Any], Awaitable[None]]:
-        async def agent(stream: Any) -> None:
-            async for key, value in stream.items():
-                event = stream.current_event
-                try:
-                    await handle(event, key, value)
-                except Exception as exc:  # every failure is dead-lettered, never dropped
-                    await dead(stage, event, exc)
-
-        agent.__name__ = agent.__qualname__ = f"recognition_{stage}"
-        return agent
+    stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
+    emit = stages.emit
 
     def patient_results(key: bytes) -> dict[str, Any]:
         raw = known.get(key)
@@ -245,26 +180,9 @@ def create_app(
             metrics.savings.labels(category).inc(float(decision.estimated_saving_yuan))
         await emit(event, decisions_topic, key, out.to_bytes(), out.headers())
 
-    app.agent(results_topic, name="results", concurrency=1)(guarded("results", on_result))
-    app.agent(forget_topic, name="forget", concurrency=1)(guarded("forget", on_forget))
-    app.agent(orders_topic, name="orders", concurrency=1)(guarded("orders", on_order))
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(
-            exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        tables: Any = app.tables
-        ready = not app.rebalancing and tables.recovery.completed.is_set()
-        return web.json(
-            {"status": "ready" if ready else "recovering"}, status=200 if ready else 503
-        )
+    stages.agent(results_topic, "results", on_result)
+    stages.agent(forget_topic, "forget", on_forget)
+    stages.agent(orders_topic, "orders", on_order)
+    add_service_pages(app, metrics.registry)
 
     return app
