@@ -87,14 +87,21 @@ import httpx
 import simplejson
 from aiokafka.partitioner import murmur2
 
-from services.bench.ingest import ID_CARD_REGIONS, PANELS, LabTest, Panel, gb11643
+from services.bench.ingest import (
+    ID_CARD_REGIONS,
+    PANELS,
+    LabTest,
+    Panel,
+    gb11643,
+    lab_observation,
+    lab_report,
+)
 from services.common.envelope import Envelope
 from services.common.errors import MrhubError
 from services.common.fhir import INSTITUTION_SYSTEM
 from services.common.identifiers import (
     DOCUMENT_TYPE_SYSTEM,
     ID_CARD_SYSTEM,
-    LAB_REPORT_NO_SYSTEM,
     OUTPATIENT_NO_SYSTEM,
     keyed_hash,
 )
@@ -131,11 +138,6 @@ _BORN_FROM: Final = date(1940, 1, 1)
 _BORN_DAYS: Final = (date(2015, 12, 31) - _BORN_FROM).days + 1
 _SURNAMES: Final = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧程曹袁邓许"
 _GIVEN: Final = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰建国志红文辉宇浩然欣怡子轩"
-_LOINC = "http://loinc.org"
-_UCUM = "http://unitsofmeasure.org"
-_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-_V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
 def changelog_topic(table: str) -> str:
@@ -350,30 +352,7 @@ def _observation(
     mid = float(test.low + test.high) / 2
     spread = float(test.high - test.low) / 3.2
     value = max(_quantize(test, rng.gauss(mid, spread)), _quantize(test, 0.0))
-    flag = "L" if value < test.low else "H" if value > test.high else "N"
-
-    def qty(v: Decimal) -> dict[str, Any]:
-        return {"value": v, "unit": test.unit, "system": _UCUM, "code": test.unit}
-
-    return {
-        "resourceType": "Observation",
-        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": f"{report_no}-{line:02d}"}],
-        "status": "final",
-        "category": [
-            {"coding": [{"system": _OBS_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
-        ],
-        "code": {
-            "coding": [{"system": _LOINC, "code": test.loinc, "display": test.display}],
-            "text": test.text,
-        },
-        "subject": subject,
-        "effectiveDateTime": when[0],
-        "issued": when[1],
-        "performer": [_org(institution)],
-        "valueQuantity": qty(value),
-        "interpretation": [{"coding": [{"system": _INTERPRETATION, "code": flag}]}],
-        "referenceRange": [{"low": qty(test.low), "high": qty(test.high)}],
-    }
+    return lab_observation(test, value, subject, report_no, line, when, [_org(institution)])
 
 
 def make_visit(rng: random.Random, p: Person, *, known: bool, number: int) -> Visit:
@@ -400,21 +379,7 @@ def make_visit(rng: random.Random, p: Person, *, known: bool, number: int) -> Vi
             (obs_url, _observation(rng, test, subject, report_no, line, when, p.institution))
         )
         results.append({"reference": obs_url})
-    report = {
-        "resourceType": "DiagnosticReport",
-        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": report_no}],
-        "status": "final",
-        "category": [{"coding": [{"system": _V2_0074, "code": panel.section}]}],
-        "code": {
-            "coding": [{"system": _LOINC, "code": panel.code, "display": panel.display}],
-            "text": panel.text,
-        },
-        "subject": subject,
-        "effectiveDateTime": when[0],
-        "issued": when[1],
-        "performer": [_org(p.institution)],
-        "result": results,
-    }
+    report = lab_report(panel, subject, report_no, when, [_org(p.institution)], results)
     entries.append((url(), report))
     trace_id = f"{rng.getrandbits(128):032x}"
     return Visit(p, known, trace_id, f"b-{number:07d}", tuple(entries))

@@ -197,6 +197,69 @@ def dumps(doc: Any) -> bytes:
     return text.encode()
 
 
+def lab_observation(
+    test: LabTest,
+    value: Decimal,
+    subject: dict[str, Any],
+    report_no: str,
+    line: int,
+    when: tuple[str, str],
+    performer: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Line ``line`` of lab report ``report_no``: ``test`` measured at ``value``, flagged
+    against its reference range; ``when`` is (collected, issued)."""
+    flag = "L" if value < test.low else "H" if value > test.high else "N"
+
+    def qty(v: Decimal) -> dict[str, Any]:
+        return {"value": v, "unit": test.unit, "system": _UCUM, "code": test.unit}
+
+    return {
+        "resourceType": "Observation",
+        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": f"{report_no}-{line:02d}"}],
+        "status": "final",
+        "category": [
+            {"coding": [{"system": _OBS_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
+        ],
+        "code": {
+            "coding": [{"system": _LOINC, "code": test.loinc, "display": test.display}],
+            "text": test.text,
+        },
+        "subject": subject,
+        "effectiveDateTime": when[0],
+        "issued": when[1],
+        "performer": performer,
+        "valueQuantity": qty(value),
+        "interpretation": [{"coding": [{"system": _INTERPRETATION, "code": flag}]}],
+        "referenceRange": [{"low": qty(test.low), "high": qty(test.high)}],
+    }
+
+
+def lab_report(
+    panel: Panel,
+    subject: dict[str, Any],
+    report_no: str,
+    when: tuple[str, str],
+    performer: list[dict[str, Any]],
+    results: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The DiagnosticReport of ``panel`` that lists ``results`` (references)."""
+    return {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": report_no}],
+        "status": "final",
+        "category": [{"coding": [{"system": _V2_0074, "code": panel.section}]}],
+        "code": {
+            "coding": [{"system": _LOINC, "code": panel.code, "display": panel.display}],
+            "text": panel.text,
+        },
+        "subject": subject,
+        "effectiveDateTime": when[0],
+        "issued": when[1],
+        "performer": performer,
+        "result": results,
+    }
+
+
 @dataclass(frozen=True)
 class Payload:
     """One request body and the resources in it (type and their own JSON, for the baseline)."""
@@ -265,35 +328,9 @@ class _Gen:
         line: int,
         when: tuple[str, str],
     ) -> dict[str, Any]:
-        value = self.value(test)
-        flag = "L" if value < test.low else "H" if value > test.high else "N"
-
-        def qty(v: Decimal) -> dict[str, Any]:
-            return {"value": v, "unit": test.unit, "system": _UCUM, "code": test.unit}
-
-        return {
-            "resourceType": "Observation",
-            "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": f"{report_no}-{line:02d}"}],
-            "status": "final",
-            "category": [
-                {
-                    "coding": [
-                        {"system": _OBS_CATEGORY, "code": "laboratory", "display": "Laboratory"}
-                    ]
-                }
-            ],
-            "code": {
-                "coding": [{"system": _LOINC, "code": test.loinc, "display": test.display}],
-                "text": test.text,
-            },
-            "subject": subject,
-            "effectiveDateTime": when[0],
-            "issued": when[1],
-            "performer": self.performer(),
-            "valueQuantity": qty(value),
-            "interpretation": [{"coding": [{"system": _INTERPRETATION, "code": flag}]}],
-            "referenceRange": [{"low": qty(test.low), "high": qty(test.high)}],
-        }
+        return lab_observation(
+            test, self.value(test), subject, report_no, line, when, self.performer()
+        )
 
     def new_report_no(self, when: str) -> str:
         return f"LR{when[:10].replace('-', '')}-{next(self.report_no):06d}"
@@ -362,21 +399,7 @@ class _Gen:
             url = self.uuid_url()
             entries.append((url, self.observation(test, subject, report_no, line, when)))
             results.append({"reference": url})
-        report = {
-            "resourceType": "DiagnosticReport",
-            "identifier": [{"system": LAB_REPORT_NO_SYSTEM, "value": report_no}],
-            "status": "final",
-            "category": [{"coding": [{"system": _V2_0074, "code": panel.section}]}],
-            "code": {
-                "coding": [{"system": _LOINC, "code": panel.code, "display": panel.display}],
-                "text": panel.text,
-            },
-            "subject": subject,
-            "effectiveDateTime": when[0],
-            "issued": when[1],
-            "performer": self.performer(),
-            "result": results,
-        }
+        report = lab_report(panel, subject, report_no, when, self.performer(), results)
         entries.append((self.uuid_url(), report))
         doc = {
             "resourceType": "Bundle",
