@@ -28,7 +28,7 @@ from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
 from tests.conftest import REPO
 from tests.fhir_samples import bundle, dumps, gb11643, observation
-from tests.support import consume_all, produce, run_module, stop_process
+from tests.support import consume_all, produce, run_module, stop_process, wait_ready
 
 PARTITIONS = 3
 FHIR = "application/fhir+json"
@@ -76,19 +76,6 @@ def _worker(env: dict[str, str], log: Path) -> Any:
     return run_module(["-m", "services.cli", "serve", "patient_index"], env, log)
 
 
-def _wait_ready(url: str, proc: Any, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not ready: {url}\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("hub")
@@ -113,8 +100,8 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
     worker = _worker(env, tmp / "patient_index.log")
     hub = Hub(bootstrap, f"http://127.0.0.1:{gw_port}", tokens, env, tmp, worker)
     try:
-        _wait_ready(f"{hub.url}/readyz", gateway, tmp / "ingest.log")
-        _wait_ready(f"http://127.0.0.1:{pi_port}/readyz", worker, tmp / "patient_index.log")
+        wait_ready(f"{hub.url}/readyz", gateway, tmp / "ingest.log")
+        wait_ready(f"http://127.0.0.1:{pi_port}/readyz", worker, tmp / "patient_index.log")
         yield hub
     finally:
         stop_process(gateway)
@@ -764,7 +751,7 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies
     }
     second = _worker(env2, hub.log_dir / "patient_index-2.log")
     try:
-        _wait_ready(f"http://127.0.0.1:{port2}/readyz", second, hub.log_dir / "patient_index-2.log")
+        wait_ready(f"http://127.0.0.1:{port2}/readyz", second, hub.log_dir / "patient_index-2.log")
         cards = [new_card() for _ in range(6)]
         traces: dict[str, list[str]] = {card: [] for card in cards}
         for card in cards:  # each patient posted by three hospitals

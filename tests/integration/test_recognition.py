@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +25,7 @@ from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
 from tests.conftest import REPO
 from tests.fhir_samples import dumps, gb11643, observation, service_request
-from tests.support import consume_all, run_module, stop_process
+from tests.support import consume_all, run_module, stop_process, wait_ready
 
 PARTITIONS = 3
 FHIR = "application/fhir+json"
@@ -65,19 +64,6 @@ class Hub:
         raise AssertionError("no decision for that order")
 
 
-def _wait_ready(url: str, proc: Any, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not ready: {url}\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("recognition")
@@ -105,7 +91,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
     }
     try:
         for name, port in ports.items():
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", procs[name], tmp / f"{name}.log")
+            wait_ready(f"http://127.0.0.1:{port}/readyz", procs[name], tmp / f"{name}.log")
         yield Hub(bootstrap, f"http://127.0.0.1:{ports['ingest']}", ports["recognition"], tokens)
     finally:
         for proc in procs.values():
