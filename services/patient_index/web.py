@@ -35,6 +35,7 @@ from yarl import URL
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import hash_token
 from services.common.settings import Settings
+from services.common.stages import dumps as _dumps
 from services.patient_index import matching
 from services.patient_index.identity import keyed_identifiers
 from services.patient_index.normalize import (
@@ -51,10 +52,6 @@ MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 #: Candidates ``$match`` returns at most.
 MATCH_COUNT = 10
 _MASTER_PREFIX = "MP"
-
-
-def _dumps(doc: Any) -> bytes:
-    return simplejson.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -314,32 +311,26 @@ def install(ctx: Context) -> None:
 
     app.page("/patients/{master_patient_id}")(PatientView)
 
-    class IdentityView(View):  # internal: one identifier's master, at its owner
-        async def get(self, request: Request, key: str) -> Response:
-            refused = authorised(request)
-            if refused is not None:
-                return refused
+    def table_view(name: str, table: Any, missing: Any) -> type:
+        """Internal: one key's raw value in ``table``, answered at the key's owner."""
 
-            async def local() -> Response:
-                raw = ctx.identities.get(key.encode())
-                return _json(simplejson.loads(raw) if raw else None)
+        class TableView(View):
+            async def get(self, request: Request, key: str) -> Response:
+                refused = authorised(request)
+                if refused is not None:
+                    return refused
 
-            return await routed(request, "identities", key, local)
+                async def local() -> Response:
+                    raw = table.get(key.encode())
+                    return _json(simplejson.loads(raw) if raw else missing)
 
-    class BlockView(View):  # internal: one block's persons, at its owner
-        async def get(self, request: Request, key: str) -> Response:
-            refused = authorised(request)
-            if refused is not None:
-                return refused
+                return await routed(request, name, key, local)
 
-            async def local() -> Response:
-                raw = ctx.blocks.get(key.encode())
-                return _json(simplejson.loads(raw) if raw else [])
+        TableView.__name__ = TableView.__qualname__ = f"internal_{name}"
+        return TableView
 
-            return await routed(request, "blocks", key, local)
-
-    app.page("/internal/identities/{key}")(IdentityView)
-    app.page("/internal/blocks/{key}")(BlockView)
+    app.page("/internal/identities/{key}")(table_view("identities", ctx.identities, None))
+    app.page("/internal/blocks/{key}")(table_view("blocks", ctx.blocks, []))
 
     async def internal_get(request: Request, path: str) -> Any:
         url = request.url.with_path(path).with_query({})
