@@ -14,11 +14,20 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-system-deps: ## Java 17 and Maven from Debian when missing (for the local Kafka broker)
-	@command -v java >/dev/null && command -v mvn >/dev/null || { \
-	  echo "installing Java 17 and Maven from Debian"; \
+DEBIAN_NEEDS := java:openjdk-17-jre-headless mvn:maven promtool:prometheus \
+                /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
+
+system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb
+	@missing=""; for need in $(DEBIAN_NEEDS); do \
+	  probe=$${need%%:*}; pkg=$${need#*:}; \
+	  if [ "$${probe#/}" != "$$probe" ]; then test -e "$$probe" || missing="$$missing $$pkg"; \
+	  else command -v "$$probe" >/dev/null || missing="$$missing $$pkg"; fi; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || { \
 	  echo "mrhub needs Python 3.11 (found: $$($(PYTHON) --version 2>&1))"; exit 1; }
 

@@ -85,6 +85,41 @@ class Institution(BaseModel):
         return self.model_dump(mode="json", exclude={"credentials"})
 
 
+def shares_alliance(a: Institution, b: Institution) -> bool:
+    """Both are members of one 医联体."""
+    return bool(set(a.alliances) & set(b.alliances))
+
+
+def hr_reaches(scope: QcScope, issuer: Institution, receiver: Institution | None) -> bool:
+    """Whether an HR qualification of ``scope`` held by ``issuer`` reaches ``receiver``:
+    national everywhere; provincial within the province; municipal within the prefecture;
+    alliance within a shared 医联体."""
+    if receiver is None:
+        return False
+    if scope == "national":
+        return True
+    if scope == "provincial":
+        return issuer.region_code[:2] == receiver.region_code[:2]
+    if scope == "municipal":
+        return issuer.prefecture_code == receiver.prefecture_code
+    return shares_alliance(issuer, receiver)
+
+
+def may_read(reader: Institution, performer: Institution, *, category: str, on: date) -> bool:
+    """The read scope: ``reader`` may see what ``performer`` made in ``category`` when it is
+    its own, when the two share a 医联体, or when one of the performer's current HR
+    qualifications for that category (or one of its items) reaches the reader — the same
+    reach that lets the reader recognise the result. Everything else stays invisible."""
+    if reader.id == performer.id or shares_alliance(reader, performer):
+        return True
+    return any(
+        q.issued <= on <= q.expires
+        and (q.category == category or q.item is not None)
+        and hr_reaches(q.scope, performer, reader)
+        for q in performer.qualifications
+    )
+
+
 # ── the registry ─────────────────────────────────────────────────────────────────────────
 
 #: A 医疗机构登记号 (the registration number on the 医疗机构执业许可证), 22 characters:

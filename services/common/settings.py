@@ -90,6 +90,11 @@ class ImagingSettings(ServiceSettings):
 
 class PatientIndexSettings(ServiceSettings):
     port: int = Field(default=8083, ge=0, le=65535)
+    url: str = Field(
+        default="http://127.0.0.1:8083",
+        description="Where the other services reach the patient index to resolve a patient "
+        "identifier to its master patient id (any worker; it forwards to the owner).",
+    )
     rules_path: Path = Field(
         default=Path("config/matching/rules-v1.yaml"),
         description="Matching rules (versioned data): fields, weights, blocking, thresholds.",

@@ -42,7 +42,7 @@ from typing import Any, Final, Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from services.common.institutions import Institution, QcScope
+from services.common.institutions import Institution, QcScope, hr_reaches, shares_alliance
 from services.recognition.catalog import Catalog, Coding, Item, ScopeRules, china_date
 
 ReasonCode = Literal[
@@ -496,7 +496,7 @@ def _evaluate(
     if failed is not None:
         rule, detail = failed
         return verdict("scope-not-satisfied", rule, detail)
-    reaching = [q for q in current if _hr_reaches(q.scope, issuer, receiver)]
+    reaching = [q for q in current if hr_reaches(q.scope, issuer, receiver)]
     if not reaching:
         return verdict(
             "scope-not-satisfied",
@@ -506,10 +506,6 @@ def _evaluate(
         )
     hr_scope = reaching[0].scope
     return verdict("recognised", None, f"recognisable until {valid_until.isoformat()}")
-
-
-def _shares_alliance(a: Institution, b: Institution) -> bool:
-    return bool(set(a.alliances) & set(b.alliances))
 
 
 def _tertiary_a(inst: Institution) -> bool:
@@ -532,7 +528,7 @@ def _scope_failure(
             f"{issuer.name} is private and the catalogue excludes private institutions "
             f"for {item.id}",
         )
-    if _shares_alliance(issuer, receiver):
+    if shares_alliance(issuer, receiver):
         return None  # members of one 医联体 recognise each other
     if rules.scope == "alliance":
         return "alliance-only", f"{item.id} is recognised only within a shared 医联体"
@@ -556,18 +552,6 @@ def _scope_failure(
     if rules.tertiary_a_peers_only and _tertiary_a(receiver) and not _tertiary_a(issuer):
         return "grade", "a 三甲 hospital recognises only 三甲 hospitals' results here"
     return None
-
-
-def _hr_reaches(scope: QcScope, issuer: Institution, receiver: Institution | None) -> bool:
-    if receiver is None:
-        return False
-    if scope == "national":
-        return True
-    if scope == "provincial":
-        return issuer.region_code[:2] == receiver.region_code[:2]
-    if scope == "municipal":
-        return issuer.prefecture_code == receiver.prefecture_code
-    return _shares_alliance(issuer, receiver)
 
 
 # ── FHIR ─────────────────────────────────────────────────────────────────────────────────

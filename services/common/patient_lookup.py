@@ -1,0 +1,108 @@
+"""Resolve a patient as a caller names it to the master patient id, through the patient index.
+
+Recognition checks and imaging searches take the patient as a hospital knows her: a master
+patient id (``MP`` + 24 hex), any identifier written ``<system>|<value>`` (a hospital's own
+numbers are read in the caller's scope), or a bare 身份证 number. Only the patient index can
+normalise and key an identifier and knows which master it names, so the other services ask
+it: ``GET {MRHUB_PATIENT_INDEX__URL}/internal/resolve?patient=…&institution=…``, answered by
+any worker (it forwards to the owner of the identifier, then of the master).
+
+The call carries a service token derived from the hub's HMAC key (every service that handles
+identifiers holds that key already), so no further secret is configured and a hospital's
+token does not open this door. The identifier travels once, over loopback or the cluster
+network, and is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from services.common.settings import Settings
+
+__all__ = [
+    "LookupUnavailable",
+    "PatientLookup",
+    "Resolved",
+    "internal_token",
+    "is_master_id",
+]
+
+Grade = Literal["certain", "probable"]
+
+
+def internal_token(settings: Settings) -> str:
+    """The bearer token services use with each other (an HMAC of a fixed label)."""
+    if settings.identity.hmac_key is None:
+        raise RuntimeError("MRHUB_IDENTITY__HMAC_KEY is not set")
+    key = settings.identity.hmac_key.get_secret_value().encode()
+    return "mrhi_" + hmac.new(key, b"mrhub-internal-v1", hashlib.sha256).hexdigest()
+
+
+def is_master_id(value: str) -> bool:
+    """``MP`` followed by 24 lower-case hex digits."""
+    return (
+        value.startswith("MP")
+        and len(value) == 26
+        and all(c in "0123456789abcdef" for c in value[2:])
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The surviving master patient id of the patient named, and how sure the link is:
+    ``certain`` for a verified document or card, ``probable`` for a weaker identifier."""
+
+    master_patient_id: str
+    grade: Grade
+
+
+class LookupUnavailable(Exception):
+    """The patient index did not answer (down, starting, rebalancing): answer 503."""
+
+
+class PatientLookup:
+    """An HTTP client for the patient index's resolve endpoint (one per process)."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float = 5.0) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=settings.patient_index.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {internal_token(settings)}"},
+            timeout=timeout_s,
+        )
+
+    async def resolve(self, patient: str, institution: str) -> Resolved | None:
+        """The master for ``patient`` (see the module doc), or ``None`` if nobody knows it.
+
+        Raises ``ValueError`` when ``patient`` cannot name anybody (an unknown shape, a
+        failing 身份证 checksum), with the patient index's explanation.
+        """
+        try:
+            answer = await self._client.get(
+                "/internal/resolve", params={"patient": patient, "institution": institution}
+            )
+        except httpx.HTTPError as exc:
+            why = f"the patient index did not answer ({type(exc).__name__})"
+            raise LookupUnavailable(why) from exc
+        if answer.status_code == 404:
+            return None
+        if answer.status_code in (400, 422):
+            raise ValueError(_diagnostics(answer))
+        if answer.status_code != 200:
+            raise LookupUnavailable(f"the patient index answered {answer.status_code}")
+        doc = answer.json()
+        return Resolved(doc["master_patient_id"], doc["grade"])
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _diagnostics(answer: httpx.Response) -> str:
+    try:
+        return str(answer.json()["issue"][0]["diagnostics"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"the patient index refused the identifier ({answer.status_code})"
