@@ -28,6 +28,7 @@ from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS
+from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
 
 
@@ -252,6 +253,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
         if settings.identity.hmac_key is None:
             env["MRHUB_IDENTITY__HMAC_KEY"] = _local_hmac_key(settings)
+        if "MRHUB_PATIENT_INDEX__URL" not in os.environ:  # follow a configured port
+            pi = settings.patient_index
+            env["MRHUB_PATIENT_INDEX__URL"] = f"http://{pi.host}:{pi.port}"
         log_dir = settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -332,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_institutions)
 
     catalog_cli.add_parser(sub)
+    imaging_connector.add_parser(sub)
 
     p = sub.add_parser("stewards", help="data stewards of the patient index")
     ssub = p.add_subparsers(dest="action", required=True)

@@ -86,6 +86,28 @@ class RecognitionSettings(ServiceSettings):
 
 class ImagingSettings(ServiceSettings):
     port: int = Field(default=8082, ge=0, le=65535)
+    institutions_path: Path = Field(
+        default=Path("config/institutions.yaml"),
+        description="The institution registry (tokens, read scope, each one's dicomweb_base).",
+    )
+    check_endpoints: bool = Field(
+        default=False,
+        description="Ask each study's DICOMweb endpoint (QIDO-RS) whether it holds the study, "
+        "once when the endpoint is indexed; the answer is shown, never awaited by ingestion.",
+    )
+    check_timeout_s: float = Field(default=5.0, gt=0, description="Per endpoint check.")
+    audit_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a read waits for its audit record (acks=all)."
+    )
+    max_count: int = Field(default=200, ge=1, description="Largest page a search returns.")
+    connector_token: SecretStr | None = Field(
+        default=None,
+        description="`mrhub connect`: the institution's bearer token for the gateway (or "
+        "--token). No default.",
+    )
+    orthanc_password: SecretStr | None = Field(
+        default=None, description="`mrhub connect orthanc --orthanc-user`: its password."
+    )
 
 
 class PatientIndexSettings(ServiceSettings):

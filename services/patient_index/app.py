@@ -33,7 +33,9 @@ from prometheus_client import Counter, Gauge
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.identifiers import keyed_hash
+from services.common.institutions import hash_token
 from services.common.metrics import build_info, new_registry
+from services.common.patient_lookup import internal_token
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
 from services.common.stages import dumps as _dumps
@@ -576,6 +578,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             block_key=block_key,
             rules=rules,
             token_hashes=frozenset(settings.patient_index.steward_token_hashes),
+            internal_token_hash=hash_token(internal_token(settings)),
         )
     )
 

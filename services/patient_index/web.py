@@ -33,6 +33,7 @@ from mode import Service
 from yarl import URL
 
 from services.common.fhir import Issue, IssueCode, operation_outcome
+from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
@@ -71,6 +72,8 @@ class Context:
     block_key: Callable[[str], str]
     rules: matching.Rules
     token_hashes: frozenset[str]
+    #: ``hash_token`` of the services' internal token: good for reads only.
+    internal_token_hash: str | None = None
     producer: AIOKafkaProducer | None = None
 
 
@@ -125,14 +128,19 @@ def install(ctx: Context) -> None:
 
     app.service(CommandProducer)
 
-    def authorised(request: Request) -> Response | None:
+    def authorised(request: Request, *, reads: bool = False) -> Response | None:
+        """A steward's token opens everything; with ``reads``, the services' internal token
+        (derived from the HMAC key, ``services.common.patient_lookup``) opens the read too."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _unauthorised("a steward's bearer token is required")
-        if hash_token(token.strip()) not in ctx.token_hashes:
-            return _unauthorised("this token is not a data steward's")
-        return None
+        hashed = hash_token(token.strip())
+        if hashed in ctx.token_hashes:
+            return None
+        if reads and ctx.internal_token_hash is not None and hashed == ctx.internal_token_hash:
+            return None
+        return _unauthorised("this token is not a data steward's")
 
     async def body_of(request: Request) -> dict[str, Any] | Response:
         raw = await request.read()
@@ -293,7 +301,7 @@ def install(ctx: Context) -> None:
 
     class PatientView(View):
         async def get(self, request: Request, master_patient_id: str) -> Response:
-            refused = authorised(request)
+            refused = authorised(request, reads=True)
             if refused is not None:
                 return refused
             if not _is_master_id(master_patient_id):
@@ -316,7 +324,7 @@ def install(ctx: Context) -> None:
 
         class TableView(View):
             async def get(self, request: Request, key: str) -> Response:
-                refused = authorised(request)
+                refused = authorised(request, reads=True)
                 if refused is not None:
                     return refused
 
@@ -332,10 +340,12 @@ def install(ctx: Context) -> None:
     app.page("/internal/identities/{key}")(table_view("identities", ctx.identities, None))
     app.page("/internal/blocks/{key}")(table_view("blocks", ctx.blocks, []))
 
-    async def internal_get(request: Request, path: str) -> Any:
+    async def internal_get(request: Request, path: str, *, missing_ok: bool = False) -> Any:
         url = request.url.with_path(path).with_query({})
         headers = {"Authorization": request.headers.get("Authorization", "")}
         async with app.http_client.get(url, headers=headers) as answer:
+            if answer.status == 404 and missing_ok:
+                return None
             if answer.status != 200:
                 raise RuntimeError(f"{path.split('/')[2]} lookup answered {answer.status}")
             return simplejson.loads(await answer.read())
@@ -411,6 +421,52 @@ def install(ctx: Context) -> None:
         }
 
     app.page("/fhir/Patient/$match")(command_view(match))
+
+    class ResolveView(View):
+        """``GET /internal/resolve?patient=…&institution=…``: the surviving master patient id
+        of a patient as a hospital names her — a master id, ``<system>|<value>`` (a hospital's
+        own numbers in ``institution``'s scope) or a bare 身份证 — for the recognition check
+        and the imaging search. 404 when nobody knows the identifier."""
+
+        async def get(self, request: Request) -> Response:
+            refused = authorised(request, reads=True)
+            if refused is not None:
+                return refused
+            patient = request.query.get("patient", "").strip()
+            institution = request.query.get("institution", "")
+            if not patient:
+                return outcome(400, "required", "give the patient to resolve", "patient")
+            grade = "certain"
+            if _is_master_id(patient):
+                master = patient
+            else:
+                system, bar, value = patient.partition("|")
+                if not bar:  # a bare 身份证
+                    system, value = ID_CARD_SYSTEM, patient
+                found = identifier_key(
+                    {"identifier": {"system": system, "value": value}, "institution": institution}
+                )
+                if isinstance(found, Response):
+                    return found
+                key, _kind = found
+                try:
+                    state = await internal_get(request, f"/internal/identities/{key}")
+                except RuntimeError as exc:
+                    return outcome(503, "transient", str(exc))
+                if not state:
+                    return outcome(404, "not-found", "no patient is known by this identifier")
+                master = state["master_patient_id"]
+                grade = "certain" if int(state.get("rank", 0)) >= 30 else "probable"
+            try:
+                view = await internal_get(request, f"/patients/{master}", missing_ok=True)
+            except RuntimeError as exc:
+                return outcome(503, "transient", str(exc))
+            if view is None and _is_master_id(patient):
+                return outcome(404, "not-found", "no such master patient id")
+            root = (view or {}).get("surviving_master_patient_id") or master
+            return _json({"master_patient_id": root, "grade": grade})
+
+    app.page("/internal/resolve")(ResolveView)
 
     class ReviewsView(View):
         """``GET /reviews``: every pending review, gathered from every worker."""

@@ -13,6 +13,16 @@ patient's results and decides that patient's orders:
   region, and the decision is published on ``mrhub.recognition.decision-made.v1`` (keyed by
   master patient id), with its FHIR ``DetectedIssue`` form.
 
+Each decided order is kept (``orders`` table, per master patient id: the order, the id of its
+latest decision and the results it matched). Re-evaluation: when a result a decision matched
+is amended or retracted, or moves to another patient (unmerge, unlink), the decision is
+made again and re-issued with ``supersedes`` naming the one it replaces; when results move
+*in* (a merge), the patient's open orders are decided again and re-issued where the answer
+changed; an order that is updated or moves to another master is decided again too.
+
+``GET /recognition/check`` and ``POST /recognition/feedback`` are in
+:mod:`services.recognition.web`.
+
 The app runs ``exactly_once`` like the patient index: outputs, table changes and the input
 offset commit together. A message that cannot be processed goes to
 ``mrhub.recognition.dead-letter.v1`` with its bytes and the error; the stream goes on.
@@ -21,12 +31,13 @@ offset commit together. A message that cannot be processed goes to
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import faust
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
@@ -37,8 +48,15 @@ from services.common.stages import Stages, add_service_pages
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
 from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
+from services.recognition import web
 from services.recognition.catalog import CatalogSet, load_catalogs
-from services.recognition.decision import Order, PriorResult, decide, to_detected_issue
+from services.recognition.decision import (
+    Decision,
+    Order,
+    PriorResult,
+    decide,
+    to_detected_issue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +64,12 @@ SERVICE = "recognition"
 DEAD_LETTER = dead_letter(SERVICE)
 #: Order statuses that ask for a decision (a revoked or completed order does not).
 DECIDED_STATUSES = frozenset({"active", "draft", "on-hold"})
+#: Decided orders kept per patient for re-evaluation: the most recent ones, none older.
+KEEP_ORDERS = 50
+KEEP_ORDERS_FOR = timedelta(days=90)
+#: Seconds buckets from gateway receipt to a decision, and of a synchronous check.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -54,14 +78,22 @@ class Metrics:
         build_info(self.registry, SERVICE)
         self.decisions = Counter(
             "mrhub_recognition_decisions_total",
-            "Decisions published, by outcome, reason code and category.",
-            ["outcome", "reason", "category"],
+            "Decisions published (re-issued ones included), by outcome, reason code, "
+            "category and region (the ordering institution's prefecture code).",
+            ["outcome", "reason", "category", "region"],
+            registry=self.registry,
+        )
+        self.reissued = Counter(
+            "mrhub_recognition_decisions_reissued_total",
+            "Decisions re-issued superseding an earlier one, by cause.",
+            ["cause"],
             registry=self.registry,
         )
         self.savings = Counter(
             "mrhub_recognition_savings_yuan_total",
-            "Estimated yuan saved: the catalogue price of each order decided recognisable.",
-            ["category"],
+            "Estimated yuan saved: the catalogue price of each order first decided "
+            "recognisable, by category and region (prefecture code).",
+            ["category", "region"],
             registry=self.registry,
         )
         self.results = Counter(
@@ -77,6 +109,51 @@ class Metrics:
             ["stage"],
             registry=self.registry,
         )
+        self.latency = Histogram(
+            "mrhub_recognition_decision_latency_seconds",
+            "From the gateway's receipt of an order to its first decision being sent.",
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.feedback = Counter(
+            "mrhub_recognition_feedback_total",
+            "Doctors' feedback recorded, by choice and reason code (none for recognised).",
+            ["choice", "reason"],
+            registry=self.registry,
+        )
+        self.checks = Histogram(
+            "mrhub_recognition_check_seconds",
+            "Time to answer GET /recognition/check, by outcome (recognisable, "
+            "not-recognisable, or an error class).",
+            ["outcome"],
+            registry=self.registry,
+            buckets=CHECK_BUCKETS,
+        )
+        self.audit_errors = Counter(
+            "mrhub_recognition_audit_write_errors_total",
+            "Reads refused because their audit record could not be written.",
+            registry=self.registry,
+        )
+
+
+def fingerprint(decision: Decision) -> list[Any]:
+    """What a doctor would see change: outcome, reason and each match's verdict and expiry."""
+    return [
+        decision.outcome,
+        decision.reason,
+        [
+            [m.record_id, m.recognisable, m.reason, m.valid_until and m.valid_until.isoformat()]
+            for m in decision.matches
+        ],
+    ]
+
+
+def keep_recent(orders: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Drop decided orders older than :data:`KEEP_ORDERS_FOR`, keep :data:`KEEP_ORDERS`."""
+    horizon = (now - KEEP_ORDERS_FOR).isoformat()
+    fresh = [(k, v) for k, v in orders.items() if v.get("decided_at", "") >= horizon]
+    fresh.sort(key=lambda kv: kv[1].get("decided_at", ""))
+    return dict(fresh[-KEEP_ORDERS:])
 
 
 def apply_result(known: dict[str, Any], payload: dict[str, Any]) -> bool:
@@ -117,6 +194,9 @@ def create_app(
     known = app.Table(
         "results", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
     )
+    decided = app.Table(
+        "orders", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
+    )
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
     emit = stages.emit
@@ -125,34 +205,11 @@ def create_app(
         raw = known.get(key)
         return dict(_loads(raw)) if raw else {}
 
-    async def on_result(event: Any, key: bytes | None, value: bytes) -> None:
-        if key is None:
-            raise ValueError("result without a master patient id key")
-        payload = Envelope.from_bytes(value).payload
-        mine = patient_results(key)
-        if apply_result(mine, payload):
-            known[key] = _dumps(mine)
-            metrics.results.labels(str(payload.get("change", "new"))).inc()
-        previous = payload.get("previous_master_patient_id")
-        if previous and previous != payload["master_patient_id"]:
-            await emit(event, forget_topic, str(previous).encode(), _dumps(payload["record_id"]))
+    def patient_orders(key: bytes) -> dict[str, Any]:
+        raw = decided.get(key)
+        return dict(_loads(raw)) if raw else {}
 
-    async def on_forget(event: Any, key: bytes | None, value: bytes) -> None:
-        if key is None:
-            raise ValueError("forget without a master patient id key")
-        mine = patient_results(key)
-        if mine.pop(_loads(value), None) is not None:
-            known[key] = _dumps(mine)
-            metrics.results.labels("moved-away").inc()
-
-    async def on_order(event: Any, key: bytes | None, value: bytes) -> None:
-        if key is None:
-            raise ValueError("order without a master patient id key")
-        env = Envelope.from_bytes(value)
-        payload = env.payload
-        if payload.get("change") == "retraction" or payload.get("status") not in DECIDED_STATUSES:
-            return
-        order = Order.model_validate(payload)
+    def decide_now(key: bytes, order: Order, results: dict[str, Any]) -> Decision:
         now = clock()
         orderer = registry.get(order.institution)
         if orderer is None:
@@ -160,29 +217,178 @@ def create_app(
         catalog = catalogs.catalog_for(orderer.region_code, now)
         if catalog is None:
             raise ValueError("no catalogue is in force for the ordering institution's region")
-        priors = [PriorResult.model_validate(p) for p in patient_results(key).values()]
-        decision = decide(order, priors, registry, catalog, now)
+        priors = [PriorResult.model_validate(p) for p in results.values()]
+        return decide(order, priors, registry, catalog, now)
+
+    async def publish(
+        event: Any,
+        key: bytes,
+        decision: Decision,
+        *,
+        trace_id: str,
+        received_at: datetime | None,
+        previous: dict[str, Any] | None,
+        cause: str | None,
+    ) -> dict[str, Any]:
+        """Send ``decision`` and return the entry to keep for its order."""
+        decision_id = uuid.uuid4().hex
         body = decision.model_dump(mode="json")
         # yuan as JSON numbers with their digits (the envelope writes Decimals as numbers)
         body["price_yuan"] = decision.price_yuan
         body["estimated_saving_yuan"] = decision.estimated_saving_yuan
-        body["detected_issue"] = to_detected_issue(decision)
+        body["decision_id"] = decision_id
+        body["revision"] = (previous or {}).get("revision", 0) + 1
+        body["supersedes"] = (previous or {}).get("decision_id")
+        body["reissue"] = cause is not None
+        body["reevaluation_cause"] = cause
+        body["detected_issue"] = to_detected_issue(decision, issue_id=decision_id)
         out = Envelope(
+            event_id=decision_id,
             event_type=DECISION_MADE.name.rsplit(".", 1)[0],
-            source=order.institution,
-            trace_id=env.trace_id,
-            received_at=env.received_at,
+            source=decision.ordering_institution,
+            trace_id=trace_id,
+            received_at=received_at,
             payload=body,
         )
-        category = decision.item_category or order.category
-        metrics.decisions.labels(decision.outcome, decision.reason, category).inc()
-        if decision.recognisable and decision.estimated_saving_yuan:
-            metrics.savings.labels(category).inc(float(decision.estimated_saving_yuan))
+        orderer = registry.get(decision.ordering_institution)
+        region = orderer.prefecture_code if orderer else "unknown"
+        category = decision.item_category or "other"
+        metrics.decisions.labels(decision.outcome, decision.reason, category, region).inc()
+        if cause is None:
+            if decision.recognisable and decision.estimated_saving_yuan:
+                metrics.savings.labels(category, region).inc(float(decision.estimated_saving_yuan))
+            if received_at is not None:
+                metrics.latency.observe(max(0.0, (utcnow() - received_at).total_seconds()))
+        else:
+            metrics.reissued.labels(cause).inc()
         await emit(event, decisions_topic, key, out.to_bytes(), out.headers())
+        return {
+            "decision_id": decision_id,
+            "revision": body["revision"],
+            "decided_at": decision.decided_at.isoformat(),
+            "matches": [m.record_id for m in decision.matches],
+            "fingerprint": fingerprint(decision),
+            "trace_id": trace_id,
+        }
+
+    async def reevaluate(
+        event: Any, key: bytes, results: dict[str, Any], cause: str, *, record_id: str | None
+    ) -> None:
+        """Decide again the patient's orders that matched ``record_id`` (every order when
+        ``None``: results moved in) and re-issue them — always for a result they depended
+        on, only when the answer changed for results moved in."""
+        orders = patient_orders(key)
+        changed = False
+        for order_id, entry in list(orders.items()):
+            if record_id is not None and record_id not in entry.get("matches", ()):
+                continue
+            order = Order.model_validate(entry["order"])
+            decision = decide_now(key, order, results)
+            if record_id is None and fingerprint(decision) == entry.get("fingerprint"):
+                continue
+            kept = await publish(
+                event,
+                key,
+                decision,
+                trace_id=entry.get("trace_id") or uuid.uuid4().hex,
+                received_at=None,
+                previous=entry,
+                cause=cause,
+            )
+            orders[order_id] = {**kept, "order": entry["order"]}
+            changed = True
+        if changed:
+            decided[key] = _dumps(orders)
+
+    async def on_result(event: Any, key: bytes | None, value: bytes) -> None:
+        if key is None:
+            raise ValueError("result without a master patient id key")
+        payload = Envelope.from_bytes(value).payload
+        mine = patient_results(key)
+        rid = payload["record_id"]
+        existed = rid in mine
+        if apply_result(mine, payload):
+            known[key] = _dumps(mine)
+            change = str(payload.get("change", "new"))
+            metrics.results.labels(change).inc()
+            previous = payload.get("previous_master_patient_id")
+            if previous and previous != payload["master_patient_id"]:
+                await reevaluate(event, key, mine, "result-moved-in", record_id=None)
+            elif existed:
+                retracted = change == "retraction" or rid not in mine
+                cause = "result-retracted" if retracted else "result-amended"
+                await reevaluate(event, key, mine, cause, record_id=rid)
+        previous = payload.get("previous_master_patient_id")
+        if previous and previous != payload["master_patient_id"]:
+            forget = {"kind": "result", "record_id": rid}
+            await emit(event, forget_topic, str(previous).encode(), _dumps(forget))
+
+    async def on_forget(event: Any, key: bytes | None, value: bytes) -> None:
+        if key is None:
+            raise ValueError("forget without a master patient id key")
+        doc = _loads(value)
+        if isinstance(doc, str):  # written by an earlier version: a result's record id
+            doc = {"kind": "result", "record_id": doc}
+        if doc["kind"] == "order":
+            orders = patient_orders(key)
+            if orders.pop(doc["record_id"], None) is not None:
+                decided[key] = _dumps(orders)
+            return
+        mine = patient_results(key)
+        if mine.pop(doc["record_id"], None) is not None:
+            known[key] = _dumps(mine)
+            metrics.results.labels("moved-away").inc()
+            await reevaluate(event, key, mine, "result-moved-away", record_id=doc["record_id"])
+
+    async def on_order(event: Any, key: bytes | None, value: bytes) -> None:
+        if key is None:
+            raise ValueError("order without a master patient id key")
+        env = Envelope.from_bytes(value)
+        payload = env.payload
+        order_id = payload.get("record_id") or env.event_id
+        moved_from = payload.get("previous_master_patient_id")
+        if moved_from and moved_from != payload.get("master_patient_id"):
+            forget = {"kind": "order", "record_id": order_id}
+            await emit(event, forget_topic, str(moved_from).encode(), _dumps(forget))
+        orders = patient_orders(key)
+        if payload.get("change") == "retraction" or payload.get("status") not in DECIDED_STATUSES:
+            if orders.pop(order_id, None) is not None:
+                decided[key] = _dumps(orders)
+            return
+        order = Order.model_validate(payload)
+        decision = decide_now(key, order, patient_results(key))
+        previous = orders.get(order_id)
+        cause = None
+        if moved_from and moved_from != payload.get("master_patient_id"):
+            cause = "order-moved"
+        elif previous is not None or payload.get("change") == "update":
+            cause = "order-updated"
+        kept = await publish(
+            event,
+            key,
+            decision,
+            trace_id=env.trace_id,
+            received_at=env.received_at if cause is None else None,
+            previous=previous,
+            cause=cause,
+        )
+        orders[order_id] = {**kept, "order": payload}
+        decided[key] = _dumps(keep_recent(orders, clock()))
 
     stages.agent(results_topic, "results", on_result)
     stages.agent(forget_topic, "forget", on_forget)
     stages.agent(orders_topic, "orders", on_order)
     add_service_pages(app, metrics.registry)
+    web.install(
+        web.Context(
+            app=app,
+            settings=settings,
+            registry=registry,
+            catalogs=catalogs,
+            known=known,
+            metrics=metrics,
+            clock=clock,
+        )
+    )
 
     return app

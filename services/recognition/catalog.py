@@ -191,6 +191,15 @@ class RulesOverride(_Frozen):
     tertiary_a_peers_only: bool | None = None
 
 
+class ExceptionReason(_Frozen):
+    """A region's own reason for re-ordering despite a recognisable result (on top of the
+    national list in :mod:`services.recognition.feedback`)."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9-]{1,40}$")
+    name: str = Field(min_length=1, description="As shown to the doctor (Chinese)")
+    description: str = ""
+
+
 class Item(_Frozen):
     """One recognisable item (检查 or 检验) of a catalogue."""
 
@@ -292,6 +301,10 @@ class Catalog(_Frozen):
     )
     items: tuple[Item, ...]
     local_codes: tuple[LocalCodes, ...] = ()
+    exception_reasons: tuple[ExceptionReason, ...] = Field(
+        default=(),
+        description="The region's reasons for re-ordering, added to the national list",
+    )
 
     _source: str = PrivateAttr(default="<memory>")
     _by_id: dict[str, Item] = PrivateAttr(default_factory=dict)

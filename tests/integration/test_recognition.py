@@ -35,6 +35,17 @@ CARD_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 A = "12140000405001730E"
 #: level 2, Taiyuan, same prefecture as A
 B = "12140110405530210H"
+#: 三乙, Taiyuan: lab and chest CT qualified for its city only (municipal HR scope)
+A2 = "12140107405412652L"
+#: level 2, Datong: another prefecture, outside A2's HR scope
+C = "12140215406213786R"
+PROVINCIAL = "urn:oid:1.3.6.1.4.1.32473.14.0.1"
+LOINC = "http://loinc.org"
+CBC_LOINC = "58410-2"
+CT_CHEST = "SX-JC-0202"
+#: catalogue prices (config/catalog/shanxi-v1.yaml) of CBC and CT-CHEST
+CBC_YUAN, CT_CHEST_YUAN = 20, 220
+PACS_A2 = "https://pacs.xhl.example-hospital.cn/dicom-web"
 
 
 @dataclass
@@ -43,6 +54,34 @@ class Hub:
     url: str
     recognition_port: int
     tokens: dict[str, str]
+
+    @property
+    def recognition(self) -> str:
+        return f"http://127.0.0.1:{self.recognition_port}"
+
+    def check(self, inst: str, patient: str, code: str) -> httpx.Response:
+        return httpx.get(
+            f"{self.recognition}/recognition/check",
+            params={"patient": patient, "code": code},
+            headers={"Authorization": f"Bearer {self.tokens[inst]}"},
+            timeout=30,
+        )
+
+    def feedback(self, inst: str, doc: dict[str, Any]) -> httpx.Response:
+        return httpx.post(
+            f"{self.recognition}/recognition/feedback",
+            json=doc,
+            headers={"Authorization": f"Bearer {self.tokens[inst]}"},
+            timeout=30,
+        )
+
+    def decisions_for(self, order_trace: str) -> list[dict[str, Any]]:
+        """Every decision (first and re-issued) of the order posted with that trace id."""
+        return [
+            Envelope.from_bytes(r.value).payload
+            for r in consume_all(self.bootstrap, "mrhub.recognition.decision-made.v1")
+            if Envelope.from_bytes(r.value).trace_id == order_trace
+        ]
 
     def post(self, inst: str, path: str, doc: Any) -> httpx.Response:
         resp = httpx.post(
@@ -70,8 +109,8 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
     tmp = tmp_path_factory.mktemp("recognition")
     registry = tmp / "institutions.yaml"
     shutil.copy(REPO / "config" / "institutions.yaml", registry)
-    assert {A, B} <= set(Registry.load(registry).ids)
-    tokens = {i: issue_token(registry, i) for i in (A, B)}
+    assert {A, B, A2, C} <= set(Registry.load(registry).ids)
+    tokens = {i: issue_token(registry, i) for i in (A, B, A2, C)}
     create_topics(bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=1)
     ports = {name: free_port() for name in ("ingest", "patient_index", "recognition")}
     env = {
@@ -81,6 +120,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
         "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(registry),
         "MRHUB_PATIENT_INDEX__PORT": str(ports["patient_index"]),
+        "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{ports['patient_index']}",
         "MRHUB_RECOGNITION__PORT": str(ports["recognition"]),
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
@@ -205,3 +245,245 @@ def test_a_bad_order_is_dead_lettered_and_the_stream_goes_on(hub: Hub) -> None:
         json.loads(r.value) for r in consume_all(hub.bootstrap, "mrhub.recognition.dead-letter.v1")
     ]
     assert any(d["stage"] == "orders" and d["original_base64"] for d in dead)
+
+
+# ── the issue's end-to-end story: a blood count and a chest CT, recognised across hospitals ──
+
+
+def _cbc(inst: str, card: str, taken: datetime) -> dict[str, Any]:
+    doc = _potassium(inst, card, taken)
+    doc["code"] = {"coding": [{"system": LOINC, "code": CBC_LOINC, "display": "血常规"}]}
+    doc["valueQuantity"] = {"value": "@@6.2@@", "unit": "10*9/L"}
+    doc["id"] = f"cbc-{random.randint(10**8, 10**9)}"  # the hospital's id: the report link
+    return doc
+
+
+def _chest_ct(inst: str, card: str, started: datetime) -> dict[str, Any]:
+    uid = f"1.2.826.0.1.3680043.8.498.{random.randint(10**9, 10**10)}"
+    chest = {"system": "http://snomed.info/sct", "code": "51185008"}
+    return {
+        "resourceType": "ImagingStudy",
+        "id": f"ct-{uid.rsplit('.', 1)[1]}",
+        "contained": [
+            {
+                "resourceType": "Endpoint",
+                "id": "wado",
+                "status": "active",
+                "connectionType": {
+                    "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                    "code": "dicom-wado-rs",
+                },
+                "payloadType": [{"text": "DICOM"}],
+                "address": PACS_A2,
+            }
+        ],
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
+        "status": "available",
+        "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}],
+        "subject": {"identifier": {"system": CARD_SYSTEM, "value": card}},
+        "started": _iso(started),
+        "endpoint": [{"reference": "#wado"}],
+        "numberOfSeries": 1,
+        "numberOfInstances": 120,
+        "procedureCode": [{"coding": [{"system": PROVINCIAL, "code": CT_CHEST}]}],
+        "series": [
+            {
+                "uid": f"{uid}.1",
+                "number": 1,
+                "modality": {
+                    "system": "http://dicom.nema.org/resources/ontology/DCM",
+                    "code": "CT",
+                },
+                "bodySite": chest,
+                "numberOfInstances": 120,
+            }
+        ],
+    }
+
+
+def _ordered(inst: str, card: str, system: str, code: str) -> dict[str, Any]:
+    doc = _order(inst, card)
+    doc["code"] = {"coding": [{"system": system, "code": code}]}
+    return doc
+
+
+def _feedback_events(hub: Hub) -> list[dict[str, Any]]:
+    return [
+        Envelope.from_bytes(r.value).payload
+        for r in consume_all(hub.bootstrap, "mrhub.recognition.feedback-recorded.v1")
+    ]
+
+
+def _audits(hub: Hub) -> list[dict[str, Any]]:
+    return [
+        Envelope.from_bytes(r.value).payload
+        for r in consume_all(hub.bootstrap, "mrhub.audit.access-recorded.v1")
+    ]
+
+
+def test_blood_count_and_chest_ct_are_recognised_across_hospitals(hub: Hub) -> None:
+    card = _card()
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    saved_lab = _metric(hub, "mrhub_recognition_savings_yuan_total", category="lab")
+    saved_img = _metric(hub, "mrhub_recognition_savings_yuan_total", category="imaging")
+    before = _metric(hub, "mrhub_recognition_results_total")
+    cbc_doc = _cbc(A2, card, an_hour_ago)
+    hub.post(A2, "/fhir/Observation", cbc_doc)
+    study = _chest_ct(A2, card, an_hour_ago)
+    hub.post(A2, "/fhir/ImagingStudy", study)
+    _known_after(hub, before, 2)
+    uid = study["identifier"][0]["value"].removeprefix("urn:oid:")
+
+    # on the topic: B (level 2, same city) orders both and may recognise both
+    cbc_order = hub.post(B, "/fhir/ServiceRequest", _ordered(B, card, LOINC, CBC_LOINC))
+    ct_order = hub.post(B, "/fhir/ServiceRequest", _ordered(B, card, PROVINCIAL, CT_CHEST))
+    cbc = hub.decision(cbc_order.headers["X-Trace-Id"])
+    ct = hub.decision(ct_order.headers["X-Trace-Id"])
+    assert (cbc["outcome"], cbc["item_id"]) == ("recognisable", "CBC")
+    assert (ct["outcome"], ct["item_id"]) == ("recognisable", "CT-CHEST")
+    assert ct["matches"][0]["institution"] == A2
+    assert ct["matches"][0]["study_uid"] == uid
+    assert ct["matches"][0]["image_endpoints"] == [PACS_A2]
+    assert (cbc["estimated_saving_yuan"], ct["estimated_saving_yuan"]) == (CBC_YUAN, CT_CHEST_YUAN)
+
+    # from the check endpoint, with A2's report and the image link
+    patient = f"{CARD_SYSTEM}|{card}"
+    answer = hub.check(B, patient, f"{LOINC}|{CBC_LOINC}")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["decision"], body["reason"]) == ("recognisable", "recognised")
+    assert body["catalog_version"] == "shanxi-v1" and body["saving_yuan"] == CBC_YUAN
+    [m] = body["matches"]
+    assert m["institution"] == A2 and m["report"]["reference"] == f"Observation/{cbc_doc['id']}"
+    assert m["performed_at"] and m["valid_until"] > m["performed_at"]
+    body = hub.check(B, card, f"{PROVINCIAL}|{CT_CHEST}").json()  # a bare 身份证 works too
+    assert body["decision"] == "recognisable"
+    [m] = body["matches"]
+    assert m["report"]["reference"] == f"ImagingStudy/{study['id']}"
+    assert m["images"] == [f"{PACS_A2}/studies/{uid}"]
+
+    # C, in Datong, is outside A2's (municipal) HR scope: told so, shown nothing of A2's
+    c_order = hub.post(C, "/fhir/ServiceRequest", _ordered(C, card, LOINC, CBC_LOINC))
+    c = hub.decision(c_order.headers["X-Trace-Id"])
+    assert (c["outcome"], c["reason"]) == ("not-recognisable", "scope-not-satisfied")
+    body = hub.check(C, patient, f"{LOINC}|{CBC_LOINC}").json()
+    assert (body["decision"], body["reason"]) == ("not-recognisable", "scope-not-satisfied")
+    assert body["matches"] == []
+
+    # the savings counter moved by the catalogue prices
+    lab = _metric(hub, "mrhub_recognition_savings_yuan_total", category="lab") - saved_lab
+    img = _metric(hub, "mrhub_recognition_savings_yuan_total", category="imaging") - saved_img
+    assert (lab, img) == (CBC_YUAN, CT_CHEST_YUAN)
+
+    # every check was audited: who read, about which master, whose data was shown
+    audits = [a for a in _audits(hub) if a["master_patient_id"] == cbc["master_patient_id"]]
+    by_reader = {(a["reader"], tuple(a["shown_institutions"])) for a in audits}
+    assert {(B, (A2,)), (C, ())} <= by_reader
+    assert all(a["purpose"] == "recognition-check" for a in audits)
+
+    # B's feedback: the blood count recognised, the CT re-ordered for image quality
+    got = hub.feedback(
+        B,
+        {
+            "patient": patient,
+            "code": f"{LOINC}|{CBC_LOINC}",
+            "choice": "recognised",
+            "decision_id": cbc["decision_id"],
+        },
+    )
+    assert got.status_code == 201, got.text
+    got = hub.feedback(
+        B,
+        {
+            "patient": patient,
+            "code": f"{PROVINCIAL}|{CT_CHEST}",
+            "choice": "re-ordered",
+            "reason": "image-quality",
+            "note": "层厚太厚, call 13912345678",
+        },
+    )
+    assert got.status_code == 201, got.text
+    mine = [f for f in _feedback_events(hub) if f["master_patient_id"] == ct["master_patient_id"]]
+    assert {(f["item_id"], f["choice"], f["reason"]) for f in mine} == {
+        ("CBC", "recognised", None),
+        ("CT-CHEST", "re-ordered", "image-quality"),
+    }
+    [note] = [f["note"] for f in mine if f["reason"]]
+    assert "13912345678" not in note and note.startswith("层厚太厚")
+    assert _metric(hub, "mrhub_recognition_feedback_total", reason="image-quality") >= 1
+
+
+def test_a_blood_count_older_than_six_hours_is_outside_the_window(hub: Hub) -> None:
+    card = _card()
+    before = _metric(hub, "mrhub_recognition_results_total")
+    hub.post(A2, "/fhir/Observation", _cbc(A2, card, datetime.now(UTC) - timedelta(hours=7)))
+    _known_after(hub, before, 1)
+    resp = hub.post(B, "/fhir/ServiceRequest", _ordered(B, card, LOINC, CBC_LOINC))
+    decision = hub.decision(resp.headers["X-Trace-Id"])
+    assert (decision["outcome"], decision["reason"]) == ("not-recognisable", "outside-window")
+    body = hub.check(B, f"{CARD_SYSTEM}|{card}", f"{LOINC}|{CBC_LOINC}").json()
+    assert body["reason"] == "outside-window" and body["matches"][0]["institution"] == A2
+
+
+def test_a_retracted_study_reissues_the_decision_that_relied_on_it(hub: Hub) -> None:
+    card = _card()
+    study = _chest_ct(A2, card, datetime.now(UTC) - timedelta(days=2))
+    before = _metric(hub, "mrhub_recognition_results_total")
+    hub.post(A2, "/fhir/ImagingStudy", study)
+    _known_after(hub, before, 1)
+    resp = hub.post(B, "/fhir/ServiceRequest", _ordered(B, card, PROVINCIAL, CT_CHEST))
+    trace = resp.headers["X-Trace-Id"]
+    first = hub.decision(trace)
+    assert first["outcome"] == "recognisable" and first["supersedes"] is None
+
+    hub.post(A2, "/fhir/ImagingStudy", dict(study, status="entered-in-error"))
+    deadline = time.monotonic() + 60
+    while len(decisions := hub.decisions_for(trace)) < 2:
+        assert time.monotonic() < deadline, "no superseding decision"
+        time.sleep(0.5)
+    [again] = [d for d in decisions if d["reissue"]]
+    assert again["supersedes"] == first["decision_id"]
+    assert again["reevaluation_cause"] == "result-retracted"
+    assert (again["outcome"], again["reason"]) == ("not-recognisable", "no-prior-result")
+    assert again["revision"] == 2 and again["order_record_id"] == first["order_record_id"]
+
+
+def test_check_and_feedback_refuse_bad_requests_with_an_operation_outcome(hub: Hub) -> None:
+    url = f"{hub.recognition}/recognition/check"
+    no_token = httpx.get(url, params={"patient": "x|y", "code": f"{LOINC}|{CBC_LOINC}"})
+    assert no_token.status_code == 401 and "Bearer" in no_token.headers["WWW-Authenticate"]
+    card = _card()
+    bad_card = card[:-1] + ("0" if card[-1] != "0" else "1")  # fails the GB 11643 checksum
+    cases = [
+        ({"patient": f"{CARD_SYSTEM}|{_card()}"}, 400, "code"),
+        ({"code": f"{LOINC}|{CBC_LOINC}"}, 400, "patient"),
+        ({"patient": f"{CARD_SYSTEM}|{bad_card}", "code": f"{LOINC}|{CBC_LOINC}"}, 422, "patient"),
+    ]
+    for params, status, where in cases:
+        got = hub.check(B, params.get("patient", ""), params.get("code", ""))
+        assert got.status_code == status, (params, got.text)
+        issue = got.json()["issue"][0]
+        assert got.json()["resourceType"] == "OperationOutcome" and where in issue["expression"]
+    unknown = hub.check(B, f"{CARD_SYSTEM}|{_card()}", f"{LOINC}|{CBC_LOINC}")
+    assert unknown.status_code == 200 and unknown.json()["reason"] == "no-prior-result"
+
+    refused = hub.feedback(
+        B,
+        {
+            "patient": f"{CARD_SYSTEM}|{_card()}",
+            "code": f"{LOINC}|{CBC_LOINC}",
+            "choice": "re-ordered",
+        },
+    )
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["reason"]
+    refused = hub.feedback(
+        B,
+        {
+            "patient": f"{CARD_SYSTEM}|{_card()}",
+            "code": f"{LOINC}|{CBC_LOINC}",
+            "choice": "re-ordered",
+            "reason": "felt-like-it",
+        },
+    )
+    assert refused.status_code == 400 and "condition-changed" in refused.text
