@@ -8,12 +8,14 @@ whatever day the suite runs.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,6 +56,7 @@ class Hub:
     url: str
     recognition_port: int
     tokens: dict[str, str]
+    registry: Path
 
     @property
     def recognition(self) -> str:
@@ -133,7 +136,9 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
     try:
         for name, port in ports.items():
             wait_ready(f"http://127.0.0.1:{port}/readyz", procs[name], tmp / f"{name}.log")
-        yield Hub(bootstrap, f"http://127.0.0.1:{ports['ingest']}", ports["recognition"], tokens)
+        yield Hub(
+            bootstrap, f"http://127.0.0.1:{ports['ingest']}", ports["recognition"], tokens, registry
+        )
     finally:
         for proc in procs.values():
             stop_process(proc)
@@ -487,3 +492,28 @@ def test_check_and_feedback_refuse_bad_requests_with_an_operation_outcome(hub: H
         },
     )
     assert refused.status_code == 400 and "condition-changed" in refused.text
+
+
+def test_mrhub_report_prints_recognitions_and_savings_per_region(hub: Hub) -> None:
+    """After the stories above: Taiyuan (140100) recognised blood counts and chest CTs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(hub.registry)}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "report", "--json", "--bootstrap", hub.bootstrap],
+        env=env,
+        capture_output=True,
+        timeout=180,
+        check=True,
+        cwd=REPO,
+    )
+    doc = json.loads(done.stdout)
+    rows = {(r["region"], r["category"]): r for r in doc["rows"]}
+    imaging = rows[("140100", "imaging")]
+    assert imaging["recognisable"] >= 1 and imaging["saving_yuan"] >= CT_CHEST_YUAN
+    assert imaging["feedback_reordered_by_reason"].get("image-quality", 0) >= 1
+    lab = rows[("140100", "lab")]
+    assert lab["orders"] > lab["recognisable"] >= 2  # K and CBC recognised; others not
+    assert rows[("140200", "lab")]["not_recognisable_by_reason"]["scope-not-satisfied"] >= 1
+    assert doc["saving_yuan"] == sum(r["saving_yuan"] for r in doc["rows"])
