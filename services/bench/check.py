@@ -1,0 +1,429 @@
+"""``mrhub bench check``: the synchronous recognition check and order → decision latency.
+
+Starts what it measures in a temporary directory: a Kafka broker (unless
+``MRHUB_KAFKA__BOOTSTRAP_SERVERS`` names one), the gateway, the patient index and the
+recognition worker, one process each. Then:
+
+1. **population** — ``--patients`` patients, each with a potassium result from a 三甲
+   hospital (posted through the gateway in batch bundles), waited for until the recognition
+   worker holds them all;
+2. **baseline** — the pure :func:`~services.recognition.decision.decide` in this process on
+   the same kind of data: the upper bound of what any check could do per core;
+3. **check load** — ``GET /recognition/check`` from a level-2 hospital, open loop at
+   ``--rate`` requests per second for ``--seconds`` (each request is timed from the moment
+   the schedule says it should start, so a hub that falls behind shows it in the latency
+   rather than hiding it), random patients (one in ten unknown to the hub);
+4. **orders** — ``--orders`` ServiceRequests through the gateway at ``--order-rate`` per
+   second; each decision's latency is the decision's ``occurred_at`` minus the gateway's
+   ``received_at`` carried through the envelope (both clocks of this machine).
+
+Prints p50 / p99 of both latencies, checks per second achieved, errors, and the check rate
+as a fraction of the baseline; ``--json`` prints the report as JSON. Goals (issue 5): check
+p99 ≤ 20 ms at 500 requests per second; order → decision p99 ≤ 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import simplejson
+
+from services.bench.ingest import PANELS, gb11643, lab_observation, percentile
+from services.common.envelope import Envelope
+from services.common.fhir import INSTITUTION_SYSTEM
+from services.common.identifiers import ID_CARD_SYSTEM
+from services.common.settings import Settings
+from services.common.topics import ALL_TOPICS, DECISION_MADE
+
+#: 山西省汾河医院 (三甲, lab qualification national) posts; 晋源区人民医院 (level 2) asks.
+PERFORMER = "12140000405001730E"
+ORDERER = "12140110405530210H"
+CARD = ID_CARD_SYSTEM
+LOINC = "http://loinc.org"
+BATCH = 50
+
+
+def _log(msg: str) -> None:
+    print(f"[bench check] {msg}", file=sys.stderr, flush=True)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def cards(n: int, seed: int) -> list[str]:
+    """``n`` distinct valid 身份证 numbers (Taiyuan, born 1970–1999)."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible population, not a secret
+    out: set[str] = set()
+    while len(out) < n:
+        day = datetime(1970, 1, 1) + timedelta(days=rng.randrange(365 * 30))
+        out.add(gb11643(f"140105{day:%Y%m%d}{rng.randrange(1000):03d}"))
+    return sorted(out)
+
+
+def _potassium_bundle(batch: list[str], now: datetime, first: int) -> dict[str, Any]:
+    test = next(t for panel in PANELS for t in panel.tests if t.loinc == "2823-3")
+    when = ((now - timedelta(days=1)).isoformat(), (now - timedelta(hours=22)).isoformat())
+    entries = []
+    for i, card in enumerate(batch):
+        subject = {"identifier": {"system": CARD, "value": card}}
+        obs = lab_observation(
+            test, Decimal("4.10"), subject, f"BK{first + i:08d}", 1, when, [_org(PERFORMER)]
+        )
+        entries.append({"resource": obs, "request": {"method": "POST", "url": "Observation"}})
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+def _org(inst: str) -> dict[str, Any]:
+    return {"identifier": {"system": INSTITUTION_SYSTEM, "value": inst}}
+
+
+def _order(card: str, n: int) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "identifier": [{"system": "urn:oid:1.3.6.1.4.1.32473.14.3.7", "value": f"BO{n:08d}"}],
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": LOINC, "code": "2823-3"}]},
+        "subject": {"identifier": {"system": CARD, "value": card}},
+        "authoredOn": datetime.now(UTC).isoformat(),
+    }
+
+
+def _dumps(doc: Any) -> bytes:
+    return simplejson.dumps(doc, use_decimal=True, ensure_ascii=False).encode()
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(url, timeout=10).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited early; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"not ready after {timeout_s:.0f} s: {url}; see {log}")
+
+
+def baseline(settings: Settings, seconds: float) -> dict[str, Any]:
+    """Pure decisions per second in this process (catalogue, registry, one prior result)."""
+    from services.common.institutions import Registry
+    from services.recognition.catalog import load_catalogs
+    from services.recognition.decision import Order, PriorResult, decide
+
+    now = datetime.now(UTC)
+    registry = Registry.load(settings.recognition.institutions_path)
+    catalog = load_catalogs(settings.recognition.catalog_path).catalog_for("140110", now)
+    if catalog is None:
+        raise RuntimeError("no catalogue is in force for Taiyuan")
+    prior = PriorResult.model_validate(
+        {
+            "record_id": "0" * 32,
+            "institution": PERFORMER,
+            "category": "lab",
+            "codes": [{"system": LOINC, "code": "2823-3"}],
+            "status": "final",
+            "collected_at": (now - timedelta(days=1)).isoformat(),
+        }
+    )
+    order = Order.model_validate(
+        {"institution": ORDERER, "codes": [{"system": LOINC, "code": "2823-3"}]}
+    )
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        decide(order, [prior], registry, catalog, now)
+        n += 1
+    return {"decisions_per_s": round(n / (time.perf_counter() - started), 1)}
+
+
+async def _post_population(url: str, token: str, known: list[str]) -> int:
+    now = datetime.now(UTC)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    sem = asyncio.Semaphore(4)
+    failed = 0
+
+    async def one(session: aiohttp.ClientSession, first: int) -> None:
+        nonlocal failed
+        body = _dumps(_potassium_bundle(known[first : first + BATCH], now, first))
+        async with sem:
+            for _ in range(5):
+                async with session.post(f"{url}/fhir", data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return
+                await asyncio.sleep(1)
+            failed += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session, i) for i in range(0, len(known), BATCH)))
+    return failed
+
+
+async def _check_load(
+    url: str, token: str, known: list[str], unknown: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    rng = random.Random(7)  # noqa: S311
+    headers = {"Authorization": f"Bearer {token}"}
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
+    conn = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
+            params = {"patient": f"{CARD}|{card}", "code": f"{LOINC}|2823-3"}
+            try:
+                async with session.get(
+                    f"{url}/recognition/check", params=params, headers=headers
+                ) as resp:
+                    body = await resp.read()
+                    status = str(resp.status)
+                    if resp.status == 200:
+                        decision = simplejson.loads(body)["decision"]
+                        outcomes[decision] = outcomes.get(decision, 0) + 1
+            except aiohttp.ClientError as exc:
+                status = type(exc).__name__
+            latencies.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "target_rps": rate,
+        "seconds": seconds,
+        "requests": total,
+        "achieved_rps": round(total / elapsed, 1),
+        "p50_ms": _ms(percentile(latencies, 50)),
+        "p99_ms": _ms(percentile(latencies, 99)),
+        "max_ms": _ms(latencies[-1] if latencies else None),
+        "statuses": statuses,
+        "outcomes": outcomes,
+    }
+
+
+async def _post_orders(url: str, token: str, known: list[str], n: int, rate: float) -> set[str]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    traces: set[str] = set()
+    rng = random.Random(11)  # noqa: S311
+    async with aiohttp.ClientSession() as session:
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            body = _dumps(_order(rng.choice(known), i))
+            async with session.post(
+                f"{url}/fhir/ServiceRequest", data=body, headers=headers
+            ) as resp:
+                await resp.read()
+                if resp.status in (200, 201):
+                    traces.add(resp.headers.get("X-Trace-Id", ""))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return traces
+
+
+def _decision_latencies(bootstrap: str, traces: set[str], timeout_s: float) -> list[float]:
+    from services.common.kafka_read import read_topic
+
+    deadline = time.monotonic() + timeout_s
+    found: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        for record in read_topic(bootstrap, DECISION_MADE.name):
+            env = Envelope.from_bytes(record.value)
+            if env.trace_id in traces and not env.payload.get("reissue") and env.received_at:
+                found[env.trace_id] = (env.occurred_at - env.received_at).total_seconds()
+        if len(found) >= len(traces):
+            break
+        time.sleep(1)
+    return sorted(found.values())
+
+
+def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from services.common.broker import LocalBroker, free_port
+    from services.common.institutions import issue_token
+    from services.common.kafka_admin import create_topics
+
+    tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-check-"))
+    broker: LocalBroker | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    report: dict[str, Any] = {
+        "command": (
+            f"mrhub bench check --patients {args.patients} --rate {args.rate:g} "
+            f"--seconds {args.seconds:g} --orders {args.orders}"
+        ),
+        "cpu_count": os.cpu_count(),
+        "processes": "1 gateway, 1 patient index, 1 recognition worker",
+    }
+    try:
+        registry = tmp / "institutions.yaml"
+        shutil.copyfile(settings.recognition.institutions_path, registry)
+        post_token = issue_token(registry, PERFORMER, label="bench check")
+        ask_token = issue_token(registry, ORDERER, label="bench check")
+        _log(f"baseline: pure decide() for {args.seconds:g} s")
+        report["baseline"] = baseline(settings, min(args.seconds, 5.0))
+        if settings.kafka.bootstrap_servers:
+            bootstrap = settings.kafka.bootstrap_servers
+        else:
+            _log("starting a Kafka broker in a temporary directory")
+            broker = LocalBroker(tmp / "kafka", settings.cache_dir, port=0, controller_port=0)
+            bootstrap = broker.start(timeout_s=90)[0].bootstrap
+        create_topics(
+            bootstrap,
+            ALL_TOPICS,
+            default_partitions=settings.topic_partitions,
+            replication_factor=settings.kafka.replication_factor,
+        )
+        ports = {name: free_port() for name in ("ingest", "patient_index", "recognition")}
+        env = {
+            **os.environ,
+            "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "MRHUB_IDENTITY__HMAC_KEY": secrets.token_urlsafe(32),
+            "MRHUB_INGEST__PORT": str(ports["ingest"]),
+            "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+            "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(registry),
+            "MRHUB_PATIENT_INDEX__PORT": str(ports["patient_index"]),
+            "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{ports['patient_index']}",
+            "MRHUB_RECOGNITION__PORT": str(ports["recognition"]),
+            "MRHUB_STATE_DIR": str(tmp / "state"),
+            "MRHUB_LOG_LEVEL": "WARNING",
+        }
+        for name, port in ports.items():
+            log = tmp / f"{name}.log"
+            with open(log, "ab") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.cli", "serve", name],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1], log, 120)
+        gateway = f"http://127.0.0.1:{ports['ingest']}"
+        recognition = f"http://127.0.0.1:{ports['recognition']}"
+        everyone = cards(args.patients + args.patients // 10 + 1, seed=args.seed)
+        known, unknown = everyone[: args.patients], everyone[args.patients :]
+        _log(f"population: {len(known)} patients with a potassium result")
+        t0 = time.perf_counter()
+        failed = asyncio.run(_post_population(gateway, post_token, known))
+        deadline = time.monotonic() + max(120.0, args.patients / 20)
+        results = 0.0
+        while time.monotonic() < deadline:
+            results = _metric(f"{recognition}/metrics", "mrhub_recognition_results_total")
+            if results >= len(known):
+                break
+            time.sleep(1)
+        report["population"] = {
+            "patients": len(known),
+            "failed_batches": failed,
+            "results_held": int(results),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        _log(f"check load: {args.rate:g} requests/s for {args.seconds:g} s")
+        report["check"] = asyncio.run(
+            _check_load(recognition, ask_token, known, unknown, args.rate, args.seconds)
+        )
+        report["check"]["ratio_to_baseline"] = round(
+            report["check"]["achieved_rps"] / report["baseline"]["decisions_per_s"], 4
+        )
+        _log(f"orders: {args.orders} at {args.order_rate:g}/s")
+        traces = asyncio.run(_post_orders(gateway, ask_token, known, args.orders, args.order_rate))
+        lat = _decision_latencies(bootstrap, traces, timeout_s=120)
+        report["order_to_decision"] = {
+            "orders": args.orders,
+            "accepted": len(traces),
+            "decided": len(lat),
+            "rate_per_s": args.order_rate,
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p99_ms": _ms(percentile(lat, 99)),
+            "max_ms": _ms(lat[-1] if lat else None),
+        }
+        report["goals"] = {
+            "check_p99_le_20ms_at_500rps": bool(
+                args.rate >= 500
+                and report["check"]["p99_ms"] is not None
+                and report["check"]["p99_ms"] <= 20
+            ),
+            "order_to_decision_p99_le_1s": bool(
+                report["order_to_decision"]["p99_ms"] is not None
+                and report["order_to_decision"]["p99_ms"] <= 1000
+            ),
+        }
+        return report
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    c, o, p = r["check"], r["order_to_decision"], r["population"]
+    return "\n".join(
+        [
+            f"mrhub bench check — {r['cpu_count']} CPUs, {r['processes']}",
+            f"  population: {p['patients']:,} patients, {p['results_held']:,} results held "
+            f"({p['seconds']} s to load)",
+            f"  baseline (pure decide, this process): {r['baseline']['decisions_per_s']:,} /s",
+            f"  check at {c['target_rps']:g}/s for {c['seconds']:g} s: achieved "
+            f"{c['achieved_rps']:,}/s, p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, "
+            f"max {c['max_ms']} ms; statuses {c['statuses']}; outcomes {c['outcomes']}",
+            f"  check rate / baseline: {c['ratio_to_baseline']}",
+            f"  order → decision at {o['rate_per_s']:g}/s: {o['decided']}/{o['accepted']} "
+            f"decided, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, max {o['max_ms']} ms",
+            f"  goals: check p99 ≤ 20 ms at 500/s: "
+            f"{'met' if r['goals']['check_p99_le_20ms_at_500rps'] else 'NOT met'}; "
+            f"order → decision p99 ≤ 1 s: "
+            f"{'met' if r['goals']['order_to_decision_p99_le_1s'] else 'NOT met'}",
+        ]
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    report = run(settings, args)
+    if args.json:
+        print(simplejson.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+    return 0
