@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from services.common.broker import free_port
 from services.common.envelope import Envelope
-from services.common.identifiers import OUTPATIENT_NO_SYSTEM
+from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
@@ -737,6 +738,50 @@ def test_the_steward_api_refuses_bad_requests_and_other_credentials(hub: Hub) ->
     assert bad_card not in resp.text
     assert steward(hub, "GET", "/patients/" + "MP" + "9" * 24).status_code == 404
     assert steward(hub, "GET", "/reviews", token=None).status_code == 401
+
+
+def test_other_services_resolve_any_identifier_to_the_surviving_master(hub: Hub) -> None:
+    """``/internal/resolve``, as the recognition check and the imaging search use it."""
+    from pydantic import SecretStr
+
+    from services.common.patient_lookup import internal_token
+    from services.common.settings import IdentitySettings, Settings
+
+    settings = Settings(identity=IdentitySettings(hmac_key=SecretStr("test-hmac-key")))
+    service = internal_token(settings)
+
+    def resolve(patient: str, institution: str = "", token: str | None = service) -> Any:
+        return steward(
+            hub,
+            "GET",
+            f"/internal/resolve?{urlencode({'patient': patient, 'institution': institution})}",
+            token=token,
+        )
+
+    a, b, _ = hub.tokens
+    card_x, card_y = new_card(), new_card()
+    mx = master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x))))
+    my = master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y))))
+    got = resolve(f"{ID_CARD_SYSTEM}|{card_y}")
+    assert got.status_code == 200, got.text
+    assert got.json() == {"master_patient_id": my, "grade": "certain"}
+    assert resolve(card_y).json()["master_patient_id"] == my  # a bare 身份证
+    assert resolve(my).json()["master_patient_id"] == my  # a master id
+
+    cmd = command(hub, "/patients/$merge", {"source": my, "target": mx, "reason": "same"})
+    steward_events(hub, cmd, "merged")
+    for name in (f"{ID_CARD_SYSTEM}|{card_y}", card_y, my):
+        assert resolve(name).json()["master_patient_id"] == mx, name  # merges followed
+
+    unknown = new_card()
+    assert resolve(unknown).status_code == 404
+    bad = card_x[:-1] + ("0" if card_x[-1] != "0" else "1")
+    assert resolve(bad).status_code == 422
+    assert resolve("").status_code == 400
+    assert resolve(card_x, token="hospital-token").status_code == 401
+    # the internal token reads; it never commands
+    refused = steward(hub, "POST", "/patients/$unmerge", {"source": my}, token=service)
+    assert refused.status_code == 401
 
 
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies(
