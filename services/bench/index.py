@@ -85,7 +85,6 @@ from typing import Any, Final
 
 import httpx
 import simplejson
-from aiokafka.partitioner import murmur2
 
 from services.bench.ingest import (
     ID_CARD_REGIONS,
@@ -106,7 +105,13 @@ from services.common.identifiers import (
     keyed_hash,
 )
 from services.common.settings import Settings
-from services.common.topics import ALL_TOPICS, RESOURCE_ACCEPTED, RESULT_INDEXED, TopicSpec
+from services.common.topics import (
+    ALL_TOPICS,
+    RESOURCE_ACCEPTED,
+    RESULT_INDEXED,
+    TopicSpec,
+    partition_for,
+)
 from services.ingest.validation import business_id
 from services.ingest.views import EVENT_TYPE, patient_identifiers
 from services.patient_index.app import BLOCK_LIMIT, SERVICE
@@ -143,12 +148,6 @@ _GIVEN: Final = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚
 def changelog_topic(table: str) -> str:
     """The changelog topic faust keeps for one of the patient index's tables."""
     return f"{APP_ID}-{table}-changelog"
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
-    that faust's producer uses) gives ``key`` on a topic of ``partitions`` partitions."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 def dumps(doc: Any) -> bytes:

@@ -90,3 +90,11 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     ACCESS_RECORDED,
     *(dead_letter(s) for s in CONSUMING_SERVICES),
 )
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
+    that faust's producer and the gateway use) gives ``key`` on a topic of ``partitions``."""
+    from aiokafka.partitioner import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)

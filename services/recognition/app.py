@@ -47,7 +47,13 @@ from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
-from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
+from services.common.topics import (
+    DECISION_MADE,
+    ORDER_PLACED,
+    RESULT_INDEXED,
+    dead_letter,
+    partition_for,
+)
 from services.recognition import web
 from services.recognition.catalog import CatalogSet, load_catalogs
 from services.recognition.decision import (
@@ -67,6 +73,8 @@ DECIDED_STATUSES = frozenset({"active", "draft", "on-hold"})
 #: Decided orders kept per patient for re-evaluation: the most recent ones, none older.
 KEEP_ORDERS = 50
 KEEP_ORDERS_FOR = timedelta(days=90)
+#: How often a worker looks whether the catalogue versions in force changed.
+CATALOGUE_WATCH_S = 10.0
 #: Seconds buckets from gateway receipt to a decision, and of a synchronous check.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -199,6 +207,15 @@ def create_app(
     )
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
+    web_ctx = web.Context(
+        app=app,
+        settings=settings,
+        registry=registry,
+        catalogs=catalogs,
+        known=known,
+        metrics=metrics,
+        clock=clock,
+    )
     emit = stages.emit
 
     def patient_results(key: bytes) -> dict[str, Any]:
@@ -267,6 +284,7 @@ def create_app(
             "revision": body["revision"],
             "decided_at": decision.decided_at.isoformat(),
             "matches": [m.record_id for m in decision.matches],
+            "catalog_version": decision.catalog_version,
             "fingerprint": fingerprint(decision),
             "trace_id": trace_id,
         }
@@ -323,10 +341,44 @@ def create_app(
             forget = {"kind": "result", "record_id": rid}
             await emit(event, forget_topic, str(previous).encode(), _dumps(forget))
 
+    async def on_catalogue_check(event: Any) -> None:
+        """Re-issue the kept decisions of this partition's patients that were made with
+        another catalogue version than the one now in force for the ordering institution."""
+        partition = event.message.partition
+        now = clock()
+        for key, raw in list(decided.items()):
+            if partition_for(key, settings.topic_partitions) != partition:
+                continue
+            orders = dict(_loads(raw))
+            changed = False
+            for order_id, entry in orders.items():
+                order = Order.model_validate(entry["order"])
+                orderer = registry.get(order.institution)
+                catalog = catalogs.catalog_for(orderer.region_code, now) if orderer else None
+                if catalog is None or entry.get("catalog_version") == catalog.version:
+                    continue
+                decision = decide_now(key, order, patient_results(key))
+                kept = await publish(
+                    event,
+                    key,
+                    decision,
+                    trace_id=entry.get("trace_id") or uuid.uuid4().hex,
+                    received_at=None,
+                    previous=entry,
+                    cause="catalogue-changed",
+                )
+                orders[order_id] = {**kept, "order": entry["order"]}
+                changed = True
+            if changed:
+                decided[key] = _dumps(orders)
+
     async def on_forget(event: Any, key: bytes | None, value: bytes) -> None:
+        doc = _loads(value)
+        if isinstance(doc, dict) and doc.get("kind") == "catalogue-check":
+            await on_catalogue_check(event)
+            return
         if key is None:
             raise ValueError("forget without a master patient id key")
-        doc = _loads(value)
         if isinstance(doc, str):  # written by an earlier version: a result's record id
             doc = {"kind": "result", "record_id": doc}
         if doc["kind"] == "order":
@@ -375,20 +427,33 @@ def create_app(
         orders[order_id] = {**kept, "order": payload}
         decided[key] = _dumps(keep_recent(orders, clock()))
 
+    in_force: dict[str, tuple[str, ...]] = {}
+
+    async def catalogue_watch() -> None:
+        """When the set of catalogue versions in force changes (a new version's first day,
+        or a worker starting with new files), ask each partition this worker holds to
+        re-check its kept decisions: one message per partition on the internal topic, so
+        the check runs in order with everything else that partition does."""
+        versions = tuple(sorted(c.version for c in catalogs.in_force(clock())))
+        producer = web_ctx.producer
+        if versions == in_force.get("seen") or producer is None or app.rebalancing:
+            return
+        name = forget_topic.get_topic_name()
+        mine = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name)
+        if not mine:
+            return
+        for partition in mine:
+            await producer.send_and_wait(
+                name, _dumps({"kind": "catalogue-check"}), key=b"catalogue", partition=partition
+            )
+        in_force["seen"] = versions
+
+    timer: Any = app.timer  # faust's decorator is untyped
+    timer(interval=CATALOGUE_WATCH_S)(catalogue_watch)
     stages.agent(results_topic, "results", on_result)
     stages.agent(forget_topic, "forget", on_forget)
     stages.agent(orders_topic, "orders", on_order)
     add_service_pages(app, metrics.registry)
-    web.install(
-        web.Context(
-            app=app,
-            settings=settings,
-            registry=registry,
-            catalogs=catalogs,
-            known=known,
-            metrics=metrics,
-            clock=clock,
-        )
-    )
+    web.install(web_ctx)
 
     return app

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class Hub:
     recognition_port: int
     tokens: dict[str, str]
     registry: Path
+    procs: dict[str, subprocess.Popen[bytes]]
+    env: dict[str, str]
+    tmp: Path
 
     @property
     def recognition(self) -> str:
@@ -137,7 +141,14 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         for name, port in ports.items():
             wait_ready(f"http://127.0.0.1:{port}/readyz", procs[name], tmp / f"{name}.log")
         yield Hub(
-            bootstrap, f"http://127.0.0.1:{ports['ingest']}", ports["recognition"], tokens, registry
+            bootstrap,
+            f"http://127.0.0.1:{ports['ingest']}",
+            ports["recognition"],
+            tokens,
+            registry,
+            procs,
+            env,
+            tmp,
         )
     finally:
         for proc in procs.values():
@@ -517,3 +528,49 @@ def test_mrhub_report_prints_recognitions_and_savings_per_region(hub: Hub) -> No
     assert lab["orders"] > lab["recognisable"] >= 2  # K and CBC recognised; others not
     assert rows[("140200", "lab")]["not_recognisable_by_reason"]["scope-not-satisfied"] >= 1
     assert doc["saving_yuan"] == sum(r["saving_yuan"] for r in doc["rows"])
+
+
+# the last test: it restarts the recognition worker
+def test_a_new_catalogue_version_reissues_the_decisions_made_with_the_old_one(hub: Hub) -> None:
+    from services.recognition.catalog import CHINA_TZ
+
+    card = _card()
+    before = _metric(hub, "mrhub_recognition_results_total")
+    hub.post(A2, "/fhir/Observation", _cbc(A2, card, datetime.now(UTC) - timedelta(hours=1)))
+    _known_after(hub, before, 1)
+    resp = hub.post(B, "/fhir/ServiceRequest", _ordered(B, card, LOINC, CBC_LOINC))
+    trace = resp.headers["X-Trace-Id"]
+    first = hub.decision(trace)
+    assert (first["catalog_version"], first["outcome"]) == ("shanxi-v1", "recognisable")
+
+    # the province publishes v2 from today (China time); v1 ends yesterday
+    today = datetime.now(CHINA_TZ).date()
+    catalogs = hub.tmp / "catalog-v2"
+    catalogs.mkdir()
+    v1 = (REPO / "config" / "catalog" / "shanxi-v1.yaml").read_text(encoding="utf-8")
+    ended = v1.replace("effective_to: null", f"effective_to: {today - timedelta(days=1)}")
+    assert ended != v1
+    (catalogs / "shanxi-v1.yaml").write_text(ended, encoding="utf-8")
+    v2 = v1.replace("version: shanxi-v1", "version: shanxi-v2").replace(
+        "effective_from: 2026-01-01", f"effective_from: {today}"
+    )
+    (catalogs / "shanxi-v2.yaml").write_text(v2, encoding="utf-8")
+
+    stop_process(hub.procs["recognition"])
+    env = {**hub.env, "MRHUB_RECOGNITION__CATALOG_PATH": str(catalogs)}
+    log = hub.tmp / "recognition-v2.log"
+    hub.procs["recognition"] = run_module(["-m", "services.cli", "serve", "recognition"], env, log)
+    wait_ready(f"{hub.recognition}/readyz", hub.procs["recognition"], log)
+
+    deadline = time.monotonic() + 90
+    while not [d for d in hub.decisions_for(trace) if d["reissue"]]:
+        assert time.monotonic() < deadline, "the decision was not re-issued under v2"
+        time.sleep(1)
+    [again] = [d for d in hub.decisions_for(trace) if d["reissue"]]
+    assert again["catalog_version"] == "shanxi-v2"
+    assert again["reevaluation_cause"] == "catalogue-changed"
+    assert again["supersedes"] == first["decision_id"]
+    assert again["outcome"] == "recognisable"
+    # a check now answers with the version in force
+    body = hub.check(B, f"{CARD_SYSTEM}|{card}", f"{LOINC}|{CBC_LOINC}").json()
+    assert body["catalog_version"] == "shanxi-v2"
