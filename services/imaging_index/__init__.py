@@ -1,1 +1,4 @@
-"""Imaging index: studies by patient, FHIR and DICOMweb search (not written yet)."""
+"""Imaging index: every hospital's studies of a patient, over FHIR and DICOMweb.
+
+See docs/imaging.md.
+"""

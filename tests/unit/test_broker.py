@@ -76,4 +76,4 @@ def test_up_starts_only_services_whose_code_exists() -> None:
     assert ServiceSpec("ingest", "services.ingest").exists()
     assert not ServiceSpec("nothing", "services.no_such_service").exists()
     assert ServiceSpec("recognition", "services.recognition").exists()
-    assert not ServiceSpec("imaging", "services.imaging_index").exists()  # package, no main yet
+    assert ServiceSpec("imaging", "services.imaging_index").exists()

@@ -1,0 +1,360 @@
+"""The read routes of the imaging index (port 8082).
+
+- ``GET /fhir/ImagingStudy?patient=…`` → FHIR R4 searchset ``Bundle``;
+- ``GET /dicom-web/studies?PatientID=…`` → QIDO-RS, DICOM JSON.
+
+Each request: (1) authenticate the institution by its bearer token (401 otherwise);
+(2) read the parameters (400); (3) resolve the patient — a master patient id as is, any
+other form through the patient index (422 for an identifier that cannot name anybody, 503
+when the patient index does not answer); (4) forward to the worker that owns the master's
+partition of the ``patients`` table, with the master id in place of the identifier (so the
+identifier travels once, and the paging links carry only the master id); (5) there, keep the
+studies the reader's scope allows (:func:`services.common.institutions.may_read`, per
+posting institution), write the audit record (``acks=all``; 503 if it cannot be written)
+and only then answer.
+
+Errors are FHIR ``OperationOutcome`` on both routes. Nothing here logs the patient
+parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import aiohttp
+import faust
+from aiohttp.web import Request, Response
+from aiokafka import AIOKafkaProducer
+from faust.web import View
+from multidict import MultiDict
+
+from services.common.audit import access_event
+from services.common.envelope import utcnow
+from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
+from services.common.institutions import Institution, Registry, may_read
+from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_master_id
+from services.common.settings import Settings
+from services.common.stages import dumps as _dumps
+from services.common.stages import loads as _loads
+from services.common.topics import ACCESS_RECORDED
+from services.imaging_index import render, search
+from services.imaging_index.metrics import Metrics
+from services.imaging_index.search import CHINA, Query, QueryError
+from services.imaging_index.studies import Study, StudyView, view
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+Route = Literal["fhir", "qido"]
+#: The query parameters that name the patient, per route (replaced by the master id when a
+#: request is forwarded to the owner).
+_PATIENT_PARAMS: dict[Route, tuple[str, ...]] = {
+    "fhir": ("patient", "subject"),
+    "qido": ("PatientID", "00100020", "IssuerOfPatientID", "00100021"),
+}
+_ROUTE_PATH: dict[Route, str] = {"fhir": "/fhir/ImagingStudy", "qido": "/dicom-web/studies"}
+
+
+class Outbox:
+    """An ``acks=all`` idempotent producer outside the agents' transactions: audit records
+    (which must be written before an answer) and endpoint check results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+        )
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        if self.producer is None:
+            raise RuntimeError("the producer is not started")
+        await asyncio.wait_for(
+            self.producer.send_and_wait(topic, value, key=key, headers=headers),
+            timeout=self.settings.imaging.audit_timeout_s,
+        )
+
+
+@dataclass
+class Context:
+    app: faust.App
+    settings: Settings
+    registry: Registry
+    patients: Any
+    metrics: Metrics
+    outbox: Outbox
+    lookup: Callable[[], PatientLookup | None]
+    registry_base: Callable[[str], str | None]
+
+
+_REASON = {
+    400: "invalid-parameter",
+    401: "unauthenticated",
+    404: "not-found",
+    422: "unusable-identifier",
+    503: "not-ready",
+}
+
+
+def outcome(
+    status: int,
+    code: IssueCode,
+    message: str,
+    expression: str = "",
+    reason: str | None = None,
+) -> Response:
+    issue = Issue(
+        "error",
+        code,
+        message,
+        (expression,) if expression else (),
+        reason or _REASON[status],
+    )
+    return Response(body=_dumps(operation_outcome([issue])), status=status, content_type=FHIR_JSON)
+
+
+class Refused(Exception):
+    def __init__(self, response: Response, label: str) -> None:
+        super().__init__(label)
+        self.response = response
+        self.label = label
+
+
+def install(ctx: Context) -> None:
+    """Register the two routes on ``ctx.app``."""
+    app = ctx.app
+    img = ctx.settings.imaging
+
+    def reader_of(request: Request) -> Institution:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        reader = ctx.registry.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if reader is None:
+            response = outcome(401, "login", "an institution's bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="mrhub"'
+            raise Refused(response, "unauthenticated")
+        return reader
+
+    def parse(route: Route, request: Request) -> Query:
+        params = {k: request.query.getall(k) for k in request.query}
+        try:
+            if route == "fhir":
+                return search.parse_fhir(params, max_count=img.max_count)
+            return search.parse_qido(params, max_count=img.max_count)
+        except QueryError as exc:
+            raise Refused(outcome(400, "value", str(exc), exc.param), "invalid") from exc
+
+    async def master_of(query: Query, reader: Institution) -> str | None:
+        if is_master_id(query.patient):
+            return query.patient
+        lookup = ctx.lookup()
+        if lookup is None:
+            raise Refused(
+                outcome(503, "transient", "the worker is starting; try again"), "unavailable"
+            )
+        try:
+            found = await lookup.resolve(query.patient, reader.id)
+        except ValueError as exc:
+            raise Refused(outcome(422, "business-rule", str(exc), "patient"), "invalid") from exc
+        except LookupUnavailable as exc:
+            raise Refused(outcome(503, "transient", str(exc)), "unavailable") from exc
+        return found.master_patient_id if found is not None else None
+
+    async def forward(route: Route, request: Request, master: str) -> Response | None:
+        """The owner's answer, or ``None`` when this worker owns ``master``."""
+        try:
+            dest = app.router.key_store("patients", master.encode())
+        except KeyError as exc:
+            response = outcome(503, "transient", "partitions are being assigned; try again")
+            raise Refused(response, "unavailable") from exc
+        me = app.conf.canonical_url
+        if (dest.host, dest.port) == (me.host, me.port):
+            return None
+        query: MultiDict[str] = MultiDict(
+            (k, v) for k, v in request.query.items() if k not in _PATIENT_PARAMS[route]
+        )
+        query.add("patient" if route == "fhir" else "PatientID", master)
+        query["routed"] = "1"
+        url = request.url.with_host(dest.host or "").with_port(dest.port).with_query(query)
+        headers = {
+            "Authorization": request.headers.get("Authorization", ""),
+            "X-Forwarded-Host": request.headers.get("X-Forwarded-Host", request.host),
+        }
+        try:
+            async with app.http_client.get(url, headers=headers) as answer:
+                return Response(
+                    body=await answer.read(),
+                    status=answer.status,
+                    content_type=answer.content_type,
+                )
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+            response = outcome(503, "transient", "the worker that owns the patient did not answer")
+            raise Refused(response, "unavailable") from exc
+
+    def visible(reader: Institution, master: str | None) -> tuple[list[StudyView], int]:
+        """The master's studies the reader may see, and how many it may not."""
+        if master is None:
+            return [], 0
+        raw = ctx.patients.get(master.encode())
+        if not raw:
+            return [], 0
+        today = datetime.now(CHINA).date()
+
+        def may_see(institution: str) -> bool:
+            if institution == reader.id:
+                return True
+            performer = ctx.registry.get(institution)
+            return performer is not None and may_read(
+                reader, performer, category="imaging", on=today
+            )
+
+        shown: list[StudyView] = []
+        hidden = 0
+        for doc in _loads(raw).values():
+            v = view(Study.model_validate(doc), may_see=may_see, registry_base=ctx.registry_base)
+            if v is None:
+                hidden += 1
+            else:
+                shown.append(v)
+        return shown, hidden
+
+    async def audit(
+        route: Route,
+        reader: Institution,
+        master: str | None,
+        page: list[StudyView],
+        gist: str,
+        query: Query,
+        request: Request,
+    ) -> None:
+        env = access_event(
+            reader=reader.id,
+            route=f"GET {_ROUTE_PATH[route]}",
+            purpose="imaging-search",
+            master_patient_id=master,
+            shown_institutions={i for s in page for i in s.institutions},
+            items=len(page),
+            outcome=gist,
+            query=query.described(),
+            trace_id=request.headers.get("X-Trace-Id") or None,
+        )
+        try:
+            await ctx.outbox.send(
+                ACCESS_RECORDED.name, reader.id.encode(), env.to_bytes(), env.headers()
+            )
+        except Exception as exc:
+            log.warning("audit record not written", extra={"error": type(exc).__name__})
+            response = outcome(
+                503,
+                "transient",
+                "the read could not be recorded, so it is not answered; try again",
+                reason="kafka-unavailable",
+            )
+            raise Refused(response, "unavailable") from exc
+
+    def base_url(request: Request) -> str:
+        host = request.headers.get("X-Forwarded-Host") if request.query.get("routed") else None
+        return f"{request.scheme}://{host or request.host}"
+
+    async def answer(route: Route, request: Request) -> Response:
+        reader = reader_of(request)
+        query = parse(route, request)
+        routed = request.query.get("routed") == "1"
+        master = query.patient if routed and is_master_id(query.patient) else None
+        if master is None:
+            master = await master_of(query, reader)
+        if master is not None and not routed:
+            forwarded = await forward(route, request, master)
+            if forwarded is not None:
+                return forwarded
+        shown, hidden = visible(reader, master)
+        found = search.select(shown, query)
+        page = found[query.offset : query.offset + query.count]
+        if master is None:
+            gist = "unknown-patient"
+        elif found:
+            gist = "found"
+        else:
+            gist = "out-of-scope" if hidden and not shown else "none"
+        await audit(route, reader, master, page, gist, query, request)
+        ctx.metrics.queries.labels(route, "found" if page else gist).inc()
+        if route == "qido":
+            body = [render.qido_study(s) for s in page]
+            return Response(body=_dumps(body), content_type=DICOM_JSON)
+        base = base_url(request)
+        links = _links(base, query, master, len(found))
+        bundle = render.searchset(
+            page, total=len(found), base_url=base, links=links, timestamp=utcnow()
+        )
+        return Response(body=_dumps(bundle), content_type=FHIR_JSON)
+
+    def handler(route: Route) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            try:
+                return await answer(route, request)
+            except Refused as refused:
+                ctx.metrics.queries.labels(route, refused.label).inc()
+                return refused.response
+
+        return handle
+
+    fhir_handle, qido_handle = handler("fhir"), handler("qido")
+
+    class ImagingStudySearch(View):
+        async def get(self, request: Request) -> Response:
+            return await fhir_handle(request)
+
+    class QidoStudies(View):
+        async def get(self, request: Request) -> Response:
+            return await qido_handle(request)
+
+    app.page("/fhir/ImagingStudy")(ImagingStudySearch)
+    app.page("/dicom-web/studies")(QidoStudies)
+
+
+def _links(base: str, query: Query, master: str | None, total: int) -> dict[str, str]:
+    """``self`` and, where there are more, ``next`` / ``previous``: with the master id as the
+    patient (never the identifier the caller gave); none for a patient nobody knows."""
+    if master is None:
+        return {}
+    patient: str = master
+
+    def url(offset: int) -> str:
+        params: MultiDict[str] = MultiDict()
+        params.add("patient", patient)
+        for m in sorted(query.modalities):
+            params.add("modality", m)
+        for lo, hi in query.started:
+            if lo is not None:
+                params.add("started", "ge" + lo.isoformat())
+            if hi is not None:
+                params.add("started", "lt" + hi.isoformat())
+        if query.study_uid:
+            params.add("identifier", f"urn:dicom:uid|urn:oid:{query.study_uid}")
+        params.add("_count", str(query.count))
+        params.add("_offset", str(offset))
+        return f"{base}/fhir/ImagingStudy?{urlencode(list(params.items()))}"
+
+    links = {"self": url(query.offset)}
+    if query.offset + query.count < total:
+        links["next"] = url(query.offset + query.count)
+    if query.offset > 0:
+        links["previous"] = url(max(0, query.offset - query.count))
+    return links

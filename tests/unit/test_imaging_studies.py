@@ -1,0 +1,229 @@
+"""The imaging index's study state: one study per UID whoever posts it, moves between
+patients, reports, retractions, scope — named by what a reader of the index would see."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.imaging_index.studies import (
+    Study,
+    apply_check,
+    apply_record,
+    dicomweb_base,
+    study_key,
+    summary,
+    view,
+)
+
+UID = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
+HOSPITAL = "12140107405412652L"
+CLOUD = "12140100405128360L"
+M1, M2 = "MP" + "1" * 24, "MP" + "2" * 24
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+REGISTRY = {HOSPITAL: "http://pacs.hospital.example/dicom-web/", CLOUD: None}
+
+
+def study_payload(
+    institution: str = HOSPITAL,
+    *,
+    master: str = M1,
+    change: str = "new",
+    endpoints: tuple[str, ...] = ("http://pacs.hospital.example/dicom-web",),
+    modalities: tuple[str, ...] = ("CT",),
+    instances: int = 4,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "change": change,
+        "kind": "result",
+        "record_id": "a" * 32,
+        "master_patient_id": master,
+        "institution": institution,
+        "resource_type": "ImagingStudy",
+        "category": "imaging",
+        "codes": [
+            {
+                "system": "http://dicom.nema.org/resources/ontology/DCM",
+                "code": "CT",
+                "display": None,
+            },
+            {"system": "urn:oid:local", "code": "210300001", "display": "胸部CT平扫"},
+        ],
+        "imaging": {
+            "study_uid": UID,
+            "modalities": list(modalities),
+            "body_sites": [{"system": None, "code": "CHEST", "display": "CHEST"}],
+            "contrast": False,
+            "series_count": 2,
+            "instance_count": instances,
+            "endpoints": list(endpoints),
+        },
+        "status": "available",
+        "performed_at": "2026-11-20T08:30:00+08:00",
+        "source": {"event_id": "e1", "resource_id": None, "received_at": None},
+        **extra,
+    }
+
+
+def report_payload(*, master: str = M1, change: str = "new") -> dict[str, Any]:
+    doc = study_payload(master=master, change=change)
+    doc.update(record_id="b" * 32, resource_type="DiagnosticReport", status="final")
+    doc["issued_at"] = "2026-11-20T10:00:00+08:00"
+    return doc
+
+
+def fold(*payloads: dict[str, Any]) -> Study:
+    study = None
+    for n, p in enumerate(payloads):
+        study = apply_record(study, p, T0 + timedelta(seconds=n)).study
+    assert study is not None
+    return study
+
+
+def everyone(_: str) -> bool:
+    return True
+
+
+def base(inst: str) -> str | None:
+    return REGISTRY.get(inst)
+
+
+def test_a_new_study_is_listed_under_its_patient_with_the_posted_endpoint() -> None:
+    applied = apply_record(None, study_payload(), T0)
+    assert (applied.change, applied.put, applied.drop) == ("new", M1, None)
+    shown = view(applied.study, may_see=everyone, registry_base=base)
+    assert shown is not None
+    assert [e.url for e in shown.endpoints] == ["http://pacs.hospital.example/dicom-web"]
+    assert shown.endpoints[0].retrieve_url(UID).endswith(f"/studies/{UID}")
+    assert shown.description == "胸部CT平扫"
+    assert shown.modalities == ("CT",)
+
+
+def test_the_same_study_from_the_hospital_and_the_cloud_is_one_study_with_both_endpoints() -> None:
+    first = apply_record(None, study_payload(), T0)
+    second = apply_record(
+        first.study,
+        study_payload(CLOUD, change="update", endpoints=("http://cloud.example/dicomweb/",)),
+        T0 + timedelta(seconds=1),
+    )
+    assert second.merged and second.change == "update"
+    assert second.new_endpoints == ("http://cloud.example/dicomweb",)
+    shown = view(second.study, may_see=everyone, registry_base=base)
+    assert shown is not None
+    assert [e.url for e in shown.endpoints] == [
+        "http://pacs.hospital.example/dicom-web",
+        "http://cloud.example/dicomweb",
+    ]
+    assert shown.institutions == (HOSPITAL, CLOUD)
+
+
+def test_a_resend_changes_nothing_a_reader_would_see() -> None:
+    study = fold(study_payload())
+    again = apply_record(study, study_payload(), T0 + timedelta(minutes=1))
+    assert again.change is None and not again.merged
+
+
+def test_a_study_that_moves_to_another_master_leaves_the_old_one() -> None:
+    study = fold(study_payload())
+    moved = apply_record(
+        study,
+        study_payload(master=M2, change="update", previous_master_patient_id=M1),
+        T0 + timedelta(seconds=5),
+    )
+    assert (moved.change, moved.put, moved.drop) == ("update", M2, M1)
+    assert moved.previous_master_patient_id == M1
+
+
+def test_an_older_version_arriving_after_a_move_is_ignored() -> None:
+    study = fold(study_payload(), study_payload(master=M2, change="update"))
+    late = apply_record(study, study_payload(master=M1), T0 - timedelta(seconds=1))
+    assert late.stale and late.study.master_patient_id == M2
+
+
+def test_a_retraction_withdraws_the_whole_study_and_a_new_post_brings_it_back() -> None:
+    study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    gone = apply_record(study, study_payload(change="retraction"), T0 + timedelta(seconds=5))
+    assert (gone.change, gone.drop, gone.put) == ("retraction", M1, None)
+    assert view(gone.study, may_see=everyone, registry_base=base) is None
+    assert summary(gone.study, base)["status"] == "entered-in-error"
+    back = apply_record(gone.study, study_payload(), T0 + timedelta(seconds=6))
+    assert back.change == "new"
+
+
+def test_a_report_is_attached_and_a_report_alone_lists_nothing() -> None:
+    alone = apply_record(None, report_payload(), T0)
+    assert alone.change is None and alone.put is None
+    study = apply_record(alone.study, study_payload(), T0 + timedelta(seconds=1)).study
+    shown = view(study, may_see=everyone, registry_base=base)
+    assert shown is not None and shown.report is not None
+    assert shown.report.status == "final"
+    retracted = apply_record(study, report_payload(change="retraction"), T0 + timedelta(seconds=2))
+    assert retracted.change == "update" and retracted.study.report is None
+
+
+def test_without_a_posted_url_the_institution_s_configured_dicomweb_base_is_used() -> None:
+    study = fold(study_payload(endpoints=("Endpoint/123",)))
+    shown = view(study, may_see=everyone, registry_base=base)
+    assert shown is not None
+    [ep] = shown.endpoints
+    assert (ep.url, ep.origin) == ("http://pacs.hospital.example/dicom-web", "registry")
+    nothing = fold(study_payload(CLOUD, endpoints=()))
+    shown = view(nothing, may_see=everyone, registry_base=base)
+    assert shown is not None and shown.endpoints == ()
+
+
+def test_a_reader_sees_only_the_copies_its_scope_allows() -> None:
+    study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    only_cloud = view(study, may_see=lambda i: i == CLOUD, registry_base=base)
+    assert only_cloud is not None
+    assert [e.url for e in only_cloud.endpoints] == ["http://cloud.example"]
+    assert only_cloud.institutions == (CLOUD,)
+    assert view(study, may_see=lambda _: False, registry_base=base) is None
+
+
+def test_a_checked_endpoint_that_holds_the_study_comes_first() -> None:
+    study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    checked = apply_check(study, "http://pacs.hospital.example/dicom-web", "unreachable", T0)
+    checked = apply_check(checked.study, "http://cloud.example", "available", T0)
+    assert checked.change == "update"
+    shown = view(checked.study, may_see=everyone, registry_base=base)
+    assert shown is not None
+    assert [(e.url, e.status) for e in shown.endpoints] == [
+        ("http://cloud.example", "available"),
+        ("http://pacs.hospital.example/dicom-web", "unreachable"),
+    ]
+    again = apply_check(checked.study, "http://cloud.example", "available", T0 + timedelta(1))
+    assert again.change is None
+
+
+def test_the_study_key_hides_the_uid_and_endpoint_addresses_are_normalised() -> None:
+    assert len(study_key(UID)) == 32 and UID not in study_key(UID)
+    assert dicomweb_base(f"http://x/dicom-web/studies/{UID}") == "http://x/dicom-web"
+    assert dicomweb_base("http://x/dicom-web/studies/") == "http://x/dicom-web"
+    assert dicomweb_base("urn:uuid:1234") is None
+
+
+def test_records_that_are_not_imaging_studies_are_refused() -> None:
+    lab = study_payload()
+    lab["category"] = "lab"
+    with pytest.raises(ValueError, match="not an imaging study"):
+        apply_record(None, lab, T0)
+
+
+def test_study_indexed_payloads_follow_the_published_schema() -> None:
+    import json
+
+    import jsonschema
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "docs/schemas/study-indexed.v1.json").read_text("utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    with_report = apply_record(study, report_payload(), T0 + timedelta(seconds=9)).study
+    gone = apply_record(with_report, study_payload(change="retraction"), T0 + timedelta(1)).study
+    for s, change in ((study, "new"), (with_report, "update"), (gone, "retraction")):
+        validator.validate({"change": change, **summary(s, base)})
