@@ -7,16 +7,75 @@ an ``env_prefix`` that nothing sets by accident.
 
 from __future__ import annotations
 
+import socket
+import weakref
 from typing import Any
 
 import faust
+from faust.sensors import Sensor
 
+from services.common import lag
 from services.common.errors import ConfigError
+from services.common.logging import dict_config
+from services.common.metrics import WorkerMetrics
 from services.common.settings import Settings
 
 #: faust reads its own settings from variables with this prefix only (none are documented
 #: as supported; the hub's configuration is ``MRHUB_*`` through ``Settings``).
 FAUST_ENV_PREFIX = "MRHUB_FAUST_"
+
+
+_WORKER_METRICS: weakref.WeakKeyDictionary[faust.App, WorkerMetrics] = weakref.WeakKeyDictionary()
+
+
+def worker_metrics(app: faust.App) -> WorkerMetrics | None:
+    """The common worker metrics of an app ``make_app`` built (None for any other app)."""
+    return _WORKER_METRICS.get(app)
+
+
+class ProduceErrorCounter(Sensor):
+    """Counts failed sends faust makes itself (table changelogs, ``Topic.send``)."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def on_send_initiated(
+        self, producer: Any, topic: str, message: Any, keysize: int, valsize: int
+    ) -> Any:
+        return topic
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self.metrics.produce_error(str(state))
+
+
+def _instrument(app: faust.App, service: str) -> None:
+    """Lag sampling, produce errors and recovery state for ``add_service_pages`` to show."""
+    metrics = WorkerMetrics(service)
+    _WORKER_METRICS[app] = metrics
+    app.sensors.add(ProduceErrorCounter(metrics))
+    lag.install(app, metrics.lag)
+
+    def recovering() -> float:
+        tables: Any = app.tables  # faust's type hints omit the recovery service
+        return float(app.rebalancing or not tables.recovery.completed.is_set())
+
+    def remaining() -> float:
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        try:
+            return float(recovery.active_remaining_total()) if recovery.in_recovery else 0.0
+        except Exception:  # offsets not known yet for some partition
+            return 0.0
+
+    metrics.watch_recovery(recovering, remaining)
+
+
+def advertised_host(bind: str) -> str:
+    """The name other workers reach this one by (faust forwards a table read to the worker
+    that owns the key at ``http://<web_host>:<port>``): the bind address itself, or this
+    machine's fully qualified name when it binds every interface — in a Kubernetes
+    StatefulSet, ``<pod>.<headless service>.<namespace>.svc.cluster.local``."""
+    return socket.getfqdn() if bind in ("0.0.0.0", "::", "") else bind  # noqa: S104
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -43,7 +102,7 @@ def make_app(
         "store": "rocksdb://",
         "datadir": str(datadir),
         "web_enabled": True,
-        "web_host": web_host,
+        "web_host": advertised_host(web_host),
         "web_bind": web_host,
         "web_port": web_port,
         "producer_acks": -1,
@@ -62,7 +121,9 @@ def make_app(
         # a dead worker's partitions move after 10 s, not faust's default 60 s
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 3.0,
-        "broker_commit_interval": 1.0,
+        # each stage's output is visible downstream (read_committed) only once its
+        # transaction commits: end-to-end latency grows by about this much per hop
+        "broker_commit_interval": settings.kafka.commit_interval_s,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.kafka.replication_factor,
         "table_standby_replicas": 0 if settings.kafka.replication_factor == 1 else 1,
@@ -70,9 +131,12 @@ def make_app(
         # reaches the agent and is dead-lettered instead of crashing it before it can.
         "key_serializer": "raw",
         "value_serializer": "raw",
-        "logging_config": None,
+        # the worker configures logging from this: JSON lines on stderr with trace ids
+        "logging_config": dict_config(settings.log_level, settings.log_format),
         "worker_redirect_stdouts": False,
     }
     options.update(overrides)
     app_id = f"mrhub-{service.replace('_', '-')}"
-    return faust.App(app_id, **options)
+    app = faust.App(app_id, **options)
+    _instrument(app, service)
+    return app

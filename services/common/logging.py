@@ -1,15 +1,46 @@
 """Structured logging: JSON lines in production, readable lines on a terminal.
 
-Log ids and Kafka coordinates, never payloads, names or identity numbers.
+Log ids and Kafka coordinates, never payloads, names or identity numbers. Every line written
+while a request or a Kafka message is being handled carries that work's ``trace_id`` (the id
+the gateway gave the request, which travels in the ``trace_id`` Kafka header): set it with
+:func:`trace` around the work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+#: The trace id of the request or message being handled in this task, if any.
+current_trace_id: ContextVar[str | None] = ContextVar("mrhub_trace_id", default=None)
+
+
+@contextlib.contextmanager
+def trace(trace_id: str | None) -> Iterator[None]:
+    """Log lines inside the block carry ``trace_id`` (nothing changes when it is None)."""
+    token = current_trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        current_trace_id.reset(token)
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds the current ``trace_id`` to every record that does not name one itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            trace_id = current_trace_id.get()
+            if trace_id is not None:
+                record.trace_id = trace_id
+        return True
+
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -45,11 +76,39 @@ class ConsoleFormatter(logging.Formatter):
         return base
 
 
+#: Libraries whose INFO lines say nothing an operator needs.
+NOISY_LOGGERS = ("aiokafka", "kafka")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def dict_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
+    """What :func:`setup_logging` does, as a ``logging.config.dictConfig`` document: faust's
+    worker configures logging itself from the app's ``logging_config``."""
+    quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
+    formatter = JsonFormatter if fmt == "json" else ConsoleFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"mrhub": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "filters": {"trace": {"()": f"{__name__}.TraceIdFilter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "mrhub",
+                "filters": ["trace"],
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {name: {"level": quiet} for name in NOISY_LOGGERS},
+    }

@@ -6,6 +6,7 @@ Services keep their own decision logic; this module only wires it to faust.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import traceback
@@ -16,6 +17,8 @@ import faust
 import simplejson
 from prometheus_client import CollectorRegistry
 
+from services.common.faust_app import worker_metrics
+from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 
 log = logging.getLogger(__name__)
@@ -72,20 +75,44 @@ class Stages:
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        await self.app.producer.send(
-            topic.get_topic_name(),
-            key,
-            value,
-            None,
-            None,
-            headers or [],
-            transactional_id=self.source_transaction(event),
-        )
+        """Send within the source partition's transaction. The source message's
+        ``trace_id`` header goes along unless ``headers`` name one."""
+        headers = list(headers or [])
+        trace_id = _trace_id(event)
+        if trace_id is not None and not any(k == "trace_id" for k, _ in headers):
+            headers.append(("trace_id", trace_id.encode()))
+        name = topic.get_topic_name()
+        metrics = worker_metrics(self.app)
+        try:
+            fut = await self.app.producer.send(
+                name,
+                key,
+                value,
+                None,
+                None,
+                headers,
+                transactional_id=self.source_transaction(event),
+            )
+        except Exception:
+            if metrics is not None:
+                metrics.produce_error(name)
+            raise
+        if metrics is not None and isinstance(fut, asyncio.Future):
+            fut.add_done_callback(
+                lambda f: (
+                    metrics.produce_error(name)
+                    if not f.cancelled() and f.exception() is not None
+                    else None
+                )
+            )
 
     async def dead(self, stage: str, event: Any, exc: BaseException) -> None:
         """Send the message ``event`` carried to the dead-letter topic, with the error."""
         msg = event.message
         self.on_dead_letter(stage)
+        metrics = worker_metrics(self.app)
+        if metrics is not None:
+            metrics.dead_letter(stage)
         log.error(
             "dead-lettered",
             extra={
@@ -123,19 +150,33 @@ class Stages:
             # items(), not events(): faust acks (and so commits) what items() yields
             async for key, value in stream.items():
                 event = stream.current_event
-                try:
-                    await handle(event, key, value)
-                except Exception as exc:
-                    await self.dead(stage, event, exc)
+                with trace(_trace_id(event)):  # log lines about it carry its trace id
+                    try:
+                        await handle(event, key, value)
+                    except Exception as exc:
+                        await self.dead(stage, event, exc)
 
         # faust names agents by qualname: unique per app
         run.__name__ = run.__qualname__ = f"{self.service}_{stage}"
+        metrics = worker_metrics(self.app)
+        if metrics is not None:  # a 0 from the start, so the first dead letter is an increase
+            metrics.dead_letters.labels(self.service, stage)
         self.app.agent(topic, name=stage, concurrency=1)(run)
 
 
+def _trace_id(event: Any) -> str | None:
+    """The ``trace_id`` Kafka header of the message ``event`` carries, if any."""
+    raw = (getattr(event, "headers", None) or {}).get("trace_id")
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
+
+
 def add_service_pages(app: faust.App, registry: CollectorRegistry) -> None:
-    """``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` (tables recovered, not
-    rebalancing)."""
+    """``/metrics`` (Prometheus text, with the common worker metrics of
+    :class:`services.common.metrics.WorkerMetrics`), ``/healthz`` and ``/readyz`` (tables
+    recovered, not rebalancing)."""
+    common = worker_metrics(app)
+    if common is not None:
+        common.register(registry)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

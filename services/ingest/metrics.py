@@ -40,6 +40,13 @@ class IngestMetrics:
             ["resource_type", "outcome"],
             registry=r,
         )
+        self.resources_by_level = Counter(
+            "mrhub_ingest_resources_by_level_total",
+            "Resources seen, by the posting institution's level (1, 2, 3: 一级, 二级, 三级) "
+            "and outcome (accepted, rejected, not_published).",
+            ["level", "outcome"],
+            registry=r,
+        )
         self.rejections = Counter(
             "mrhub_ingest_rejections_total",
             "Refusals by reason (the fixed list in docs/ingest.md).",

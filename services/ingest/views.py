@@ -24,6 +24,7 @@ from services.common.errors import ConfigError, KafkaUnavailableError
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.identifiers import keyed_hash
 from services.common.institutions import Institution, Registry
+from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
@@ -45,6 +46,7 @@ NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/x-ndjson", "ap
 RETRY_AFTER_S = 5
 IMPORT_CHUNK = 500
 _TRACE_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_TRACE_KEY = "mrhub_trace_id"
 _REASONS_HTTP = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -176,7 +178,13 @@ class Gateway:
         key = self.kafka_key(institution, checked, env.event_id)
         return OutMessage(key=key, value=env.to_bytes(), headers=headers), env.event_id
 
-    def count(self, checked: Sequence[CheckedResource], outcome: str) -> None:
+    def count(
+        self, institution: Institution, checked: Sequence[CheckedResource], outcome: str
+    ) -> None:
+        if checked:
+            self.metrics.resources_by_level.labels(str(institution.level), outcome).inc(
+                len(checked)
+            )
         for c in checked:
             self.metrics.resources.labels(type_label(c.resource_type), outcome).inc()
             if outcome == "rejected":
@@ -222,6 +230,11 @@ def _mtime(path: Path | None) -> float:
 
 
 def _trace_id(request: web.Request) -> str:
+    """The request's trace id: the client's ``X-Trace-Id`` or ``traceparent``, else a new
+    one (made once per request: the middleware asks first)."""
+    known = request.get(_TRACE_KEY)
+    if isinstance(known, str):
+        return known
     given = request.headers.get("X-Trace-Id", "")
     if _TRACE_RE.match(given):
         return given
@@ -342,16 +355,16 @@ async def post_resource(request: web.Request) -> web.Response:
     who, raw = read
     checked = check_resource(raw, who, expected_type=rtype)
     if not checked.ok:
-        gw.count([checked], "rejected")
+        gw.count(who, [checked], "rejected")
         return outcome_response(checked.issues, http_status(checked.issues))
     trace_id = _trace_id(request)
     msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=trace_id)
     try:
         await gw.publisher.publish([msg])
     except KafkaUnavailableError as exc:
-        gw.count([checked], "not_published")
+        gw.count(who, [checked], "not_published")
         return _unavailable(exc)
-    gw.count([checked], "accepted")
+    gw.count(who, [checked], "accepted")
     location = f"{request.url.origin()}/fhir/{rtype}/{event_id}/_history/1"
     return fhir_response(
         checked.resource,
@@ -369,14 +382,14 @@ async def post_bundle(request: web.Request) -> web.Response:
     who, raw = read
     bundle = check_bundle(raw, who)
     if (bundle.issues and any(i.is_error for i in bundle.issues)) or bundle.bundle_type is None:
-        gw.count(bundle.entries, "rejected")
+        gw.count(who, bundle.entries, "rejected")
         all_issues = bundle.all_issues
         return outcome_response(all_issues, http_status(all_issues))
     transaction = bundle.bundle_type == "transaction"
     good = [e for e in bundle.entries if e.ok]
     bad = [e for e in bundle.entries if not e.ok]
     if transaction and bad:
-        gw.count(bundle.entries, "rejected")
+        gw.count(who, bundle.entries, "rejected")
         all_issues = bundle.all_issues
         return outcome_response(all_issues, http_status(all_issues))
     trace_id = _trace_id(request)
@@ -397,10 +410,10 @@ async def post_bundle(request: web.Request) -> web.Response:
     try:
         await gw.publisher.publish([m for m, _ in out])
     except KafkaUnavailableError as exc:
-        gw.count(good, "not_published")
+        gw.count(who, good, "not_published")
         return _unavailable(exc)
-    gw.count(good, "accepted")
-    gw.count(bad, "rejected")
+    gw.count(who, good, "accepted")
+    gw.count(who, bad, "rejected")
     event_ids = {id(e): eid for e, (_, eid) in zip(good, out, strict=True)}
     entries = []
     for e in bundle.entries:
@@ -445,7 +458,7 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         nonlocal accepted, stored_through
         if pending:
             await gw.publisher.publish([m for m, _ in pending])
-            gw.count([c for _, c in pending], "accepted")
+            gw.count(who, [c for _, c in pending], "accepted")
             accepted += len(pending)
             pending.clear()
         stored_through = line_no
@@ -476,7 +489,7 @@ async def post_import(request: web.Request) -> web.StreamResponse:
             )
             if not checked.ok:
                 refused_lines += 1
-                gw.count([checked], "rejected")
+                gw.count(who, [checked], "rejected")
                 issues.extend(_prefixed(checked.issues, line_no))
                 continue
             msg, _ = gw.message(
@@ -487,7 +500,7 @@ async def post_import(request: web.Request) -> web.StreamResponse:
                 await flush()
         await flush()
     except KafkaUnavailableError as exc:
-        gw.count([c for _, c in pending], "not_published")
+        gw.count(who, [c for _, c in pending], "not_published")
         log.warning("import stopped: kafka unavailable", extra={"err": str(exc)})
         summary = Issue(
             "error",
@@ -593,14 +606,18 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = request.app[STATE_KEY]
     started = time.perf_counter()
     route = _route(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = _from_http_exception(gw, exc)
-    except Exception:
-        log.exception("unhandled error", extra={"route": route})
-        gw.metrics.rejections.labels("internal").inc()
-        response = refusal(500, "exception", "internal", "unexpected error; nothing was published")
+    request[_TRACE_KEY] = trace_id = _trace_id(request)
+    with trace(trace_id):  # every log line about this request carries its trace id
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = _from_http_exception(gw, exc)
+        except Exception:
+            log.exception("unhandled error", extra={"route": route})
+            gw.metrics.rejections.labels("internal").inc()
+            response = refusal(
+                500, "exception", "internal", "unexpected error; nothing was published"
+            )
     gw.metrics.requests.labels(route, f"{response.status // 100}xx").inc()
     gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
     if request.content_length:
