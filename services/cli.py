@@ -30,6 +30,7 @@ from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS
 from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
+from services.recognition import report as recognition_report
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_institutions)
 
     catalog_cli.add_parser(sub)
+    recognition_report.add_parser(sub)
     imaging_connector.add_parser(sub)
 
     p = sub.add_parser("stewards", help="data stewards of the patient index")
@@ -344,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stewards)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("which", choices=["ingest", "match", "index"])
+    p.add_argument("which", choices=["ingest", "match", "index", "check"])
     p.add_argument("--seconds", type=float, default=10.0, help="ingest: length of each run")
     p.add_argument(
         "--dataset",
@@ -357,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="10000,100000,1000000",
         help="index: comma-separated numbers of known persons to measure at",
     )
+    p.add_argument("--patients", type=int, default=5000, help="check: patients with a result")
+    p.add_argument("--rate", type=float, default=500.0, help="check: requests per second")
+    p.add_argument("--orders", type=int, default=500, help="check: orders for order → decision")
+    p.add_argument("--order-rate", type=float, default=50.0, help="check: orders per second")
+    p.add_argument("--seed", type=int, default=20261122, help="check: population seed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
