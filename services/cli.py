@@ -31,6 +31,7 @@ from services.common.topics import ALL_TOPICS
 from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
 from services.recognition import report as recognition_report
+from services.simulate import cli as simulate_cli
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_institutions)
 
     catalog_cli.add_parser(sub)
+    simulate_cli.add_parser(sub)
     recognition_report.add_parser(sub)
     imaging_connector.add_parser(sub)
 

@@ -422,6 +422,23 @@ def install(ctx: Context) -> None:
 
     app.page("/fhir/Patient/$match")(command_view(match))
 
+    async def owned(request: Request, table: str, key: str, path: str) -> Any:
+        """``key``'s value in ``table`` as the read route ``path`` shows it: read here when
+        this worker owns the key (no HTTP round trip), else asked of the owner."""
+        try:
+            dest = app.router.key_store(table, key.encode())
+        except KeyError:
+            raise RuntimeError("partitions are being assigned; try again") from None
+        if (dest.host, dest.port) != (app.conf.canonical_url.host, app.conf.canonical_url.port):
+            return await internal_get(request, path, missing_ok=True)
+        if table == "masters":
+            from services.patient_index.stewardship import MasterState
+
+            raw = ctx.masters.get(key.encode())
+            return MasterState.model_validate_json(raw).public_view() if raw else None
+        raw = ctx.identities.get(key.encode())
+        return simplejson.loads(raw) if raw else None
+
     class ResolveView(View):
         """``GET /internal/resolve?patient=…&institution=…``: the surviving master patient id
         of a patient as a hospital names her — a master id, ``<system>|<value>`` (a hospital's
@@ -450,7 +467,7 @@ def install(ctx: Context) -> None:
                     return found
                 key, _kind = found
                 try:
-                    state = await internal_get(request, f"/internal/identities/{key}")
+                    state = await owned(request, "identities", key, f"/internal/identities/{key}")
                 except RuntimeError as exc:
                     return outcome(503, "transient", str(exc))
                 if not state:
@@ -458,7 +475,7 @@ def install(ctx: Context) -> None:
                 master = state["master_patient_id"]
                 grade = "certain" if int(state.get("rank", 0)) >= 30 else "probable"
             try:
-                view = await internal_get(request, f"/patients/{master}", missing_ok=True)
+                view = await owned(request, "masters", master, f"/patients/{master}")
             except RuntimeError as exc:
                 return outcome(503, "transient", str(exc))
             if view is None and _is_master_id(patient):

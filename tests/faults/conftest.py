@@ -1,0 +1,117 @@
+"""Fault tests: the hub as real processes on a real broker, a simulated stream posted
+through it, and a fault injected in the middle of the stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.recognition.catalog import CHINA_TZ
+from services.simulate.cli import prepare, simulate
+from services.simulate.runner import Options, Progress
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/faults/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def prepare_region(tmp: Path, *, institutions: int = 8, seed: int = 8) -> Path:
+    """A simulated region's directory (registry, tokens, parameters)."""
+    region = tmp / "region"
+    prepare(region, institutions, seed, datetime.now(UTC).astimezone(CHINA_TZ).date())
+    return region
+
+
+class SimulationThread:
+    """``simulate`` running in a thread, so that a test can break the hub meanwhile."""
+
+    def __init__(
+        self,
+        region: Path,
+        *,
+        url: str,
+        bootstrap: str,
+        patients: int,
+        card_region: str,
+        concurrency: int = 8,
+        rate: float = 0.0,
+    ) -> None:
+        self.progress = Progress()
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        opts = Options(
+            url=url,
+            bootstrap=bootstrap,
+            concurrency=concurrency,
+            rate=rate,
+            stall_s=90.0,  # a stalled hub fails the test in minutes, not hours
+            show_progress=False,
+            progress=self.progress,
+        )
+
+        def run() -> None:
+            try:
+                self.summary = simulate(
+                    region,
+                    patients=patients,
+                    days=1,
+                    seed=None,
+                    opts=opts,
+                    card_regions=(card_region,),
+                    catalog_path=Path(__file__).resolve().parents[2] / "config" / "catalog",
+                )
+            except BaseException as exc:  # reported by result()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="simulate", daemon=True)
+        self.thread.start()
+
+    def at(self, phase: str, share: float, timeout_s: float = 300) -> None:
+        """Wait until ``share`` of ``phase``'s requests are answered."""
+        wait_for(
+            lambda: (
+                self.progress.phase == phase
+                and self.progress.done >= share * max(1, self.progress.total)
+            ),
+            timeout_s,
+            f"{share:.0%} of {phase}",
+            self,
+        )
+
+    def result(self, timeout_s: float = 900) -> dict[str, Any]:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"the simulation did not finish: {self.progress}"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+def wait_for(
+    cond: Callable[[], bool], timeout_s: float, what: str, sim: SimulationThread | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if sim is not None and sim.error is not None:
+            raise sim.error
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def assert_exactly_one_decision_each(summary: dict[str, Any]) -> None:
+    """Every order got its decision, none got two, and they are the right ones."""
+    failing = summary["disagreements"][:5]
+    assert summary["lost"] == 0, failing
+    assert summary["duplicated"] == 0, failing
+    assert summary["decided"] == summary["orders"]
+    assert summary["agreement"] >= 0.995, failing
+    assert summary["hub"]["results_indexed"] == summary["hub"]["results_expected"]
+    assert summary["hub"]["orders_placed"] == summary["hub"]["orders_expected"]

@@ -1,0 +1,111 @@
+"""A hub of real processes for the simulator's tests: gateway, patient index and recognition
+worker(s), each ``python -m services.cli serve NAME`` on its own port, against a simulated
+region's registry, on any broker. Faults are injected by killing processes by their pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.common.broker import free_port
+from services.common.kafka_admin import create_topics
+from services.common.topics import ALL_TOPICS
+from tests.support import run_module, stop_process
+
+PARTITIONS = 3
+
+
+@dataclass
+class Hub:
+    bootstrap: str
+    tmp: Path
+    registry: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def env(self, name: str) -> dict[str, str]:
+        return {
+            "MRHUB_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+            "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
+            "MRHUB_INGEST__PORT": str(self.ports.get("ingest", 0)),
+            "MRHUB_INGEST__INSTITUTIONS_PATH": str(self.registry),
+            "MRHUB_INGEST__PUBLISH_TIMEOUT_S": "5",
+            "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(self.registry),
+            "MRHUB_IMAGING__INSTITUTIONS_PATH": str(self.registry),
+            "MRHUB_PATIENT_INDEX__PORT": str(self.ports.get("patient_index", 0)),
+            "MRHUB_RECOGNITION__PORT": str(self.ports.get(name, self.ports.get("recognition", 0))),
+            "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
+            # a worker's RocksDB state is its own: a second worker or a restart after kill -9
+            # must rebuild from the changelog, as on another machine
+            "MRHUB_STATE_DIR": str(self.tmp / "state" / f"{name}-{time.monotonic_ns()}"),
+            "MRHUB_LOG_LEVEL": "INFO",
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ingest']}"
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{name}.log"
+
+    def start(self, name: str, *, service: str | None = None, wait: bool = True) -> None:
+        """Start (or restart) process ``name`` running ``service`` (default: ``name``)."""
+        self.ports.setdefault(name, free_port())
+        proc = run_module(
+            ["-m", "services.cli", "serve", service or name], self.env(name), self.log(name)
+        )
+        self.procs[name] = proc
+        if wait:
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str, timeout_s: float = 120) -> None:
+        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, self.log(name).read_text()[-3000:]
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"{name} not ready\n{self.log(name).read_text()[-3000:]}")
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL the process (and its process group) we started as ``name``."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
+
+
+def start_hub(
+    bootstrap: str,
+    tmp: Path,
+    registry: Path,
+    *,
+    recognition_workers: tuple[str, ...] = ("recognition",),
+) -> Hub:
+    create_topics(bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=1)
+    hub = Hub(bootstrap, tmp, registry)
+    for name in ("ingest", "patient_index", *recognition_workers):
+        hub.ports[name] = free_port()
+    try:
+        hub.start("ingest")
+        hub.start("patient_index")
+        for name in recognition_workers:
+            hub.start(name, service="recognition")
+    except BaseException:
+        hub.stop()
+        raise
+    return hub
