@@ -101,7 +101,12 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
 # Known hub defect: the surviving worker takes the dead one's partitions and decides every
 # order exactly once, but without the results the dead worker held for those patients
 # (decisions say no-prior-result where a recognisable result was applied before): the
-# takeover does not restore the partitions' table state. Remove the mark when it does.
+# takeover does not restore the partitions' table state. Cause found: under exactly_once,
+# faust-streaming takes each changelog's highwater from aiokafka's last_stable_offset(),
+# unknown (None → -1) for a partition not fetched yet, so recovery reads nothing. Asking
+# the broker (end_offsets) instead makes recovery read the changelog, but the worker then
+# stops consuming after "Worker ready" (the #323 stall below): not shipped. Remove the mark
+# when both are fixed.
 @pytest.mark.xfail(reason="takeover decides without the partitions' table state", strict=False)
 @pytest.mark.timeout(900)
 def test_when_one_of_two_recognition_workers_dies_the_other_takes_over_its_patients(
