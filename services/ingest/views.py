@@ -46,7 +46,7 @@ NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/x-ndjson", "ap
 RETRY_AFTER_S = 5
 IMPORT_CHUNK = 500
 _TRACE_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-_TRACE_KEY = "mrhub_trace_id"
+_TRACE_KEY = web.RequestKey("mrhub_trace_id", str)
 _REASONS_HTTP = {
     400: "Bad Request",
     401: "Unauthorized",
