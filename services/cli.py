@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stewards)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("which", choices=["ingest", "match", "index", "check"])
+    p.add_argument("which", choices=["ingest", "match", "index", "check", "all"])
     p.add_argument("--seconds", type=float, default=10.0, help="ingest: length of each run")
     p.add_argument(
         "--dataset",
@@ -366,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=int, default=500, help="check: orders for order → decision")
     p.add_argument("--order-rate", type=float, default=50.0, help="check: orders per second")
     p.add_argument("--seed", type=int, default=20261122, help="check: population seed")
+    p.add_argument(
+        "--recognition-workers",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="check: recognition worker processes (checks sent round-robin)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-report"),
+        help="all: directory for report.json and report.html",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_bench)
     return parser

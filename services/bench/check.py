@@ -20,6 +20,12 @@ recognition worker, one process each. Then:
 Prints p50 / p99 of both latencies, checks per second achieved, errors, and the check rate
 as a fraction of the baseline; ``--json`` prints the report as JSON. Goals (issue 5): check
 p99 ≤ 20 ms at 500 requests per second; order → decision p99 ≤ 1 s.
+
+``--recognition-workers 2`` starts a second ``mrhub serve recognition`` (its own port and
+state directory, the same consumer group, so the two share the partitions) and sends the
+checks round-robin to both; a check landing on the worker that does not own the patient's
+partition is forwarded to the owner. The report keeps a per-second ``timeline`` of the checks
+(completed, p50, p99 by completion second) and of the orders (decided, p99 by receipt second).
 """
 
 from __future__ import annotations
@@ -186,13 +192,33 @@ async def _post_population(url: str, token: str, known: list[str]) -> int:
     return failed
 
 
+def timeline(samples: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per-second buckets of ``(seconds since start, latency s)``: count, p50 and p99 (ms)."""
+    buckets: dict[int, list[float]] = {}
+    for t, latency in samples:
+        buckets.setdefault(max(0, int(t)), []).append(latency)
+    out = []
+    for second in range(max(buckets) + 1 if buckets else 0):
+        values = sorted(buckets.get(second, []))
+        out.append(
+            {
+                "t": second,
+                "count": len(values),
+                "p50_ms": _ms(percentile(values, 50)),
+                "p99_ms": _ms(percentile(values, 99)),
+            }
+        )
+    return out
+
+
 async def _check_load(
-    url: str, token: str, known: list[str], unknown: list[str], rate: float, seconds: float
+    urls: list[str], token: str, known: list[str], unknown: list[str], rate: float, seconds: float
 ) -> dict[str, Any]:
     rng = random.Random(7)  # noqa: S311
     headers = {"Authorization": f"Bearer {token}"}
     total = int(rate * seconds)
     latencies: list[float] = []
+    samples: list[tuple[float, float]] = []
     statuses: dict[str, int] = {}
     outcomes: dict[str, int] = {}
     conn = aiohttp.TCPConnector(limit=256)
@@ -204,6 +230,7 @@ async def _check_load(
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
             params = {"patient": f"{CARD}|{card}", "code": f"{LOINC}|2823-3"}
+            url = urls[i % len(urls)]
             try:
                 async with session.get(
                     f"{url}/recognition/check", params=params, headers=headers
@@ -215,7 +242,10 @@ async def _check_load(
                         outcomes[decision] = outcomes.get(decision, 0) + 1
             except aiohttp.ClientError as exc:
                 status = type(exc).__name__
-            latencies.append(time.perf_counter() - due)
+            done = time.perf_counter()
+            latencies.append(done - due)
+            if status == "200":
+                samples.append((done - start, done - due))
             statuses[status] = statuses.get(status, 0) + 1
 
         await asyncio.gather(*(one(i) for i in range(total)))
@@ -231,6 +261,7 @@ async def _check_load(
         "max_ms": _ms(latencies[-1] if latencies else None),
         "statuses": statuses,
         "outcomes": outcomes,
+        "timeline": timeline(samples),
     }
 
 
@@ -255,20 +286,26 @@ async def _post_orders(url: str, token: str, known: list[str], n: int, rate: flo
     return traces
 
 
-def _decision_latencies(bootstrap: str, traces: set[str], timeout_s: float) -> list[float]:
+def _decision_latencies(
+    bootstrap: str, traces: set[str], timeout_s: float
+) -> dict[str, tuple[float, float]]:
+    """Per order trace: (gateway receipt as a POSIX timestamp, receipt → decision in s)."""
     from services.common.kafka_read import read_topic
 
     deadline = time.monotonic() + timeout_s
-    found: dict[str, float] = {}
+    found: dict[str, tuple[float, float]] = {}
     while time.monotonic() < deadline:
         for record in read_topic(bootstrap, DECISION_MADE.name):
             env = Envelope.from_bytes(record.value)
             if env.trace_id in traces and not env.payload.get("reissue") and env.received_at:
-                found[env.trace_id] = (env.occurred_at - env.received_at).total_seconds()
+                found[env.trace_id] = (
+                    env.received_at.timestamp(),
+                    (env.occurred_at - env.received_at).total_seconds(),
+                )
         if len(found) >= len(traces):
             break
         time.sleep(1)
-    return sorted(found.values())
+    return found
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -279,13 +316,20 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-check-"))
     broker: LocalBroker | None = None
     procs: list[subprocess.Popen[bytes]] = []
+    workers = int(getattr(args, "recognition_workers", 1) or 1)
+    if workers not in (1, 2):
+        raise ValueError("--recognition-workers must be 1 or 2")
     report: dict[str, Any] = {
         "command": (
             f"mrhub bench check --patients {args.patients} --rate {args.rate:g} "
-            f"--seconds {args.seconds:g} --orders {args.orders}"
+            f"--seconds {args.seconds:g} --orders {args.orders} "
+            f"--order-rate {args.order_rate:g} --recognition-workers {workers}"
         ),
         "cpu_count": os.cpu_count(),
-        "processes": "1 gateway, 1 patient index, 1 recognition worker",
+        "recognition_workers": workers,
+        "processes": (
+            f"1 gateway, 1 patient index, {workers} recognition worker{'s' * (workers > 1)}"
+        ),
     }
     try:
         registry = tmp / "institutions.yaml"
@@ -320,21 +364,38 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "MRHUB_STATE_DIR": str(tmp / "state"),
             "MRHUB_LOG_LEVEL": "WARNING",
         }
-        for name, port in ports.items():
-            log = tmp / f"{name}.log"
+        starts: list[tuple[str, str, dict[str, str]]] = [
+            (name, name, {}) for name in ("ingest", "patient_index", "recognition")
+        ]
+        rec_ports = [ports["recognition"]]
+        for extra in range(2, workers + 1):
+            rec_ports.append(free_port())
+            starts.append(
+                (
+                    "recognition",
+                    f"recognition{extra}",
+                    {
+                        "MRHUB_RECOGNITION__PORT": str(rec_ports[-1]),
+                        "MRHUB_STATE_DIR": str(tmp / f"state{extra}"),
+                    },
+                )
+            )
+        for service, label, overrides in starts:
+            log = tmp / f"{label}.log"
             with open(log, "ab") as out:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "services.cli", "serve", name],
-                        env=env,
+                        [sys.executable, "-m", "services.cli", "serve", service],
+                        env={**env, **overrides},
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
                 )
+            port = int(overrides.get("MRHUB_RECOGNITION__PORT", ports[service]))
             _wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1], log, 120)
         gateway = f"http://127.0.0.1:{ports['ingest']}"
-        recognition = f"http://127.0.0.1:{ports['recognition']}"
+        recognitions = [f"http://127.0.0.1:{port}" for port in rec_ports]
         everyone = cards(args.patients + args.patients // 10 + 1, seed=args.seed)
         known, unknown = everyone[: args.patients], everyone[args.patients :]
         _log(f"population: {len(known)} patients with a potassium result")
@@ -343,7 +404,9 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + max(120.0, args.patients / 20)
         results = 0.0
         while time.monotonic() < deadline:
-            results = _metric(f"{recognition}/metrics", "mrhub_recognition_results_total")
+            results = sum(
+                _metric(f"{url}/metrics", "mrhub_recognition_results_total") for url in recognitions
+            )
             if results >= len(known):
                 break
             time.sleep(1)
@@ -355,14 +418,16 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         }
         _log(f"check load: {args.rate:g} requests/s for {args.seconds:g} s")
         report["check"] = asyncio.run(
-            _check_load(recognition, ask_token, known, unknown, args.rate, args.seconds)
+            _check_load(recognitions, ask_token, known, unknown, args.rate, args.seconds)
         )
         report["check"]["ratio_to_baseline"] = round(
             report["check"]["achieved_rps"] / report["baseline"]["decisions_per_s"], 4
         )
         _log(f"orders: {args.orders} at {args.order_rate:g}/s")
         traces = asyncio.run(_post_orders(gateway, ask_token, known, args.orders, args.order_rate))
-        lat = _decision_latencies(bootstrap, traces, timeout_s=120)
+        found = _decision_latencies(bootstrap, traces, timeout_s=120)
+        lat = sorted(d for _, d in found.values())
+        first = min((r for r, _ in found.values()), default=0.0)
         report["order_to_decision"] = {
             "orders": args.orders,
             "accepted": len(traces),
@@ -371,6 +436,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
             "max_ms": _ms(lat[-1] if lat else None),
+            "timeline": timeline([(r - first, d) for r, d in found.values()]),
         }
         report["goals"] = {
             "check_p99_le_20ms_at_500rps": bool(
