@@ -77,7 +77,9 @@ class ConsoleFormatter(logging.Formatter):
 
 
 #: Libraries whose INFO lines say nothing an operator needs.
-NOISY_LOGGERS = ("aiokafka", "kafka")
+#: Loggers kept at WARNING: Kafka clients are chatty, and httpx / httpcore log every request's
+#: URL at INFO (a URL may carry a query a hospital sent, so none is logged).
+NOISY_LOGGERS = ("aiokafka", "kafka", "httpx", "httpcore")
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:

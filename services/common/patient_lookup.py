@@ -4,7 +4,8 @@ Recognition checks and imaging searches take the patient as a hospital knows her
 patient id (``MP`` + 24 hex), any identifier written ``<system>|<value>`` (a hospital's own
 numbers are read in the caller's scope), or a bare 身份证 number. Only the patient index can
 normalise and key an identifier and knows which master it names, so the other services ask
-it: ``GET {MRHUB_PATIENT_INDEX__URL}/internal/resolve?patient=…&institution=…``, answered by
+it: ``POST {MRHUB_PATIENT_INDEX__URL}/internal/resolve`` with the patient and the caller in a
+JSON body (never in a URL, which proxies and clients log), answered by
 any worker (it forwards to the owner of the identifier, then of the master).
 
 The call carries a service token derived from the hub's HMAC key (every service that handles
@@ -82,8 +83,9 @@ class PatientLookup:
         failing 身份证 checksum), with the patient index's explanation.
         """
         try:
-            answer = await self._client.get(
-                "/internal/resolve", params={"patient": patient, "institution": institution}
+            # in the body, never in the URL: URLs end up in proxies' and clients' logs
+            answer = await self._client.post(
+                "/internal/resolve", json={"patient": patient, "institution": institution}
             )
         except httpx.HTTPError as exc:
             why = f"the patient index did not answer ({type(exc).__name__})"

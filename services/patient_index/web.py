@@ -440,17 +440,24 @@ def install(ctx: Context) -> None:
         return simplejson.loads(raw) if raw else None
 
     class ResolveView(View):
-        """``GET /internal/resolve?patient=…&institution=…``: the surviving master patient id
+        """``POST /internal/resolve`` with ``{"patient": …, "institution": …}`` (in the body,
+        never in a URL that proxies and clients log): the surviving master patient id
         of a patient as a hospital names her — a master id, ``<system>|<value>`` (a hospital's
         own numbers in ``institution``'s scope) or a bare 身份证 — for the recognition check
         and the imaging search. 404 when nobody knows the identifier."""
 
-        async def get(self, request: Request) -> Response:
+        async def post(self, request: Request) -> Response:
             refused = authorised(request, reads=True)
             if refused is not None:
                 return refused
-            patient = request.query.get("patient", "").strip()
-            institution = request.query.get("institution", "")
+            doc = await body_of(request)
+            if isinstance(doc, Response):
+                return doc
+            patient = doc.get("patient")
+            institution = doc.get("institution") or ""
+            if not isinstance(patient, str) or not isinstance(institution, str):
+                return outcome(400, "value", "patient and institution must be strings")
+            patient = patient.strip()
             if not patient:
                 return outcome(400, "required", "give the patient to resolve", "patient")
             grade = "certain"

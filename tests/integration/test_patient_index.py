@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -751,12 +750,8 @@ def test_other_services_resolve_any_identifier_to_the_surviving_master(hub: Hub)
     service = internal_token(settings)
 
     def resolve(patient: str, institution: str = "", token: str | None = service) -> Any:
-        return steward(
-            hub,
-            "GET",
-            f"/internal/resolve?{urlencode({'patient': patient, 'institution': institution})}",
-            token=token,
-        )
+        body = {"patient": patient, "institution": institution}
+        return steward(hub, "POST", "/internal/resolve", body, token=token)
 
     a, b, _ = hub.tokens
     card_x, card_y = new_card(), new_card()

@@ -140,6 +140,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
     try:
         for name, port in ports.items():
             wait_ready(f"http://127.0.0.1:{port}/readyz", procs[name], tmp / f"{name}.log")
+        _drained(ports["recognition"])
         yield Hub(
             bootstrap,
             f"http://127.0.0.1:{ports['ingest']}",
@@ -155,14 +156,44 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
             stop_process(proc)
 
 
+def _drained(port: int) -> None:
+    """Wait until the recognition worker has read what earlier modules left on the session
+    broker's topics (its consumer group is the hub's, shared by every module): the tests
+    below count *their* results by the worker's results counter."""
+
+    def sample() -> tuple[float, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        applied = lag = 0.0
+        for line in text.splitlines():
+            if line.startswith("mrhub_recognition_results_total{"):
+                applied += float(line.split()[-1])
+            if line.startswith("mrhub_consumer_lag_messages{") and "result-indexed" in line:
+                lag += float(line.split()[-1])  # no line yet: nothing fetched, nothing behind
+        return applied, lag
+
+    deadline = time.monotonic() + 180
+    previous = None
+    while time.monotonic() < deadline:
+        applied, lag = sample()
+        if lag == 0 and previous == applied:
+            return
+        previous = applied
+        time.sleep(6)  # longer than the lag sampling period (5 s)
+    raise AssertionError("the recognition worker did not catch up with the topics")
+
+
 _SEQ = iter(range(random.randint(100, 400) | 1, 999, 2))
+#: every 身份证 this module used, to look for in the services' logs at the end
+_ISSUED: list[str] = []
 
 
 def _card() -> str:
     """A 身份证 no other test module uses (Taiyuan, born 1990-06-01): the broker and its topics
     live for the whole session, so numbers shared with the patient-index tests — which merge
     and link masters — would join these patients to theirs."""
-    return gb11643(f"14010519900601{next(_SEQ):03d}")
+    card = gb11643(f"14010519900601{next(_SEQ):03d}")
+    _ISSUED.append(card)
+    return card
 
 
 def _iso(moment: datetime) -> str:
@@ -574,3 +605,15 @@ def test_a_new_catalogue_version_reissues_the_decisions_made_with_the_old_one(hu
     # a check now answers with the version in force
     body = hub.check(B, f"{CARD_SYSTEM}|{card}", f"{LOINC}|{CBC_LOINC}").json()
     assert body["catalog_version"] == "shanxi-v2"
+
+
+def test_no_service_logged_a_national_id_number(hub: Hub) -> None:
+    """Checks, feedback and orders named patients by 身份证 in URLs and bodies; none of it may
+    reach a log line (JSON logs of the gateway, the patient index and recognition)."""
+    logs = sorted(hub.tmp.glob("*.log"))
+    assert len(logs) >= 3 and _ISSUED
+    for log in logs:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        assert text, log
+        leaked = [card for card in _ISSUED if card in text or card[:17] in text]
+        assert not leaked, f"{log.name} names {len(leaked)} 身份证 number(s)"
