@@ -33,17 +33,10 @@ from tests.support import produce
 PATIENTS = 150
 
 
-# Known hub defect, not a test artefact: after kill -9 and restart, the exactly-once faust
-# workers sometimes stop committing (and then processing) some partitions — committed offsets
-# stay where the killed process left them while the end offsets grow, with nothing logged
-# (faust-streaming #323). Seen here as lost decisions and results never applied. Remove the
-# mark when the workers survive it.
-@pytest.mark.xfail(
-    reason="faust-streaming #323: a restarted exactly-once worker stalls", strict=False
-)
 # Order matters: the two tests marked xfail kill workers whose exactly-once producers and
 # group membership the broker still remembers; a hub started after them on the same broker
 # can stall the same way (#323). The tests that must pass run first.
+
 
 @pytest.mark.timeout(900)
 def test_a_poison_order_is_dead_lettered_and_the_stream_goes_on(
@@ -108,6 +101,14 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
     assert_exactly_one_decision_each(summary)
 
 
+# Known hub defect, not a test artefact: after kill -9 and restart, the exactly-once faust
+# workers sometimes stop committing (and then processing) some partitions — committed offsets
+# stay where the killed process left them while the end offsets grow, with nothing logged
+# (faust-streaming #323). Seen here as lost decisions and results never applied. Remove the
+# mark when the workers survive it.
+@pytest.mark.xfail(
+    reason="faust-streaming #323: a restarted exactly-once worker stalls", strict=False
+)
 @pytest.mark.timeout(900)
 def test_workers_killed_with_sigkill_mid_stream_lose_and_double_nothing(
     bootstrap: str, tmp_path_factory: pytest.TempPathFactory
