@@ -13,12 +13,15 @@ from typing import Any
 
 import faust
 from faust.sensors import Sensor
+from mode.utils.times import want_seconds
 
-from services.common import lag
+from services.common import faust_fixes, lag
 from services.common.errors import ConfigError
+from services.common.kafka_admin import create_topics
 from services.common.logging import dict_config
 from services.common.metrics import WorkerMetrics
 from services.common.settings import Settings
+from services.common.topics import TopicSpec
 
 #: faust reads its own settings from variables with this prefix only (none are documented
 #: as supported; the hub's configuration is ``MRHUB_*`` through ``Settings``).
@@ -96,6 +99,7 @@ def make_app(
         raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS is not set")
     datadir = settings.state_dir / service.replace("_", "-")
     datadir.mkdir(parents=True, exist_ok=True)
+    faust_fixes.apply()
     options: dict[str, Any] = {
         "broker": broker_urls(bootstrap),
         "env_prefix": FAUST_ENV_PREFIX,
@@ -112,11 +116,11 @@ def make_app(
         # data, and would see what an aborted gateway transaction wrote).
         "processing_guarantee": "exactly_once",
         "consumer_auto_offset_reset": "earliest",
-        # faust-streaming reads an unknown changelog highwater (no fetch yet for a partition
-        # just assigned) as -1 and then refuses any offset a standby replica had already
-        # restored ("persisted offset 11 > highwater -1"): a worker joining or taking over
-        # crashes in recovery. With exactly_once, recovery reads committed data up to the
-        # real end whatever this check says, so it is switched off.
+        # The check compares the offset RocksDB persisted with the changelog's end. RocksDB
+        # records a changelog offset when the send completes, before its transaction commits,
+        # so after a kill -9 the persisted offset can lie past the committed end of an aborted
+        # transaction and the check would refuse a healthy restart. (The unknown highwater it
+        # also tripped on is mended in faust_fixes.)
         "recovery_consistency_check": False,
         # a dead worker's partitions move after 10 s, not faust's default 60 s
         "broker_session_timeout": 10.0,
@@ -140,3 +144,51 @@ def make_app(
     app = faust.App(app_id, **options)
     _instrument(app, service)
     return app
+
+
+def own_topics(app: faust.App) -> list[TopicSpec]:
+    """The topics the app itself owns: its internal agent topics and its tables' changelogs,
+    with the partitions and cleanup policy faust would create them with."""
+    found: dict[str, TopicSpec] = {}
+    channels: list[Any] = [agent.channel for agent in app.agents.values()]
+    channels += [table.changelog_topic for table in app.tables.values()]
+    for channel in channels:
+        if not isinstance(channel, faust.Topic) or not channel.internal or channel.pattern:
+            continue
+        config: dict[str, str] = {str(k): str(v) for k, v in (channel.config or {}).items()}
+        flags = (("compact", channel.compacting), ("delete", channel.deleting))
+        policy = [name for name, on in flags if on]
+        if policy:
+            config["cleanup.policy"] = ",".join(policy)
+        if channel.retention:
+            config["retention.ms"] = str(int(want_seconds(channel.retention) * 1000))
+        for name in channel.topics:
+            found[name] = TopicSpec(
+                name,
+                key="(internal)",
+                description=f"{app.conf.id} internal",
+                partitions=channel.partitions or app.conf.topic_partitions,
+                config=config,
+            )
+    return list(found.values())
+
+
+def run_worker(app: faust.App, settings: Settings) -> None:
+    """Create the app's own topics, then run its faust worker until it is stopped.
+
+    faust creates internal and changelog topics itself, but only once its consumer has
+    already subscribed: on a fresh cluster the first assignment then lacks them, and the
+    stage reading such a topic gets no partitions until the next metadata refresh (minutes).
+    Creating them first, with the same settings, closes that gap.
+    """
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS is not set")
+    create_topics(
+        bootstrap,
+        own_topics(app),
+        default_partitions=settings.topic_partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
+    worker.execute_from_commandline()

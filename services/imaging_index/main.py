@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import faust
-
 from services.common.errors import ConfigError
+from services.common.faust_app import run_worker
 from services.common.settings import Settings
 from services.imaging_index.app import create_app
 
@@ -13,5 +12,4 @@ def run(settings: Settings) -> None:
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS must name the Kafka cluster")
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
-    worker.execute_from_commandline()
+    run_worker(app, settings)

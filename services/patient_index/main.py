@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import faust
-
 from services.common.errors import ConfigError
+from services.common.faust_app import run_worker
 from services.common.settings import Settings
 from services.patient_index.app import create_app
 
@@ -15,5 +14,4 @@ def run(settings: Settings) -> None:
     if settings.identity.hmac_key is None:
         raise ConfigError("MRHUB_IDENTITY__HMAC_KEY must be set (it keys identifier hashes)")
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
-    worker.execute_from_commandline()
+    run_worker(app, settings)

@@ -33,11 +33,6 @@ from tests.support import produce
 PATIENTS = 150
 
 
-# Order matters: the two tests marked xfail kill workers whose exactly-once producers and
-# group membership the broker still remembers; a hub started after them on the same broker
-# can stall the same way (#323). The tests that must pass run first.
-
-
 @pytest.mark.timeout(900)
 def test_a_poison_order_is_dead_lettered_and_the_stream_goes_on(
     bootstrap: str, tmp_path_factory: pytest.TempPathFactory
@@ -101,13 +96,15 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
     assert_exactly_one_decision_each(summary)
 
 
-# Known hub defect, not a test artefact: after kill -9 and restart, the exactly-once faust
-# workers sometimes stop committing (and then processing) some partitions — committed offsets
-# stay where the killed process left them while the end offsets grow, with nothing logged
-# (faust-streaming #323). Seen here as lost decisions and results never applied. Remove the
-# mark when the workers survive it.
+# Known hub defect, not a test artefact: in about one run in three, after the patient index
+# is killed -9 and restarted, the last stable offset of its input partitions stays put for a
+# minute or more (an open transaction nobody closes until it times out), results reach the
+# recognition worker late, and orders placed meanwhile are decided "no-prior-result" or lost.
+# The four faust corrections of decision 0004 made the other runs pass; this one is not
+# explained yet. Remove the mark when it is.
 @pytest.mark.xfail(
-    reason="faust-streaming #323: a restarted exactly-once worker stalls", strict=False
+    reason="after kill -9 an input partition's last stable offset can stall for minutes",
+    strict=False,
 )
 @pytest.mark.timeout(900)
 def test_workers_killed_with_sigkill_mid_stream_lose_and_double_nothing(
@@ -133,16 +130,6 @@ def test_workers_killed_with_sigkill_mid_stream_lose_and_double_nothing(
     assert_exactly_one_decision_each(summary)
 
 
-# Known hub defect: the surviving worker takes the dead one's partitions and decides every
-# order exactly once, but without the results the dead worker held for those patients
-# (decisions say no-prior-result where a recognisable result was applied before): the
-# takeover does not restore the partitions' table state. Cause found: under exactly_once,
-# faust-streaming takes each changelog's highwater from aiokafka's last_stable_offset(),
-# unknown (None → -1) for a partition not fetched yet, so recovery reads nothing. Asking
-# the broker (end_offsets) instead makes recovery read the changelog, but the worker then
-# stops consuming after "Worker ready" (the #323 stall below): not shipped. Remove the mark
-# when both are fixed.
-@pytest.mark.xfail(reason="takeover decides without the partitions' table state", strict=False)
 @pytest.mark.timeout(900)
 def test_when_one_of_two_recognition_workers_dies_the_other_takes_over_its_patients(
     bootstrap: str, tmp_path_factory: pytest.TempPathFactory
