@@ -56,6 +56,18 @@ def apply() -> None:
             if await self.app.consumer.commit():
                 break
 
+    commit_tps = faust_consumer.Consumer._commit_tps
+
+    async def _commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
+        # A table write is queued in faust's producer buffer and sent a moment later, but
+        # faust commits without draining that buffer: the write could land in the next
+        # transaction while the offset of the event that made it commits in this one, and a
+        # kill -9 in between would lose it. Drain it first.
+        if self.app.in_transaction:
+            await self.app.producer.buffer.flush()
+        return await commit_tps(self, tps, start_new_transaction)
+
+    faust_consumer.Consumer._commit_tps = _commit_tps  # type: ignore[method-assign]
     faust_consumer.TransactionManager.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
 
     thread = faust_aiokafka.AIOKafkaConsumerThread

@@ -96,16 +96,6 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
     assert_exactly_one_decision_each(summary)
 
 
-# Known hub defect, not a test artefact: in about one run in three, after the patient index
-# is killed -9 and restarted, the last stable offset of its input partitions stays put for a
-# minute or more (an open transaction nobody closes until it times out), results reach the
-# recognition worker late, and orders placed meanwhile are decided "no-prior-result" or lost.
-# The four faust corrections of decision 0004 made the other runs pass; this one is not
-# explained yet. Remove the mark when it is.
-@pytest.mark.xfail(
-    reason="after kill -9 an input partition's last stable offset can stall for minutes",
-    strict=False,
-)
 @pytest.mark.timeout(900)
 def test_workers_killed_with_sigkill_mid_stream_lose_and_double_nothing(
     bootstrap: str, tmp_path_factory: pytest.TempPathFactory
