@@ -4,6 +4,7 @@ region's registry, on any broker. Faults are injected by killing processes by th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,29 @@ class Hub:
                 pass
             time.sleep(0.3)
         raise AssertionError(f"{name} not ready\n{self.log(name).read_text()[-3000:]}")
+
+    def digest(self, lines: int = 12) -> str:
+        """What each process logged at warning or above, and its recovery milestones (the
+        last ``lines`` of each): attached to a fault test's failure, so that a CI log says
+        which process stalled."""
+        out = []
+        for name in self.procs:
+            path = self.log(name)
+            if not path.exists():
+                continue
+            picked = []
+            for raw in path.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    picked.append(raw[:240])
+                    continue
+                msg = str(rec.get("msg", ""))
+                notable = rec.get("level") in ("warning", "error", "critical")
+                if notable or "Worker ready" in msg or "Executing _on_partitions_assigned" in msg:
+                    picked.append(f"{rec.get('ts', '')[11:23]} {rec.get('level')} {msg[:240]}")
+            out.append(f"--- {name} ---\n" + "\n".join(picked[-lines:]))
+        return "\n".join(out)
 
     def kill9(self, name: str) -> None:
         """SIGKILL the process (and its process group) we started as ``name``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 _applied = False
+log = logging.getLogger(__name__)
 
 
 def apply() -> None:
@@ -45,16 +47,36 @@ def apply() -> None:
     async def seek_to_committed(self: Any) -> Mapping[Any, int | None]:
         return await self.call_thread(self._seek_to_committed)  # type: ignore[no-any-return]
 
+    consumer_revoked = faust_consumer.Consumer.on_partitions_revoked
+
     async def on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
-        # faust-streaming only flushes here: the open transactions keep the outputs of every
-        # event processed since the last commit, the consumer then seeks back to the last
-        # committed offsets and processes those events again, and both sets of outputs
-        # commit (two decisions for one order). Commit them now, with their offsets, as
-        # Kafka Streams does on revocation; the agents have finished their events by then.
-        await self.flush()
-        for _ in range(3):  # commit() returns False when it only waited for another commit
-            if await self.app.consumer.commit():
-                break
+        # faust-streaming keeps a transaction open across a rebalance: it forgets the acked
+        # offsets of every revoked partition (all of them: aiokafka's rebalance is eager)
+        # before its own revocation handler commits, so that commit finds nothing. The
+        # outputs and table writes of the events processed since the last commit stay in
+        # the open transaction, the consumer seeks back to the last committed offsets, the
+        # events are processed again (against a table restored without those writes), and
+        # the transaction later commits both sets of outputs: two original decisions for
+        # one order. Stop the flow, let the agents finish their current events and commit
+        # them with their offsets first, as Kafka Streams does on revocation; faust's own
+        # handler then finds nothing left to do.
+        app = self.app
+        assignment = self.assignment() if app.in_transaction and not app.should_stop else set()
+        if assignment:
+            self.stop_flow()
+            app.flow_control.suspend()
+            self.pause_partitions(assignment)
+            app.flow_control.clear()
+            pending = sorted(
+                f"{tp.topic}:{tp.partition}" for tp in assignment if self._acked.get(tp)
+            )
+            await self.wait_empty()  # ends with a commit that does not begin new transactions
+            for _ in range(3):  # False: it only waited for a commit already running
+                if await self.commit(start_new_transaction=False):
+                    break
+            if pending:
+                log.info("committed before revocation", extra={"partitions": pending})
+        await consumer_revoked(self, revoked)
 
     commit_tps = faust_consumer.Consumer._commit_tps
 
@@ -67,8 +89,23 @@ def apply() -> None:
             await self.app.producer.buffer.flush()
         return await commit_tps(self, tps, start_new_transaction)
 
+    perform_seek = faust_consumer.Consumer.perform_seek
+
+    async def _perform_seek(self: Any) -> None:
+        # When recovery ends, faust resumes the stream partitions first and seeks them to
+        # the committed offsets after, with the flow already open (recovery opened it to
+        # read the changelogs). What is fetched in between, from wherever fetching had left
+        # each partition, reaches the agents, and the seek that follows resets faust's read
+        # offsets under them: in one run five orders of a taken-over partition were never
+        # processed while the ones around them were. Close the flow until the seek is done;
+        # both callers open it again right after (faust-streaming issue #216 is the same
+        # race on another path).
+        self.stop_flow()
+        await perform_seek(self)
+
     faust_consumer.Consumer._commit_tps = _commit_tps  # type: ignore[method-assign]
-    faust_consumer.TransactionManager.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+    faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+    faust_consumer.Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
 
     thread = faust_aiokafka.AIOKafkaConsumerThread
     thread._highwaters = _highwaters  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ import pytest
 from services.recognition.catalog import CHINA_TZ
 from services.simulate.cli import prepare, simulate
 from services.simulate.runner import Options, Progress
+from tests.hub import Hub
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,9 +107,16 @@ def wait_for(
         time.sleep(0.1)
 
 
-def assert_exactly_one_decision_each(summary: dict[str, Any]) -> None:
-    """Every order got its decision, none got two, and they are the right ones."""
-    failing = summary["disagreements"][:5]
+def assert_exactly_one_decision_each(summary: dict[str, Any], hub: Hub | None = None) -> None:
+    """Every order got its decision, none got two, and they are the right ones. A failure
+    shows the first disagreements, the hub's counts and what its processes logged."""
+    failing = "\n".join(
+        (
+            str(summary["disagreements"][:5]),
+            f"hub: {summary['hub']}, seconds: {summary.get('seconds')}",
+            hub.digest() if hub else "",
+        )
+    )
     assert summary["lost"] == 0, failing
     assert summary["duplicated"] == 0, failing
     assert summary["decided"] == summary["orders"]

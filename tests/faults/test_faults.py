@@ -56,7 +56,7 @@ def test_a_poison_order_is_dead_lettered_and_the_stream_goes_on(
         summary = sim.result()
     finally:
         hub.stop()
-    assert_exactly_one_decision_each(summary)
+    assert_exactly_one_decision_each(summary, hub)
     dead = read_topic(bootstrap, dlq, start, lambda _trace: True, to_end=True, stall_s=30)
     letters = [json.loads(r.value) for r in dead]
     originals = {base64.b64decode(d["original_base64"]) for d in letters if d["stage"] == "orders"}
@@ -93,7 +93,7 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
         broker.stop()
     assert summary["requests"]["retried_503"] > 0
     assert summary["requests"]["unexpected"] == 0, summary["requests"]["unexpected_samples"]
-    assert_exactly_one_decision_each(summary)
+    assert_exactly_one_decision_each(summary, hub)
 
 
 @pytest.mark.timeout(900)
@@ -117,7 +117,7 @@ def test_workers_killed_with_sigkill_mid_stream_lose_and_double_nothing(
         summary = sim.result()
     finally:
         hub.stop()
-    assert_exactly_one_decision_each(summary)
+    assert_exactly_one_decision_each(summary, hub)
 
 
 @pytest.mark.timeout(900)
@@ -140,7 +140,7 @@ def test_when_one_of_two_recognition_workers_dies_the_other_takes_over_its_patie
         survivor = httpx.get(f"http://127.0.0.1:{hub.ports['rec-a']}/metrics", timeout=10).text
     finally:
         hub.stop()
-    assert_exactly_one_decision_each(summary)
+    assert_exactly_one_decision_each(summary, hub)
     # after the takeover every partition is rec-a's: it decided orders of all three
     decided = sum(
         float(line.split()[-1])
