@@ -103,6 +103,20 @@ def apply() -> None:
         self.stop_flow()
         await perform_seek(self)
 
+    add_gap = faust_consumer.Consumer._add_gap
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        # faust calls this with the offset of the message it is about to deliver as the end
+        # of the gap, and the gap includes its end: that offset is counted twice, once as a
+        # gap and once when it is acked. A duplicate breaks faust's run of consecutive acked
+        # offsets, so each commit got past one gap only. Every transaction marker is a gap,
+        # and commits fell minutes behind processing (a 100,000-patient run: 145,000 results
+        # processed but not committed, the commit creeping at about 15 offsets a second per
+        # partition). Before the message was processed the gap could also let the commit
+        # pass it. The gap ends before the message.
+        await add_gap(self, tp, offset_from, offset_to - 1)
+
+    faust_consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_tps = _commit_tps  # type: ignore[method-assign]
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     faust_consumer.Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
