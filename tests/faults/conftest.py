@@ -110,16 +110,19 @@ def wait_for(
 def assert_exactly_one_decision_each(summary: dict[str, Any], hub: Hub | None = None) -> None:
     """Every order got its decision, none got two, and they are the right ones. A failure
     shows the first disagreements, the hub's counts and what its processes logged."""
-    failing = "\n".join(
-        (
-            str(summary["disagreements"][:5]),
-            f"hub: {summary['hub']}, seconds: {summary.get('seconds')}",
-            hub.digest() if hub else "",
+
+    def failing() -> str:  # read the logs only when an assertion fails
+        return "\n".join(
+            (
+                str(summary["disagreements"][:5]),
+                f"hub: {summary['hub']}, seconds: {summary.get('seconds')}",
+                hub.digest() if hub else "",
+            )
         )
-    )
-    assert summary["lost"] == 0, failing
-    assert summary["duplicated"] == 0, failing
-    assert summary["decided"] == summary["orders"]
-    assert summary["agreement"] >= 0.995, failing
-    assert summary["hub"]["results_indexed"] == summary["hub"]["results_expected"]
-    assert summary["hub"]["orders_placed"] == summary["hub"]["orders_expected"]
+
+    assert summary["lost"] == 0, failing()
+    assert summary["duplicated"] == 0, failing()
+    assert summary["decided"] == summary["orders"], failing()
+    assert summary["agreement"] >= 0.995, failing()
+    assert summary["hub"]["results_indexed"] == summary["hub"]["results_expected"], failing()
+    assert summary["hub"]["orders_placed"] == summary["hub"]["orders_expected"], failing()
