@@ -798,7 +798,7 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies
             for inst in (a, b, c):
                 doc = bundle("transaction", inst, n_obs=1, id_card=card)
                 traces[card].append(trace(hub.post(inst, "/fhir", doc)))
-        masters = []
+        masters: list[str] = []
         for card in cards:
             found = {master(hub, t) for t in traces[card]}
             assert len(found) == 1

@@ -33,7 +33,6 @@ from services.bench.index import (
     make_visits,
     metric_value,
     parse_populations,
-    partition_for,
     patient_resource,
     plan_load,
     report_notes,
@@ -51,6 +50,8 @@ from services.common.identifiers import (
 )
 from services.common.institutions import Institution, Registry
 from services.common.settings import IdentitySettings, KafkaSettings, Settings
+from services.common.stages import dumps
+from services.common.topics import partition_for
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validation import check_bundle, parse_json
 from services.ingest.views import Gateway, bundle_patients
@@ -237,7 +238,7 @@ def test_seeded_block_is_what_the_match_stage_stores(persons: list[Person]) -> N
     value = block_value(entries)
     decoded = simplejson.loads(value, use_decimal=True)
     # byte for byte what the match stage writes (its own serialiser)
-    assert value == pi_app._dumps(decoded)
+    assert value == dumps(decoded)
     for doc, p in zip(decoded, same_day, strict=True):
         expected = person_from_fhir(patient_resource(p), p.institution)
         assert set(doc) == {"anchor", "master_patient_id", "person"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ TAIYUAN_L2 = "12140110405530210H"  # prefecture 140100
 DATONG_L2 = "12140215406213786R"  # prefecture 140200
 
 
-def decision(order: str, inst: str, outcome: str, *, revision: int = 1, **kw: Any) -> dict:
+def decision(
+    order: str, inst: str, outcome: str, *, revision: int = 1, **kw: Any
+) -> dict[str, Any]:
     return {
         "order_record_id": order,
         "ordering_institution": inst,
@@ -40,7 +43,7 @@ def test_figures_per_region_and_category_count_each_order_once() -> None:
         decision("o4", TAIYUAN_L2, "recognisable", saving=220, category="imaging"),
         decision("o5", DATONG_L2, "not-recognisable", reason="scope-not-satisfied"),
     ]
-    feedback = [
+    feedback: list[dict[str, Any]] = [
         {
             "institution": TAIYUAN_L2,
             "item_category": "imaging",
@@ -63,7 +66,11 @@ def test_figures_per_region_and_category_count_each_order_once() -> None:
     assert lab.reasons == {"no-prior-result": 1} and lab.recognised_feedback == 1
     assert round(lab.rate, 4) == 0.6667
     img = rows[("140100", "imaging")]
-    assert (img.orders, img.saving_yuan, img.reordered) == (1, 220, {"image-quality": 1})
+    assert (img.orders, img.saving_yuan, img.reordered) == (
+        1,
+        Decimal(220),
+        Counter({"image-quality": 1}),
+    )
     datong = rows[("140200", "lab")]
     assert (datong.orders, datong.recognisable, datong.reasons) == (
         1,
@@ -80,5 +87,5 @@ def test_a_date_range_limits_what_is_counted() -> None:
     from datetime import date
 
     [row] = summarise(decisions, [], REGISTRY, since=date(2026, 11, 20))
-    assert (row.orders, row.saving_yuan) == (1, 20)
+    assert (row.orders, row.saving_yuan) == (1, Decimal(20))
     assert summarise(decisions, [], REGISTRY, until=date(2026, 11, 18)) == []
