@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import shutil
 import tempfile
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
@@ -32,6 +34,10 @@ Level = Literal[1, 2, 3]
 Grade = Literal["甲", "乙", "丙", "特", "未定等"]
 Ownership = Literal["public", "private"]
 QcScope = Literal["national", "provincial", "municipal", "alliance"]
+
+#: How often a :class:`ReloadingRegistry` looks at its file (seconds).
+RELOAD_INTERVAL_S = 0.5
+_log = logging.getLogger(__name__)
 
 
 class Qualification(BaseModel):
@@ -317,6 +323,103 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.source!r}, {len(self)} institutions)"
+
+
+class ReloadingRegistry(Registry):
+    """The registry of one file, reloaded when the file changes: every service that reads
+    credentials or institutions holds one, so a token issued or revoked with
+    ``mrhub institutions issue-token`` / ``revoke-token`` counts in every process within
+    :data:`RELOAD_INTERVAL_S` (plus the time to read the file).
+
+    The file is looked at (one ``stat``) at most once per interval, on the first lookup after
+    it. A file that no longer validates is logged and the previous registry is kept: a typo
+    while editing never locks every hospital out. ``stale`` says whether the last reload
+    failed (``/readyz`` and the logs may show it).
+    """
+
+    def __init__(self, path: Path, *, interval_s: float | None = None) -> None:
+        self.path = Path(path)
+        self.interval_s = RELOAD_INTERVAL_S if interval_s is None else interval_s
+        self._signature = _file_signature(self.path)
+        self._checked_at = time.monotonic()
+        self.stale = False
+        self._adopt(Registry.load(self.path))
+
+    def _adopt(self, other: Registry) -> None:
+        self.source = other.source
+        self._by_id = other._by_id
+        self._by_token = other._by_token
+        self._by_alliance = other._by_alliance
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload now if the file changed; return whether a new registry was adopted."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.interval_s:
+            return False
+        self._checked_at = now
+        signature = _file_signature(self.path)
+        if signature == self._signature and not force:
+            return False
+        self._signature = signature
+        try:
+            fresh = Registry.load(self.path)
+        except ConfigError as exc:
+            self.stale = True
+            _log.error(
+                "institutions file invalid; keeping the previous registry",
+                extra={"err": str(exc)[:2000]},
+            )
+            return False
+        self._adopt(fresh)
+        self.stale = False
+        _log.info("institutions reloaded", extra={"count": len(self._by_id)})
+        return True
+
+    def get(self, institution_id: str) -> Institution | None:
+        self.refresh()
+        return super().get(institution_id)
+
+    def __iter__(self) -> Iterator[Institution]:
+        self.refresh()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self.refresh()
+        return super().__len__()
+
+    def __contains__(self, institution_id: object) -> bool:
+        self.refresh()
+        return super().__contains__(institution_id)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        self.refresh()
+        return tuple(self._by_id)
+
+    @property
+    def alliances(self) -> tuple[str, ...]:
+        self.refresh()
+        return tuple(self._by_alliance)
+
+    def alliance_members(self, alliance_id: str) -> tuple[Institution, ...]:
+        self.refresh()
+        return super().alliance_members(alliance_id)
+
+    def authenticate(self, token: str) -> Institution | None:
+        self.refresh()
+        return super().authenticate(token)
+
+    def __repr__(self) -> str:
+        return f"ReloadingRegistry({self.source!r}, {len(self._by_id)} institutions)"
+
+
+def _file_signature(path: Path) -> tuple[int, int, int]:
+    """What changes when the file is edited in place or replaced (mtime, size, inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

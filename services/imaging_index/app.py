@@ -37,7 +37,7 @@ from mode import Service
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
-from services.common.institutions import Registry
+from services.common.institutions import ReloadingRegistry
 from services.common.patient_lookup import PatientLookup
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
@@ -77,7 +77,7 @@ def create_app(
     port = img.port if web_port is None else web_port
     app = make_app(SERVICE, settings, web_port=port, web_host=img.host)
     metrics = Metrics()
-    registry = Registry.load(img.institutions_path)
+    registry = ReloadingRegistry(img.institutions_path)
     partitions = settings.topic_partitions
 
     def registry_base(institution: str) -> str | None:

@@ -20,10 +20,10 @@ import simplejson
 from aiohttp import web
 
 from services.common.envelope import Envelope, new_id, utcnow
-from services.common.errors import ConfigError, KafkaUnavailableError
+from services.common.errors import KafkaUnavailableError
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.identifiers import keyed_hash
-from services.common.institutions import Institution, Registry
+from services.common.institutions import Institution, Registry, ReloadingRegistry
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.ingest.capability import capability_statement
@@ -112,31 +112,17 @@ class Gateway:
         max_body_bytes: int,
         institutions_path: Path | None = None,
     ) -> None:
-        self._registry = registry
+        # with a path, the registry follows the file (tokens issued or revoked count at once)
+        self._registry = (
+            ReloadingRegistry(institutions_path) if institutions_path is not None else registry
+        )
         self.publisher = publisher
         self.metrics = metrics
         self.hmac_key = hmac_key
         self.max_body_bytes = max_body_bytes
-        self._path = institutions_path
-        self._mtime = _mtime(institutions_path)
-        self._checked_at = time.monotonic()
 
     @property
     def registry(self) -> Registry:
-        """The registry, reloaded when its file changed; a broken file keeps the old one."""
-        if self._path is not None and time.monotonic() - self._checked_at >= 1.0:
-            self._checked_at = time.monotonic()
-            mtime = _mtime(self._path)
-            if mtime != self._mtime:
-                self._mtime = mtime
-                try:
-                    self._registry = Registry.load(self._path)
-                    log.info("institutions reloaded", extra={"count": len(self._registry)})
-                except ConfigError as exc:
-                    log.error(
-                        "institutions file invalid; keeping the previous one",
-                        extra={"err": str(exc)},
-                    )
         return self._registry
 
     # ---------------------------------------------------------------- building messages
@@ -220,13 +206,6 @@ def bundle_patients(entries: Sequence[CheckedResource]) -> dict[str, dict[str, A
         if isinstance(e.resource.get("id"), str):
             found[f"Patient/{e.resource['id']}"] = e.resource
     return found
-
-
-def _mtime(path: Path | None) -> float:
-    try:
-        return path.stat().st_mtime if path is not None else 0.0
-    except OSError:
-        return 0.0
 
 
 def _trace_id(request: web.Request) -> str:

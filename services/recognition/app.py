@@ -41,7 +41,7 @@ from prometheus_client import Counter, Histogram
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
-from services.common.institutions import Registry
+from services.common.institutions import ReloadingRegistry
 from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
@@ -186,7 +186,7 @@ def create_app(
     app = make_app(SERVICE, settings, web_port=port, web_host=settings.recognition.host)
     metrics = Metrics()
     catalogs: CatalogSet = load_catalogs(settings.recognition.catalog_path)
-    registry = Registry.load(settings.recognition.institutions_path)
+    registry = ReloadingRegistry(settings.recognition.institutions_path)
 
     results_topic = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders_topic = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)

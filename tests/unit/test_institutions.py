@@ -24,6 +24,7 @@ from services.common.institutions import (
     Institution,
     Qualification,
     Registry,
+    ReloadingRegistry,
     format_table,
     hash_token,
     is_registration_no,
@@ -665,3 +666,27 @@ def test_demo_expired_qualification_covers_nothing_today(demo: Registry) -> None
         q.covers(item=q.item, category=q.category, on=q.expires + timedelta(days=1))
         for q in current
     )
+
+
+def test_a_reloading_registry_follows_issue_and_revoke(tmp_path: Path) -> None:
+    """Every service holds a ReloadingRegistry: a token issued after it was built works at
+    once (after the interval), and a revoked one stops working."""
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(DEMO, path)
+    reloading = ReloadingRegistry(path, interval_s=0.0)
+    first = reloading.ids[0]
+    token = issue_token(path, first)
+    found = reloading.authenticate(token)
+    assert found is not None and found.id == first
+    assert revoke_tokens(path, first) >= 1
+    assert reloading.authenticate(token) is None
+
+
+def test_a_broken_file_keeps_the_previous_registry(tmp_path: Path) -> None:
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(DEMO, path)
+    token = issue_token(path, Registry.load(path).ids[0])
+    reloading = ReloadingRegistry(path, interval_s=0.0)
+    path.write_text("institutions: [ {id: broken", encoding="utf-8")
+    assert reloading.authenticate(token) is not None
+    assert reloading.stale
