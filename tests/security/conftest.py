@@ -43,7 +43,7 @@ A = "12140000405001730E"
 A2 = "12140107405412652L"
 B = "12140110405530210H"
 C = "12140215406213786R"
-STEWARD_TOKEN = "mrhs_security-suite-steward-token-0123456789"  # noqa: S105
+STEWARD_TOKEN = "mrhs_security-suite-steward-token-0123456789"
 SERVICES = ("ingest", "patient_index", "recognition", "imaging_index")
 #: how each service's port is named in the environment
 _PORT_VAR = {
@@ -99,9 +99,7 @@ class SecurityHub:
             "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_IMAGING__INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{self.ports['patient_index']}",
-            "MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES": json.dumps(
-                [hash_token(STEWARD_TOKEN)]
-            ),
+            "MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES": json.dumps([hash_token(STEWARD_TOKEN)]),
             "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
             "MRHUB_STATE_DIR": str(self.tmp / "state" / name),
             "MRHUB_LOG_LEVEL": "INFO",
