@@ -1,4 +1,4 @@
-"""The attack suite's hub: every service as its own process (`mrhub serve NAME`), on a broker
+"""The attack suite's hub: every service as its own process (`mrhub serve NAME`: ingest, patient_index, recognition, imaging), on a broker
 of this package's own, so that what earlier test modules left on the session broker never
 mixes with what an attack does here.
 
@@ -44,13 +44,13 @@ A2 = "12140107405412652L"
 B = "12140110405530210H"
 C = "12140215406213786R"
 STEWARD_TOKEN = "mrhs_security-suite-steward-token-0123456789"
-SERVICES = ("ingest", "patient_index", "recognition", "imaging_index")
+SERVICES = ("ingest", "patient_index", "recognition", "imaging")
 #: how each service's port is named in the environment
 _PORT_VAR = {
     "ingest": "MRHUB_INGEST__PORT",
     "patient_index": "MRHUB_PATIENT_INDEX__PORT",
     "recognition": "MRHUB_RECOGNITION__PORT",
-    "imaging_index": "MRHUB_IMAGING__PORT",
+    "imaging": "MRHUB_IMAGING__PORT",
 }
 
 
