@@ -17,11 +17,19 @@ from mode.utils.times import want_seconds
 
 from services.common import faust_fixes, lag
 from services.common.errors import ConfigError
+from services.common.institutions import hash_token
 from services.common.kafka_admin import create_topics
 from services.common.logging import dict_config
 from services.common.metrics import WorkerMetrics
+from services.common.patient_lookup import internal_token
 from services.common.settings import Settings
 from services.common.topics import TopicSpec
+from services.common.web_guard import (
+    FAUST_WEB_SETTINGS,
+    adopt_guard,
+    new_guard,
+    web_application_options,
+)
 
 #: faust reads its own settings from variables with this prefix only (none are documented
 #: as supported; the hub's configuration is ``MRHUB_*`` through ``Settings``).
@@ -100,6 +108,12 @@ def make_app(
     datadir = settings.state_dir / service.replace("_", "-")
     datadir.mkdir(parents=True, exist_ok=True)
     faust_fixes.apply()
+    app_id = f"mrhub-{service.replace('_', '-')}"
+    # every route of the worker's web server passes the guard (deny by default)
+    guard = new_guard(
+        steward_hashes=settings.patient_index.steward_token_hashes,
+        internal_hash=_internal_hash(settings),
+    )
     options: dict[str, Any] = {
         "broker": broker_urls(bootstrap),
         "env_prefix": FAUST_ENV_PREFIX,
@@ -109,6 +123,8 @@ def make_app(
         "web_host": advertised_host(web_host),
         "web_bind": web_host,
         "web_port": web_port,
+        "web_application_options": web_application_options(guard),
+        **FAUST_WEB_SETTINGS,
         "producer_acks": -1,
         "producer_max_request_size": 8 * 1024 * 1024,
         # exactly_once: outputs, changelogs and offsets commit in one Kafka transaction, and
@@ -140,10 +156,17 @@ def make_app(
         "worker_redirect_stdouts": False,
     }
     options.update(overrides)
-    app_id = f"mrhub-{service.replace('_', '-')}"
     app = faust.App(app_id, **options)
+    adopt_guard(app, guard)
     _instrument(app, service)
     return app
+
+
+def _internal_hash(settings: Settings) -> str | None:
+    """``hash_token`` of the services' internal token (None without an HMAC key)."""
+    if settings.identity.hmac_key is None:
+        return None
+    return hash_token(internal_token(settings))
 
 
 def own_topics(app: faust.App) -> list[TopicSpec]:

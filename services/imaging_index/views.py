@@ -43,6 +43,7 @@ from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
 from services.common.topics import ACCESS_RECORDED
+from services.common.web_guard import guard_for, page
 from services.imaging_index import render, search
 from services.imaging_index.metrics import Metrics
 from services.imaging_index.search import CHINA, Query, QueryError
@@ -141,6 +142,7 @@ class Refused(Exception):
 def install(ctx: Context) -> None:
     """Register the two routes on ``ctx.app``."""
     app = ctx.app
+    guard_for(app).registry = ctx.registry  # hospitals' tokens open these routes
     img = ctx.settings.imaging
 
     def reader_of(request: Request) -> Institution:
@@ -325,8 +327,8 @@ def install(ctx: Context) -> None:
         async def get(self, request: Request) -> Response:
             return await qido_handle(request)
 
-    app.page("/fhir/ImagingStudy")(ImagingStudySearch)
-    app.page("/dicom-web/studies")(QidoStudies)
+    page(app, "/fhir/ImagingStudy", "institution")(ImagingStudySearch)
+    page(app, "/dicom-web/studies", "institution")(QidoStudies)
 
 
 def _links(base: str, query: Query, master: str | None, total: int) -> dict[str, str]:

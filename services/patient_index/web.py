@@ -37,6 +37,7 @@ from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
+from services.common.web_guard import page
 from services.patient_index import matching
 from services.patient_index.identity import keyed_identifiers
 from services.patient_index.normalize import (
@@ -271,12 +272,12 @@ def install(ctx: Context) -> None:
         ReviewView.__name__ = ReviewView.__qualname__ = f"review_{decision}"
         return ReviewView
 
-    app.page("/patients/$merge")(command_view(merge))
-    app.page("/patients/$unmerge")(command_view(unmerge))
-    app.page("/patients/$link")(command_view(identity_command("steward-link")))
-    app.page("/patients/$unlink")(command_view(identity_command("steward-unlink")))
-    app.page("/reviews/{review_id}/$confirm")(review_command("confirm"))
-    app.page("/reviews/{review_id}/$reject")(review_command("reject"))
+    page(app, "/patients/$merge", "steward")(command_view(merge))
+    page(app, "/patients/$unmerge", "steward")(command_view(unmerge))
+    page(app, "/patients/$link", "steward")(command_view(identity_command("steward-link")))
+    page(app, "/patients/$unlink", "steward")(command_view(identity_command("steward-unlink")))
+    page(app, "/reviews/{review_id}/$confirm", "steward")(review_command("confirm"))
+    page(app, "/reviews/{review_id}/$reject", "steward")(review_command("reject"))
 
     # ── reads, each answered by the owner of its key ────────────────────────────────────
 
@@ -317,7 +318,7 @@ def install(ctx: Context) -> None:
 
             return await routed(request, "masters", master_patient_id, local)
 
-    app.page("/patients/{master_patient_id}")(PatientView)
+    page(app, "/patients/{master_patient_id}", "steward", "internal")(PatientView)
 
     def table_view(name: str, table: Any, missing: Any) -> type:
         """Internal: one key's raw value in ``table``, answered at the key's owner."""
@@ -337,8 +338,10 @@ def install(ctx: Context) -> None:
         TableView.__name__ = TableView.__qualname__ = f"internal_{name}"
         return TableView
 
-    app.page("/internal/identities/{key}")(table_view("identities", ctx.identities, None))
-    app.page("/internal/blocks/{key}")(table_view("blocks", ctx.blocks, []))
+    page(app, "/internal/identities/{key}", "steward", "internal")(
+        table_view("identities", ctx.identities, None)
+    )
+    page(app, "/internal/blocks/{key}", "steward", "internal")(table_view("blocks", ctx.blocks, []))
 
     async def internal_get(request: Request, path: str, *, missing_ok: bool = False) -> Any:
         url = request.url.with_path(path).with_query({})
@@ -420,7 +423,7 @@ def install(ctx: Context) -> None:
             ],
         }
 
-    app.page("/fhir/Patient/$match")(command_view(match))
+    page(app, "/fhir/Patient/$match", "steward")(command_view(match))
 
     async def owned(request: Request, table: str, key: str, path: str) -> Any:
         """``key``'s value in ``table`` as the read route ``path`` shows it: read here when
@@ -490,7 +493,7 @@ def install(ctx: Context) -> None:
             root = (view or {}).get("surviving_master_patient_id") or master
             return _json({"master_patient_id": root, "grade": grade})
 
-    app.page("/internal/resolve")(ResolveView)
+    page(app, "/internal/resolve", "steward", "internal")(ResolveView)
 
     class ReviewsView(View):
         """``GET /reviews``: every pending review, gathered from every worker."""
@@ -542,7 +545,7 @@ def install(ctx: Context) -> None:
             items: list[dict[str, Any]] = doc["items"]
             return items
 
-    app.page("/reviews")(ReviewsView)
+    page(app, "/reviews", "steward")(ReviewsView)
 
 
 def _unauthorised(message: str) -> Response:

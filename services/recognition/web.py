@@ -40,6 +40,7 @@ from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
+from services.common.web_guard import guard_for, page
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import parse_coded, render_check
 from services.recognition.decision import Decision, Order, PriorResult, decide
@@ -91,6 +92,7 @@ class _Refused(Exception):
 def install(ctx: Context) -> None:
     """Register the hospital routes on ``ctx.app``."""
     app = ctx.app
+    guard_for(app).registry = ctx.registry  # hospitals' tokens open these routes
 
     class Clients(Service):
         """The acks=all producer (audit, feedback) and the patient-index client."""
@@ -298,5 +300,5 @@ def install(ctx: Context) -> None:
             except _Refused as refused:
                 return refused.response
 
-    app.page("/recognition/check")(CheckView)
-    app.page("/recognition/feedback")(FeedbackView)
+    page(app, "/recognition/check", "institution")(CheckView)
+    page(app, "/recognition/feedback", "institution")(FeedbackView)
