@@ -1,6 +1,6 @@
-"""The attack suite's hub: every service as its own process (`mrhub serve NAME`: ingest, patient_index, recognition, imaging), on a broker
-of this package's own, so that what earlier test modules left on the session broker never
-mixes with what an attack does here.
+"""The attack suite's hub: every service as its own process (`mrhub serve NAME`: ingest,
+patient_index, recognition, imaging), on a broker of this package's own, so that what earlier
+test modules left on the session broker never mixes with what an attack does here.
 
 One hub serves the whole package (``security_hub``); a test that must restart a service
 does so in place with :meth:`SecurityHub.restart`. Four hospitals have tokens:

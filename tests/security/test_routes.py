@@ -73,12 +73,13 @@ def registered_routes(service: str, settings: Settings) -> list[tuple[str, str]]
         if service == "patient_index":
             from services.patient_index.app import create_app
         elif service == "recognition":
-            from services.recognition.app import create_app  # type: ignore[assignment]
+            from services.recognition.app import create_app
         else:
-            from services.imaging_index.app import create_app  # type: ignore[assignment]
+            from services.imaging_index.app import create_app
         faust_app = create_app(settings)
-        faust_app.web.init_server()
-        router = faust_app.web.web_app.router
+        web: Any = faust_app.web
+        web.init_server()
+        router = web.web_app.router
     found = []
     for route in router.routes():
         resource = route.resource
