@@ -1,6 +1,8 @@
 """Structured logging: JSON lines in production, readable lines on a terminal.
 
-Log ids and Kafka coordinates, never payloads, names or identity numbers. Every line written
+Log ids and Kafka coordinates, never payloads, names or identity numbers; as a safety net
+every line is passed through :func:`redact_personal` when it is formatted, so a library that
+quotes a request line or a value cannot leak a 身份证 or phone number. Every line written
 while a request or a Kafka message is being handled carries that work's ``trace_id`` (the id
 the gateway gave the request, which travels in the ``trace_id`` Kafka header): set it with
 :func:`trace` around the work.
@@ -8,9 +10,11 @@ the gateway gave the request, which travels in the ``trace_id`` Kafka header): s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -42,6 +46,48 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
+#: What must never reach a log line whoever wrote it (a library's error message may quote a
+#: request line or a value): 身份证 numbers (18 characters, or the old 15 digits) and mainland
+#: mobile numbers, each standing alone as a run of digits.
+_PERSONAL = re.compile(r"(?<!\d)(?:\d{17}[\dXx]|\d{15}|1[3-9]\d{9})(?![\dXx])")
+#: (Bounded by digits only, so a number quoted inside a URL-encoded query — ``%7C140105…`` —
+#: is masked too.)
+_MASK = "***"
+
+
+def redact_personal(text: str) -> str:
+    """``text`` with every 身份证 number and mobile phone number masked."""
+    return _PERSONAL.sub(_MASK, text)
+
+
+#: Exceptions that only say a client went away: one line, never a traceback.
+_DISCONNECTS: tuple[type[BaseException], ...] = (
+    ConnectionResetError,
+    BrokenPipeError,
+    asyncio.CancelledError,
+)
+
+
+class QuietDisconnects(logging.Filter):
+    """A client that disconnects mid-request is one line, not a traceback: servers (aiohttp's
+    among them) log it with ``exc_info``; this drops the traceback and names the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info and info[1] is not None and _is_disconnect(info[1]):
+            record.exc_info = None
+            record.exc_text = None
+            record.disconnect = type(info[1]).__name__
+        return True
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, _DISCONNECTS):
+        return True
+    name = type(exc).__name__  # aiohttp's own, without importing aiohttp here
+    return name in ("ClientConnectionResetError", "ClientConnectionError")
+
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -58,7 +104,7 @@ class JsonFormatter(logging.Formatter):
                 doc[k] = v
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return redact_personal(json.dumps(doc, default=str, ensure_ascii=False))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -73,7 +119,7 @@ class ConsoleFormatter(logging.Formatter):
             base = f"{base} {extra}"
         if record.exc_info:
             base = f"{base}\n{self.formatException(record.exc_info)}"
-        return base
+        return redact_personal(base)
 
 
 #: Libraries whose INFO lines say nothing an operator needs.
@@ -86,6 +132,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     handler.addFilter(TraceIdFilter())
+    handler.addFilter(QuietDisconnects())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -102,13 +149,16 @@ def dict_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"mrhub": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
-        "filters": {"trace": {"()": f"{__name__}.TraceIdFilter"}},
+        "filters": {
+            "trace": {"()": f"{__name__}.TraceIdFilter"},
+            "disconnects": {"()": f"{__name__}.QuietDisconnects"},
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "mrhub",
-                "filters": ["trace"],
+                "filters": ["trace", "disconnects"],
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},
