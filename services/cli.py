@@ -193,6 +193,24 @@ def _local_hmac_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+#: ``mrhub up`` starts a service that exits again (a worker stops itself when a write fails,
+#: and resumes from its last committed transaction), up to this many times in the window.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+
+
+def _spawn(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    with open(log_dir / f"{name}.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", name],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 class _Stop:
     def __init__(self) -> None:
         self.requested = False
@@ -265,15 +283,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             if not spec.exists() or stop.requested:
                 continue
             svc = spec.settings(settings)
-            with open(log_dir / f"{spec.name}.log", "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "serve", spec.name],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            proc = _spawn(spec.name, env, log_dir)
             procs.append((spec.name, proc))
             base = f"http://{svc.host}:{svc.port}"
             if not _wait_healthy(f"{base}/healthz", proc, 30):
@@ -285,12 +295,24 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {name:<14} {base}   (metrics {base}/metrics, pid {pid})")
         print(f"  {'kafka':<14} {bootstrap}")
         print(f"logs in {log_dir}; Ctrl-C stops everything", flush=True)
+        restarts: dict[str, list[float]] = {}
         while not stop.requested:
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping the hub")
+            for i, (name, proc) in enumerate(procs):
+                if proc.poll() is None or stop.requested:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+                if len(recent) >= MAX_RESTARTS:
+                    print(
+                        f"{name} exited with code {proc.returncode} {len(recent)} times in "
+                        f"{RESTART_WINDOW_S:.0f} s; stopping the hub"
+                    )
                     code = 1
                     stop.requested = True
+                    break
+                print(f"{name} exited with code {proc.returncode}; starting it again", flush=True)
+                restarts[name] = [*recent, time.monotonic()]
+                procs[i] = (name, _spawn(name, env, log_dir))
             time.sleep(0.3)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -7,6 +7,9 @@ an ``env_prefix`` that nothing sets by accident.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import socket
 import weakref
 from typing import Any
@@ -34,6 +37,7 @@ from services.common.web_guard import (
 #: faust reads its own settings from variables with this prefix only (none are documented
 #: as supported; the hub's configuration is ``MRHUB_*`` through ``Settings``).
 FAUST_ENV_PREFIX = "MRHUB_FAUST_"
+log = logging.getLogger(__name__)
 
 
 _WORKER_METRICS: weakref.WeakKeyDictionary[faust.App, WorkerMetrics] = weakref.WeakKeyDictionary()
@@ -44,8 +48,30 @@ def worker_metrics(app: faust.App) -> WorkerMetrics | None:
     return _WORKER_METRICS.get(app)
 
 
+#: The exit code of a worker that stopped because a write failed (``mrhub up``, systemd or
+#: Kubernetes start it again; it resumes from its last committed transaction).
+EXIT_WRITE_FAILED = 75
+
+
+def fail_stop(topic: str, exc: BaseException) -> None:
+    """A send the worker's state depends on failed (a table changelog or an output topic):
+    stop the process at once, before anything else can commit. Under exactly_once nothing
+    after the last committed transaction is visible, so the restarted worker processes the
+    same events again and makes the same writes; carrying on would acknowledge events whose
+    effects were never stored (a table write lost, a restart later missing it)."""
+    log.critical(
+        "a write failed; stopping so that nothing after it commits",
+        extra={"topic": topic, "error": type(exc).__name__, "exit_code": EXIT_WRITE_FAILED},
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_WRITE_FAILED)
+
+
 class ProduceErrorCounter(Sensor):
-    """Counts failed sends faust makes itself (table changelogs, ``Topic.send``)."""
+    """Counts failed sends faust makes itself (table changelogs, ``Topic.send``) and stops the
+    worker on the first one (:func:`fail_stop`)."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         super().__init__()
@@ -58,6 +84,7 @@ class ProduceErrorCounter(Sensor):
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         self.metrics.produce_error(str(state))
+        fail_stop(str(state), exc)
 
 
 def _instrument(app: faust.App, service: str) -> None:

@@ -17,7 +17,7 @@ import faust
 import simplejson
 from prometheus_client import CollectorRegistry
 
-from services.common.faust_app import worker_metrics
+from services.common.faust_app import fail_stop, worker_metrics
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 
@@ -97,14 +97,8 @@ class Stages:
             if metrics is not None:
                 metrics.produce_error(name)
             raise
-        if metrics is not None and isinstance(fut, asyncio.Future):
-            fut.add_done_callback(
-                lambda f: (
-                    metrics.produce_error(name)
-                    if not f.cancelled() and f.exception() is not None
-                    else None
-                )
-            )
+        if isinstance(fut, asyncio.Future):
+            fut.add_done_callback(lambda f: _on_sent(f, name, metrics))
 
     async def dead(self, stage: str, event: Any, exc: BaseException) -> None:
         """Send the message ``event`` carried to the dead-letter topic, with the error."""
@@ -162,6 +156,16 @@ class Stages:
         if metrics is not None:  # a 0 from the start, so the first dead letter is an increase
             metrics.dead_letters.labels(self.service, stage)
         self.app.agent(topic, name=stage, concurrency=1)(run)
+
+
+def _on_sent(fut: asyncio.Future[Any], topic: str, metrics: Any) -> None:
+    """A stage's output that Kafka refused stops the worker (``fail_stop``): the event
+    that made it must not be committed without it."""
+    if fut.cancelled() or fut.exception() is None:
+        return
+    if metrics is not None:
+        metrics.produce_error(topic)
+    fail_stop(topic, fut.exception() or RuntimeError("send failed"))
 
 
 def _trace_id(event: Any) -> str | None:
