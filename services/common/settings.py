@@ -108,6 +108,12 @@ class ImagingSettings(ServiceSettings):
         default=10.0, gt=0, description="How long a read waits for its audit record (acks=all)."
     )
     max_count: int = Field(default=200, ge=1, description="Largest page a search returns.")
+    public_base_url: str | None = Field(
+        default=None,
+        description="The hub's address as hospitals reach it, for links and fullUrls in "
+        "search answers (e.g. https://hub.example). Unset: http://<host>:<port> of the "
+        "service itself. Never taken from a request's Host header.",
+    )
     connector_token: SecretStr | None = Field(
         default=None,
         description="`mrhub connect`: the institution's bearer token for the gateway (or "

@@ -157,6 +157,8 @@ class Guard:
             return await handler(request)
         except web.HTTPException as exc:
             return _http_error(exc)
+        except RecursionError:  # a view parsed deeply nested input without a bound
+            return outcome(400, "structure", "the input nests too deeply", "invalid-parameter")
         except (ConnectionResetError, asyncio.CancelledError):
             log.info("client went away", extra={"route": pattern or "unmatched"})
             raise

@@ -90,8 +90,8 @@ def _int(params: Mapping[str, Sequence[str]], name: str, default: int, top: int)
     raw = _one(params, name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise QueryError(name, f"{name} must be a whole number from 0")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise QueryError(name, f"{name} must be a whole number from 0 (at most 12 digits)")
     return min(int(raw), top)
 
 

@@ -33,6 +33,7 @@ from aiohttp.web import Request, Response
 from aiokafka import AIOKafkaProducer
 from faust.web import View
 from multidict import MultiDict
+from yarl import URL
 
 from services.common.audit import access_event
 from services.common.envelope import utcnow
@@ -106,10 +107,14 @@ class Context:
     registry_base: Callable[[str], str | None]
 
 
+#: The longest parameter name or value a search takes (an identifier, a date, a UID list).
+MAX_PARAM_CHARS = 512
+
 _REASON = {
     400: "invalid-parameter",
     401: "unauthenticated",
     404: "not-found",
+    415: "unsupported-media-type",
     422: "unusable-identifier",
     503: "not-ready",
 }
@@ -154,8 +159,13 @@ def install(ctx: Context) -> None:
             raise Refused(response, "unauthenticated")
         return reader
 
-    def parse(route: Route, request: Request) -> Query:
-        params = {k: request.query.getall(k) for k in request.query}
+    def parse(route: Route, given: MultiDict[str]) -> Query:
+        for name, value in given.items():
+            if len(name) > MAX_PARAM_CHARS or len(value) > MAX_PARAM_CHARS:
+                shown = name if len(name) <= 40 else "a parameter"
+                message = f"{shown} is over {MAX_PARAM_CHARS} characters"
+                raise Refused(outcome(400, "value", message, shown), "invalid")
+        params = {k: given.getall(k) for k in given}
         try:
             if route == "fhir":
                 return search.parse_fhir(params, max_count=img.max_count)
@@ -179,7 +189,9 @@ def install(ctx: Context) -> None:
             raise Refused(outcome(503, "transient", str(exc)), "unavailable") from exc
         return found.master_patient_id if found is not None else None
 
-    async def forward(route: Route, request: Request, master: str) -> Response | None:
+    async def forward(
+        route: Route, request: Request, given: MultiDict[str], master: str
+    ) -> Response | None:
         """The owner's answer, or ``None`` when this worker owns ``master``."""
         try:
             dest = app.router.key_store("patients", master.encode())
@@ -190,15 +202,16 @@ def install(ctx: Context) -> None:
         if (dest.host, dest.port) == (me.host, me.port):
             return None
         query: MultiDict[str] = MultiDict(
-            (k, v) for k, v in request.query.items() if k not in _PATIENT_PARAMS[route]
+            (k, v) for k, v in given.items() if k not in _PATIENT_PARAMS[route]
         )
         query.add("patient" if route == "fhir" else "PatientID", master)
         query["routed"] = "1"
-        url = request.url.with_host(dest.host or "").with_port(dest.port).with_query(query)
-        headers = {
-            "Authorization": request.headers.get("Authorization", ""),
-            "X-Forwarded-Host": request.headers.get("X-Forwarded-Host", request.host),
-        }
+        # always a GET to the search path: the identifier stayed here, only the master id
+        # travels (a POST ``_search`` is answered by the owner's GET)
+        url = URL.build(
+            scheme="http", host=dest.host or "", port=dest.port, path=_ROUTE_PATH[route]
+        ).with_query(query)
+        headers = {"Authorization": request.headers.get("Authorization", "")}
         try:
             async with app.http_client.get(url, headers=headers) as answer:
                 return Response(
@@ -271,19 +284,18 @@ def install(ctx: Context) -> None:
             )
             raise Refused(response, "unavailable") from exc
 
-    def base_url(request: Request) -> str:
-        host = request.headers.get("X-Forwarded-Host") if request.query.get("routed") else None
-        return f"{request.scheme}://{host or request.host}"
+    # links and fullUrls name the hub as configured, never as the request's Host header
+    base = (img.public_base_url or f"http://{img.host}:{img.port}").rstrip("/")
 
-    async def answer(route: Route, request: Request) -> Response:
+    async def answer(route: Route, request: Request, given: MultiDict[str]) -> Response:
         reader = reader_of(request)
-        query = parse(route, request)
-        routed = request.query.get("routed") == "1"
+        query = parse(route, given)
+        routed = given.get("routed") == "1"
         master = query.patient if routed and is_master_id(query.patient) else None
         if master is None:
             master = await master_of(query, reader)
         if master is not None and not routed:
-            forwarded = await forward(route, request, master)
+            forwarded = await forward(route, request, given, master)
             if forwarded is not None:
                 return forwarded
         shown, hidden = visible(reader, master)
@@ -300,8 +312,8 @@ def install(ctx: Context) -> None:
         if route == "qido":
             body = [render.qido_study(s) for s in page]
             return Response(body=_dumps(body), content_type=DICOM_JSON)
-        base = base_url(request)
-        links = _links(base, query, master, len(found))
+        # no link names the master patient id unless the reader may see a study of hers
+        links = _links(base, query, master if shown else None, len(found))
         bundle = render.searchset(
             page, total=len(found), base_url=base, links=links, timestamp=utcnow()
         )
@@ -310,7 +322,10 @@ def install(ctx: Context) -> None:
     def handler(route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             try:
-                return await answer(route, request)
+                given: MultiDict[str] = MultiDict(request.query)
+                if request.method == "POST":
+                    given.extend(await form_of(request))
+                return await answer(route, request, given)
             except Refused as refused:
                 ctx.metrics.queries.labels(route, refused.label).inc()
                 return refused.response
@@ -319,8 +334,21 @@ def install(ctx: Context) -> None:
 
     fhir_handle, qido_handle = handler("fhir"), handler("qido")
 
+    async def form_of(request: Request) -> MultiDict[str]:
+        """The parameters of a FHIR ``POST …/_search``: a form body, as FHIR says (so that
+        an identifier travels in the body, not in a URL that proxies log)."""
+        if request.content_type != "application/x-www-form-urlencoded":
+            message = "POST _search takes application/x-www-form-urlencoded parameters"
+            raise Refused(outcome(415, "not-supported", message), "invalid")
+        form = await request.post()
+        return MultiDict((k, v) for k, v in form.items() if isinstance(v, str))
+
     class ImagingStudySearch(View):
         async def get(self, request: Request) -> Response:
+            return await fhir_handle(request)
+
+    class ImagingStudyPostSearch(View):
+        async def post(self, request: Request) -> Response:
             return await fhir_handle(request)
 
     class QidoStudies(View):
@@ -329,6 +357,7 @@ def install(ctx: Context) -> None:
 
     page(app, "/fhir/ImagingStudy", "institution")(ImagingStudySearch)
     page(app, "/dicom-web/studies", "institution")(QidoStudies)
+    page(app, "/fhir/ImagingStudy/_search", "institution")(ImagingStudyPostSearch)
 
 
 def _links(base: str, query: Query, master: str | None, total: int) -> dict[str, str]:

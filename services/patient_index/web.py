@@ -32,6 +32,7 @@ from faust.web import View
 from mode import Service
 from yarl import URL
 
+from services.common import jsonbody
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
@@ -146,9 +147,9 @@ def install(ctx: Context) -> None:
     async def body_of(request: Request) -> dict[str, Any] | Response:
         raw = await request.read()
         try:
-            doc = simplejson.loads(raw) if raw else None
-        except ValueError as exc:
-            return outcome(400, "structure", f"the body is not JSON: {exc}", "$body")
+            doc = jsonbody.parse(raw)
+        except jsonbody.JsonBodyError as exc:
+            return outcome(400, "structure", str(exc), "$body")
         if not isinstance(doc, dict):
             return outcome(400, "structure", "the body must be a JSON object")
         return doc
