@@ -135,6 +135,7 @@ def make_app(
     datadir = settings.state_dir / service.replace("_", "-")
     datadir.mkdir(parents=True, exist_ok=True)
     faust_fixes.apply()
+    faust_fixes.apply_aiohttp()
     app_id = f"mrhub-{service.replace('_', '-')}"
     # every route of the worker's web server passes the guard (deny by default)
     guard = new_guard(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from time import monotonic
@@ -12,6 +13,66 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 _applied = False
 log = logging.getLogger(__name__)
+
+
+# ── aiohttp (every HTTP server of the hub: the gateway and the workers' faust web) ──────
+
+#: aiohttp versions whose ``RequestHandler.handle_error`` the patch below was read against.
+AIOHTTP_TESTED = ("3.12", "3.13", "3.14")
+_aiohttp_applied = False
+
+
+def apply_aiohttp() -> None:
+    """Protocol errors as FHIR ``OperationOutcome``, without echoing the request.
+
+    aiohttp answers a request it cannot parse — a request line or header over the limit, a
+    malformed header — itself, before any middleware runs, with ``text/plain`` that quotes
+    the offending bytes back (a query string with a 身份证 in it, say). For statuses below
+    500 the answer becomes an OperationOutcome that names the problem and quotes nothing;
+    aiohttp still logs it (the log formatter masks identifiers) and closes the connection.
+    """
+    global _aiohttp_applied
+    if _aiohttp_applied:
+        return
+    import aiohttp
+    from aiohttp import web_protocol
+    from aiohttp.web import Response
+
+    if not aiohttp.__version__.startswith(AIOHTTP_TESTED):
+        raise RuntimeError(
+            f"services.common.faust_fixes.apply_aiohttp was written for aiohttp "
+            f"{', '.join(AIOHTTP_TESTED)}; read RequestHandler.handle_error of "
+            f"{aiohttp.__version__} before allowing it"
+        )
+    _aiohttp_applied = True
+    original = web_protocol.RequestHandler.handle_error
+
+    def handle_error(
+        self: Any,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> Any:
+        response = original(self, request, status, exc, message)
+        if status >= 500:
+            return response
+        from services.common.fhir import Issue, operation_outcome
+
+        if status in (413, 414, 431):
+            text = "the request line or a header is over the server's limit"
+        else:
+            text = "the request is not well-formed HTTP"
+        doc = operation_outcome([Issue("error", "structure", text, (), "invalid-parameter")])
+        fixed = Response(
+            status=status,
+            body=json.dumps(doc).encode(),
+            content_type="application/fhir+json",
+        )
+        fixed.force_close()
+        return fixed
+
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
 
 
 def apply() -> None:

@@ -6,6 +6,7 @@ import logging
 
 from aiohttp import web
 
+from services.common import faust_fixes
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
 from services.common.logging import setup_logging
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
+    faust_fixes.apply_aiohttp()  # protocol errors answered as OperationOutcomes
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
         raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS must name the Kafka cluster")
