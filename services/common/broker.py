@@ -156,6 +156,25 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _sasl_plain(port: int, controller_port: int, users: dict[str, str]) -> dict[str, str]:
+    """Broker properties for one SASL_PLAINTEXT listener with PLAIN users."""
+    (broker_user, broker_password), *_ = users.items()
+    accounts = " ".join(f'user_{u}="{pw}"' for u, pw in users.items())
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{broker_user}" password="{broker_password}" {accounts};'
+    )
+    return {
+        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+    }
+
+
 class LocalBroker:
     """Manage one broker whose whole state lives in ``data_dir``."""
 
@@ -168,7 +187,12 @@ class LocalBroker:
         port: int = 9092,
         controller_port: int = 9093,
         heap: str = "512m",
+        sasl_plain_users: dict[str, str] | None = None,
     ) -> None:
+        """``sasl_plain_users`` (user → password): clients must authenticate with SASL/PLAIN
+        on the broker's listener (``SASL_PLAINTEXT``), the first user being the broker's own
+        (for tests of the hub's Kafka security settings; never a production setup)."""
+        self.sasl_plain_users = dict(sasl_plain_users or {})
         self.data_dir = data_dir.resolve()
         self.cache_dir = cache_dir
         self.kafka_version = kafka_version
@@ -226,6 +250,8 @@ class LocalBroker:
             "num.recovery.threads.per.data.dir": "1",
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
         }
+        if self.sasl_plain_users:
+            props.update(_sasl_plain(port, controller_port, self.sasl_plain_users))
         text = "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_path.write_text(text, encoding="utf-8")
         (self.data_dir / "log4j.properties").write_text(

@@ -22,6 +22,7 @@ from services.common import faust_fixes, lag
 from services.common.errors import ConfigError
 from services.common.institutions import hash_token
 from services.common.kafka_admin import create_topics
+from services.common.kafka_security import faust_credentials
 from services.common.logging import dict_config
 from services.common.metrics import WorkerMetrics
 from services.common.patient_lookup import internal_token
@@ -144,6 +145,7 @@ def make_app(
     )
     options: dict[str, Any] = {
         "broker": broker_urls(bootstrap),
+        "broker_credentials": faust_credentials(settings.kafka),
         "env_prefix": FAUST_ENV_PREFIX,
         "store": "rocksdb://",
         "datadir": str(datadir),

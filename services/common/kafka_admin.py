@@ -11,6 +11,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.errors import KafkaUnavailableError
+from services.common.kafka_security import kafka_python_options
 from services.common.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def _admin(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
         request_timeout_ms=max(ms, 1000),
         bootstrap_timeout_ms=max(ms, 1000),
         reconnect_backoff_max_ms=500,
+        **kafka_python_options(),
     )
 
 

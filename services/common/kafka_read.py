@@ -12,6 +12,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from services.common.kafka_security import kafka_python_options
+
 __all__ = ["read_topic"]
 
 
@@ -24,6 +26,7 @@ def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> Itera
         enable_auto_commit=False,
         isolation_level="read_committed",
         consumer_timeout_ms=1000,
+        **kafka_python_options(),
     )
     try:
         parts = consumer.partitions_for_topic(topic) or set()

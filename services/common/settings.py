@@ -44,6 +44,16 @@ class KafkaSettings(_Frozen):
         "shorter costs more transactions per second.",
     )
     client_id_prefix: str = "mrhub"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client of the hub talks to the brokers (docs/security.md).",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(default=None, description="No default: a secret.")
+    ssl_cafile: Path | None = Field(default=None, description="CA of the brokers' certificates.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_keyfile: Path | None = Field(default=None, description="Its private key.")
 
 
 class BrokerSettings(_Frozen):

@@ -39,6 +39,7 @@ from services.common.audit import access_event
 from services.common.envelope import utcnow
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, may_read
+from services.common.kafka_security import aiokafka_options
 from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_master_id
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
@@ -76,6 +77,7 @@ class Outbox:
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
+            **aiokafka_options(self.settings.kafka),
         )
         await self.producer.start()
 

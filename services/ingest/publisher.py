@@ -36,6 +36,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from services.common.errors import KafkaUnavailableError
+from services.common.kafka_security import aiokafka_options
 from services.ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class Publisher:
             max_request_size=_MAX_REQUEST,
             request_timeout_ms=ms,
             retry_backoff_ms=100,
+            **aiokafka_options(),
         )
         try:
             await asyncio.wait_for(producer.start(), self.timeout_s)
@@ -253,6 +255,7 @@ class Publisher:
                     bootstrap_servers=self.bootstrap.split(","),
                     client_id=f"mrhub-ingest-probe-{self._instance}",
                     request_timeout_ms=3000,
+                    **aiokafka_options(),
                 )
                 await asyncio.wait_for(self._probe.bootstrap(), 3.0)
             await asyncio.wait_for(self._probe.fetch_all_metadata(), 3.0)

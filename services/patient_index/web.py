@@ -36,6 +36,7 @@ from services.common import jsonbody
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
+from services.common.kafka_security import aiokafka_options
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
 from services.common.web_guard import page
@@ -120,6 +121,7 @@ def install(ctx: Context) -> None:
                 bootstrap_servers=ctx.settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
+                **aiokafka_options(ctx.settings.kafka),
             )
             await ctx.producer.start()
 

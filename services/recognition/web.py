@@ -35,6 +35,7 @@ from services.common.audit import access_event
 from services.common.envelope import Envelope
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry
+from services.common.kafka_security import aiokafka_options
 from services.common.patient_lookup import LookupUnavailable, PatientLookup, Resolved
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
@@ -103,6 +104,7 @@ def install(ctx: Context) -> None:
                 bootstrap_servers=ctx.settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
+                **aiokafka_options(ctx.settings.kafka),
             )
             await ctx.producer.start()
 

@@ -37,6 +37,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from services.common.fhir import FHIR_JSON
+from services.common.kafka_security import kafka_python_options
 from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
 from services.simulate import fhir
 from services.simulate.scenario import Request, Scenario, expected_saving, identity_of
@@ -231,6 +232,7 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
         isolation_level="read_committed",
         consumer_timeout_ms=1000,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        **kafka_python_options(),
     )
 
 
@@ -309,7 +311,7 @@ def wait_committed(
     ``stall_s`` first."""
     if not past:
         return True
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_options())
     try:
         last: dict[int, int] = {}
         moved = time.monotonic()
