@@ -178,6 +178,32 @@ def results_prefix(master: bytes) -> bytes:
     return master + b"|"
 
 
+def decision_body(
+    decision: Decision,
+    decision_id: str,
+    *,
+    previous: dict[str, Any] | None,
+    cause: str | None,
+) -> dict[str, Any]:
+    """The payload of a decision on ``mrhub.recognition.decision-made.v1``
+    (docs/schemas/decision-made.v1.json): its first :data:`MAX_MATCHES` matches, best
+    first, and ``matches_total`` counting them all, so that no decision outgrows a Kafka
+    message however many results the patient has."""
+    listed = decision.model_copy(update={"matches": decision.matches[:MAX_MATCHES]})
+    body = listed.model_dump(mode="json")
+    body["matches_total"] = len(decision.matches)
+    # yuan as JSON numbers with their digits (the envelope writes Decimals as numbers)
+    body["price_yuan"] = decision.price_yuan
+    body["estimated_saving_yuan"] = decision.estimated_saving_yuan
+    body["decision_id"] = decision_id
+    body["revision"] = (previous or {}).get("revision", 0) + 1
+    body["supersedes"] = (previous or {}).get("decision_id")
+    body["reissue"] = cause is not None
+    body["reevaluation_cause"] = cause
+    body["detected_issue"] = to_detected_issue(listed, issue_id=decision_id)
+    return body
+
+
 def keep_recent(orders: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Drop decided orders older than :data:`KEEP_ORDERS_FOR`, keep :data:`KEEP_ORDERS`."""
     horizon = (now - KEEP_ORDERS_FOR).isoformat()
@@ -332,18 +358,7 @@ def create_app(
         """Send ``decision`` and return the entry to keep for its order. The decision lists
         its first :data:`MAX_MATCHES` matches (``matches_total`` counts them all)."""
         decision_id = uuid.uuid4().hex
-        listed = decision.model_copy(update={"matches": decision.matches[:MAX_MATCHES]})
-        body = listed.model_dump(mode="json")
-        body["matches_total"] = len(decision.matches)
-        # yuan as JSON numbers with their digits (the envelope writes Decimals as numbers)
-        body["price_yuan"] = decision.price_yuan
-        body["estimated_saving_yuan"] = decision.estimated_saving_yuan
-        body["decision_id"] = decision_id
-        body["revision"] = (previous or {}).get("revision", 0) + 1
-        body["supersedes"] = (previous or {}).get("decision_id")
-        body["reissue"] = cause is not None
-        body["reevaluation_cause"] = cause
-        body["detected_issue"] = to_detected_issue(listed, issue_id=decision_id)
+        body = decision_body(decision, decision_id, previous=previous, cause=cause)
         out = Envelope(
             event_id=decision_id,
             event_type=DECISION_MADE.name.rsplit(".", 1)[0],
@@ -368,7 +383,7 @@ def create_app(
             "decision_id": decision_id,
             "revision": body["revision"],
             "decided_at": decision.decided_at.isoformat(),
-            "matches": [m.record_id for m in listed.matches],
+            "matches": [m.record_id for m in decision.matches[:MAX_MATCHES]],
             "catalog_version": decision.catalog_version,
             "fingerprint": fingerprint(decision),
             "trace_id": trace_id,

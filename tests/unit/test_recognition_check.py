@@ -13,6 +13,7 @@ from services.common.institutions import may_read
 from services.recognition.app import (
     KEEP_ORDERS,
     MAX_MATCHES,
+    decision_body,
     fingerprint,
     keep_recent,
     result_key,
@@ -347,3 +348,25 @@ def test_only_recent_orders_are_kept_for_re_evaluation() -> None:
     assert set(kept) == {f"o{i}" for i in range(KEEP_ORDERS)}  # the newest fifty
     old = {"old": {"decided_at": (NOW - timedelta(days=91)).isoformat()}}
     assert keep_recent(old, NOW) == {}
+
+
+def test_a_published_decision_lists_a_bounded_number_of_matches_and_fits_its_schema(
+    shanxi: Catalog,
+) -> None:
+    import json
+
+    import jsonschema
+    import simplejson
+
+    schema = json.loads((REPO / "docs" / "schemas" / "decision-made.v1.json").read_text())
+    results = [lab(at="TY-L3A", collected=timedelta(hours=i + 1)) for i in range(MAX_MATCHES * 3)]
+    decision = run(lab_order(at="TY-L2"), results, shanxi)
+    body = decision_body(decision, "0" * 32, previous=None, cause=None)
+    doc = json.loads(simplejson.dumps(body, use_decimal=True))
+    jsonschema.validate(doc, schema)
+    assert len(doc["matches"]) == MAX_MATCHES and doc["matches_total"] == MAX_MATCHES * 3
+    assert doc["matches"][0]["record_id"] == decision.matches[0].record_id
+    assert len(doc["detected_issue"]["evidence"][0]["detail"]) == MAX_MATCHES
+    again = decision_body(decision, "1" * 32, previous=body, cause="result-amended")
+    assert (again["revision"], again["supersedes"], again["reissue"]) == (2, "0" * 32, True)
+    jsonschema.validate(json.loads(simplejson.dumps(again, use_decimal=True)), schema)
