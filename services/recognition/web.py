@@ -21,6 +21,7 @@ written, the answer is 503 and nothing is shown. Every input is range-checked
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -41,7 +42,12 @@ from services.common.audit import access_event
 from services.common.envelope import Envelope
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry
-from services.common.patient_lookup import LookupUnavailable, PatientLookup, Resolved
+from services.common.patient_lookup import (
+    LookupUnavailable,
+    PatientLookup,
+    Resolved,
+    internal_token,
+)
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
@@ -70,7 +76,9 @@ _REASON = {
     503: "not-ready",
 }
 _CODE: dict[int, IssueCode] = {413: "too-costly", 415: "not-supported"}
-#: Set on a request forwarded to the owner of the patient's partition (answered there).
+#: Carries the hub's internal token on a request forwarded to the owner of the patient's
+#: partition: it is answered there, not forwarded again. A caller cannot set it to make a
+#: worker that does not hold the patient answer from nothing.
 ROUTED_HEADER = "X-Mrhub-Routed"
 #: What feedback for an unknown patient, and for a patient the caller has no order for,
 #: both answer — the same status and body, so neither tells whether the hub knows her.
@@ -213,7 +221,9 @@ def install(ctx: Context) -> None:
     async def forward(request: Request, master: str, body: dict[str, Any]) -> Response | None:
         """Forward to the owner of ``master``'s partition, as a POST with ``body`` (never the
         identifier in a URL); ``None`` when this worker answers itself."""
-        if request.headers.get(ROUTED_HEADER) == "1":
+        routed_token = internal_token(ctx.settings)  # the patient lookup needs the key too
+        given = request.headers.get(ROUTED_HEADER, "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(given, routed_token.encode()):
             return None
         try:
             dest = app.router.key_store("results", master.encode())
@@ -227,7 +237,7 @@ def install(ctx: Context) -> None:
         headers = {
             "Authorization": request.headers.get("Authorization", ""),
             "Content-Type": "application/json",
-            ROUTED_HEADER: "1",
+            ROUTED_HEADER: routed_token,
         }
         try:
             async with app.http_client.post(url, data=_dumps(body), headers=headers) as answer:

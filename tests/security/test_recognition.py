@@ -24,8 +24,10 @@ from typing import Any
 
 import httpx
 
+from services.common.broker import free_port
 from tests.fhir_samples import gb11643, observation, service_request
 from tests.security.conftest import A2, CARD_SYSTEM, A, B, C, SecurityHub
+from tests.support import run_module, stop_process
 
 LOINC = "http://loinc.org"
 CBC = "58410-2"
@@ -247,6 +249,86 @@ def test_the_check_takes_the_identifier_in_a_post_body_json_or_form(
         assert got.status_code == 200, got.text
         assert got.json()["decision"] == "recognisable"
         assert [m["institution"] for m in got.json()["matches"]] == [A2]
+
+
+def test_a_second_worker_forwards_to_the_owner_and_a_forged_routing_header_changes_nothing(
+    security_hub: SecurityHub,
+) -> None:
+    """With two recognition workers, each patient's results live on one of them: the other
+    forwards (a POST with the body, never the identifier in a URL). A caller that sets the
+    routing header itself does not make the other worker answer from nothing."""
+    hub = security_hub
+    cards = [_card() for _ in range(4)]  # over 3 partitions, some land on each worker
+    _post_results(hub, [(A2, _result(A2, card, CBC)) for card in cards])
+    name = "recognition-2"
+    port = free_port()
+    env = {
+        **hub.env("recognition"),
+        "MRHUB_RECOGNITION__PORT": str(port),
+        "MRHUB_STATE_DIR": str(hub.tmp / "state" / name),
+    }
+    second = run_module(["-m", "services.cli", "serve", "recognition"], env, hub.log(name))
+    workers = [hub.url("recognition"), f"http://127.0.0.1:{port}"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all(_ready(url) for url in workers):
+            assert second.poll() is None, hub.log(name).read_text()[-3000:]
+            assert time.monotonic() < deadline, "the two workers never settled"
+            time.sleep(0.5)
+        forwarded = [
+            _metric_at(url, "mrhub_recognition_check_seconds_count", outcome="forwarded")
+            for url in workers
+        ]
+        auth = [(k.encode(), v.encode()) for k, v in hub.auth(B).items()]
+        routed = b"X-Mrhub-Routed"
+        for card in cards:
+            body = {"patient": f"{CARD_SYSTEM}|{card}", "code": f"{LOINC}|{CBC}"}
+            for url in workers:
+                for forged in ([], [(routed, b"1")], [(routed, "é".encode())]):
+                    got = httpx.post(
+                        f"{url}/recognition/check", json=body, headers=auth + forged, timeout=30
+                    )
+                    assert got.status_code == 200, got.text
+                    assert [m["institution"] for m in got.json()["matches"]] == [A2], (url, forged)
+        more = [
+            _metric_at(url, "mrhub_recognition_check_seconds_count", outcome="forwarded") - was
+            for url, was in zip(workers, forwarded, strict=True)
+        ]
+        assert sum(more) >= len(cards) * 3  # every card is owned by one worker only
+    finally:
+        stop_process(second)
+        _settled(hub, cards)
+
+
+def _settled(hub: SecurityHub, cards: list[str], timeout_s: float = 180) -> None:
+    """Wait until the hub's one recognition worker answers for every card again (it takes
+    the second worker's partitions back and restores them)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(cards)
+    while pending:
+        assert time.monotonic() < deadline, "the remaining worker never took over"
+        got = hub.check(B, f"{CARD_SYSTEM}|{pending[0]}", f"{LOINC}|{CBC}")
+        if got.status_code == 200 and [m["institution"] for m in got.json()["matches"]] == [A2]:
+            pending.pop(0)
+        else:
+            time.sleep(0.5)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _metric_at(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{", 1)[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 # ── finding 5: state that cannot outgrow Kafka ───────────────────────────────────────────
