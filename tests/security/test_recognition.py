@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 
 from services.common.broker import free_port
+from services.common.stages import dumps
 from tests.fhir_samples import gb11643, observation, service_request
 from tests.security.conftest import A2, CARD_SYSTEM, A, B, C, SecurityHub
-from tests.support import run_module, stop_process
+from tests.support import produce, run_module, stop_process
 
 LOINC = "http://loinc.org"
 CBC = "58410-2"
@@ -332,6 +333,45 @@ def _metric_at(url: str, name: str, **labels: str) -> float:
 
 
 # ── finding 5: state that cannot outgrow Kafka ───────────────────────────────────────────
+
+
+def test_results_kept_in_the_layout_before_one_entry_per_result_are_still_known(
+    security_hub: SecurityHub,
+) -> None:
+    """An upgraded worker restores a changelog written by the earlier version (one value
+    per patient, every result in it), decides with those results, and splits the value into
+    one entry per result at the patient's next event."""
+    hub = security_hub
+    card = _card()
+    _post_results(hub, [(A2, _result(A2, card, CBC))])
+    patient, code = f"{CARD_SYSTEM}|{card}", f"{LOINC}|{CBC}"
+    master = hub.check(B, patient, code).json()["master_patient_id"]
+    assert master
+    [real] = [
+        e.payload
+        for e in hub.events("mrhub.results.result-indexed.v1")
+        if e.payload.get("master_patient_id") == master
+    ]
+    old = {**real, "record_id": uuid.uuid4().hex}
+    old["source"] = {**(real.get("source") or {}), "resource_id": "from-the-old-layout"}
+    legacy = {real["record_id"]: real, old["record_id"]: old}
+    produce(
+        hub.bootstrap, "mrhub-recognition-results-changelog", [(master.encode(), dumps(legacy))]
+    )
+
+    def listed() -> set[str]:
+        got = hub.check(B, patient, code)
+        assert got.status_code == 200, got.text
+        return {m["report"]["record_id"] for m in got.json()["matches"]}
+
+    hub.restart("recognition", keep_state=False)  # restores the old value from the changelog
+    assert listed() == {real["record_id"], old["record_id"]}
+    _post_results(hub, [(A2, _result(A2, card, CBC))])  # the patient's next event: split
+    after = listed()
+    assert len(after) == 3 and old["record_id"] in after
+    hub.restart("recognition", keep_state=False)  # the split entries are in the changelog
+    assert listed() == after
+
 
 MANY = 5_000
 PER_BUNDLE = 500
