@@ -126,6 +126,10 @@ def parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
         raise BadInput(400, "the body is not JSON", "$body") from None
     if not isinstance(doc, dict):
         raise BadInput(400, "the body must be a JSON object", "$body")
+    try:  # "\ud800" is valid JSON but no text: it could be neither logged nor sent on
+        simplejson.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        raise BadInput(400, "the body holds an escape that is not Unicode text", "$body") from None
     return doc
 
 
@@ -141,8 +145,8 @@ def text_param(value: Any, name: str, *, required: bool = True) -> str:
         raise BadInput(400, f"{name} must be a string", name)
     if len(value) > MAX_PARAM_CHARS:
         raise BadInput(400, f"{name} is longer than {MAX_PARAM_CHARS} characters", name)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise BadInput(400, f"{name} holds control characters", name)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadInput(400, f"{name} holds control characters or lone surrogates", name)
     text: str = value.strip()
     if required and not text:
         raise BadInput(400, f"{name} is required", name)

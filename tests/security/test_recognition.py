@@ -206,6 +206,8 @@ def test_bad_input_is_a_4xx_operation_outcome_never_a_500(security_hub: Security
         ("POST", "feedback", {"content": b"[" * 100_000}, 400),
         ("POST", "check", {"content": b'{"patient": ' + b"{" * 5_000}, 400),
         ("POST", "check", {"content": b"\xff\xfe{"}, 400),
+        ("POST", "check", {"content": b'{"patient": "\\ud800", "code": "K"}'}, 400),
+        ("POST", "feedback", {"content": b'{"choice": 1' + b"0" * 5_000 + b"}"}, 400),
         ("POST", "check", {"json": {"patient": ["x"], "code": {"a": 1}}}, 400),
         ("POST", "check", {"json": {"patient": "x" * 300, "code": "K"}}, 400),
         ("POST", "check", {"json": {"patient": "a\u0000b", "code": "K"}}, 400),

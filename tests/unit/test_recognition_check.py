@@ -225,6 +225,8 @@ def test_json_nesting_is_measured_on_the_bytes(raw: bytes, deep: bool) -> None:
         ("application/json", b"not json", 400),
         ("application/json", b"\xff\xfe", 400),
         ("application/json", b"[1, 2]", 400),
+        ("application/json", b'{"patient": "\\ud800", "note": "x"}', 400),
+        ("application/json", b'{"n": 1' + b"0" * 5000 + b"}", 400),
         ("application/json", b"", 400),
         ("application/json", b'{"a": "' + b"x" * MAX_BODY_BYTES + b'"}', 413),
         ("text/plain", b"patient=x", 415),
@@ -250,7 +252,7 @@ def test_a_check_body_may_be_json_or_a_form() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [5, ["a"], {"a": 1}, "x" * (MAX_PARAM_CHARS + 1), "a\x00b", "line\nbreak", "", "   "],
+    [5, ["a"], {"a": 1}, "x" * (MAX_PARAM_CHARS + 1), "a\x00b", "line\nbreak", "\ud800", "", "   "],
 )
 def test_a_parameter_must_be_a_short_plain_string(value: Any) -> None:
     with pytest.raises(BadInput) as refused:
