@@ -119,6 +119,12 @@ def not_known() -> Response:
     return outcome(404, "not-found", NO_SUCH_PATIENT, reason="not-found")
 
 
+def media_type(request: Request) -> str:
+    """The body's media type; ``""`` (read as JSON) when the client sent none (aiohttp would
+    say ``application/octet-stream``)."""
+    return request.content_type if request.headers.get("Content-Type") else ""
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused (413) past ``limit`` bytes without reading further."""
     if request.content_length is not None and request.content_length > limit:
@@ -330,7 +336,7 @@ def install(ctx: Context) -> None:
             try:
                 caller(request)
                 try:
-                    doc = parse_body(request.content_type, await read_body(request))
+                    doc = parse_body(media_type(request), await read_body(request))
                 except BadInput as bad:
                     raise _Refused(refusal(bad)) from None
                 patient, code = params(doc)
@@ -343,7 +349,7 @@ def install(ctx: Context) -> None:
             try:
                 inst = caller(request)
                 try:
-                    doc = parse_body(request.content_type, await read_body(request))
+                    doc = parse_body(media_type(request), await read_body(request))
                 except BadInput as bad:
                     raise _Refused(refusal(bad)) from None
                 patient, code_param = params(doc)

@@ -40,9 +40,15 @@ RESULTS = "mrhub_recognition_results_total"
 _SEQ = iter(random.sample(range(1, 999, 2), 400))
 
 
+#: every 身份证 this module used, to look for in the services' logs at the end
+_ISSUED: list[str] = []
+
+
 def _card() -> str:
     """A 身份证 no other module of the package uses (Datong, born 1977-04-01)."""
-    return gb11643(f"14021519770401{next(_SEQ):03d}")
+    card = gb11643(f"14021519770401{next(_SEQ):03d}")
+    _ISSUED.append(card)
+    return card
 
 
 def _iso(moment: datetime) -> str:
@@ -248,7 +254,13 @@ def test_the_check_takes_the_identifier_in_a_post_body_json_or_form(
         headers=hub.auth(B),
         timeout=30,
     )
-    for got in (as_json, as_form, as_query):
+    untyped = httpx.post(  # JSON without a Content-Type header is read as JSON
+        f"{hub.url('recognition')}/recognition/check",
+        content=dumps({"patient": patient, "code": code}),
+        headers=hub.auth(B),
+        timeout=30,
+    )
+    for got in (as_json, as_form, as_query, untyped):
         assert got.status_code == 200, got.text
         assert got.json()["decision"] == "recognisable"
         assert [m["institution"] for m in got.json()["matches"]] == [A2]
@@ -420,3 +432,15 @@ def test_a_restart_after_5000_results_for_one_patient_keeps_all_5000(
     [decision] = hub.wait_for(DECISIONS, lambda e: e.trace_id == trace, timeout_s=120)
     assert decision.payload["matches_total"] == MANY
     assert len(decision.payload["matches"]) == 20
+
+
+# the last test of the module: what the tests above sent must not be in any log
+
+
+def test_no_identity_number_sent_to_recognition_reached_a_log(security_hub: SecurityHub) -> None:
+    logs = sorted(security_hub.tmp.glob("*.log"))
+    assert _ISSUED and any(log.name.startswith("recognition") for log in logs)
+    for log in logs:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        leaked = [card for card in _ISSUED if card[:17] in text]
+        assert not leaked, f"{log.name} names {len(leaked)} 身份证 number(s)"
