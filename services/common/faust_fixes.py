@@ -209,3 +209,65 @@ def apply() -> None:
     thread._highwaters = _highwaters  # type: ignore[method-assign]
     thread._seek_to_committed = _seek_to_committed  # type: ignore[attr-defined]
     thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+
+
+# ── reading a table partition's RocksDB store directly (recognition's per-record entries) ──
+#
+# faust's table API reads one key at a time. A table that keeps one entry per record
+# (``<master>|<record id>``) instead of one growing value per patient must read a patient's
+# entries with a prefix scan of the store of the partition that holds them. faust writes a
+# table change to the changelog partition of the event being processed, so the entries of a
+# patient keyed by master id live in that master's partition of the input topics.
+
+#: The faust-streaming release whose private store attributes the functions below read.
+PINNED_FAUST_VERSION = "0.15.3"
+
+
+def require_pinned_faust() -> None:
+    """Refuse to read faust's private attributes under any other faust-streaming release."""
+    import faust
+
+    if faust.__version__ != PINNED_FAUST_VERSION:
+        raise RuntimeError(
+            f"services.common.faust_fixes reads private attributes of faust-streaming "
+            f"{PINNED_FAUST_VERSION}; {faust.__version__} is installed. Check each one "
+            "(tests/unit/test_faust_compat.py) before changing the pin."
+        )
+
+
+def partition_db(table: Any, partition: int) -> Any | None:
+    """The open RocksDB database (a ``rocksdict.Rdict`` in raw mode) that holds ``table``'s
+    entries of ``partition`` on this worker, or ``None`` when this worker has not opened it
+    (it neither owns nor restores that partition). Reads the private ``Store._dbs``."""
+    require_pinned_faust()
+    store = table.data
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:
+        raise RuntimeError(f"table {table.name!r} is not kept in RocksDB")
+    return dbs.get(partition)
+
+
+def scan_prefix(
+    table: Any, partition: int, prefix: bytes, *, limit: int | None = None
+) -> list[tuple[bytes, bytes]]:
+    """Every ``(key, value)`` of ``table`` in ``partition`` whose key starts with ``prefix``,
+    in key order (at most ``limit``). Empty when this worker does not hold the partition.
+    faust's own offset key (``Store.offset_key``) never matches a non-empty prefix that does
+    not start with ``__faust``."""
+    if not prefix:
+        raise ValueError("a prefix scan needs a non-empty prefix")
+    db = partition_db(table, partition)
+    if db is None:
+        return []
+    out: list[tuple[bytes, bytes]] = []
+    it = db.iter()
+    it.seek(prefix)
+    while it.valid():
+        key = it.key()
+        if not isinstance(key, bytes) or not key.startswith(prefix):
+            break
+        out.append((key, it.value()))
+        if limit is not None and len(out) >= limit:
+            break
+        it.next()
+    return out

@@ -3,22 +3,27 @@
 Both inputs are keyed by master patient id and share one partitioning, so one worker owns a
 patient's results and decides that patient's orders:
 
-- ``results`` reads ``mrhub.results.result-indexed.v1`` and keeps, per master patient id, the
-  latest version of each result (``results`` table). A retraction removes it; a result that
+- ``results`` reads ``mrhub.results.result-indexed.v1`` and keeps the latest version of each
+  result, one table entry per result (``results`` table, key ``<master>|<record id>``; a
+  patient's entries are read with a prefix scan of the partition that holds them, see
+  :func:`services.common.faust_fixes.scan_prefix`). A retraction removes it; a result that
   moved to another master (merge, unmerge, relink) is forgotten under the old one (an
-  internal ``forget`` message to the old master's owner) and kept under the new one.
+  internal ``forget`` message to the old master's owner) and kept under the new one. No
+  value grows with a patient's history, so none can outgrow Kafka's message size.
 - ``orders`` reads ``mrhub.results.order-placed.v1``: each new or updated active order is
   decided with :func:`services.recognition.decision.decide` against the patient's results,
   the institution registry and the catalogue in force for the ordering institution's
   region, and the decision is published on ``mrhub.recognition.decision-made.v1`` (keyed by
   master patient id), with its FHIR ``DetectedIssue`` form.
 
-Each decided order is kept (``orders`` table, per master patient id: the order, the id of its
-latest decision and the results it matched). Re-evaluation: when a result a decision matched
-is amended or retracted, or moves to another patient (unmerge, unlink), the decision is
-made again and re-issued with ``supersedes`` naming the one it replaces; when results move
-*in* (a merge), the patient's open orders are decided again and re-issued where the answer
-changed; an order that is updated or moves to another master is decided again too.
+Each decided order is kept (``orders`` table, per master patient id: at most
+:data:`KEEP_ORDERS` orders, each with the id of its latest decision and the first
+:data:`MAX_MATCHES` results it matched — a bounded value). Re-evaluation: when a result a
+decision matched is amended or retracted, or moves to another patient (unmerge, unlink),
+the decision is made again and re-issued with ``supersedes`` naming the one it replaces;
+when results move *in* (a merge), the patient's open orders of the moved result's item are
+decided again and re-issued where the answer changed; an order that is updated or moves to
+another master is decided again too.
 
 ``GET /recognition/check`` and ``POST /recognition/feedback`` are in
 :mod:`services.recognition.web`.
@@ -41,6 +46,7 @@ from prometheus_client import Counter, Histogram
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
+from services.common.faust_fixes import scan_prefix
 from services.common.institutions import ReloadingRegistry
 from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
@@ -55,12 +61,13 @@ from services.common.topics import (
     partition_for,
 )
 from services.recognition import web
-from services.recognition.catalog import CatalogSet, load_catalogs
+from services.recognition.catalog import Catalog, CatalogSet, load_catalogs
 from services.recognition.decision import (
     Decision,
     Order,
     PriorResult,
     decide,
+    item_of_record,
     to_detected_issue,
 )
 
@@ -73,6 +80,10 @@ DECIDED_STATUSES = frozenset({"active", "draft", "on-hold"})
 #: Decided orders kept per patient for re-evaluation: the most recent ones, none older.
 KEEP_ORDERS = 50
 KEEP_ORDERS_FOR = timedelta(days=90)
+#: Matches a published decision lists (the best first; ``matches_total`` counts them all), and
+#: the matched results kept per order for re-evaluation: what a doctor sees is bounded, and
+#: so is every message and table value, however long the patient's history.
+MAX_MATCHES = 20
 #: How often a worker looks whether the catalogue versions in force changed.
 CATALOGUE_WATCH_S = 10.0
 #: Seconds buckets from gateway receipt to a decision, and of a synchronous check.
@@ -145,15 +156,52 @@ class Metrics:
 
 
 def fingerprint(decision: Decision) -> list[Any]:
-    """What a doctor would see change: outcome, reason and each match's verdict and expiry."""
+    """What a doctor would see change: outcome, reason and each listed match's verdict and
+    expiry (the first :data:`MAX_MATCHES`, as published)."""
     return [
         decision.outcome,
         decision.reason,
         [
             [m.record_id, m.recognisable, m.reason, m.valid_until and m.valid_until.isoformat()]
-            for m in decision.matches
+            for m in decision.matches[:MAX_MATCHES]
         ],
     ]
+
+
+def result_key(master: bytes, record_id: str) -> bytes:
+    """The ``results`` table key of one result: ``<master>|<record id>``."""
+    return master + b"|" + record_id.encode()
+
+
+def results_prefix(master: bytes) -> bytes:
+    """The prefix of every ``results`` key of ``master`` (a master id never holds ``|``)."""
+    return master + b"|"
+
+
+def decision_body(
+    decision: Decision,
+    decision_id: str,
+    *,
+    previous: dict[str, Any] | None,
+    cause: str | None,
+) -> dict[str, Any]:
+    """The payload of a decision on ``mrhub.recognition.decision-made.v1``
+    (docs/schemas/decision-made.v1.json): its first :data:`MAX_MATCHES` matches, best
+    first, and ``matches_total`` counting them all, so that no decision outgrows a Kafka
+    message however many results the patient has."""
+    listed = decision.model_copy(update={"matches": decision.matches[:MAX_MATCHES]})
+    body = listed.model_dump(mode="json")
+    body["matches_total"] = len(decision.matches)
+    # yuan as JSON numbers with their digits (the envelope writes Decimals as numbers)
+    body["price_yuan"] = decision.price_yuan
+    body["estimated_saving_yuan"] = decision.estimated_saving_yuan
+    body["decision_id"] = decision_id
+    body["revision"] = (previous or {}).get("revision", 0) + 1
+    body["supersedes"] = (previous or {}).get("decision_id")
+    body["reissue"] = cause is not None
+    body["reevaluation_cause"] = cause
+    body["detected_issue"] = to_detected_issue(listed, issue_id=decision_id)
+    return body
 
 
 def keep_recent(orders: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -164,11 +212,15 @@ def keep_recent(orders: dict[str, Any], now: datetime) -> dict[str, Any]:
     return dict(fresh[-KEEP_ORDERS:])
 
 
+def is_retraction(payload: dict[str, Any]) -> bool:
+    return payload.get("change") == "retraction" or bool(payload.get("retracted"))
+
+
 def apply_result(known: dict[str, Any], payload: dict[str, Any]) -> bool:
     """Fold one result-indexed payload into a patient's known results (record id → payload).
     Returns whether anything changed."""
     rid = payload["record_id"]
-    if payload.get("change") == "retraction" or payload.get("retracted"):
+    if is_retraction(payload):
         return known.pop(rid, None) is not None
     if known.get(rid) == payload:
         return False
@@ -207,35 +259,91 @@ def create_app(
     )
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
-    web_ctx = web.Context(
-        app=app,
-        settings=settings,
-        registry=registry,
-        catalogs=catalogs,
-        known=known,
-        metrics=metrics,
-        clock=clock,
-    )
     emit = stages.emit
+    partitions = settings.topic_partitions
 
-    def patient_results(key: bytes) -> dict[str, Any]:
+    def patient_results(key: bytes, partition: int | None = None) -> dict[str, Any]:
+        """record id → payload of every known result of master ``key``: a prefix scan of the
+        partition that holds them (the event's own, or the master's when answering HTTP),
+        plus a value left in the layout before one entry per result, if any."""
+        part = partition_for(key, partitions) if partition is None else partition
+        prefix = results_prefix(key)
+        out = {k[len(prefix) :].decode(): _loads(v) for k, v in scan_prefix(known, part, prefix)}
+        legacy = known.get(key)
+        if legacy:
+            for rid, payload in dict(_loads(legacy)).items():
+                out.setdefault(rid, payload)
+        return out
+
+    def migrate_legacy(key: bytes) -> None:
+        """Split a patient's value of the old layout (master → every result) into one entry
+        per result, inside the current event's transaction."""
         raw = known.get(key)
-        return dict(_loads(raw)) if raw else {}
+        if not raw:
+            return
+        for rid, payload in dict(_loads(raw)).items():
+            entry = result_key(key, str(rid))
+            if known.get(entry) is None:
+                known[entry] = _dumps(payload)
+        del known[key]
 
     def patient_orders(key: bytes) -> dict[str, Any]:
         raw = decided.get(key)
         return dict(_loads(raw)) if raw else {}
 
-    def decide_now(key: bytes, order: Order, results: dict[str, Any]) -> Decision:
-        now = clock()
+    def priors_of(results: dict[str, Any]) -> list[PriorResult]:
+        return [PriorResult.model_validate(p) for p in results.values()]
+
+    def catalog_for(order: Order, now: datetime) -> Catalog:
         orderer = registry.get(order.institution)
         if orderer is None:
             raise ValueError("the ordering institution is not in the registry")
         catalog = catalogs.catalog_for(orderer.region_code, now)
         if catalog is None:
             raise ValueError("no catalogue is in force for the ordering institution's region")
-        priors = [PriorResult.model_validate(p) for p in results.values()]
-        return decide(order, priors, registry, catalog, now)
+        return catalog
+
+    def decide_now(order: Order, priors: list[PriorResult]) -> Decision:
+        now = clock()
+        return decide(order, priors, registry, catalog_for(order, now), now)
+
+    def concerns(order: Order, payload: dict[str, Any]) -> bool:
+        """Whether a result could change ``order``'s decision: it maps to the ordered item
+        (a result moved in is decided against the orders it can matter to, not all)."""
+        now = clock()
+        try:
+            catalog = catalog_for(order, now)
+            result = PriorResult.model_validate(payload)
+        except ValueError:
+            return True  # let the decision say what is wrong
+        ordered = item_of_record(
+            order.codes,
+            order.imaging,
+            order.catalogue_item,
+            institution=order.institution,
+            catalog=catalog,
+            at=now,
+        )
+        found = item_of_record(
+            result.codes,
+            result.imaging,
+            result.catalogue_item,
+            institution=result.institution,
+            catalog=catalog,
+            at=now,
+        )
+        return ordered is not None and found is not None and ordered.id == found.id
+
+    web_ctx = web.Context(
+        app=app,
+        settings=settings,
+        registry=registry,
+        catalogs=catalogs,
+        results_of=lambda master: list(patient_results(master.encode()).values()),
+        orders_of=lambda master: patient_orders(master.encode()),
+        metrics=metrics,
+        clock=clock,
+    )
 
     async def publish(
         event: Any,
@@ -247,18 +355,10 @@ def create_app(
         previous: dict[str, Any] | None,
         cause: str | None,
     ) -> dict[str, Any]:
-        """Send ``decision`` and return the entry to keep for its order."""
+        """Send ``decision`` and return the entry to keep for its order. The decision lists
+        its first :data:`MAX_MATCHES` matches (``matches_total`` counts them all)."""
         decision_id = uuid.uuid4().hex
-        body = decision.model_dump(mode="json")
-        # yuan as JSON numbers with their digits (the envelope writes Decimals as numbers)
-        body["price_yuan"] = decision.price_yuan
-        body["estimated_saving_yuan"] = decision.estimated_saving_yuan
-        body["decision_id"] = decision_id
-        body["revision"] = (previous or {}).get("revision", 0) + 1
-        body["supersedes"] = (previous or {}).get("decision_id")
-        body["reissue"] = cause is not None
-        body["reevaluation_cause"] = cause
-        body["detected_issue"] = to_detected_issue(decision, issue_id=decision_id)
+        body = decision_body(decision, decision_id, previous=previous, cause=cause)
         out = Envelope(
             event_id=decision_id,
             event_type=DECISION_MADE.name.rsplit(".", 1)[0],
@@ -283,25 +383,39 @@ def create_app(
             "decision_id": decision_id,
             "revision": body["revision"],
             "decided_at": decision.decided_at.isoformat(),
-            "matches": [m.record_id for m in decision.matches],
+            "matches": [m.record_id for m in decision.matches[:MAX_MATCHES]],
             "catalog_version": decision.catalog_version,
             "fingerprint": fingerprint(decision),
             "trace_id": trace_id,
         }
 
     async def reevaluate(
-        event: Any, key: bytes, results: dict[str, Any], cause: str, *, record_id: str | None
+        event: Any,
+        key: bytes,
+        cause: str,
+        *,
+        record_id: str | None,
+        moved_in: dict[str, Any] | None = None,
     ) -> None:
-        """Decide again the patient's orders that matched ``record_id`` (every order when
-        ``None``: results moved in) and re-issue them — always for a result they depended
-        on, only when the answer changed for results moved in."""
+        """Decide again the patient's orders that matched ``record_id`` (when ``None``:
+        results moved in — the orders ``moved_in`` maps to) and re-issue them: always for a
+        result they depended on, only when the answer changed for results moved in. The
+        patient's results are read once, and only if an order needs them."""
         orders = patient_orders(key)
-        changed = False
-        for order_id, entry in list(orders.items()):
+        todo = []
+        for order_id, entry in orders.items():
             if record_id is not None and record_id not in entry.get("matches", ()):
                 continue
             order = Order.model_validate(entry["order"])
-            decision = decide_now(key, order, results)
+            if moved_in is not None and not concerns(order, moved_in):
+                continue
+            todo.append((order_id, entry, order))
+        if not todo:
+            return
+        priors = priors_of(patient_results(key, event.message.partition))
+        changed = False
+        for order_id, entry, order in todo:
+            decision = decide_now(order, priors)
             if record_id is None and fingerprint(decision) == entry.get("fingerprint"):
                 continue
             kept = await publish(
@@ -322,22 +436,30 @@ def create_app(
         if key is None:
             raise ValueError("result without a master patient id key")
         payload = Envelope.from_bytes(value).payload
-        mine = patient_results(key)
-        rid = payload["record_id"]
-        existed = rid in mine
-        if apply_result(mine, payload):
-            known[key] = _dumps(mine)
+        rid = str(payload["record_id"])
+        migrate_legacy(key)
+        entry = result_key(key, rid)
+        raw = known.get(entry)
+        existed = raw is not None
+        changed = False
+        if is_retraction(payload):
+            if existed:
+                del known[entry]
+                changed = True
+        elif raw is None or _loads(raw) != payload:
+            known[entry] = _dumps(payload)
+            changed = True
+        previous = payload.get("previous_master_patient_id")
+        moved = bool(previous and previous != payload["master_patient_id"])
+        if changed:
             change = str(payload.get("change", "new"))
             metrics.results.labels(change).inc()
-            previous = payload.get("previous_master_patient_id")
-            if previous and previous != payload["master_patient_id"]:
-                await reevaluate(event, key, mine, "result-moved-in", record_id=None)
+            if moved:
+                await reevaluate(event, key, "result-moved-in", record_id=None, moved_in=payload)
             elif existed:
-                retracted = change == "retraction" or rid not in mine
-                cause = "result-retracted" if retracted else "result-amended"
-                await reevaluate(event, key, mine, cause, record_id=rid)
-        previous = payload.get("previous_master_patient_id")
-        if previous and previous != payload["master_patient_id"]:
+                cause = "result-retracted" if is_retraction(payload) else "result-amended"
+                await reevaluate(event, key, cause, record_id=rid)
+        if moved:
             forget = {"kind": "result", "record_id": rid}
             await emit(event, forget_topic, str(previous).encode(), _dumps(forget))
 
@@ -347,17 +469,20 @@ def create_app(
         partition = event.message.partition
         now = clock()
         for key, raw in list(decided.items()):
-            if partition_for(key, settings.topic_partitions) != partition:
+            if partition_for(key, partitions) != partition:
                 continue
             orders = dict(_loads(raw))
             changed = False
+            priors: list[PriorResult] | None = None
             for order_id, entry in orders.items():
                 order = Order.model_validate(entry["order"])
                 orderer = registry.get(order.institution)
                 catalog = catalogs.catalog_for(orderer.region_code, now) if orderer else None
                 if catalog is None or entry.get("catalog_version") == catalog.version:
                     continue
-                decision = decide_now(key, order, patient_results(key))
+                if priors is None:
+                    priors = priors_of(patient_results(key, partition))
+                decision = decide_now(order, priors)
                 kept = await publish(
                     event,
                     key,
@@ -381,16 +506,18 @@ def create_app(
             raise ValueError("forget without a master patient id key")
         if isinstance(doc, str):  # written by an earlier version: a result's record id
             doc = {"kind": "result", "record_id": doc}
+        rid = str(doc["record_id"])
         if doc["kind"] == "order":
             orders = patient_orders(key)
-            if orders.pop(doc["record_id"], None) is not None:
+            if orders.pop(rid, None) is not None:
                 decided[key] = _dumps(orders)
             return
-        mine = patient_results(key)
-        if mine.pop(doc["record_id"], None) is not None:
-            known[key] = _dumps(mine)
+        migrate_legacy(key)
+        entry = result_key(key, rid)
+        if known.get(entry) is not None:
+            del known[entry]
             metrics.results.labels("moved-away").inc()
-            await reevaluate(event, key, mine, "result-moved-away", record_id=doc["record_id"])
+            await reevaluate(event, key, "result-moved-away", record_id=rid)
 
     async def on_order(event: Any, key: bytes | None, value: bytes) -> None:
         if key is None:
@@ -408,7 +535,7 @@ def create_app(
                 decided[key] = _dumps(orders)
             return
         order = Order.model_validate(payload)
-        decision = decide_now(key, order, patient_results(key))
+        decision = decide_now(order, priors_of(patient_results(key, event.message.partition)))
         previous = orders.get(order_id)
         cause = None
         if moved_from and moved_from != payload.get("master_patient_id"):

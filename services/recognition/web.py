@@ -1,21 +1,27 @@
 """The recognition service's HTTP API for hospitals (port 8081).
 
-- ``GET /recognition/check?patient=<system>|<value>&code=<system>|<code>`` — may the calling
-  institution recognise an earlier result for this order? Decided like an order on the
-  topic, answered at once, nothing published but the audit record.
+- ``POST /recognition/check`` with ``{"patient": "<system>|<value>", "code":
+  "<system>|<code>"}`` (JSON or a form), or ``GET /recognition/check?patient=…&code=…`` —
+  may the calling institution recognise an earlier result for this order? Decided like an
+  order on the topic, answered at once, nothing published but the audit record. POST keeps
+  the identifier out of URLs, which proxies log.
 - ``POST /recognition/feedback`` — the doctor's choice, recorded on
-  ``mrhub.recognition.feedback-recorded.v1``.
+  ``mrhub.recognition.feedback-recorded.v1``; only for a patient the institution has an order
+  for (refused exactly as for an unknown patient otherwise).
 
 Both need the institution's bearer token (the same as for the gateway). The patient may be
 named by any identifier the hub knows her by; the patient index resolves it to the master
-patient id (:mod:`services.common.patient_lookup`). The check is answered by the worker that
-owns the patient's partition (the ``results`` table): a request landing elsewhere is
-forwarded there. Every check is audited on ``mrhub.audit.access-recorded.v1`` before it is
-answered; if the audit record cannot be written, the answer is 503 and nothing is shown.
+patient id (:mod:`services.common.patient_lookup`). Both are answered by the worker that owns
+the patient's partition (the ``results`` and ``orders`` tables): a request landing elsewhere
+is forwarded there, with the identifier in a POST body. Every check is audited on
+``mrhub.audit.access-recorded.v1`` before it is answered; if the audit record cannot be
+written, the answer is 503 and nothing is shown. Every input is range-checked
+(:mod:`services.recognition.check`): bad input is a 4xx ``OperationOutcome``, never a 500.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -24,26 +30,38 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import faust
-import simplejson
 from aiohttp.web import Request, Response
 from aiokafka import AIOKafkaProducer
 from faust.web import View
 from mode import Service
+from yarl import URL
 
 from services.common.audit import access_event
 from services.common.envelope import Envelope
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry
 from services.common.kafka_security import aiokafka_options
-from services.common.patient_lookup import LookupUnavailable, PatientLookup, Resolved
+from services.common.patient_lookup import (
+    LookupUnavailable,
+    PatientLookup,
+    Resolved,
+    internal_token,
+)
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
-from services.common.stages import loads as _loads
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
 from services.common.web_guard import guard_for, page
 from services.recognition.catalog import CatalogSet, Coding
-from services.recognition.check import parse_coded, render_check
+from services.recognition.check import (
+    MAX_BODY_BYTES,
+    BadInput,
+    parse_body,
+    parse_coded,
+    render_check,
+    text_param,
+)
 from services.recognition.decision import Decision, Order, PriorResult, decide
 from services.recognition.feedback import parse_feedback
 
@@ -54,9 +72,19 @@ _REASON = {
     400: "invalid-parameter",
     401: "unauthenticated",
     404: "not-found",
+    413: "too-large",
+    415: "unsupported-media-type",
     422: "unusable-identifier",
     503: "not-ready",
 }
+_CODE: dict[int, IssueCode] = {413: "too-costly", 415: "not-supported"}
+#: Carries the hub's internal token on a request forwarded to the owner of the patient's
+#: partition: it is answered there, not forwarded again. A caller cannot set it to make a
+#: worker that does not hold the patient answer from nothing.
+ROUTED_HEADER = "X-Mrhub-Routed"
+#: What feedback for an unknown patient, and for a patient the caller has no order for,
+#: both answer — the same status and body, so neither tells whether the hub knows her.
+NO_SUCH_PATIENT = "no patient with an order of yours is known by this identifier"
 
 
 @dataclass
@@ -65,7 +93,10 @@ class Context:
     settings: Settings
     registry: Registry
     catalogs: CatalogSet
-    known: Any
+    #: master id → the payloads of the patient's known results (this worker's partitions)
+    results_of: Callable[[str], list[dict[str, Any]]]
+    #: master id → order id → kept entry of each decided order (``order`` holds its payload)
+    orders_of: Callable[[str], dict[str, Any]]
     metrics: Any
     clock: Callable[[], datetime]
     producer: AIOKafkaProducer | None = None
@@ -79,6 +110,35 @@ def outcome(
         "error", code, message, (expression,) if expression else (), reason or _REASON[status]
     )
     return Response(body=_dumps(operation_outcome([issue])), status=status, content_type=FHIR_JSON)
+
+
+def refusal(bad: BadInput) -> Response:
+    code: IssueCode = _CODE.get(bad.status, "structure" if bad.expression == "$body" else "value")
+    return outcome(bad.status, code, bad.message, bad.expression)
+
+
+def not_known() -> Response:
+    return outcome(404, "not-found", NO_SUCH_PATIENT, reason="not-found")
+
+
+def media_type(request: Request) -> str:
+    """The body's media type; ``""`` (read as JSON) when the client sent none (aiohttp would
+    say ``application/octet-stream``)."""
+    return request.content_type if request.headers.get("Content-Type") else ""
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes without reading further."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BadInput(413, f"the body is larger than {limit} bytes", "$body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BadInput(413, f"the body is larger than {limit} bytes", "$body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -128,21 +188,30 @@ def install(ctx: Context) -> None:
             raise _Refused(response)
         return inst
 
-    def coded(value: str | None, name: str) -> tuple[str | None, str]:
-        parsed = parse_coded(value or "")
+    def coded(value: str, name: str) -> tuple[str | None, str]:
+        parsed = parse_coded(value)
         if parsed is None:
             raise _Refused(outcome(400, "required", f"give {name} as <system>|<code>", name))
         return parsed
 
+    def params(doc: Any) -> tuple[str, str]:
+        """``patient`` and ``code`` of a check or feedback, range-checked."""
+        try:
+            patient = text_param(doc.get("patient"), "patient", required=False)
+            code = text_param(doc.get("code"), "code", required=False)
+        except BadInput as bad:
+            raise _Refused(refusal(bad)) from None
+        return patient, code
+
     async def resolve(patient: str, inst: Institution) -> Resolved | None:
-        if not patient.strip():
+        if not patient:
             raise _Refused(
                 outcome(400, "required", "give the patient as <system>|<value>", "patient")
             )
         if ctx.lookup is None:
             raise _Refused(outcome(503, "transient", "the worker is starting; try again"))
         try:
-            return await ctx.lookup.resolve(patient.strip(), inst.id)
+            return await ctx.lookup.resolve(patient, inst.id)
         except ValueError as exc:
             raise _Refused(outcome(422, "business-rule", str(exc), "patient")) from exc
         except LookupUnavailable as exc:
@@ -159,9 +228,12 @@ def install(ctx: Context) -> None:
                 outcome(503, "transient", "could not be recorded; try again", reason="not-ready")
             ) from exc
 
-    async def forward(request: Request, master: str) -> Response | None:
-        """Forward to the owner of ``master``'s partition; ``None`` when it is this worker."""
-        if request.query.get("routed") == "1":
+    async def forward(request: Request, master: str, body: dict[str, Any]) -> Response | None:
+        """Forward to the owner of ``master``'s partition, as a POST with ``body`` (never the
+        identifier in a URL); ``None`` when this worker answers itself."""
+        routed_token = internal_token(ctx.settings)  # the patient lookup needs the key too
+        given = request.headers.get(ROUTED_HEADER, "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(given, routed_token.encode()):
             return None
         try:
             dest = app.router.key_store("results", master.encode())
@@ -171,12 +243,21 @@ def install(ctx: Context) -> None:
             ) from None
         if (dest.host, dest.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
             return None
-        url = request.url.with_host(dest.host or "").with_port(dest.port).update_query(routed="1")
-        headers = {"Authorization": request.headers.get("Authorization", "")}
-        async with app.http_client.get(url, headers=headers) as answer:
-            return Response(
-                body=await answer.read(), status=answer.status, content_type=answer.content_type
-            )
+        url = URL.build(scheme="http", host=dest.host or "", port=dest.port, path=request.path)
+        headers = {
+            "Authorization": request.headers.get("Authorization", ""),
+            "Content-Type": "application/json",
+            ROUTED_HEADER: routed_token,
+        }
+        try:
+            async with app.http_client.post(url, data=_dumps(body), headers=headers) as answer:
+                return Response(
+                    body=await answer.read(), status=answer.status, content_type=answer.content_type
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Refused(
+                outcome(503, "transient", "the worker holding this patient did not answer")
+            ) from exc
 
     def decide_for(inst: Institution, master: str | None, codes: tuple[Coding, ...]) -> Decision:
         now = ctx.clock()
@@ -190,65 +271,93 @@ def install(ctx: Context) -> None:
                     reason="not-found",
                 )
             )
-        raw = ctx.known.get(master.encode()) if master else None
-        priors = [PriorResult.model_validate(p) for p in (_loads(raw).values() if raw else ())]
+        priors = [PriorResult.model_validate(p) for p in (ctx.results_of(master) if master else ())]
         order = Order(institution=inst.id, master_patient_id=master, codes=codes)
         return decide(order, priors, ctx.registry, catalog, now)
 
+    async def check(request: Request, patient: str, code_param: str) -> Response:
+        started = time.perf_counter()
+        label = "error"
+        try:
+            inst = caller(request)
+            system, code = coded(code_param, "code")
+            resolved = await resolve(patient, inst)
+            master = resolved.master_patient_id if resolved else None
+            if master is not None:
+                forwarded = await forward(request, master, {"patient": patient, "code": code_param})
+                if forwarded is not None:
+                    label = "forwarded"
+                    return forwarded
+            decision = decide_for(inst, master, (Coding(system=system, code=code),))
+            answer = render_check(
+                decision,
+                inst,
+                ctx.registry,
+                ctx.clock(),
+                link_grade=resolved.grade if resolved else None,
+            )
+            shown = [m["institution"] for m in answer["matches"]]
+            audit = access_event(
+                reader=inst.id,
+                route="/recognition/check",
+                purpose="recognition-check",
+                master_patient_id=master,
+                shown_institutions=shown,
+                items=len(shown),
+                outcome=decision.outcome,
+                query={"code": code, "item": decision.item_id or ""},
+                trace_id=request.headers.get("X-Trace-Id") or None,
+            )
+            try:
+                await send(ACCESS_RECORDED.name, inst.id.encode(), audit)
+            except _Refused:
+                ctx.metrics.audit_errors.inc()
+                raise
+            label = decision.outcome
+            return _json(answer)
+        except _Refused as refused:
+            label = f"http-{refused.response.status}"
+            return refused.response
+        finally:
+            ctx.metrics.checks.labels(label).observe(time.perf_counter() - started)
+
     class CheckView(View):
         async def get(self, request: Request) -> Response:
-            started = time.perf_counter()
-            label = "error"
             try:
-                inst = caller(request)
-                system, code = coded(request.query.get("code"), "code")
-                resolved = await resolve(request.query.get("patient", ""), inst)
-                master = resolved.master_patient_id if resolved else None
-                if master is not None:
-                    forwarded = await forward(request, master)
-                    if forwarded is not None:
-                        label = "forwarded"
-                        return forwarded
-                decision = decide_for(inst, master, (Coding(system=system, code=code),))
-                answer = render_check(decision, inst, ctx.registry, ctx.clock())
-                answer["link_grade"] = resolved.grade if resolved else None
-                shown = [m["institution"] for m in answer["matches"]]
-                audit = access_event(
-                    reader=inst.id,
-                    route="/recognition/check",
-                    purpose="recognition-check",
-                    master_patient_id=master,
-                    shown_institutions=shown,
-                    items=len(shown),
-                    outcome=decision.outcome,
-                    query={"code": code, "item": decision.item_id or ""},
-                    trace_id=request.headers.get("X-Trace-Id") or None,
-                )
-                try:
-                    await send(ACCESS_RECORDED.name, inst.id.encode(), audit)
-                except _Refused:
-                    ctx.metrics.audit_errors.inc()
-                    raise
-                label = decision.outcome
-                return _json(answer)
+                caller(request)
+                query = request.query
+                for name in ("patient", "code"):
+                    if len(query.getall(name, [])) > 1:
+                        raise _Refused(
+                            outcome(400, "value", f"{name} is given more than once", name)
+                        )
+                patient, code = params(query)
             except _Refused as refused:
-                label = f"http-{refused.response.status}"
                 return refused.response
-            finally:
-                ctx.metrics.checks.labels(label).observe(time.perf_counter() - started)
+            return await check(request, patient, code)
+
+        async def post(self, request: Request) -> Response:
+            try:
+                caller(request)
+                try:
+                    doc = parse_body(media_type(request), await read_body(request))
+                except BadInput as bad:
+                    raise _Refused(refusal(bad)) from None
+                patient, code = params(doc)
+            except _Refused as refused:
+                return refused.response
+            return await check(request, patient, code)
 
     class FeedbackView(View):
         async def post(self, request: Request) -> Response:
             try:
                 inst = caller(request)
-                raw = await request.read()
                 try:
-                    doc = simplejson.loads(raw) if raw else None
-                except ValueError as exc:
-                    return outcome(400, "structure", f"the body is not JSON: {exc}", "$body")
-                if not isinstance(doc, dict):
-                    return outcome(400, "structure", "the body must be a JSON object")
-                system, code = coded(doc.get("code"), "code")
+                    doc = parse_body(media_type(request), await read_body(request))
+                except BadInput as bad:
+                    raise _Refused(refusal(bad)) from None
+                patient, code_param = params(doc)
+                system, code = coded(code_param, "code")
                 catalog = ctx.catalogs.catalog_for(inst.region_code, ctx.clock())
                 parsed = parse_feedback(doc, catalog)
                 if isinstance(parsed, list):
@@ -259,10 +368,21 @@ def install(ctx: Context) -> None:
                     return Response(
                         body=_dumps(operation_outcome(issues)), status=400, content_type=FHIR_JSON
                     )
-                patient = doc.get("patient")
-                resolved = await resolve(patient if isinstance(patient, str) else "", inst)
+                resolved = await resolve(patient, inst)
                 if resolved is None:
-                    return outcome(404, "not-found", "no patient is known by this identifier")
+                    return not_known()
+                master = resolved.master_patient_id
+                forwarded = await forward(request, master, doc)
+                if forwarded is not None:
+                    return forwarded
+                # only for a patient this institution has a (decided, kept) order for; any
+                # other is answered exactly as an unknown one, so feedback is no oracle
+                orders = ctx.orders_of(master)
+                if not any(
+                    (entry.get("order") or {}).get("institution") == inst.id
+                    for entry in orders.values()
+                ):
+                    return not_known()
                 item = (
                     catalog.find_item(
                         [Coding(system=system, code=code)],
@@ -276,7 +396,7 @@ def install(ctx: Context) -> None:
                 payload = {
                     "feedback_id": feedback_id,
                     "institution": inst.id,
-                    "master_patient_id": resolved.master_patient_id,
+                    "master_patient_id": master,
                     "code": {"system": system, "code": code},
                     "item_id": item.id if item else None,
                     "item_category": item.category if item else None,
@@ -296,7 +416,7 @@ def install(ctx: Context) -> None:
                     source=inst.id,
                     payload=payload,
                 )
-                await send(FEEDBACK_RECORDED.name, resolved.master_patient_id.encode(), env)
+                await send(FEEDBACK_RECORDED.name, master.encode(), env)
                 ctx.metrics.feedback.labels(parsed.choice, parsed.reason or "none").inc()
                 return _json({"feedback_id": feedback_id, "status": "recorded"}, 201)
             except _Refused as refused:
