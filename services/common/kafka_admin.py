@@ -11,7 +11,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.errors import KafkaUnavailableError
-from services.common.topics import TopicSpec
+from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,13 @@ def create_topics(
     default_partitions: int,
     replication_factor: int,
     timeout_s: float = 30.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[TopicResult]:
     """Create every topic in ``specs`` that does not exist yet; never alter an existing one.
+
+    Each is created with ``max.message.bytes`` = ``max_message_bytes`` (pass
+    :func:`services.common.topics.max_message_bytes` of the settings), so that a resource as
+    large as the gateway's body limit fits in one message.
 
     An existing topic with another partition count than declared is reported, not changed:
     repartitioning a keyed topic moves keys between partitions and is an operator's decision.
@@ -75,7 +80,7 @@ def create_topics(
                 name=s.name,
                 num_partitions=s.partition_count(default_partitions),
                 replication_factor=replication_factor,
-                topic_configs=dict(s.config),
+                topic_configs=s.topic_config(max_message_bytes),
             )
             for s in specs
             if s.name not in existing
