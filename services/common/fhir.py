@@ -49,6 +49,7 @@ IssueCode = Literal[
     "processing",
     "informational",
     "login",
+    "timeout",
 ]
 SEVERITIES: Final = frozenset(get_args(Severity))
 ISSUE_CODES: Final = frozenset(get_args(IssueCode))
@@ -78,6 +79,7 @@ REASONS: Final[Mapping[str, str]] = MappingProxyType(
         "too-large": "the body, or one NDJSON line, is over the configured limit",
         "too-deep": "JSON nested deeper than the configured limit",
         "timeout": "the request body did not arrive within the configured time",
+        "client-closed": "the client closed the connection before the answer",
         "method-not-allowed": "the HTTP method is not supported on this path",
         "unknown-endpoint": "no such path, or a resource type the hub does not take",
         "kafka-unavailable": "Kafka did not acknowledge in time; nothing was published",

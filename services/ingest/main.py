@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
-from aiohttp import web
 
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
 from services.common.logging import setup_logging
 from services.common.settings import Settings
+from services.common.topics import max_message_bytes
+from services.ingest import views
 from services.ingest.app import build_app
+from services.ingest.server import serve
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,14 @@ def run(settings: Settings) -> None:
         topic=settings.ingest.topic,
         transaction_slots=settings.ingest.transaction_slots,
         institutions_path=settings.ingest.institutions_path,
+        max_message_bytes=max_message_bytes(settings),
+        body_timeout_s=settings.ingest.body_timeout_s,
+        max_json_depth=settings.ingest.max_json_depth,
+        max_outcome_issues=settings.ingest.max_outcome_issues,
+        public_base_url=settings.ingest.public_base_url,
+        validation_threads=settings.ingest.validation_threads,
     )
+    metrics = app[views.STATE_KEY].metrics
     log.info(
         "ingest listening",
         extra={
@@ -41,12 +50,19 @@ def run(settings: Settings) -> None:
             "institutions": len(registry),
         },
     )
-    web.run_app(
-        app,
-        host=settings.ingest.host,
-        port=settings.ingest.port,
-        reuse_port=True,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10,
+    asyncio.run(
+        serve(
+            app,
+            host=settings.ingest.host,
+            port=settings.ingest.port,
+            header_timeout_s=settings.ingest.header_timeout_s,
+            on_header_timeout=metrics.rejections.labels("timeout").inc,
+            shutdown_timeout_s=10,
+            handler_args={
+                "max_line_size": settings.ingest.max_line_bytes,
+                "max_field_size": settings.ingest.max_field_bytes,
+                "max_headers": settings.ingest.max_headers,
+                "keepalive_timeout": 75.0,
+            },
+        )
     )

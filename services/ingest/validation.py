@@ -376,6 +376,8 @@ def http_status(issues: Iterable[Issue]) -> int:
 
     - 200: no ``error``/``fatal`` issue (warnings and information do not refuse);
     - 403: any error with code ``forbidden`` or ``security`` (e.g. ``foreign-institution``);
+    - 413: else any error with code ``too-costly`` (``too-large``: a resource whose Kafka
+      message would be over the hub's message limit);
     - 400: else any error with code ``structure`` or ``invalid``: the body is not JSON
       (``malformed-json``), not a resource (``not-a-resource``), fails the R4 model
       (``invalid-fhir``), is of another type than the URL says (``type-mismatch``), or breaks a
@@ -390,6 +392,8 @@ def http_status(issues: Iterable[Issue]) -> int:
         return 200
     if codes & {"forbidden", "security"}:
         return 403
+    if "too-costly" in codes:
+        return 413
     if codes & {"structure", "invalid"}:
         return 400
     return 422
