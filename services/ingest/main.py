@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
 from services.common.logging import setup_logging
@@ -17,8 +19,25 @@ from services.ingest.server import serve
 log = logging.getLogger(__name__)
 
 
+class _ParseErrorsOnOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (an over-long or malformed line or header)
+    with a traceback whose message quotes the offending bytes: keep one line naming the
+    error's class, without the traceback or the quoted bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info and isinstance(info[1], HttpProcessingError):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = "could not parse a request; answered 400 and closed"
+            record.args = ()
+            record.error = type(info[1]).__name__
+        return True
+
+
 def run(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
+    logging.getLogger("aiohttp.server").addFilter(_ParseErrorsOnOneLine())
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
         raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS must name the Kafka cluster")
