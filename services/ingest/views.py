@@ -168,7 +168,7 @@ def outcome_response(
     status: int,
     headers: dict[str, str] | None = None,
     *,
-    limit: int = DEFAULT_MAX_ISSUES,
+    limit: int | None = DEFAULT_MAX_ISSUES,
 ) -> web.Response:
     """An OperationOutcome answer listing the first ``limit`` issues and a count of the rest."""
     return fhir_response(operation_outcome(issues, limit=limit), status, headers)
@@ -595,7 +595,7 @@ async def post_resource(request: web.Request) -> web.Response:
         len(body), _prepare_resource, gw, who, body, rtype, received_at, trace_id
     )
     if isinstance(ready, _Refused):
-        return gw.outcome(ready.issues, ready.status)
+        return outcome_response(ready.issues, ready.status, limit=None)  # capped already
     try:
         await gw.publisher.publish([ready.msg])
     except KafkaUnavailableError as exc:
@@ -729,7 +729,7 @@ async def post_bundle(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
     ready = await gw.offload(len(body), _prepare_bundle, gw, who, body, received_at, trace_id)
     if isinstance(ready, _Refused):
-        return gw.outcome(ready.issues, ready.status)
+        return outcome_response(ready.issues, ready.status, limit=None)  # capped already
     try:
         await gw.publisher.publish([ready.out[id(e)][0] for e in ready.good])
     except KafkaUnavailableError as exc:
