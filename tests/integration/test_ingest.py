@@ -347,3 +347,119 @@ async def test_broker_down_gives_503_and_nothing_half_written(
     # exactly one copy of each: the 503 attempts left nothing behind
     assert len(recs) == 4
     assert sum(b"LR-DOWN-1" in r.value for r in recs) == 1
+
+
+# ------------------------------------------------------------------ message size (issue 14)
+
+
+@pytest.fixture
+async def small_topic_gw(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Gw]:
+    """A gateway whose topic was created (by someone else, earlier) with Kafka's
+    ``max.message.bytes`` far below the gateway's own limit."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    registry = Registry.load(path)
+    inst, other = registry.ids[0], registry.ids[1]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.small.{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "100000"})],
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=1024 * 1024,
+        publish_timeout_s=10.0,
+        topic=topic,
+        institutions_path=path,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Gw(str(server.make_url("")), topic, bootstrap, inst, other, token, path)
+    finally:
+        await server.close()
+
+
+async def test_a_message_kafka_refuses_as_too_large_is_413_never_503(small_topic_gw: Gw) -> None:
+    import asyncio
+
+    gw = small_topic_gw
+    big = observation(gw.inst)
+    big["note"] = [{"text": "x" * 300_000}]
+    small = observation(gw.inst)
+    # sent together, so that they may share one Kafka transaction: only the big one is refused
+    big_resp, small_resp = await asyncio.gather(
+        post(gw, "/fhir/Observation", dumps(big)), post(gw, "/fhir/Observation", dumps(small))
+    )
+    assert big_resp.status_code == 413, big_resp.text
+    assert "Retry-After" not in big_resp.headers
+    [issue] = outcome(big_resp)["issue"]
+    assert issue["details"]["coding"][0]["code"] == "too-large"
+    assert issue["expression"] == ["Observation"]
+    assert small_resp.status_code == 201, small_resp.text
+    [rec] = gw.records(expect=1)
+    assert Envelope.from_bytes(rec.value).payload["resource"]["identifier"] == small["identifier"]
+
+
+@pytest.fixture
+async def tight_gw(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Gw]:
+    """A gateway whose Kafka message limit (100 kB) is below its body limit (256 KiB)."""
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    registry = Registry.load(path)
+    inst, other = registry.ids[0], registry.ids[1]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.tight.{unique}"
+    create_topic(bootstrap, topic, 1)
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=256 * 1024,
+        max_message_bytes=100_000,
+        topic=topic,
+        institutions_path=path,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Gw(str(server.make_url("")), topic, bootstrap, inst, other, token, path)
+    finally:
+        await server.close()
+
+
+async def test_a_resource_over_the_message_limit_is_413_naming_it(tight_gw: Gw) -> None:
+    gw = tight_gw
+    big = observation(gw.inst)
+    big["note"] = [{"text": "x" * 150_000}]
+    resp = await post(gw, "/fhir/Observation", dumps(big))
+    assert resp.status_code == 413, resp.text
+    [issue] = outcome(resp)["issue"]
+    assert (issue["details"]["coding"][0]["code"], issue["expression"]) == (
+        "too-large",
+        ["Observation"],
+    )
+
+    doc = bundle("batch", gw.inst, n_obs=2)
+    doc["entry"][2]["resource"]["note"] = [{"text": "x" * 150_000}]
+    resp = await post(gw, "/fhir", dumps(doc))
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()["entry"]
+    assert [e["response"]["status"][:3] for e in answer] == ["201", "201", "413"]
+    [issue] = answer[2]["response"]["outcome"]["issue"]
+    assert issue["expression"] == ["Bundle.entry[2].resource"]
+    assert len(gw.records(expect=2)) == 2
+
+    doc["type"] = "transaction"
+    resp = await post(gw, "/fhir", dumps(doc))
+    assert resp.status_code == 413, resp.text
+    assert [i["expression"] for i in outcome(resp)["issue"]] == [["Bundle.entry[2].resource"]]
