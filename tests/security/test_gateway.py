@@ -25,7 +25,12 @@ import httpx
 import pytest
 
 from services.common.broker import free_port
-from services.common.topics import RESOURCE_ACCEPTED
+from services.common.topics import (
+    ALL_TOPICS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RESOURCE_ACCEPTED,
+    RESULT_INDEXED,
+)
 from tests.fhir_samples import ID_CARD, dumps, observation, org_ref
 from tests.security.conftest import FHIR, A, C, SecurityHub
 from tests.support import run_module, stop_process
@@ -148,6 +153,44 @@ def test_a_large_observation_is_stored_not_503(security_hub: SecurityHub) -> Non
         RESOURCE_ACCEPTED.name, lambda e: e.event_id == event_id, timeout_s=DEADLINE_S
     )
     assert event.payload["resource"]["note"] == obs["note"]
+
+
+def test_a_large_observation_reaches_the_patient_index(security_hub: SecurityHub) -> None:
+    """Downstream too: the patient index reads the 1.2 MB event and publishes the result."""
+    obs = big_observation(A, 1_200_000)
+    trace = f"big-obs-{uuid.uuid4().hex[:12]}"
+    resp = httpx.post(
+        f"{security_hub.gateway}/fhir/Observation",
+        content=dumps(obs),
+        headers={**security_hub.auth(A), "Content-Type": FHIR, "X-Trace-Id": trace},
+        timeout=DEADLINE_S,
+    )
+    assert resp.status_code == 201, resp.text[:2000]
+    [result] = security_hub.wait_for(
+        RESULT_INDEXED.name, lambda e: e.trace_id == trace, timeout_s=DEADLINE_S
+    )
+    assert result.source == A
+
+
+def test_hub_topics_take_a_body_sized_message(security_hub: SecurityHub) -> None:
+    """What an operator sees on the cluster: the hub's topics take a message as large as
+    the gateway's body limit plus the envelope."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=security_hub.bootstrap)
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in ALL_TOPICS]
+        )
+    finally:
+        admin.close()
+    # {resource type: {topic: {config key: {config data}}}} (kafka-python 3)
+    [by_topic] = found.values()
+    limits = {
+        name: int(configs["max.message.bytes"]["value"]) for name, configs in by_topic.items()
+    }
+    assert limits == {t.name: DEFAULT_MAX_MESSAGE_BYTES for t in ALL_TOPICS}
+    assert DEFAULT_MAX_MESSAGE_BYTES > 32 * 1024 * 1024
 
 
 def test_a_large_import_line_is_stored(security_hub: SecurityHub) -> None:
