@@ -885,7 +885,9 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         gw.metrics.rejections.labels("timeout").inc()
         log.info("import body too slow; answered 408 and closed the connection")
         request[_CLOSE_KEY] = True
-        return gw.outcome(issues.answer(summary), 408, {"Connection": "close"})
+        return outcome_response(
+            issues.answer(summary), 408, {"Connection": "close"}, limit=issues.limit + 2
+        )
     except KafkaUnavailableError as exc:
         gw.count(who, [c for _, c in pending], "not_published")
         log.warning("import stopped: kafka unavailable", extra={"err": str(exc)})
