@@ -463,3 +463,42 @@ async def test_a_resource_over_the_message_limit_is_413_naming_it(tight_gw: Gw) 
     resp = await post(gw, "/fhir", dumps(doc))
     assert resp.status_code == 413, resp.text
     assert [i["expression"] for i in outcome(resp)["issue"]] == [["Bundle.entry[2].resource"]]
+
+
+def test_topics_are_created_for_body_sized_messages_and_small_ones_reported(
+    bootstrap: str, unique: str
+) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from services.common.kafka_admin import create_topics
+    from services.common.settings import Settings
+    from services.common.topics import TopicSpec, max_message_bytes
+
+    fresh = TopicSpec(f"test.size.fresh.{unique}", key="k", description="d", partitions=1)
+    old = TopicSpec(f"test.size.old.{unique}", key="k", description="d", partitions=1)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(old.name, 1, 1, topic_configs={"max.message.bytes": "1048588"})],
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    limit = max_message_bytes(Settings.model_validate({"ingest": {"max_body_bytes": 4 << 20}}))
+    results = {
+        r.name: r
+        for r in create_topics(
+            bootstrap,
+            [fresh, old],
+            default_partitions=1,
+            replication_factor=1,
+            max_message_bytes=limit,
+        )
+    }
+    assert results[fresh.name].created and results[fresh.name].note == ""
+    assert not results[old.name].created
+    assert "max.message.bytes is 1048588" in results[old.name].note
+    again = create_topics(
+        bootstrap, [fresh], default_partitions=1, replication_factor=1, max_message_bytes=limit
+    )
+    assert again[0].note == ""  # created with the limit: nothing to report
