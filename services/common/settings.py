@@ -86,10 +86,17 @@ class IngestSettings(ServiceSettings):
         "Unset: Location is relative (/fhir/...).",
     )
     body_timeout_s: float = Field(
-        default=60.0,
+        default=30.0,
         gt=0,
-        description="How long a request body may take to arrive (for $import: each line); "
-        "then 408 and the connection is closed.",
+        description="How long a request body (for $import: each line) may take to arrive, "
+        "plus one second per min_body_rate bytes received; then 408 and the connection is "
+        "closed.",
+    )
+    min_body_rate: int = Field(
+        default=32 * 1024,
+        ge=1,
+        description="Bytes per second a sender must keep up for its body's deadline to grow "
+        "with it: a slow link posting a large body is served, a trickle is cut off.",
     )
     header_timeout_s: float = Field(
         default=10.0,

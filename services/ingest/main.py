@@ -55,6 +55,7 @@ def run(settings: Settings) -> None:
         institutions_path=settings.ingest.institutions_path,
         max_message_bytes=max_message_bytes(settings),
         body_timeout_s=settings.ingest.body_timeout_s,
+        min_body_rate=settings.ingest.min_body_rate,
         max_json_depth=settings.ingest.max_json_depth,
         max_outcome_issues=settings.ingest.max_outcome_issues,
         public_base_url=settings.ingest.public_base_url,

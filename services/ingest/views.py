@@ -200,7 +200,8 @@ class Gateway:
         hmac_key: bytes,
         max_body_bytes: int,
         institutions_path: Path | None = None,
-        body_timeout_s: float = 60.0,
+        body_timeout_s: float = 30.0,
+        min_body_rate: int = 32 * 1024,
         max_json_depth: int = MAX_DEPTH,
         max_outcome_issues: int = DEFAULT_MAX_ISSUES,
         public_base_url: str | None = None,
@@ -215,6 +216,7 @@ class Gateway:
         self.hmac_key = hmac_key
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.min_body_rate = min_body_rate
         self.max_json_depth = max_json_depth
         self.max_outcome_issues = max_outcome_issues
         #: where hospitals reach the hub, without a trailing slash; None: answers hold
@@ -425,14 +427,39 @@ async def _read_body(gw: Gateway, request: web.Request) -> bytes | web.Response:
     if declared is not None and declared > gw.max_body_bytes:
         gw.metrics.rejections.labels("too-large").inc()
         return _too_large(gw.max_body_bytes)
+    loop = asyncio.get_running_loop()
+    clock = BodyClock(loop.time(), gw.body_timeout_s, gw.min_body_rate)
+    body = bytearray()
     try:
-        body = await asyncio.wait_for(request.read(), gw.body_timeout_s)
-    except web.HTTPRequestEntityTooLarge:
-        gw.metrics.rejections.labels("too-large").inc()
-        return _too_large(gw.max_body_bytes)
+        while True:
+            remaining = clock.remaining(loop.time(), len(body))
+            if remaining <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(request.content.readany(), remaining)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > gw.max_body_bytes:  # more than the Content-Length said, or chunked
+                gw.metrics.rejections.labels("too-large").inc()
+                request[_CLOSE_KEY] = True
+                return _too_large(gw.max_body_bytes)
     except TimeoutError:
         return _body_timeout(gw, request)
-    return body
+    return bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyClock:
+    """A body's deadline: ``timeout_s`` from its start, plus one second for every
+    ``min_rate`` bytes received — a sender that keeps up ``min_rate`` is never cut off,
+    however large its body; one that trickles is, after about ``timeout_s``."""
+
+    started: float
+    timeout_s: float
+    min_rate: int
+
+    def remaining(self, now: float, received: int) -> float:
+        return self.started + self.timeout_s + received / self.min_rate - now
 
 
 def _body_timeout(gw: Gateway, request: web.Request, issues: Sequence[Issue] = ()) -> web.Response:
@@ -444,8 +471,8 @@ def _body_timeout(gw: Gateway, request: web.Request, issues: Sequence[Issue] = (
     issue = Issue(
         "error",
         "timeout",
-        f"the request body did not arrive within {gw.body_timeout_s:g} s; nothing of it "
-        "was published",
+        f"the request body did not arrive in time ({gw.body_timeout_s:g} s, plus 1 s per "
+        f"{gw.min_body_rate / 1024:g} KiB received); nothing of it was published",
         (),
         "timeout",
     )
@@ -834,7 +861,7 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         )
 
     try:
-        async for line in _lines(request, gw.max_body_bytes, gw.body_timeout_s):
+        async for line in _lines(request, gw.max_body_bytes, gw.body_timeout_s, gw.min_body_rate):
             line_no += 1
             if line is None:
                 refused_lines += 1
@@ -878,7 +905,8 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         summary = Issue(
             "error",
             "timeout",
-            f"the next line did not arrive within {gw.body_timeout_s:g} s; " + handled(),
+            f"the next line did not arrive in time ({gw.body_timeout_s:g} s, plus 1 s per "
+            f"{gw.min_body_rate / 1024:g} KiB of it); " + handled(),
             (),
             "timeout",
         )
@@ -938,16 +966,19 @@ def _prefixed(issues: Sequence[Issue], line_no: int) -> list[Issue]:
     ]
 
 
-async def _lines(request: web.Request, limit: int, timeout_s: float) -> AsyncIterator[bytes | None]:
+async def _lines(
+    request: web.Request, limit: int, timeout_s: float, min_rate: int
+) -> AsyncIterator[bytes | None]:
     """Yield the body's lines as bytes, holding at most one line (≤ ``limit``) in memory;
-    a longer line is skipped and yielded as None. Each line must arrive within
-    ``timeout_s`` of the previous one's handling, else ``BodyTimeoutError``."""
+    a longer line is skipped and yielded as None. Each line has a :class:`BodyClock` from
+    when the previous one was handled, else ``BodyTimeoutError``."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    clock = BodyClock(loop.time(), timeout_s, min_rate)
+    line_bytes = 0  # of the current line, skipped bytes included
     buf = bytearray()
     skipping = False
     while True:
-        remaining = deadline - loop.time()
+        remaining = clock.remaining(loop.time(), line_bytes)
         try:
             if remaining <= 0:
                 raise TimeoutError
@@ -960,6 +991,7 @@ async def _lines(request: web.Request, limit: int, timeout_s: float) -> AsyncIte
         while True:
             nl = chunk.find(b"\n", start)
             if nl < 0:
+                line_bytes += len(chunk) - start
                 if not skipping:
                     buf += chunk[start:]
                     if len(buf) > limit:
@@ -972,7 +1004,8 @@ async def _lines(request: web.Request, limit: int, timeout_s: float) -> AsyncIte
             else:
                 buf += chunk[start:nl]
                 yield bytes(buf) if len(buf) <= limit else None
-            deadline = loop.time() + timeout_s
+            clock = BodyClock(loop.time(), timeout_s, min_rate)
+            line_bytes = 0
             buf.clear()
             start = nl + 1
     if skipping:

@@ -81,8 +81,9 @@ class OwnGateway:
 def slow_gateway(
     security_hub: SecurityHub, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OwnGateway]:
-    """A gateway with short body and header time-outs (1 s), on the suite's broker and
-    registry, logging at INFO to a file of its own."""
+    """A gateway with short body and header time-outs (1 s; a body's deadline grows 1 s per
+    2,000 bytes received), on the suite's broker and registry, logging at INFO to a file of
+    its own."""
     tmp = tmp_path_factory.mktemp("slow-gateway")
     registry = tmp / "institutions.yaml"
     shutil.copy(security_hub.registry, registry)
@@ -92,6 +93,7 @@ def slow_gateway(
         "MRHUB_INGEST__PORT": str(port),
         "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__BODY_TIMEOUT_S": "1",
+        "MRHUB_INGEST__MIN_BODY_RATE": "2000",
         "MRHUB_INGEST__HEADER_TIMEOUT_S": "1",
         "MRHUB_STATE_DIR": str(tmp / "state"),
         "MRHUB_LOG_LEVEL": "INFO",
@@ -330,6 +332,27 @@ def test_half_sent_bodies_are_answered_408_and_closed(slow_gateway: OwnGateway) 
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[0][:500]
     assert b'"timeout"' in answers[0]
     assert httpx.get(f"{slow_gateway.url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_slow_but_steady_body_is_served(slow_gateway: OwnGateway) -> None:
+    """Longer than the base time-out, but faster than the minimum rate: stored."""
+    obs = observation(A)
+    obs["note"] = [{"text": "z" * 20_000}]
+    body = dumps(obs)
+    s = _connect(slow_gateway.port)
+    s.sendall(_head("/fhir/Observation", slow_gateway.token, len(body)))
+    # the pace: ~600 bytes per 0.1 s, three times the minimum rate, 34 chunks: the body
+    # takes longer than the 1 s base time-out
+    s.settimeout(0.1)
+    for i in range(0, len(body), 600):
+        s.sendall(body[i : i + 600])
+        if i + 600 < len(body):
+            with pytest.raises(TimeoutError):  # no answer while the body is still coming
+                s.recv(65536)
+    s.settimeout(DEADLINE_S)
+    answer = s.recv(65536)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:500]
 
 
 def test_a_stalled_import_stores_its_complete_lines_and_says_where_to_resume(
