@@ -431,18 +431,17 @@ async def _read_body(gw: Gateway, request: web.Request) -> bytes | web.Response:
     clock = BodyClock(loop.time(), gw.body_timeout_s, gw.min_body_rate)
     body = bytearray()
     try:
-        while True:
-            remaining = clock.remaining(loop.time(), len(body))
-            if remaining <= 0:
-                raise TimeoutError
-            chunk = await asyncio.wait_for(request.content.readany(), remaining)
-            if not chunk:
-                break
-            body += chunk
-            if len(body) > gw.max_body_bytes:  # more than the Content-Length said, or chunked
-                gw.metrics.rejections.labels("too-large").inc()
-                request[_CLOSE_KEY] = True
-                return _too_large(gw.max_body_bytes)
+        async with asyncio.timeout(None) as deadline:
+            while True:
+                deadline.reschedule(clock.deadline(len(body)))
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > gw.max_body_bytes:  # more than Content-Length said, or chunked
+                    gw.metrics.rejections.labels("too-large").inc()
+                    request[_CLOSE_KEY] = True
+                    return _too_large(gw.max_body_bytes)
     except TimeoutError:
         return _body_timeout(gw, request)
     return bytes(body)
@@ -458,8 +457,12 @@ class BodyClock:
     timeout_s: float
     min_rate: int
 
+    def deadline(self, received: int) -> float:
+        """The loop time by which the body must be complete, ``received`` bytes in."""
+        return self.started + self.timeout_s + received / self.min_rate
+
     def remaining(self, now: float, received: int) -> float:
-        return self.started + self.timeout_s + received / self.min_rate - now
+        return self.deadline(received) - now
 
 
 def _body_timeout(gw: Gateway, request: web.Request, issues: Sequence[Issue] = ()) -> web.Response:
