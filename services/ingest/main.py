@@ -32,6 +32,8 @@ class _ParseErrorsOnOneLine(logging.Filter):
             record.msg = "could not parse a request; answered 400 and closed"
             record.args = ()
             record.error = type(info[1]).__name__
+            # a client's malformed request is not the server's error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
