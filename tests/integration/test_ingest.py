@@ -502,3 +502,40 @@ def test_topics_are_created_for_body_sized_messages_and_small_ones_reported(
         bootstrap, [fresh], default_partitions=1, replication_factor=1, max_message_bytes=limit
     )
     assert again[0].note == ""  # created with the limit: nothing to report
+
+
+async def test_public_base_url_is_the_only_source_of_urls(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    inst = Registry.load(path).ids[0]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.base.{unique}"
+    create_topic(bootstrap, topic, 1)
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=256 * 1024,
+        topic=topic,
+        institutions_path=path,
+        public_base_url="https://hub.example/",
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:
+            evil = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+            resp = await client.post(
+                "/fhir/Observation",
+                content=dumps(observation(inst)),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": FHIR, **evil},
+            )
+            assert resp.status_code == 201, resp.text
+            assert resp.headers["Location"].startswith("https://hub.example/fhir/Observation/")
+            meta = await client.get("/fhir/metadata", headers=evil)
+            assert meta.json()["implementation"]["url"] == "https://hub.example/fhir"
+            assert "evil.example" not in meta.text
+    finally:
+        await server.close()
