@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from services.common.errors import BrokerError, PortInUseError
+from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +189,17 @@ class LocalBroker:
         controller_port: int = 9093,
         heap: str = "512m",
         sasl_plain_users: dict[str, str] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         """``sasl_plain_users`` (user → password): clients must authenticate with SASL/PLAIN
         on the broker's listener (``SASL_PLAINTEXT``), the first user being the broker's own
-        (for tests of the hub's Kafka security settings; never a production setup)."""
+        (for tests of the hub's Kafka security settings; never a production setup).
+        ``max_message_bytes``: the broker's ``message.max.bytes`` and
+        ``replica.fetch.max.bytes`` (:func:`services.common.topics.max_message_bytes`), so
+        that a topic without its own ``max.message.bytes`` takes a body-limit-sized message."""
         self.sasl_plain_users = dict(sasl_plain_users or {})
         self.data_dir = data_dir.resolve()
+        self.max_message_bytes = max_message_bytes
         self.cache_dir = cache_dir
         self.kafka_version = kafka_version
         self.port = port
@@ -249,6 +255,12 @@ class LocalBroker:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            # one limit for the whole hub: a resource as large as the gateway's body limit
+            # travels (Kafka's default is 1 MiB)
+            "message.max.bytes": str(self.max_message_bytes),
+            "replica.fetch.max.bytes": str(self.max_message_bytes),
+            # a produce request carries up to one batch per partition
+            "socket.request.max.bytes": str(max(100 * 1024 * 1024, 4 * self.max_message_bytes)),
         }
         if self.sasl_plain_users:
             props.update(_sasl_plain(port, controller_port, self.sasl_plain_users))

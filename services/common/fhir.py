@@ -49,6 +49,7 @@ IssueCode = Literal[
     "processing",
     "informational",
     "login",
+    "timeout",
 ]
 SEVERITIES: Final = frozenset(get_args(Severity))
 ISSUE_CODES: Final = frozenset(get_args(IssueCode))
@@ -76,6 +77,9 @@ REASONS: Final[Mapping[str, str]] = MappingProxyType(
         "unauthenticated": "no bearer token, or one that resolves to no institution",
         "unsupported-media-type": "Content-Type is not application/fhir+json (or ndjson)",
         "too-large": "the body, or one NDJSON line, is over the configured limit",
+        "too-deep": "JSON nested deeper than the configured limit",
+        "timeout": "the request body did not arrive within the configured time",
+        "client-closed": "the client closed the connection before the answer",
         "method-not-allowed": "the HTTP method is not supported on this path",
         "unknown-endpoint": "no such path, or a resource type the hub does not take",
         "kafka-unavailable": "Kafka did not acknowledge in time; nothing was published",
@@ -132,13 +136,44 @@ def has_errors(issues: Iterable[Issue]) -> bool:
     return any(i.is_error for i in issues)
 
 
-def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
+#: How many issues an OperationOutcome lists unless told otherwise.
+DEFAULT_MAX_ISSUES: Final = 100
+
+
+def truncated_note(more: int) -> Issue:
+    """The issue that stands for ``more`` issues left out of an answer."""
+    return Issue(
+        "information",
+        "informational",
+        f"{more} more issue{'s' if more != 1 else ''} not listed",
+        reason="truncated",
+    )
+
+
+def cap_issues(issues: Sequence[Issue], limit: int = DEFAULT_MAX_ISSUES) -> list[Issue]:
+    """The first ``limit`` of ``issues``, plus one ``truncated`` issue counting the rest.
+
+    Errors come first when issues have to be left out (keeping their order), so that what
+    is listed explains the refusal.
+    """
+    if len(issues) <= limit:
+        return list(issues)
+    ordered = [i for i in issues if i.is_error] + [i for i in issues if not i.is_error]
+    return [*ordered[:limit], truncated_note(len(issues) - limit)]
+
+
+def operation_outcome(
+    issues: Sequence[Issue], *, limit: int | None = DEFAULT_MAX_ISSUES
+) -> dict[str, Any]:
     """An R4 ``OperationOutcome`` (JSON dict) listing ``issues``.
 
     Each issue carries severity, code, diagnostics, expression (when known) and its reason as
     ``details.coding`` in :data:`REASON_SYSTEM`. With no issues, one ``information`` issue
-    says so (an OperationOutcome needs at least one).
+    says so (an OperationOutcome needs at least one). At most ``limit`` issues are listed,
+    then one ``truncated`` issue says how many more there were (``None``: no cap).
     """
+    if limit is not None:
+        issues = cap_issues(issues, limit)
     out: list[dict[str, Any]] = []
     for issue in issues:
         item: dict[str, Any] = {

@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.errors import KafkaUnavailableError
 from services.common.kafka_security import kafka_python_options
-from services.common.topics import TopicSpec
+from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,13 @@ def create_topics(
     default_partitions: int,
     replication_factor: int,
     timeout_s: float = 30.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[TopicResult]:
     """Create every topic in ``specs`` that does not exist yet; never alter an existing one.
+
+    Each is created with ``max.message.bytes`` = ``max_message_bytes`` (pass
+    :func:`services.common.topics.max_message_bytes` of the settings), so that a resource as
+    large as the gateway's body limit fits in one message.
 
     An existing topic with another partition count than declared is reported, not changed:
     repartitioning a keyed topic moves keys between partitions and is an operator's decision.
@@ -77,7 +82,7 @@ def create_topics(
                 name=s.name,
                 num_partitions=s.partition_count(default_partitions),
                 replication_factor=replication_factor,
-                topic_configs=dict(s.config),
+                topic_configs=s.topic_config(max_message_bytes),
             )
             for s in specs
             if s.name not in existing
@@ -92,6 +97,7 @@ def create_topics(
         described = {
             d["name"]: len(d["partitions"]) for d in admin.describe_topics([s.name for s in specs])
         }
+        limits = _message_limits(admin, [s.name for s in specs if s.name not in created])
     except KafkaError as exc:
         raise KafkaUnavailableError(
             f"Kafka at {bootstrap} refused the topic request: {exc}"
@@ -102,6 +108,36 @@ def create_topics(
     for s in specs:
         want = s.partition_count(default_partitions)
         have = described.get(s.name, 0)
-        note = "" if have == want else f"has {have} partitions, declared {want}; left as is"
-        results.append(TopicResult(s.name, have, s.name in created, note))
+        notes = [] if have == want else [f"has {have} partitions, declared {want}; left as is"]
+        limit = limits.get(s.name)
+        if limit is not None and limit < max_message_bytes:
+            notes.append(
+                f"max.message.bytes is {limit}, below the hub's {max_message_bytes}: larger "
+                "resources will be refused (413); raise it with kafka-configs --alter"
+            )
+        results.append(TopicResult(s.name, have, s.name in created, "; ".join(notes)))
     return results
+
+
+def _message_limits(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """``max.message.bytes`` in force on each existing topic of ``names`` (best effort: an
+    empty answer when the cluster or the client cannot say)."""
+    if not names:
+        return {}
+    try:
+        found: Any = admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, n, configs={"max.message.bytes": None})
+                for n in names
+            ],
+            config_filter="all",
+        )
+        by_topic = found.get("topic", {}) if isinstance(found, dict) else {}
+        return {
+            name: int(configs["max.message.bytes"]["value"])
+            for name, configs in by_topic.items()
+            if "max.message.bytes" in configs
+        }
+    except (KafkaError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        log.info("could not read the topics' max.message.bytes", extra={"err": repr(exc)})
+        return {}

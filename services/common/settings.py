@@ -88,6 +88,52 @@ class IngestSettings(ServiceSettings):
         default="mrhub.ingest.resource-accepted.v1",
         description="Where accepted resources go; only tests and staging change it.",
     )
+    public_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="Where hospitals reach the hub (e.g. https://hub.example), used for "
+        "Location headers and the CapabilityStatement; the request's Host header never is. "
+        "Unset: Location is relative (/fhir/...).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a request body (for $import: each line) may take to arrive, "
+        "plus one second per min_body_rate bytes received; then 408 and the connection is "
+        "closed.",
+    )
+    min_body_rate: int = Field(
+        default=32 * 1024,
+        ge=1,
+        description="Bytes per second a sender must keep up for its body's deadline to grow "
+        "with it: a slow link posting a large body is served, a trickle is cut off.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a request's line and headers may take to arrive once its first "
+        "byte has; then the connection is closed.",
+    )
+    max_line_bytes: int = Field(
+        default=8190, ge=256, description="Longest request line or header line."
+    )
+    max_field_bytes: int = Field(default=8190, ge=256, description="Longest header value.")
+    max_headers: int = Field(default=64, ge=8, description="Most header fields in a request.")
+    max_json_depth: int = Field(
+        default=100, ge=8, le=500, description="Deepest JSON nesting of a body or NDJSON line."
+    )
+    max_outcome_issues: int = Field(
+        default=100,
+        ge=1,
+        description="Issues listed in one OperationOutcome; one more issue counts the rest.",
+    )
+    validation_threads: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Large bodies are parsed and validated off the event loop, at most this "
+        "many at once (the others wait their turn).",
+    )
 
 
 class RecognitionSettings(ServiceSettings):

@@ -8,6 +8,37 @@ are co-partitioned. ``mrhub topics create`` creates exactly this list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
+
+#: What a Kafka message may need beyond the resource it carries: the envelope's own fields,
+#: the patient identifiers copied into it, key, headers and the record batch's framing.
+ENVELOPE_HEADROOM: Final = 1024 * 1024
+#: The gateway's default body limit (``MRHUB_INGEST__MAX_BODY_BYTES``).
+DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+
+
+def message_limit(max_body_bytes: int) -> int:
+    """The largest Kafka message (record batch) the hub produces or accepts for a body limit
+    of ``max_body_bytes``: the body plus :data:`ENVELOPE_HEADROOM`."""
+    return max_body_bytes + ENVELOPE_HEADROOM
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The one message-size limit of the hub, derived from the one body limit.
+
+    A resource as large as ``MRHUB_INGEST__MAX_BODY_BYTES`` must travel: this is the
+    gateway producer's ``max_request_size``, ``max.message.bytes`` of every topic the hub
+    creates, and the local broker's ``message.max.bytes`` / ``replica.fetch.max.bytes``
+    (faust producers and faust's own topics use it too).
+    """
+    return message_limit(settings.ingest.max_body_bytes)
+
+
+#: :func:`max_message_bytes` for the default settings.
+DEFAULT_MAX_MESSAGE_BYTES: Final = message_limit(DEFAULT_MAX_BODY_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +51,11 @@ class TopicSpec:
 
     def partition_count(self, default: int) -> int:
         return self.partitions if self.partitions is not None else default
+
+    def topic_config(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, str]:
+        """The configuration the hub creates this topic with: its own settings, and
+        ``max.message.bytes`` large enough for the body limit (unless it names its own)."""
+        return {"max.message.bytes": str(max_message_bytes), **self.config}
 
 
 _DEAD_LETTER_CONFIG = {"retention.ms": str(30 * 24 * 3600 * 1000)}

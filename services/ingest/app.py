@@ -7,8 +7,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.common.fhir import DEFAULT_MAX_ISSUES
 from services.common.institutions import Registry
-from services.common.topics import RESOURCE_ACCEPTED
+from services.common.topics import RESOURCE_ACCEPTED, message_limit
 from services.ingest import views
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
@@ -24,12 +25,26 @@ def build_app(
     transaction_slots: int = 1,
     topic: str = RESOURCE_ACCEPTED.name,
     institutions_path: Path | None = None,
+    max_message_bytes: int | None = None,
+    body_timeout_s: float = 30.0,
+    min_body_rate: int = 32 * 1024,
+    max_json_depth: int = 100,
+    max_outcome_issues: int = DEFAULT_MAX_ISSUES,
+    public_base_url: str | None = None,
+    validation_threads: int = 2,
 ) -> web.Application:
     """``institutions_path``: when given, the registry is reloaded from it whenever the file
-    changes (checked at most once a second), so an issued or revoked token counts at once."""
+    changes (checked at most once a second), so an issued or revoked token counts at once.
+    ``max_message_bytes``: the Kafka message limit (default: derived from
+    ``max_body_bytes``, as :func:`services.common.topics.max_message_bytes` does)."""
     metrics = IngestMetrics()
     publisher = Publisher(
-        bootstrap, topic, metrics, timeout_s=publish_timeout_s, slots=transaction_slots
+        bootstrap,
+        topic,
+        metrics,
+        timeout_s=publish_timeout_s,
+        slots=transaction_slots,
+        max_message_bytes=max_message_bytes or message_limit(max_body_bytes),
     )
     gateway = views.Gateway(
         registry,
@@ -38,6 +53,12 @@ def build_app(
         hmac_key=hmac_key,
         max_body_bytes=max_body_bytes,
         institutions_path=institutions_path,
+        body_timeout_s=body_timeout_s,
+        min_body_rate=min_body_rate,
+        max_json_depth=max_json_depth,
+        max_outcome_issues=max_outcome_issues,
+        public_base_url=public_base_url,
+        validation_threads=validation_threads,
     )
     # aiohttp refuses larger bodies itself (its default is 1 MiB); NDJSON import streams.
     app = web.Application(client_max_size=max_body_bytes, middlewares=[views.observe])
@@ -55,6 +76,7 @@ def build_app(
         await publisher.start()
         yield
         await publisher.stop()
+        gateway.close()
 
     app.cleanup_ctx.append(kafka)
     return app

@@ -16,7 +16,9 @@ from services.ingest.validation import CLINICAL_TYPES, CONTEXT_TYPES
 IMPORT_OPERATION_URL = "https://fhir.mrhub.cn/OperationDefinition/import-ndjson"
 
 
-def capability_statement(base_url: str, *, max_body_bytes: int) -> dict[str, Any]:
+def capability_statement(base_url: str | None, *, max_body_bytes: int) -> dict[str, Any]:
+    """``base_url``: the configured public FHIR base (``implementation.url``); None: the
+    statement names no URL (never one made from the request's Host header)."""
     resources = [
         {
             "type": rtype,
@@ -39,7 +41,7 @@ def capability_statement(base_url: str, *, max_body_bytes: int) -> dict[str, Any
         "software": {"name": "mrhub ingest gateway", "version": hub_version()},
         "implementation": {
             "description": "mrhub FHIR ingest gateway (检查检验结果互认 data hub)",
-            "url": base_url,
+            **({"url": base_url} if base_url else {}),
         },
         "fhirVersion": "4.0.1",
         "format": [FHIR_JSON, "application/json"],

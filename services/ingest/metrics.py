@@ -76,7 +76,8 @@ class IngestMetrics:
         self.publish_errors = Counter(
             "mrhub_ingest_kafka_publish_errors_total",
             "Publications that failed: a transaction Kafka did not commit (stage=transaction)"
-            " or a request no transaction took in time (stage=queued-too-long).",
+            " or a request no transaction took in time (stage=queued-too-long), both answered"
+            " 503; a message Kafka refused as too large (stage=too-large), answered 413.",
             ["stage"],
             registry=r,
         )

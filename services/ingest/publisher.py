@@ -33,15 +33,28 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.common.errors import KafkaUnavailableError
 from services.common.kafka_security import aiokafka_options
+from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES
 from services.ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
-_MAX_REQUEST = 16 * 1024 * 1024
+#: Kafka's answers that mean "this message is too large for the topic", not "unavailable".
+_SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
+class MessageTooLargeError(Exception):
+    """Kafka refused a message as too large for the topic (its ``max.message.bytes`` is
+    below the hub's limit): nothing of the request was published, and retrying cannot help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,16 @@ class OutMessage:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def size(self) -> int:
+        """The bytes this message takes in a record batch of its own (what the producer's
+        ``max_request_size`` and the topic's ``max.message.bytes`` are compared with)."""
+        return int(
+            DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                self.key, self.value, list(self.headers)
+            )
+        )
 
 
 @dataclass(eq=False)
@@ -81,8 +104,13 @@ class Publisher:
         slots: int = 2,
         max_batch: int = 2000,
         instance: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """``max_message_bytes``: the producer's ``max_request_size`` — the hub's one
+        message limit (:func:`services.common.topics.max_message_bytes`); a request with a
+        larger message must be refused before :meth:`publish` (see :meth:`fits`)."""
         self.bootstrap = bootstrap
+        self.max_message_bytes = max_message_bytes
         self.topic = topic
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -127,9 +155,14 @@ class Publisher:
 
     # -------------------------------------------------------------------------- publish
 
+    def fits(self, msg: OutMessage) -> bool:
+        """Whether ``msg`` is within the producer's (and the topics') message limit."""
+        return msg.size <= self.max_message_bytes
+
     async def publish(self, msgs: Sequence[OutMessage]) -> None:
         """Publish all of ``msgs`` atomically, acknowledged by Kafka with acks=all, or raise
-        ``KafkaUnavailableError`` having published none of them."""
+        having published none of them: ``KafkaUnavailableError`` when Kafka did not
+        acknowledge, ``MessageTooLargeError`` when it refused a message as too large."""
         if not msgs:
             return
         pending = _Pending(msgs)
@@ -175,6 +208,16 @@ class Publisher:
             except asyncio.CancelledError:
                 self._fail(batch, KafkaUnavailableError("the gateway is shutting down"))
                 raise
+            except _SIZE_ERRORS as exc:
+                # One request's message is over the topic's limit: that is its own fault,
+                # not Kafka's; the requests it shared the transaction with are retried alone.
+                await self._drop(slot)
+                log.warning(
+                    "kafka refused a message as too large; retrying the requests one by one",
+                    extra={"slot": slot, "messages": len(msgs), "err": repr(exc)},
+                )
+                await self._one_by_one(slot, batch)
+                continue
             except Exception as exc:
                 await self._drop(slot)
                 self._ready = False
@@ -193,6 +236,30 @@ class Publisher:
             for p in batch:
                 if not p.fut.done():
                     p.fut.set_result(None)
+
+    async def _one_by_one(self, slot: int, batch: Sequence[_Pending]) -> None:
+        """Each request of ``batch`` in a transaction of its own (after a size refusal)."""
+        for p in batch:
+            if p.fut.done():
+                continue
+            try:
+                producer = await self._producer(slot)
+                await asyncio.wait_for(self._transaction(producer, p.msgs), self.timeout_s)
+            except asyncio.CancelledError:
+                self._fail(batch, KafkaUnavailableError("the gateway is shutting down"))
+                raise
+            except _SIZE_ERRORS as exc:
+                await self._drop(slot)
+                self.metrics.publish_errors.labels("too-large").inc()
+                p.fut.set_exception(MessageTooLargeError(f"Kafka refused the message: {exc!r}"))
+            except Exception as exc:
+                await self._drop(slot)
+                self._ready = False
+                self.metrics.publish_errors.labels("transaction").inc()
+                p.fut.set_exception(KafkaUnavailableError(f"Kafka did not commit: {exc!r}"))
+            else:
+                self.metrics.transaction_messages.observe(len(p.msgs))
+                p.fut.set_result(None)
 
     @staticmethod
     def _fail(batch: Sequence[_Pending], err: Exception) -> None:
@@ -221,7 +288,7 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
-            max_request_size=_MAX_REQUEST,
+            max_request_size=self.max_message_bytes,
             request_timeout_ms=ms,
             retry_backoff_ms=100,
             **aiokafka_options(),

@@ -133,9 +133,12 @@ class BundleCheck:
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_json(body: bytes | bytearray | str) -> tuple[Any, list[Issue]]:
+def parse_json(
+    body: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH
+) -> tuple[Any, list[Issue]]:
     """Parse a request body as FHIR JSON: UTF-8 (a BOM is tolerated), no duplicate keys, no
-    ``NaN``/``Infinity``. Returns ``(value, [])`` or ``(None, [malformed-json issue])``."""
+    ``NaN``/``Infinity``, objects and arrays nested at most ``max_depth`` deep. Returns
+    ``(value, [])`` or ``(None, [one malformed-json or too-deep issue])``."""
     try:
         text = body.decode("utf-8-sig") if isinstance(body, bytes | bytearray) else body
         if text.startswith("\ufeff"):
@@ -152,8 +155,29 @@ def parse_json(body: bytes | bytearray | str) -> tuple[Any, list[Issue]]:
     except ValueError as exc:  # duplicate keys, NaN/Infinity
         return None, [_malformed(str(exc))]
     except RecursionError:
-        return None, [_malformed("nested too deeply")]
+        return None, [_too_deep(max_depth)]
+    if nesting_exceeds(value, max_depth):
+        return None, [_too_deep(max_depth)]
     return value, []
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest more than ``limit`` deep (a scalar is at
+    depth 0, ``[]`` at 1, ``[[]]`` at 2). Iterative: no recursion however deep ``value``."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            return True
+        stack.extend((c, depth) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def check_resource(
@@ -352,6 +376,8 @@ def http_status(issues: Iterable[Issue]) -> int:
 
     - 200: no ``error``/``fatal`` issue (warnings and information do not refuse);
     - 403: any error with code ``forbidden`` or ``security`` (e.g. ``foreign-institution``);
+    - 413: else any error with code ``too-costly`` (``too-large``: a resource whose Kafka
+      message would be over the hub's message limit);
     - 400: else any error with code ``structure`` or ``invalid``: the body is not JSON
       (``malformed-json``), not a resource (``not-a-resource``), fails the R4 model
       (``invalid-fhir``), is of another type than the URL says (``type-mismatch``), or breaks a
@@ -366,6 +392,8 @@ def http_status(issues: Iterable[Issue]) -> int:
         return 200
     if codes & {"forbidden", "security"}:
         return 403
+    if "too-costly" in codes:
+        return 413
     if codes & {"structure", "invalid"}:
         return 400
     return 422
@@ -651,10 +679,41 @@ def _expand(node: Any, keys: Sequence[str], loc: Loc) -> Iterable[tuple[Loc, Any
         yield from _expand(value, keys[1:], (*loc, keys[0]))
 
 
+def _named_only_by_display(ref: dict[str, Any]) -> bool:
+    """A Reference that names nothing the hub can check: no reference, no identifier (a
+    ``display`` is free text anyone can write)."""
+    return not _present(ref.get("reference")) and not _present(ref.get("identifier"))
+
+
+def _performer_claim(ref: dict[str, Any], ctx: _Ctx) -> InstitutionClaim | None:
+    """Which institution a performer Reference names: through an Organization (inline
+    identifier or resolved), or through a PractitionerRole's ``organization`` (inline or
+    resolved). ``None``: it is named only by ``display``, so the hub cannot tell."""
+    if _named_only_by_display(ref):
+        return None
+    claim = _org_claim(ref, ctx)
+    if claim == "foreign":
+        return claim
+    target_ref = ref.get("reference")
+    target = ctx.resolve(target_ref) if isinstance(target_ref, str) else None
+    if target is not None and target.get("resourceType") == "PractitionerRole":
+        org = target.get("organization")
+        if isinstance(org, dict):
+            if _named_only_by_display(org):
+                return None
+            role_claim = _org_claim(org, ctx)
+            if role_claim != "none":
+                return role_claim
+    return claim
+
+
 def _check_performers(res: dict[str, Any], rtype: str, ctx: _Ctx) -> None:
     for keys in _PERFORMER_PATHS.get(rtype, ()):
         for loc, ref in _expand(res, keys, ()):
-            if isinstance(ref, dict) and _org_claim(ref, ctx) == "foreign":
+            if not isinstance(ref, dict):
+                continue
+            claim = _performer_claim(ref, ctx)
+            if claim == "foreign":
                 ctx.add(
                     "error",
                     "forbidden",
@@ -662,6 +721,16 @@ def _check_performers(res: dict[str, Any], rtype: str, ctx: _Ctx) -> None:
                     loc,
                     "names another institution as performer; "
                     "an institution posts only results it produced",
+                )
+            elif claim is None:
+                ctx.add(
+                    "error",
+                    "forbidden",
+                    "foreign-institution",
+                    loc,
+                    "names its performer only by display (or a PractitionerRole whose "
+                    "organization is named only by display); name it by reference or "
+                    "identifier so that the hub can tell it is the posting institution",
                 )
 
 
@@ -867,6 +936,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _too_deep(limit: int) -> Issue:
+    return Issue(
+        "error",
+        "structure",
+        f"JSON nested more than {limit} deep (objects and arrays)",
+        reason="too-deep",
+    )
 
 
 def _malformed(message: str) -> Issue:

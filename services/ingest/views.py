@@ -1,36 +1,63 @@
 """HTTP handlers of the FHIR gateway. Every refusal is an ``OperationOutcome``.
 
-Order of checks for a write: credential (401) → content type (415) → size (413) → JSON
-(400) → FHIR and hub rules (400 / 403 / 422) → publish to Kafka with acks=all (503 when it
-does not acknowledge) → answer. Nothing is published unless the answer is 2xx, and for a
-bundle, all of it or none of it is.
+Order of checks for a write: credential (401) → content type (415) → size (413) → body
+read time-out (408) → JSON and its nesting depth (400) → FHIR and hub rules (400 / 403 /
+422) → the Kafka message fits (413) → publish to Kafka with acks=all (503 when it does not
+acknowledge) → answer. Nothing is published unless the answer is 2xx, and for a bundle, all
+of it or none of it is.
+
+Bounded work: a body of more than :data:`OFFLOAD_BYTES` is parsed, validated and turned into
+Kafka messages in a worker thread (at most ``validation_threads`` at once), so the event
+loop keeps answering (``/healthz`` included) while a 20 MB bundle is checked; every
+OperationOutcome lists at most ``max_outcome_issues`` issues plus one that counts the rest.
+URLs in answers are built from the configured ``public_base_url``, never from the request's
+``Host`` header.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import functools
+import gc
 import logging
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import simplejson
 from aiohttp import web
 
 from services.common.envelope import Envelope, new_id, utcnow
 from services.common.errors import KafkaUnavailableError
-from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
+from services.common.fhir import (
+    DEFAULT_MAX_ISSUES,
+    FHIR_JSON,
+    Issue,
+    IssueCode,
+    cap_issues,
+    operation_outcome,
+    truncated_note,
+)
 from services.common.identifiers import keyed_hash
 from services.common.institutions import Institution, Registry, ReloadingRegistry
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
-from services.ingest.publisher import OutMessage, Publisher
+from services.ingest.publisher import MessageTooLargeError, OutMessage, Publisher
+from services.ingest.server import HeaderDeadline
 from services.ingest.validation import (
     CLINICAL_TYPES,
+    MAX_DEPTH,
+    BundleCheck,
     CheckedResource,
     check_bundle,
     check_resource,
@@ -39,6 +66,57 @@ from services.ingest.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Bodies (and NDJSON lines) larger than this are parsed and validated in a worker thread.
+OFFLOAD_BYTES = 64 * 1024
+#: The longest the event loop works through NDJSON lines before letting others run.
+_IMPORT_SLICE_S = 0.02
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a large body is parsed and checked.
+
+    Parsed JSON has no reference cycles, but a 20 MB body makes a million objects, and each
+    full collection the allocations trigger walks all of them while holding the GIL — that,
+    not the parsing, is what would stall the event loop (measured: pauses of 0.2–0.3 s
+    with collection, under 0.1 s without). Counted, so overlapping validations nest."""
+    global _gc_pausers
+    with _gc_lock:
+        _gc_pausers += 1
+        if _gc_pausers == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0:
+                gc.enable()
+
+
+def _dismantle(value: Any) -> None:
+    """Empty every object and array in parsed JSON ``value``, one at a time.
+
+    Dropping the last reference to a 20 MB document frees its million objects in one go,
+    holding the GIL for as long as that takes (tens of ms): done here, in the worker thread,
+    node by node, the event loop runs in between. Only for what is no longer needed: the
+    checked resources' dicts are emptied too (their type, issues and messages remain)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+            node.clear()
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+            node.clear()
+
 
 EVENT_TYPE = "mrhub.ingest.resource-accepted"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
@@ -51,6 +129,7 @@ _REASONS_HTTP = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    408: "Request Timeout",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
@@ -79,10 +158,20 @@ def fhir_response(
     )
 
 
+def _without_gc(fn: Callable[..., T], *args: Any) -> T:
+    with _gc_paused():
+        return fn(*args)
+
+
 def outcome_response(
-    issues: Sequence[Issue], status: int, headers: dict[str, str] | None = None
+    issues: Sequence[Issue],
+    status: int,
+    headers: dict[str, str] | None = None,
+    *,
+    limit: int | None = DEFAULT_MAX_ISSUES,
 ) -> web.Response:
-    return fhir_response(operation_outcome(issues), status, headers)
+    """An OperationOutcome answer listing the first ``limit`` issues and a count of the rest."""
+    return fhir_response(operation_outcome(issues, limit=limit), status, headers)
 
 
 def refusal(
@@ -111,6 +200,12 @@ class Gateway:
         hmac_key: bytes,
         max_body_bytes: int,
         institutions_path: Path | None = None,
+        body_timeout_s: float = 30.0,
+        min_body_rate: int = 32 * 1024,
+        max_json_depth: int = MAX_DEPTH,
+        max_outcome_issues: int = DEFAULT_MAX_ISSUES,
+        public_base_url: str | None = None,
+        validation_threads: int = 2,
     ) -> None:
         # with a path, the registry follows the file (tokens issued or revoked count at once)
         self._registry = (
@@ -120,6 +215,52 @@ class Gateway:
         self.metrics = metrics
         self.hmac_key = hmac_key
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.min_body_rate = min_body_rate
+        self.max_json_depth = max_json_depth
+        self.max_outcome_issues = max_outcome_issues
+        #: where hospitals reach the hub, without a trailing slash; None: answers hold
+        #: relative URLs (the request's Host header is never used)
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self._validation_threads = validation_threads
+        self._slots: asyncio.Semaphore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ bounded work
+
+    async def offload(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: inline when ``size`` (the bytes it works on) is small, else in a
+        worker thread, at most ``validation_threads`` at once, so the event loop stays free."""
+        if size <= OFFLOAD_BYTES:
+            return fn(*args)
+        if self._slots is None or self._executor is None:
+            self._slots = asyncio.Semaphore(self._validation_threads)
+            self._executor = ThreadPoolExecutor(
+                self._validation_threads, thread_name_prefix="mrhub-validate"
+            )
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, functools.partial(_without_gc, fn, *args)
+            )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def url(self, path: str) -> str:
+        """``path`` (starting with ``/``) under the configured public base URL, or relative."""
+        return f"{self.public_base_url}{path}" if self.public_base_url else path
+
+    def fits(self, msg: OutMessage) -> bool:
+        publisher = self.publisher
+        return publisher is None or publisher.fits(msg)
+
+    def outcome(
+        self, issues: Sequence[Issue], status: int, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return outcome_response(issues, status, headers, limit=self.max_outcome_issues)
 
     @property
     def registry(self) -> Registry:
@@ -167,15 +308,31 @@ class Gateway:
     def count(
         self, institution: Institution, checked: Sequence[CheckedResource], outcome: str
     ) -> None:
-        if checked:
-            self.metrics.resources_by_level.labels(str(institution.level), outcome).inc(
-                len(checked)
+        """Count resources (and, when rejected, their reasons): one increment per label set,
+        however many resources (a 50,000-entry bundle costs a few increments)."""
+        if not checked:
+            return
+        self.metrics.resources_by_level.labels(str(institution.level), outcome).inc(len(checked))
+        by_type = collections.Counter(type_label(c.resource_type) for c in checked)
+        for label, n in by_type.items():
+            self.metrics.resources.labels(label, outcome).inc(n)
+        if outcome == "rejected":
+            reasons = collections.Counter(
+                reason for c in checked for reason in {i.reason for i in c.issues if i.is_error}
             )
-        for c in checked:
-            self.metrics.resources.labels(type_label(c.resource_type), outcome).inc()
-            if outcome == "rejected":
-                for reason in {i.reason for i in c.issues if i.is_error}:
-                    self.metrics.rejections.labels(reason).inc()
+            for reason, n in reasons.items():
+                self.metrics.rejections.labels(reason).inc(n)
+
+    def too_large_issue(self, where: str, msg: OutMessage) -> Issue:
+        limit = self.publisher.max_message_bytes if self.publisher is not None else 0
+        return Issue(
+            "error",
+            "too-costly",
+            f"{where}: as a Kafka message this resource takes {msg.size} bytes, over the "
+            f"hub's limit of {limit} bytes; nothing was published",
+            (where,),
+            "too-large",
+        )
 
 
 def patient_identifiers(
@@ -253,21 +410,80 @@ def _media_type_refusal(
     )
 
 
+class BodyTimeoutError(Exception):
+    """The request body (for ``$import``: the current line) did not arrive in time."""
+
+
+_CLOSE_KEY = web.RequestKey("mrhub_close_after_answer", bool)
+
+
+def _mib(n: int) -> str:
+    """A byte count for diagnostics (a bare count of six or more digits would be masked)."""
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
 async def _read_body(gw: Gateway, request: web.Request) -> bytes | web.Response:
     declared = request.content_length
     if declared is not None and declared > gw.max_body_bytes:
         gw.metrics.rejections.labels("too-large").inc()
         return _too_large(gw.max_body_bytes)
+    loop = asyncio.get_running_loop()
+    clock = BodyClock(loop.time(), gw.body_timeout_s, gw.min_body_rate)
+    body = bytearray()
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        gw.metrics.rejections.labels("too-large").inc()
-        return _too_large(gw.max_body_bytes)
-    return body
+        async with asyncio.timeout(None) as deadline:
+            while True:
+                deadline.reschedule(clock.deadline(len(body)))
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > gw.max_body_bytes:  # more than Content-Length said, or chunked
+                    gw.metrics.rejections.labels("too-large").inc()
+                    request[_CLOSE_KEY] = True
+                    return _too_large(gw.max_body_bytes)
+    except TimeoutError:
+        return _body_timeout(gw, request)
+    return bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyClock:
+    """A body's deadline: ``timeout_s`` from its start, plus one second for every
+    ``min_rate`` bytes received — a sender that keeps up ``min_rate`` is never cut off,
+    however large its body; one that trickles is, after about ``timeout_s``."""
+
+    started: float
+    timeout_s: float
+    min_rate: int
+
+    def deadline(self, received: int) -> float:
+        """The loop time by which the body must be complete, ``received`` bytes in."""
+        return self.started + self.timeout_s + received / self.min_rate
+
+    def remaining(self, now: float, received: int) -> float:
+        return self.deadline(received) - now
+
+
+def _body_timeout(gw: Gateway, request: web.Request, issues: Sequence[Issue] = ()) -> web.Response:
+    """408, and the connection is closed once the answer is out (the rest of a slow body is
+    never waited for)."""
+    gw.metrics.rejections.labels("timeout").inc()
+    log.info("request body too slow; answered 408 and closed the connection")
+    request[_CLOSE_KEY] = True
+    issue = Issue(
+        "error",
+        "timeout",
+        f"the request body did not arrive in time ({gw.body_timeout_s:g} s, plus 1 s per "
+        f"{gw.min_body_rate / 1024:g} KiB received); nothing of it was published",
+        (),
+        "timeout",
+    )
+    return gw.outcome([issue, *issues], 408, {"Connection": "close"})
 
 
 def _too_large(limit: int) -> web.Response:
-    return refusal(413, "too-costly", "too-large", f"the body is over the limit of {limit} bytes")
+    return refusal(413, "too-costly", "too-large", f"the body is over the limit of {_mib(limit)}")
 
 
 def _unavailable(exc: Exception) -> web.Response:
@@ -280,6 +496,21 @@ def _unavailable(exc: Exception) -> web.Response:
         f"Retry after {RETRY_AFTER_S} s.",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def _refused_by_kafka(where: str, exc: Exception) -> web.Response:
+    """Kafka refused a message as too large: the topic's ``max.message.bytes`` is below the
+    hub's limit (an operator's matter). Not retriable, so never 503."""
+    log.warning("kafka refused a message as too large; answered 413", extra={"err": str(exc)})
+    issue = Issue(
+        "error",
+        "too-costly",
+        f"{where}: Kafka refused the message as too large for the topic (its "
+        "max.message.bytes is below the hub's limit); nothing was published",
+        (where,),
+        "too-large",
+    )
+    return outcome_response([issue], 413)
 
 
 def _status_line(code: int) -> str:
@@ -300,19 +531,76 @@ def _admit(
     return refused if refused is not None else who
 
 
-async def _json_write(gw: Gateway, request: web.Request) -> tuple[Institution, Any] | web.Response:
-    """A write's institution and parsed JSON body — or the refusal: 401, 415, 413, 400."""
+async def _json_write(
+    gw: Gateway, request: web.Request
+) -> tuple[Institution, bytes] | web.Response:
+    """A write's institution and body — or the refusal: 401, 415, 413, 408."""
     who = _admit(gw, request, JSON_TYPES)
     if isinstance(who, web.Response):
         return who
     body = await _read_body(gw, request)
     if isinstance(body, web.Response):
         return body
-    raw, issues = parse_json(body)
+    return who, body
+
+
+@dataclass
+class _Refused:
+    issues: list[Issue]
+    status: int
+
+
+def _refused(gw: Gateway, issues: list[Issue]) -> _Refused:
+    """The refusal, its issues already capped (so that a 100,000-issue list is built and
+    freed where it was made, not on the event loop)."""
+    return _Refused(cap_issues(issues, gw.max_outcome_issues), http_status(issues))
+
+
+@dataclass
+class _ResourceReady:
+    checked: CheckedResource
+    msg: OutMessage
+    event_id: str
+    answer: bytes
+
+
+def _parse(gw: Gateway, body: bytes) -> tuple[Any, _Refused | None]:
+    raw, issues = parse_json(body, max_depth=gw.max_json_depth)
     if issues:
-        gw.metrics.rejections.labels("malformed-json").inc()
-        return outcome_response(issues, http_status(issues))
-    return who, raw
+        for issue in issues:
+            gw.metrics.rejections.labels(issue.reason).inc()
+        return None, _Refused(issues, http_status(issues))
+    return raw, None
+
+
+def _prepare_resource(
+    gw: Gateway,
+    who: Institution,
+    body: bytes,
+    rtype: str,
+    received_at: datetime,
+    trace_id: str,
+) -> _Refused | _ResourceReady:
+    """Parse, check and build the Kafka message of one resource (pure CPU: may run in a
+    worker thread)."""
+    raw, refused = _parse(gw, body)
+    if refused is not None:
+        return refused
+    checked = check_resource(raw, who, expected_type=rtype)
+    big = len(body) > OFFLOAD_BYTES
+    if checked.ok:
+        msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=trace_id)
+        if gw.fits(msg):
+            ready = _ResourceReady(checked, msg, event_id, _dumps(checked.resource))
+            if big:
+                _dismantle(raw)
+            return ready
+        checked.issues.append(gw.too_large_issue(rtype, msg))
+    gw.count(who, [checked], "rejected")
+    refused = _refused(gw, checked.issues)
+    if big:
+        _dismantle(raw)
+    return refused
 
 
 async def post_resource(request: web.Request) -> web.Response:
@@ -331,51 +619,69 @@ async def post_resource(request: web.Request) -> web.Response:
     read = await _json_write(gw, request)
     if isinstance(read, web.Response):
         return read
-    who, raw = read
-    checked = check_resource(raw, who, expected_type=rtype)
-    if not checked.ok:
-        gw.count(who, [checked], "rejected")
-        return outcome_response(checked.issues, http_status(checked.issues))
+    who, body = read
     trace_id = _trace_id(request)
-    msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=trace_id)
+    ready = await gw.offload(
+        len(body), _prepare_resource, gw, who, body, rtype, received_at, trace_id
+    )
+    if isinstance(ready, _Refused):
+        return outcome_response(ready.issues, ready.status, limit=None)  # capped already
     try:
-        await gw.publisher.publish([msg])
+        await gw.publisher.publish([ready.msg])
     except KafkaUnavailableError as exc:
-        gw.count(who, [checked], "not_published")
+        gw.count(who, [ready.checked], "not_published")
         return _unavailable(exc)
-    gw.count(who, [checked], "accepted")
-    location = f"{request.url.origin()}/fhir/{rtype}/{event_id}/_history/1"
-    return fhir_response(
-        checked.resource,
-        201,
-        {"Location": location, "ETag": 'W/"1"', "X-Trace-Id": trace_id},
+    except MessageTooLargeError as exc:
+        gw.count(who, [ready.checked], "rejected")
+        gw.metrics.rejections.labels("too-large").inc()
+        return _refused_by_kafka(rtype, exc)
+    gw.count(who, [ready.checked], "accepted")
+    location = gw.url(f"/fhir/{rtype}/{ready.event_id}/_history/1")
+    return web.Response(
+        body=ready.answer,
+        status=201,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+        headers={"Location": location, "ETag": 'W/"1"', "X-Trace-Id": trace_id},
     )
 
 
-async def post_bundle(request: web.Request) -> web.Response:
-    gw = request.app[STATE_KEY]
-    received_at = utcnow()
-    read = await _json_write(gw, request)
-    if isinstance(read, web.Response):
-        return read
-    who, raw = read
+@dataclass
+class _BundleReady:
+    bundle: BundleCheck
+    transaction: bool
+    good: list[CheckedResource]
+    bad: list[CheckedResource]
+    out: dict[int, tuple[OutMessage, str]]  # id(entry) → its message and event id
+
+
+def _prepare_bundle(
+    gw: Gateway, who: Institution, body: bytes, received_at: datetime, trace_id: str
+) -> _Refused | _BundleReady:
+    """Parse and check a bundle and build its entries' Kafka messages (pure CPU: may run in
+    a worker thread)."""
+    raw, refused = _parse(gw, body)
+    if refused is not None:
+        return refused
     bundle = check_bundle(raw, who)
-    if (bundle.issues and any(i.is_error for i in bundle.issues)) or bundle.bundle_type is None:
-        gw.count(who, bundle.entries, "rejected")
-        all_issues = bundle.all_issues
-        return outcome_response(all_issues, http_status(all_issues))
     transaction = bundle.bundle_type == "transaction"
-    good = [e for e in bundle.entries if e.ok]
-    bad = [e for e in bundle.entries if not e.ok]
-    if transaction and bad:
+    if (
+        (bundle.issues and any(i.is_error for i in bundle.issues))
+        or bundle.bundle_type is None
+        or (transaction and not bundle.ok)
+    ):
         gw.count(who, bundle.entries, "rejected")
-        all_issues = bundle.all_issues
-        return outcome_response(all_issues, http_status(all_issues))
-    trace_id = _trace_id(request)
+        refused = _refused(gw, bundle.all_issues)
+        if len(body) > OFFLOAD_BYTES:
+            _dismantle(raw)
+        return refused
     bundle_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     patients = bundle_patients(bundle.entries)
-    out = [
-        gw.message(
+    out: dict[int, tuple[OutMessage, str]] = {}
+    for e in bundle.entries:
+        if not e.ok:
+            continue
+        msg, eid = gw.message(
             who,
             e,
             received_at=received_at,
@@ -384,43 +690,147 @@ async def post_bundle(request: web.Request) -> web.Response:
             entry_index=e.index,
             patients=patients,
         )
-        for e in good
-    ]
-    try:
-        await gw.publisher.publish([m for m, _ in out])
-    except KafkaUnavailableError as exc:
-        gw.count(who, good, "not_published")
-        return _unavailable(exc)
-    gw.count(who, good, "accepted")
-    gw.count(who, bad, "rejected")
-    event_ids = {id(e): eid for e, (_, eid) in zip(good, out, strict=True)}
+        if gw.fits(msg):
+            out[id(e)] = (msg, eid)
+        else:
+            e.issues.append(gw.too_large_issue(f"Bundle.entry[{e.index}].resource", msg))
+    good = [e for e in bundle.entries if e.ok]
+    bad = [e for e in bundle.entries if not e.ok]
+    if transaction and bad:
+        gw.count(who, bundle.entries, "rejected")
+        refused = _refused(gw, bundle.all_issues)
+        if len(body) > OFFLOAD_BYTES:
+            _dismantle(raw)
+        return refused
+    if len(body) > OFFLOAD_BYTES:
+        _dismantle(raw)  # the messages are built; types, indexes and issues remain
+    return _BundleReady(bundle, transaction, good, bad, out)
+
+
+def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
+    """The batch- / transaction-response. Refused entries carry their OperationOutcome until
+    the answer has listed ``max_outcome_issues`` issues; after that, their status only, and
+    the last refused entry's outcome counts the issues left out."""
+    budget = gw.max_outcome_issues
+    left_out = 0
+    last_short: dict[str, Any] | None = None
     entries = []
-    for e in bundle.entries:
+    for e in ready.bundle.entries:
         if e.ok:
-            eid = event_ids[id(e)]
+            eid = ready.out[id(e)][1]
             resp: dict[str, Any] = {
                 "status": "201 Created",
                 "location": f"{e.resource_type}/{eid}/_history/1",
                 "etag": 'W/"1"',
             }
         else:
-            code = http_status(e.issues)
-            resp = {"status": _status_line(code), "outcome": operation_outcome(e.issues)}
+            resp = {"status": _status_line(http_status(e.issues))}
+            listed = min(budget, len(e.issues))
+            if listed:
+                resp["outcome"] = operation_outcome(cap_issues(e.issues, listed)[:listed])
+                budget -= listed
+            if listed < len(e.issues):
+                left_out += len(e.issues) - listed
+                last_short = resp
         entries.append({"response": resp})
+    if last_short is not None:
+        note = operation_outcome([truncated_note(left_out)])["issue"]
+        if "outcome" in last_short:
+            last_short["outcome"]["issue"].extend(note)
+        else:
+            last_short["outcome"] = {"resourceType": "OperationOutcome", "issue": note}
     doc = {
         "resourceType": "Bundle",
-        "type": "transaction-response" if transaction else "batch-response",
+        "type": "transaction-response" if ready.transaction else "batch-response",
         "entry": entries,
     }
-    return fhir_response(doc, 200, {"X-Trace-Id": trace_id})
+    answer = _dumps(doc)
+    _dismantle(entries)
+    return answer
+
+
+async def post_bundle(request: web.Request) -> web.Response:
+    gw = request.app[STATE_KEY]
+    received_at = utcnow()
+    read = await _json_write(gw, request)
+    if isinstance(read, web.Response):
+        return read
+    who, body = read
+    trace_id = _trace_id(request)
+    ready = await gw.offload(len(body), _prepare_bundle, gw, who, body, received_at, trace_id)
+    if isinstance(ready, _Refused):
+        return outcome_response(ready.issues, ready.status, limit=None)  # capped already
+    try:
+        await gw.publisher.publish([ready.out[id(e)][0] for e in ready.good])
+    except KafkaUnavailableError as exc:
+        gw.count(who, ready.good, "not_published")
+        return _unavailable(exc)
+    except MessageTooLargeError as exc:
+        gw.count(who, ready.bundle.entries, "rejected")
+        gw.metrics.rejections.labels("too-large").inc()
+        return _refused_by_kafka("Bundle", exc)
+    gw.count(who, ready.good, "accepted")
+    gw.count(who, ready.bad, "rejected")
+    answer = await gw.offload(len(body), _bundle_answer, gw, ready)
+    return web.Response(
+        body=answer,
+        status=200,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+        headers={"X-Trace-Id": trace_id},
+    )
+
+
+def _prepare_line(
+    gw: Gateway,
+    who: Institution,
+    line: bytes,
+    line_no: int,
+    received_at: datetime,
+    trace_id: str,
+) -> CheckedResource | tuple[OutMessage, CheckedResource]:
+    """One NDJSON line: the refused resource (its issues say why), or its Kafka message."""
+    raw, parse_issues = parse_json(line, max_depth=gw.max_json_depth)
+    if parse_issues:
+        return CheckedResource("", {}, issues=parse_issues)
+    checked = check_resource(raw, who)
+    if not checked.ok:
+        return checked
+    msg, _ = gw.message(
+        who, checked, received_at=received_at, trace_id=trace_id, import_line=line_no
+    )
+    if len(line) > OFFLOAD_BYTES:
+        _dismantle(raw)  # in the worker thread: the message is built
+    if not gw.fits(msg):
+        checked.issues.append(gw.too_large_issue(checked.resource_type, msg))
+        return checked
+    return msg, checked
+
+
+class _ImportIssues:
+    """The refused lines' issues an import answer lists: the first ``limit``, then a count."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.listed: list[Issue] = []
+        self.more = 0
+
+    def extend(self, issues: Sequence[Issue]) -> None:
+        room = self.limit - len(self.listed)
+        self.listed.extend(issues[: max(room, 0)])
+        self.more += max(len(issues) - max(room, 0), 0)
+
+    def answer(self, summary: Issue) -> list[Issue]:
+        return [summary, *self.listed, *([truncated_note(self.more)] if self.more else [])]
 
 
 async def post_import(request: web.Request) -> web.StreamResponse:
     """NDJSON backfill, streamed line by line; refused lines are listed in the answer.
 
     Accepted lines are published in chunks, each chunk one Kafka transaction. If Kafka stops
-    answering, the import stops there: the answer (503) says which lines were stored, so the
-    sender resumes after them.
+    answering, or the next line does not arrive within ``body_timeout_s``, the import stops
+    there: the answer (503 or 408) says which lines were stored, so the sender resumes after
+    them.
     """
     gw = request.app[STATE_KEY]
     who = _admit(gw, request, NDJSON_TYPES)
@@ -428,10 +838,12 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         return who
     received_at = utcnow()
     trace_id = _trace_id(request)
-    issues: list[Issue] = []
+    issues = _ImportIssues(gw.max_outcome_issues)
     pending: list[tuple[OutMessage, CheckedResource]] = []
     accepted = refused_lines = line_no = 0
     stored_through = 0
+    loop = asyncio.get_running_loop()
+    slice_started = loop.time()
 
     async def flush() -> None:
         nonlocal accepted, stored_through
@@ -442,55 +854,96 @@ async def post_import(request: web.Request) -> web.StreamResponse:
             pending.clear()
         stored_through = line_no
 
+    def handled() -> str:
+        if stored_through == 0:
+            return "no line was stored: resend from line 1."
+        return (
+            f"lines 1–{stored_through} were handled ({accepted} stored, {refused_lines} "
+            f"refused), nothing after line {stored_through} was stored: resend from line "
+            f"{stored_through + 1}."
+        )
+
     try:
-        async for line in _lines(request, gw.max_body_bytes):
+        async for line in _lines(request, gw.max_body_bytes, gw.body_timeout_s, gw.min_body_rate):
             line_no += 1
             if line is None:
                 refused_lines += 1
                 gw.metrics.rejections.labels("too-large").inc()
-                issues.append(
-                    Issue(
-                        "error",
-                        "too-costly",
-                        f"line {line_no}: over the limit of {gw.max_body_bytes} bytes",
-                        (f"line[{line_no}]",),
-                        "too-large",
-                    )
+                issues.extend(
+                    [
+                        Issue(
+                            "error",
+                            "too-costly",
+                            f"line {line_no}: over the limit of {_mib(gw.max_body_bytes)}",
+                            (f"line[{line_no}]",),
+                            "too-large",
+                        )
+                    ]
                 )
                 continue
             if not line.strip():
                 continue
-            raw, parse_issues = parse_json(line)
-            checked = (
-                check_resource(raw, who)
-                if not parse_issues
-                else CheckedResource("", {}, issues=parse_issues)
+            done = await gw.offload(
+                len(line), _prepare_line, gw, who, line, line_no, received_at, trace_id
             )
-            if not checked.ok:
+            if isinstance(done, CheckedResource):
                 refused_lines += 1
-                gw.count(who, [checked], "rejected")
-                issues.extend(_prefixed(checked.issues, line_no))
-                continue
-            msg, _ = gw.message(
-                who, checked, received_at=received_at, trace_id=trace_id, import_line=line_no
-            )
-            pending.append((msg, checked))
-            if len(pending) >= IMPORT_CHUNK:
-                await flush()
+                gw.count(who, [done], "rejected")
+                issues.extend(_prefixed(done.issues, line_no))
+            else:
+                pending.append(done)
+                if len(pending) >= IMPORT_CHUNK:
+                    await flush()
+            if loop.time() - slice_started > _IMPORT_SLICE_S:
+                await asyncio.sleep(0)  # many small lines at once: let other requests run
+                slice_started = loop.time()
         await flush()
+    except BodyTimeoutError:
+        # the complete lines read so far are stored; the sender resumes after them
+        try:
+            await flush()
+        except (KafkaUnavailableError, MessageTooLargeError):
+            gw.count(who, [c for _, c in pending], "not_published")
+            pending.clear()
+        summary = Issue(
+            "error",
+            "timeout",
+            f"the next line did not arrive in time ({gw.body_timeout_s:g} s, plus 1 s per "
+            f"{gw.min_body_rate / 1024:g} KiB of it); " + handled(),
+            (),
+            "timeout",
+        )
+        gw.metrics.rejections.labels("timeout").inc()
+        log.info("import body too slow; answered 408 and closed the connection")
+        request[_CLOSE_KEY] = True
+        return outcome_response(
+            issues.answer(summary), 408, {"Connection": "close"}, limit=issues.limit + 2
+        )
     except KafkaUnavailableError as exc:
         gw.count(who, [c for _, c in pending], "not_published")
         log.warning("import stopped: kafka unavailable", extra={"err": str(exc)})
         summary = Issue(
             "error",
             "transient",
-            f"Kafka stopped acknowledging; lines 1–{stored_through} were handled "
-            f"({accepted} stored, {refused_lines} refused), nothing after line "
-            f"{stored_through} was stored: resend from line {stored_through + 1}.",
+            "Kafka stopped acknowledging; " + handled(),
             (),
             "kafka-unavailable",
         )
-        return outcome_response([summary, *issues], 503, {"Retry-After": str(RETRY_AFTER_S)})
+        return outcome_response(
+            issues.answer(summary), 503, {"Retry-After": str(RETRY_AFTER_S)}, limit=issues.limit + 2
+        )
+    except MessageTooLargeError as exc:
+        gw.count(who, [c for _, c in pending], "rejected")
+        log.warning("import stopped: kafka refused a message as too large", extra={"err": str(exc)})
+        summary = Issue(
+            "error",
+            "too-costly",
+            "Kafka refused a message as too large for the topic (its max.message.bytes is "
+            "below the hub's limit); " + handled(),
+            (),
+            "too-large",
+        )
+        return outcome_response(issues.answer(summary), 413, limit=issues.limit + 2)
     summary = Issue(
         "information",
         "informational",
@@ -498,7 +951,9 @@ async def post_import(request: web.Request) -> web.StreamResponse:
         (),
         "import-summary",
     )
-    return outcome_response([summary, *issues], 200, {"X-Trace-Id": trace_id})
+    return outcome_response(
+        issues.answer(summary), 200, {"X-Trace-Id": trace_id}, limit=issues.limit + 2
+    )
 
 
 def _prefixed(issues: Sequence[Issue], line_no: int) -> list[Issue]:
@@ -514,16 +969,32 @@ def _prefixed(issues: Sequence[Issue], line_no: int) -> list[Issue]:
     ]
 
 
-async def _lines(request: web.Request, limit: int) -> Any:
+async def _lines(
+    request: web.Request, limit: int, timeout_s: float, min_rate: int
+) -> AsyncIterator[bytes | None]:
     """Yield the body's lines as bytes, holding at most one line (≤ ``limit``) in memory;
-    a longer line is skipped and yielded as None."""
+    a longer line is skipped and yielded as None. Each line has a :class:`BodyClock` from
+    when the previous one was handled, else ``BodyTimeoutError``."""
+    loop = asyncio.get_running_loop()
+    clock = BodyClock(loop.time(), timeout_s, min_rate)
+    line_bytes = 0  # of the current line, skipped bytes included
     buf = bytearray()
     skipping = False
-    async for chunk in request.content.iter_chunked(1 << 16):
+    while True:
+        remaining = clock.remaining(loop.time(), line_bytes)
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(request.content.readany(), remaining)
+        except TimeoutError:
+            raise BodyTimeoutError from None
+        if not chunk:
+            break
         start = 0
         while True:
             nl = chunk.find(b"\n", start)
             if nl < 0:
+                line_bytes += len(chunk) - start
                 if not skipping:
                     buf += chunk[start:]
                     if len(buf) > limit:
@@ -536,6 +1007,8 @@ async def _lines(request: web.Request, limit: int) -> Any:
             else:
                 buf += chunk[start:nl]
                 yield bytes(buf) if len(buf) <= limit else None
+            clock = BodyClock(loop.time(), timeout_s, min_rate)
+            line_bytes = 0
             buf.clear()
             start = nl + 1
     if skipping:
@@ -546,7 +1019,7 @@ async def _lines(request: web.Request, limit: int) -> Any:
 
 async def metadata(request: web.Request) -> web.Response:
     gw = request.app[STATE_KEY]
-    base = f"{request.url.origin()}/fhir"
+    base = gw.url("/fhir") if gw.public_base_url else None
     return fhir_response(capability_statement(base, max_body_bytes=gw.max_body_bytes))
 
 
@@ -578,30 +1051,63 @@ def _route(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
+def _connection_guard(request: web.Request) -> HeaderDeadline | None:
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, HeaderDeadline) else None
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time and count every request; turn aiohttp's own errors (404, 405, 413) and any
-    unexpected exception into an OperationOutcome."""
+    unexpected exception into an OperationOutcome; a client that goes away is one log line.
+    Tells the connection's header deadline (when the gateway runs under
+    :mod:`services.ingest.server`) that a request is being handled."""
     gw = request.app[STATE_KEY]
     started = time.perf_counter()
     route = _route(request)
     request[_TRACE_KEY] = trace_id = _trace_id(request)
-    with trace(trace_id):  # every log line about this request carries its trace id
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            response = _from_http_exception(gw, exc)
-        except Exception:
-            log.exception("unhandled error", extra={"route": route})
-            gw.metrics.rejections.labels("internal").inc()
-            response = refusal(
-                500, "exception", "internal", "unexpected error; nothing was published"
-            )
+    guard = _connection_guard(request)
+    if guard is not None:
+        guard.request_started()
+    try:
+        with trace(trace_id):  # every log line about this request carries its trace id
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = _from_http_exception(gw, exc)
+            except ConnectionError:
+                # the client closed the connection: nothing to answer, nothing to trace back
+                log.info("client disconnected before the answer", extra={"route": route})
+                gw.metrics.rejections.labels("client-closed").inc()
+                response = web.Response(status=499)
+            except Exception:
+                log.exception("unhandled error", extra={"route": route})
+                gw.metrics.rejections.labels("internal").inc()
+                response = refusal(
+                    500, "exception", "internal", "unexpected error; nothing was published"
+                )
+            if request.get(_CLOSE_KEY):
+                await _answer_and_close(request, response)
+    finally:
+        if guard is not None:
+            guard.request_finished()
     gw.metrics.requests.labels(route, f"{response.status // 100}xx").inc()
     gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
     if request.content_length:
         gw.metrics.received_bytes.labels(route).inc(request.content_length)
     return response
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send ``response`` now and close the connection after it, without reading (or
+    lingering over) the rest of the request body."""
+    response.force_close()
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _from_http_exception(gw: Gateway, exc: web.HTTPException) -> web.Response:

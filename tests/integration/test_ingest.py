@@ -98,7 +98,9 @@ async def test_posted_observation_is_on_the_topic_exactly_as_posted(gw: Gw) -> N
     body = dumps(obs)
     resp = await post(gw, "/fhir/Observation", body)
     assert resp.status_code == 201, resp.text
-    assert resp.headers["Location"].startswith(f"{gw.url}/fhir/Observation/")
+    # no public base URL configured: a relative Location, never one built from Host
+    assert resp.headers["Location"].startswith("/fhir/Observation/")
+    assert resp.headers["Location"].endswith("/_history/1")
 
     [rec] = gw.records(expect=1)
     env = Envelope.from_bytes(rec.value)
@@ -345,3 +347,195 @@ async def test_broker_down_gives_503_and_nothing_half_written(
     # exactly one copy of each: the 503 attempts left nothing behind
     assert len(recs) == 4
     assert sum(b"LR-DOWN-1" in r.value for r in recs) == 1
+
+
+# ------------------------------------------------------------------ message size (issue 14)
+
+
+@pytest.fixture
+async def small_topic_gw(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Gw]:
+    """A gateway whose topic was created (by someone else, earlier) with Kafka's
+    ``max.message.bytes`` far below the gateway's own limit."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    registry = Registry.load(path)
+    inst, other = registry.ids[0], registry.ids[1]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.small.{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "100000"})],
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=1024 * 1024,
+        publish_timeout_s=10.0,
+        topic=topic,
+        institutions_path=path,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Gw(str(server.make_url("")), topic, bootstrap, inst, other, token, path)
+    finally:
+        await server.close()
+
+
+async def test_a_message_kafka_refuses_as_too_large_is_413_never_503(small_topic_gw: Gw) -> None:
+    import asyncio
+
+    gw = small_topic_gw
+    big = observation(gw.inst)
+    big["note"] = [{"text": "x" * 300_000}]
+    small = observation(gw.inst)
+    # sent together, so that they may share one Kafka transaction: only the big one is refused
+    big_resp, small_resp = await asyncio.gather(
+        post(gw, "/fhir/Observation", dumps(big)), post(gw, "/fhir/Observation", dumps(small))
+    )
+    assert big_resp.status_code == 413, big_resp.text
+    assert "Retry-After" not in big_resp.headers
+    [issue] = outcome(big_resp)["issue"]
+    assert issue["details"]["coding"][0]["code"] == "too-large"
+    assert issue["expression"] == ["Observation"]
+    assert small_resp.status_code == 201, small_resp.text
+    [rec] = gw.records(expect=1)
+    assert Envelope.from_bytes(rec.value).payload["resource"]["identifier"] == small["identifier"]
+
+
+@pytest.fixture
+async def tight_gw(bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[Gw]:
+    """A gateway whose Kafka message limit (100 kB) is below its body limit (256 KiB)."""
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    registry = Registry.load(path)
+    inst, other = registry.ids[0], registry.ids[1]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.tight.{unique}"
+    create_topic(bootstrap, topic, 1)
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=256 * 1024,
+        max_message_bytes=100_000,
+        topic=topic,
+        institutions_path=path,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Gw(str(server.make_url("")), topic, bootstrap, inst, other, token, path)
+    finally:
+        await server.close()
+
+
+async def test_a_resource_over_the_message_limit_is_413_naming_it(tight_gw: Gw) -> None:
+    gw = tight_gw
+    big = observation(gw.inst)
+    big["note"] = [{"text": "x" * 150_000}]
+    resp = await post(gw, "/fhir/Observation", dumps(big))
+    assert resp.status_code == 413, resp.text
+    [issue] = outcome(resp)["issue"]
+    assert (issue["details"]["coding"][0]["code"], issue["expression"]) == (
+        "too-large",
+        ["Observation"],
+    )
+
+    doc = bundle("batch", gw.inst, n_obs=2)
+    doc["entry"][2]["resource"]["note"] = [{"text": "x" * 150_000}]
+    resp = await post(gw, "/fhir", dumps(doc))
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()["entry"]
+    assert [e["response"]["status"][:3] for e in answer] == ["201", "201", "413"]
+    [issue] = answer[2]["response"]["outcome"]["issue"]
+    assert issue["expression"] == ["Bundle.entry[2].resource"]
+    assert len(gw.records(expect=2)) == 2
+
+    doc["type"] = "transaction"
+    resp = await post(gw, "/fhir", dumps(doc))
+    assert resp.status_code == 413, resp.text
+    assert [i["expression"] for i in outcome(resp)["issue"]] == [["Bundle.entry[2].resource"]]
+
+
+def test_topics_are_created_for_body_sized_messages_and_small_ones_reported(
+    bootstrap: str, unique: str
+) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from services.common.kafka_admin import create_topics
+    from services.common.settings import Settings
+    from services.common.topics import TopicSpec, max_message_bytes
+
+    fresh = TopicSpec(f"test.size.fresh.{unique}", key="k", description="d", partitions=1)
+    old = TopicSpec(f"test.size.old.{unique}", key="k", description="d", partitions=1)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(old.name, 1, 1, topic_configs={"max.message.bytes": "1048588"})],
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    limit = max_message_bytes(Settings.model_validate({"ingest": {"max_body_bytes": 4 << 20}}))
+    results = {
+        r.name: r
+        for r in create_topics(
+            bootstrap,
+            [fresh, old],
+            default_partitions=1,
+            replication_factor=1,
+            max_message_bytes=limit,
+        )
+    }
+    assert results[fresh.name].created and results[fresh.name].note == ""
+    assert not results[old.name].created
+    assert "max.message.bytes is 1048588" in results[old.name].note
+    again = create_topics(
+        bootstrap, [fresh], default_partitions=1, replication_factor=1, max_message_bytes=limit
+    )
+    assert again[0].note == ""  # created with the limit: nothing to report
+
+
+async def test_public_base_url_is_the_only_source_of_urls(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", path)
+    inst = Registry.load(path).ids[0]
+    token = issue_token(path, inst)
+    topic = f"test.ingest.base.{unique}"
+    create_topic(bootstrap, topic, 1)
+    app = build_app(
+        Registry.load(path),
+        bootstrap=bootstrap,
+        hmac_key=b"test-key",
+        max_body_bytes=256 * 1024,
+        topic=topic,
+        institutions_path=path,
+        public_base_url="https://hub.example/",
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:
+            evil = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+            resp = await client.post(
+                "/fhir/Observation",
+                content=dumps(observation(inst)),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": FHIR, **evil},
+            )
+            assert resp.status_code == 201, resp.text
+            assert resp.headers["Location"].startswith("https://hub.example/fhir/Observation/")
+            meta = await client.get("/fhir/metadata", headers=evil)
+            assert meta.json()["implementation"]["url"] == "https://hub.example/fhir"
+            assert "evil.example" not in meta.text
+    finally:
+        await server.close()

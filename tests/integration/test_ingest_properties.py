@@ -183,3 +183,70 @@ def test_random_bytes_methods_and_credentials(
     headers = {"Content-Type": "application/fhir+json"}
     headers["Authorization"] = auth if auth is not None else f"Bearer {gateway_process.token}"
     _check(client.request(method, path, content=body, headers=headers))
+
+
+@PROPS
+@given(
+    path=st.sampled_from(PATHS),
+    which=st.integers(0, 4),
+    walk=st.lists(st.integers(0, 7), max_size=5),
+    field=FIELDS,
+    depth=st.integers(1, 3_000),
+    kind=st.sampled_from(["[", "{"]),
+    pad=st.sampled_from([0, 1, 70_000, 300_000]),
+)
+def test_nesting_and_sizes(
+    client: httpx.Client,
+    gateway_process: GatewayProcess,
+    path: str,
+    which: int,
+    walk: list[int],
+    field: str,
+    depth: int,
+    kind: str,
+    pad: int,
+) -> None:
+    """Deep nesting anywhere and large values (over the worker-thread threshold): a clear
+    answer (400 too-deep, or what the data deserves), never a 5xx but 503."""
+    doc = _mutate(
+        copy.deepcopy(_samples(gateway_process.institution)[which]), walk, field, "@@HOLE@@", False
+    )
+    if pad:
+        doc["text"] = {"status": "generated", "div": "<div>" + "x" * pad + "</div>"}
+    close = "]" if kind == "[" else "}"
+    nested = (
+        ('{"a":' * depth + "1" + "}" * depth) if kind == "{" else (kind * depth + close * depth)
+    )
+    body = json.dumps(doc).replace('"@@HOLE@@"', nested).encode()
+    headers = {
+        "Authorization": f"Bearer {gateway_process.token}",
+        "Content-Type": "application/fhir+json",
+    }
+    if path == "/fhir/$import":
+        headers["Content-Type"] = "application/fhir+ndjson"
+        body = body + b"\n" + body
+    resp = client.post(path, content=body, headers=headers)
+    _check(resp)
+    if depth > 100 and path in ("/fhir", "/fhir/Observation") and resp.status_code != 404:
+        codes = [i["details"]["coding"][0]["code"] for i in resp.json().get("issue", [])]
+        assert resp.status_code in (400, 415) or "too-deep" in codes, resp.text[:500]
+
+
+@PROPS
+@given(
+    name=st.sampled_from(["X-Pad", "Authorization", "Content-Type", "X-Trace-Id", "Host"]),
+    size=st.sampled_from([10, 8_000, 9_000, 20_000]),
+    count=st.sampled_from([1, 50, 100]),
+)
+def test_headers_of_every_size(
+    client: httpx.Client, gateway_process: GatewayProcess, name: str, size: int, count: int
+) -> None:
+    """Long or many headers: refused (400, or the connection closed), never a 5xx."""
+    headers = {"Authorization": f"Bearer {gateway_process.token}", "Content-Type": "x/y"}
+    headers[name] = "a" * size
+    headers.update({f"X-Extra-{i}": "b" for i in range(count - 1)})
+    try:
+        resp = client.post("/fhir/Observation", content=b"{}", headers=headers)
+    except httpx.RemoteProtocolError:
+        return  # the server closed the connection: refused
+    assert resp.status_code < 500, resp.text[:500]

@@ -10,12 +10,14 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import ValidationError
 
 from services.common.fhir import (
+    DEFAULT_MAX_ISSUES,
     FHIR_JSON,
     INSTITUTION_SYSTEM,
     REASON_SYSTEM,
     REASONS,
     URI_SYSTEM,
     Issue,
+    cap_issues,
     fhirpath,
     has_errors,
     institution_claim,
@@ -208,3 +210,44 @@ def test_institution_identifiers_round_trip() -> None:
     assert idents[1] == {"system": URI_SYSTEM, "value": OWN.oid}
     assert institution_claim(idents, OWN) == "own"
     assert institution_identifiers(NO_OID) == idents[:1]
+
+
+# ------------------------------------------------------------ capped outcomes (issue 14)
+
+
+def _errors(n: int) -> list[Issue]:
+    return [
+        Issue("error", "invalid", f"Bundle.entry[{i}]: bad", (f"Bundle.entry[{i}]",))
+        for i in range(n)
+    ]
+
+
+def test_cap_issues_keeps_short_lists() -> None:
+    issues = _errors(3)
+    assert cap_issues(issues, 3) == issues
+
+
+def test_cap_issues_lists_first_n_and_counts_the_rest() -> None:
+    capped = cap_issues(_errors(50_000), 100)
+    assert len(capped) == 101
+    assert [i.expression for i in capped[:100]] == [(f"Bundle.entry[{i}]",) for i in range(100)]
+    note = capped[-1]
+    assert (note.severity, note.reason) == ("information", "truncated")
+    assert "49900 more issues" in note.diagnostics
+
+
+def test_cap_issues_lists_errors_before_warnings() -> None:
+    warning = Issue(
+        "warning", "required", "a warning", ("Bundle.entry[0].request",), "missing-request"
+    )
+    capped = cap_issues([warning, *_errors(5)], 2)
+    assert [i.severity for i in capped] == ["error", "error", "information"]
+
+
+def test_operation_outcome_is_capped_by_default() -> None:
+    out = operation_outcome(_errors(DEFAULT_MAX_ISSUES + 5))
+    assert len(out["issue"]) == DEFAULT_MAX_ISSUES + 1
+    assert out["issue"][-1]["details"]["coding"][0]["code"] == "truncated"
+    OperationOutcome.model_validate(out)
+    assert len(operation_outcome(_errors(150), limit=None)["issue"]) == 150
+    assert len(operation_outcome(_errors(150), limit=10)["issue"]) == 11

@@ -37,6 +37,7 @@ from services.ingest.validation import (
     check_resource,
     http_status,
     is_dicom_uid,
+    nesting_exceeds,
     parse_json,
 )
 from tests.fhir_samples import gb11643
@@ -475,7 +476,6 @@ def test_parse_json_keeps_decimal_precision() -> None:
         b'{"a": NaN}',
         b'{"a": Infinity}',
         b'{"name": "\xff\xfe"}',
-        b"[" * 100_000,
     ],
 )
 def test_parse_json_malformed(body: bytes) -> None:
@@ -1054,7 +1054,6 @@ def test_foreign_performer(
     [
         {"reference": "Practitioner/d-1", "display": "李医生"},
         {"reference": "PractitionerRole/r-1"},
-        {"display": "检验科"},
         {"identifier": {"system": "urn:oid:2.16.156.10011.1.99.9", "value": "LAB-1"}},
         {"identifier": {"system": URI_SYSTEM, "value": OWN.oid}},
         {"identifier": {"system": URI_SYSTEM, "value": f"{OWN.oid}.3"}},
@@ -1290,3 +1289,155 @@ def test_mutated_bundles_never_raise(data: st.DataObject, batch: bool, times: in
 
 
 # --------------------------------------------------------------------------- performance
+
+
+# ------------------------------------------------------------ nesting depth (issue 14, finding 7)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("depth", "limit", "over"),
+    [(0, 1, False), (1, 1, False), (2, 1, True), (100, 100, False), (101, 100, True)],
+)
+def test_nesting_exceeds(depth: int, limit: int, over: bool) -> None:
+    assert nesting_exceeds(nested(depth), limit) is over
+
+
+def test_nesting_exceeds_counts_empty_containers() -> None:
+    assert nesting_exceeds([[]], 1)
+    assert not nesting_exceeds([[], {}], 2)
+    assert not nesting_exceeds("x", 0)
+
+
+def test_nesting_exceeds_does_not_recurse() -> None:
+    assert nesting_exceeds(nested(50_000), 100)
+
+
+@pytest.mark.parametrize("depth", [101, 900, 5_000, 100_000])
+def test_parse_json_too_deep(depth: int) -> None:
+    body = b"[" * depth + b"]" * depth
+    value, issues = parse_json(body)
+    assert value is None
+    issue = only_issue(issues)
+    assert (issue.code, issue.reason) == ("structure", "too-deep")
+    assert http_status(issues) == 400
+
+
+def test_parse_json_unclosed_deep_array_is_refused() -> None:
+    value, issues = parse_json(b"[" * 100_000)
+    assert value is None
+    assert only_issue(issues).reason in {"too-deep", "malformed-json"}
+    assert http_status(issues) == 400
+
+
+def test_parse_json_depth_limit_is_configurable() -> None:
+    body = json.dumps(nested(20)).encode()
+    assert parse_json(body, max_depth=20)[1] == []
+    assert only_issue(parse_json(body, max_depth=19)[1]).reason == "too-deep"
+
+
+def test_bundle_at_the_depth_limit_is_parsed() -> None:
+    body = json.dumps(lab_transaction()).encode()
+    value, issues = parse_json(body)
+    assert issues == []
+    assert check_bundle(value, OWN).ok
+
+
+# ------------------------------------------------------------ performers (issue 14, finding 10)
+
+
+def role(org: dict[str, Any], rid: str = "role-1") -> dict[str, Any]:
+    return {"resourceType": "PractitionerRole", "id": rid, "organization": org}
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        {"display": "检验科"},
+        {"display": "浙江大学医学院附属第一医院", "type": "Organization"},
+        {},
+    ],
+)
+def test_performer_named_only_by_display_is_refused(ref: dict[str, Any]) -> None:
+    obs = observation()
+    obs["performer"] = [copy.deepcopy(OWN_ORG_REF), ref]
+    issue = only_issue(check(obs).issues)
+    assert (issue.code, issue.reason, issue.expression) == (
+        "forbidden",
+        "foreign-institution",
+        ("Observation.performer[1]",),
+    )
+    assert "display" in issue.diagnostics
+    assert http_status([issue]) == 403
+
+
+def test_results_interpreter_named_only_by_display_is_refused() -> None:
+    report = diagnostic_report()
+    report["resultsInterpreter"] = [{"display": "王主任"}]
+    issue = only_issue(check(report).issues)
+    assert issue.expression == ("DiagnosticReport.resultsInterpreter[0]",)
+    assert http_status([issue]) == 403
+
+
+def test_practitioner_role_of_another_hospital_is_refused_contained() -> None:
+    obs = observation()
+    obs["contained"] = [role(foreign_ref())]
+    obs["performer"] = [{"reference": "#role-1"}]
+    issue = only_issue(check(obs).issues)
+    assert (issue.reason, issue.expression) == (
+        "foreign-institution",
+        ("Observation.performer[0]",),
+    )
+    assert http_status([issue]) == 403
+    assert OTHER_ID not in issue.diagnostics
+
+
+def test_practitioner_role_of_another_hospital_is_refused_in_bundle() -> None:
+    raw = lab_transaction()
+    role_url = "urn:uuid:9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    other_org_url = "urn:uuid:8a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    raw["entry"].append(entry(other_org_url, organization(OTHER_ID) | {"id": "org-2"}))
+    raw["entry"].append(entry(role_url, role({"reference": other_org_url})))
+    raw["entry"][4]["resource"]["performer"] = [{"reference": role_url}]
+    result = check_bundle(raw, OWN)
+    issue = only_issue(result.entries[4].issues)
+    assert (issue.reason, issue.expression) == (
+        "foreign-institution",
+        ("Bundle.entry[4].resource.performer[0]",),
+    )
+    assert http_status(result.all_issues) == 403
+
+
+def test_practitioner_role_whose_organization_is_display_only_is_refused() -> None:
+    obs = observation()
+    obs["contained"] = [role({"display": "某医院"})]
+    obs["performer"] = [{"reference": "#role-1"}]
+    assert reasons(check(obs).issues) == {"foreign-institution"}
+
+
+@pytest.mark.parametrize(
+    "org",
+    [
+        {"identifier": {"system": INSTITUTION_SYSTEM, "value": OWN.id}},
+        {"reference": "Organization/unknown"},
+    ],
+)
+def test_practitioner_role_of_own_hospital_is_accepted(org: dict[str, Any]) -> None:
+    obs = observation()
+    obs["contained"] = [role(org)]
+    obs["performer"] = [{"reference": "#role-1"}]
+    assert check(obs).ok, check(obs).issues
+
+
+def test_practitioner_role_in_bundle_of_own_hospital_is_accepted() -> None:
+    raw = lab_transaction()
+    role_url = "urn:uuid:9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    raw["entry"].append(entry(role_url, role({"reference": ORG_URL})))
+    raw["entry"][4]["resource"]["performer"] = [{"reference": role_url}]
+    assert check_bundle(raw, OWN).ok
