@@ -27,7 +27,7 @@ from services.common.broker import LocalBroker, ensure_jars
 from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
-from services.common.topics import ALL_TOPICS
+from services.common.topics import ALL_TOPICS, max_message_bytes
 from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
 from services.recognition import report as recognition_report
@@ -68,6 +68,7 @@ def _broker(settings: Settings, data_dir: Path | None = None) -> LocalBroker:
         port=b.port,
         controller_port=b.controller_port,
         heap=b.heap,
+        max_message_bytes=max_message_bytes(settings),
     )
 
 
@@ -127,6 +128,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         ALL_TOPICS,
         default_partitions=settings.topic_partitions,
         replication_factor=settings.kafka.replication_factor,
+        max_message_bytes=max_message_bytes(settings),
     )
     for r in results:
         state = "created" if r.created else "exists "
@@ -268,6 +270,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             ALL_TOPICS,
             default_partitions=settings.topic_partitions,
             replication_factor=settings.kafka.replication_factor,
+            max_message_bytes=max_message_bytes(settings),
         )
         print(f"topics ready ({len(ALL_TOPICS)})")
         env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap}

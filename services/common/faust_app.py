@@ -27,7 +27,7 @@ from services.common.logging import dict_config
 from services.common.metrics import WorkerMetrics
 from services.common.patient_lookup import internal_token
 from services.common.settings import Settings
-from services.common.topics import TopicSpec
+from services.common.topics import TopicSpec, max_message_bytes
 from services.common.web_guard import (
     FAUST_WEB_SETTINGS,
     adopt_guard,
@@ -156,7 +156,8 @@ def make_app(
         "web_application_options": web_application_options(guard),
         **FAUST_WEB_SETTINGS,
         "producer_acks": -1,
-        "producer_max_request_size": 8 * 1024 * 1024,
+        # a resource as large as the gateway's body limit travels through every stage
+        "producer_max_request_size": max_message_bytes(settings),
         # exactly_once: outputs, changelogs and offsets commit in one Kafka transaction, and
         # the consumer reads read_committed (under at_least_once faust reads uncommitted
         # data, and would see what an aborted gateway transaction wrote).
@@ -242,6 +243,7 @@ def run_worker(app: faust.App, settings: Settings) -> None:
         own_topics(app),
         default_partitions=settings.topic_partitions,
         replication_factor=settings.kafka.replication_factor,
+        max_message_bytes=max_message_bytes(settings),
     )
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
     worker.execute_from_commandline()
