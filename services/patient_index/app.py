@@ -240,6 +240,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if msg["type"] in ("steward-link", "steward-unlink"):
             await steward_identity(event, key, current, msg)
             return
+        if msg["type"] == "records-released":
+            # records the identifier's old master let go: to the master it names now
+            send = stewardship.adopt_message(
+                current.master_patient_id if current is not None else None, msg
+            )
+            await emit(event, by_master, send.key.encode(), _dumps(send.body))
+            return
         env_doc = msg["envelope"]
         trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
         if msg["type"] == "claim":
@@ -249,6 +256,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 identities[key] = result.state.model_dump_json().encode()
             if result.event is not None:
                 await publish_link(event, result.event, trace_id, source)
+            follow = result.records_follow(key.decode())
+            if follow is not None:  # relinked: its records leave the old master too
+                old_master, body = follow
+                await emit(event, by_master, old_master.encode(), _dumps(body))
             return
         a = msg["anchor"]
         res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
@@ -360,7 +371,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 event,
                 by_master,
                 current.master_patient_id.encode(),
-                _dumps({"type": "move-records", "anchor": ident_key, "to": target}),
+                _dumps({"type": "move-records", "anchor": ident_key}),
             )
 
     async def publish_steward(event: Any, link: stewardship.StewardEvent) -> None:
@@ -398,7 +409,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if step.state is not None:
             masters[key] = step.state.model_dump_json().encode()
         for send in step.sends:
-            topic = by_master if send.to == "master" else by_record
+            topic = {"master": by_master, "record": by_record, "identity": by_identity}[send.to]
             await emit(event, topic, send.key.encode(), _dumps(send.body))
         for ev in step.events:
             await publish_steward(event, ev)
