@@ -322,3 +322,37 @@ def test_decide_is_idempotent_and_total_on_any_sequence(
     for before, after in pairwise(published):
         if before == "retraction":
             assert after == "new"
+
+
+# --- who holds a study: another institution's withdrawal is refused, never applied --------
+
+
+def test_a_withdrawal_of_a_study_only_another_institution_holds_is_refused() -> None:
+    from services.patient_index.dedup import study_record
+
+    a_study, a_report, c_try = "a" * 32, "b" * 32, "c" * 32
+    held = study_record(None, "A", a_study, live=True, attempt=False).owners
+    held = study_record(held, "A", a_report, live=True, attempt=False).owners
+    assert held is not None and held.live == {"A": tuple(sorted((a_study, a_report)))}
+    # C retracts "its" copy of A's UID (never posted): an attempt on A's, refused
+    step = study_record(held, "C", c_try, live=False, attempt=True)
+    assert step.refused and step.holders == ("A",)
+    assert step.owners is None  # nothing changed: A still holds both records
+
+
+def test_withdrawing_one_s_own_copy_or_a_study_nobody_holds_is_not_refused() -> None:
+    from services.patient_index.dedup import study_record
+
+    hospital, cloud = "h" * 32, "k" * 32
+    held = study_record(None, "H", hospital, live=True, attempt=False).owners
+    held = study_record(held, "CLOUD", cloud, live=True, attempt=False).owners
+    assert held is not None
+    # the cloud withdraws its own copy: its record leaves, the hospital's stays
+    own = study_record(held, "CLOUD", cloud, live=False, attempt=False)
+    assert not own.refused and own.owners is not None and own.owners.live == {"H": (hospital,)}
+    # a hospital withdrawing a study nobody holds (its post never reached the hub)
+    alone = study_record(None, "X", "x" * 32, live=False, attempt=True)
+    assert not alone.refused and alone.owners is None
+    # a second withdrawal attempt by an institution that holds a record of the study itself
+    mine = study_record(held, "H", "r" * 32, live=False, attempt=True)
+    assert not mine.refused
