@@ -391,11 +391,12 @@ def apply_record(study: Study | None, payload: Mapping[str, Any], at: datetime) 
             others = {old._master_of(s) for i, s in old.sources.items() if i != institution} - {
                 None
             }
-            # a copy the patient index moved (merge, unmerge, relink: it names the previous
-            # master) is on its way; a copy that names another patient than the others is a
-            # disagreement between institutions
+            # a copy the patient index moved (merge, unmerge, link: the same post, published
+            # again under another master) is on its way; a post that names another patient
+            # than another institution's copy is a disagreement between institutions
+            reposted = isinstance(mine, Source) and mine.event_id == src.event_id
             conflict = (
-                not payload.get("previous_master_patient_id")
+                not reposted
                 and before != src.master_patient_id
                 and bool(others - {src.master_patient_id})
             )

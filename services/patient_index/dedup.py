@@ -170,7 +170,9 @@ def decide(seen: Seen | None, record: CanonicalRecord) -> Outcome:
         if record.retracted or digest == seen.content_hash:
             return Outcome("duplicate", seen, store=False)
         if record.issued_at is None or seen.issued_at is None or record.issued_at > seen.issued_at:
-            return Outcome("new", _seen(record, digest, watermark), True, previous)
+            # listed afresh: consumers removed the withdrawn one, so there is nothing to move
+            # from (a previous master here would make them drop another patient's copy)
+            return Outcome("new", _seen(record, digest, watermark), True)
         return Outcome("stale", seen, store=False)
 
     if digest == seen.content_hash:

@@ -244,13 +244,24 @@ def test_a_new_version_under_another_master_carries_both_ids() -> None:
 # --- imaging across institutions ----------------------------------------------------------
 
 
-def test_a_study_from_a_second_institution_is_an_update_with_its_endpoint() -> None:
+def test_a_study_from_a_second_institution_is_a_new_record_of_its_own() -> None:
     a = build(ct_chest_study(), inst=INST_A)
     b = build(ct_chest_study(inst=INST_B, endpoint="Endpoint/cloud-b"), inst=INST_B)
-    seen = decide(None, a).seen
-    out = apply(seen, b)
-    assert out.change == "update"
-    assert decide(out.seen, b).change == "duplicate"
+    assert a.record_id != b.record_id  # stored under its own key: A's state is not touched
+    out = apply(None, b)
+    assert out.change == "new"
+    # B's withdrawal of "its" copy before it ever posted one publishes nothing
+    doc = ct_chest_study(inst=INST_B)
+    doc["status"] = "entered-in-error"
+    assert apply(None, build(doc, inst=INST_B)).change == "stale"
+
+
+def test_a_record_listed_again_after_its_withdrawal_names_no_previous_master() -> None:
+    """The withdrawn record was removed: a fresh post under another patient moves nothing
+    (it must not tell consumers to drop that other patient's copy)."""
+    withdrawn = decide(None, k(status="entered-in-error", master="mp-0001")).seen
+    out = apply(withdrawn, k(issued=T1, master="mp-0009", event="2"))
+    assert (out.change, out.previous_master_patient_id) == ("new", None)
 
 
 # --- properties ---------------------------------------------------------------------------

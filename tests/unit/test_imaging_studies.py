@@ -229,6 +229,19 @@ def test_another_institution_naming_another_patient_moves_nothing_and_is_a_confl
     assert not merged.study.for_master(M1).patient_conflict
 
 
+def test_a_copy_first_posted_for_the_same_patient_then_re_posted_for_another_is_a_conflict() -> (
+    None
+):
+    study = fold(study_payload(), study_payload(OTHER))  # agrees at first: a second source
+    repost = study_payload(OTHER, master=M2, change="update", previous_master_patient_id=M1)
+    repost["source"] = {"event_id": "e2", "resource_id": None, "received_at": None}
+    attack = apply_record(study, repost, T0 + timedelta(seconds=5))
+    assert attack.conflict  # a new post, not the patient index moving the same one
+    assert attack.study.sources[HOSPITAL].master_patient_id == M1
+    mine = view(attack.study.for_master(M1), may_see=everyone, registry_base=base)
+    assert mine is not None and mine.institutions == (HOSPITAL,)
+
+
 def test_a_move_of_one_source_leaves_the_other_sources_where_they_are() -> None:
     study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
     moved = apply_record(
