@@ -151,30 +151,55 @@ def create_app(
         if applied.stored:
             studies[key] = applied.study.model_dump_json().encode()
         study = applied.study
-        if applied.put is not None:
-            body = {"op": "put", "study": study.model_dump(mode="json")}
-            await emit(event, by_patient, applied.put.encode(), _dumps(body))
-        if applied.drop is not None:
+        for proj in applied.puts:
+            if proj.master_patient_id is None:  # a projection always names its master
+                continue
+            body = {"op": "put", "study": proj.model_dump(mode="json")}
+            await emit(event, by_patient, proj.master_patient_id.encode(), _dumps(body))
+        for dropped in applied.drops:
             body = {"op": "drop", "study_key": study.key}
-            await emit(event, by_patient, applied.drop.encode(), _dumps(body))
-        if applied.change is not None and study.master_patient_id is not None:
-            doc = {"change": applied.change, **summary(study, registry_base)}
-            if applied.previous_master_patient_id:
-                doc["previous_master_patient_id"] = applied.previous_master_patient_id
+            await emit(event, by_patient, dropped.encode(), _dumps(body))
+        for published in applied.events:
+            doc = {"change": published.change, **summary(published.study, registry_base)}
+            if published.previous_master_patient_id:
+                doc["previous_master_patient_id"] = published.previous_master_patient_id
             out = Envelope(
                 event_type=EVENT_TYPE, source=source, received_at=received_at, payload=doc
             )
             if trace_id:
                 out = out.model_copy(update={"trace_id": trace_id})
-            master = study.master_patient_id.encode()
-            await emit(event, indexed, master, out.to_bytes(), out.headers())
-        if img.check_endpoints and applied.change in ("new", "update"):
+            await emit(event, indexed, published.master.encode(), out.to_bytes(), out.headers())
+        if img.check_endpoints and any(e.change in ("new", "update") for e in applied.events):
             _queue_checks(key, study)
 
     def _count_record(payload: dict[str, Any], applied: Applied, received: Any) -> None:
         if applied.stale:
             metrics.records.labels("stale").inc()
             return
+        if applied.refused:  # a retraction of a record that is not the poster's
+            metrics.records.labels("refused").inc()
+            log.warning(
+                "imaging retraction refused: not the poster's record",
+                extra={
+                    "institution": str(payload["institution"]),
+                    "record_id": str(payload["record_id"]),
+                    "study_key": applied.study.key,
+                },
+            )
+            return
+        if applied.conflict:  # neither copy moves the other; each stays with its patient
+            metrics.records.labels("patient-conflict").inc()
+            log.warning(
+                "imaging sources disagree on the patient",
+                extra={
+                    "institution": str(payload["institution"]),
+                    "record_id": str(payload["record_id"]),
+                    "study_key": applied.study.key,
+                    "other_institutions": sorted(
+                        i for i in applied.study.sources if i != payload["institution"]
+                    ),
+                },
+            )
         if payload["resource_type"] == "DiagnosticReport":
             metrics.records.labels("report").inc()
             return

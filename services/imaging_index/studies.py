@@ -3,24 +3,35 @@ no faust, Kafka or I/O.
 
 A study is identified by its Study Instance UID, whoever posts it. :class:`Study` holds one
 :class:`Source` per posting institution (a hospital and its regional imaging cloud are two
-sources of one study, each with its own DICOMweb endpoint), the report of the study when
-one arrives, the reachability checks of its endpoints, and the patient it belongs to.
+sources of one study, each with its own DICOMweb endpoint), one :class:`Report` per
+institution that reported on it, and the reachability checks of its endpoints. **Each source
+and each report is its poster's own**, with the master patient the patient index gave *that*
+record: no institution's post changes, withdraws or moves another's.
 
 :func:`apply_record` folds one ``mrhub.results.result-indexed.v1`` payload (an imaging
 ``ImagingStudy`` or ``DiagnosticReport`` result) into the stored study:
 
-- an ImagingStudy ``new`` / ``update`` sets that institution's source; the study belongs to
-  the master patient of the latest ImagingStudy event (a merge, unmerge or relink moves it:
-  the patient index re-publishes the record under the new master);
-- an ImagingStudy ``retraction`` withdraws the whole study, every source (the patient index
-  withdraws the record, not one copy of it: a study entered in error for the wrong patient
-  is wrong in the imaging cloud too); a later post brings it back;
-- a DiagnosticReport attaches (or, retracted, detaches) the report;
+- an ImagingStudy ``new`` / ``update`` sets the poster's source, under the master patient of
+  that record (a merge, unmerge or relink moves it: the patient index re-publishes the
+  record under the new master, and only that source moves);
+- an ImagingStudy ``retraction`` withdraws the poster's source only; the other sources stay
+  listed. A retraction of a record that is not the poster's source is *refused*: nothing
+  changes (the patient index never publishes one — record ids carry the institution — so
+  this guards against a replay of an older topic);
+- a DiagnosticReport sets (or, retracted, withdraws) the poster's report;
 - an event older (``occurred_at``) than one already applied for the same record id is
   stale and ignored: versions of one record may arrive out of order when a merge moved the
   record between partitions.
 
-A study is *listed* once it has at least one source; a report alone lists nothing.
+**Per patient.** Readers see a study under each master patient one of its sources names,
+with only that master's sources and reports (:meth:`Study.for_master`). Sources that
+disagree on the patient (a hospital's copy under one patient, another institution's copy of
+the same UID under another) are a *patient conflict*: neither moves the other, each is listed
+under its own patient only, the projections say ``patient_conflict``, and the record that
+made the disagreement is counted and logged (``Applied.conflict``).
+
+A study is *listed* for a master once that master has at least one source; a report alone
+lists nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 #: DICOM modality codes counted under their own label in metrics (anything else: ``other``).
 KNOWN_MODALITIES: Final = frozenset(
@@ -100,10 +111,12 @@ class _Model(BaseModel):
 
 
 class Source(_Model):
-    """One institution's copy of the study, from its latest ImagingStudy event."""
+    """One institution's copy of the study, from its latest ImagingStudy event, under the
+    master patient of that record (``None`` only in state stored before sources had one)."""
 
     institution: str
     record_id: str
+    master_patient_id: str | None = None
     status: str
     modalities: tuple[str, ...] = ()
     body_sites: tuple[dict[str, Any], ...] = ()
@@ -123,10 +136,11 @@ class Source(_Model):
 
 
 class Report(_Model):
-    """The study's report (DiagnosticReport), the newest applied."""
+    """One institution's report of the study (DiagnosticReport), its newest applied."""
 
     record_id: str
     institution: str
+    master_patient_id: str | None = None
     status: str
     issued_at: str | None = None
     codes: tuple[dict[str, Any], ...] = ()
@@ -142,13 +156,45 @@ class Check(_Model):
 
 
 class Study(_Model):
+    """The stored state of one study (every source), or — with ``master_patient_id`` set —
+    its projection for one patient (:meth:`for_master`: what the ``patients`` table holds
+    and the ``study-indexed`` events describe)."""
+
     study_uid: str
+    #: the patient of a projection; in the stored state only a legacy value (before each
+    #: source carried its own master)
     master_patient_id: str | None = None
     sources: dict[str, Source] = {}
-    report: Report | None = None
+    reports: dict[str, Report] = {}
     checks: dict[str, Check] = {}
     #: record id → ``occurred_at`` of the latest event applied for it (ISO 8601)
     watermarks: dict[str, str] = {}
+    #: on a projection: another source of this UID names another patient
+    patient_conflict: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """State stored before sources and reports were owned: one study-level master and
+        one ``report``. Each source and the report get that master."""
+        if not isinstance(data, dict) or ("report" not in data and "sources" not in data):
+            return data
+        data = dict(data)
+        master = data.get("master_patient_id")
+        legacy = data.pop("report", None)
+        if legacy is not None and "reports" not in data:
+            rep = dict(legacy.model_dump() if isinstance(legacy, BaseModel) else legacy)
+            rep.setdefault("master_patient_id", master)
+            data["reports"] = {str(rep["institution"]): rep}
+        if master is not None and isinstance(data.get("sources"), dict):
+            fixed: dict[str, Any] = {}
+            for inst, src in data["sources"].items():
+                doc = dict(src.model_dump() if isinstance(src, BaseModel) else src)
+                if doc.get("master_patient_id") is None:
+                    doc["master_patient_id"] = master
+                fixed[inst] = doc
+            data["sources"] = fixed
+        return data
 
     @property
     def key(self) -> str:
@@ -158,26 +204,106 @@ class Study(_Model):
     def listed(self) -> bool:
         return bool(self.sources) and self.master_patient_id is not None
 
+    def _master_of(self, item: Source | Report) -> str | None:
+        return item.master_patient_id or self.master_patient_id
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """The masters the sources name, in the order the sources arrived."""
+        found: list[str] = []
+        for src in self.sources.values():
+            m = self._master_of(src)
+            if m is not None and m not in found:
+                found.append(m)
+        return tuple(found)
+
+    def for_master(self, master: str) -> Study:
+        """What a reader of ``master`` may know of the study: the sources and reports under
+        that master only (the checks of every endpoint, which name no patient)."""
+        sources = {i: s for i, s in self.sources.items() if self._master_of(s) == master}
+        reports = {i: r for i, r in self.reports.items() if self._master_of(r) == master}
+        ids = {s.record_id for s in sources.values()} | {r.record_id for r in reports.values()}
+        return Study(
+            study_uid=self.study_uid,
+            master_patient_id=master,
+            sources=sources,
+            reports=reports,
+            checks=self.checks,
+            watermarks={r: w for r, w in self.watermarks.items() if r in ids},
+            patient_conflict=len(self.masters) > 1,
+        )
+
+    @property
+    def report(self) -> Report | None:
+        """The report a reader who may see everything is shown (:func:`chosen_report`)."""
+        return chosen_report(self, lambda _: True)
+
+
+def chosen_report(study: Study, may_see: Callable[[str], bool]) -> Report | None:
+    """The report shown with the study: of those the reader may see, the one by the
+    institution whose copy came first (the performing hospital, usually), else the newest
+    issued. Another institution's report never hides the performer's own."""
+    order = {inst: n for n, inst in enumerate(study.sources)}
+    visible = [r for r in study.reports.values() if may_see(r.institution)]
+    if not visible:
+        return None
+    newest = sorted(visible, key=lambda r: r.issued_at or "", reverse=True)
+    return min(newest, key=lambda r: order.get(r.institution, len(order)))
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One ``study-indexed`` event: the projection of the study for ``master``."""
+
+    master: str
+    change: Change
+    study: Study
+    previous_master_patient_id: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What one event did to a study.
 
-    ``study`` is the new state (``stored``: it differs from the old one). ``change`` is what
-    to publish on ``mrhub.imaging.study-indexed.v1`` (``None``: nothing a consumer would
-    notice). ``put`` is the master whose list gets the study, ``drop`` the master whose list
-    loses it. ``merged``: a second institution's copy joined the study.
+    ``study`` is the new stored state (``stored``: it differs from the old one). ``events``
+    are the ``mrhub.imaging.study-indexed.v1`` events to publish, one per master whose
+    projection a reader would see change; ``puts`` the projections the ``patients`` table
+    gets, ``drops`` the masters whose list loses the study. ``merged``: a second
+    institution's copy joined the study. ``refused``: a retraction of a record that is not
+    the poster's, which changed nothing. ``conflict``: this record made its source disagree
+    with another institution's source on the patient.
     """
 
     study: Study
     stored: bool = False
-    change: Change | None = None
-    previous_master_patient_id: str | None = None
-    put: str | None = None
-    drop: str | None = None
+    events: tuple[Published, ...] = ()
+    puts: tuple[Study, ...] = ()
+    drops: tuple[str, ...] = ()
     merged: bool = False
     stale: bool = False
+    refused: bool = False
+    conflict: bool = False
     new_endpoints: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def change(self) -> Change | None:
+        """The change of the first event (``None``: nothing a reader would notice)."""
+        return self.events[0].change if self.events else None
+
+    @property
+    def put(self) -> str | None:
+        return self.puts[0].master_patient_id if self.puts else None
+
+    @property
+    def drop(self) -> str | None:
+        return self.drops[0] if self.drops else None
+
+    @property
+    def previous_master_patient_id(self) -> str | None:
+        return next(
+            (e.previous_master_patient_id for e in self.events if e.previous_master_patient_id),
+            None,
+        )
 
 
 def study_uid_of(payload: Mapping[str, Any]) -> str | None:
@@ -199,6 +325,7 @@ def _source(payload: Mapping[str, Any]) -> Source:
     return Source(
         institution=str(payload["institution"]),
         record_id=str(payload["record_id"]),
+        master_patient_id=str(payload["master_patient_id"]),
         status=str(payload.get("status") or "unknown"),
         modalities=tuple(imaging.get("modalities") or ()),
         body_sites=tuple(imaging.get("body_sites") or ()),
@@ -219,6 +346,7 @@ def _report(payload: Mapping[str, Any]) -> Report:
     return Report(
         record_id=str(payload["record_id"]),
         institution=str(payload["institution"]),
+        master_patient_id=str(payload["master_patient_id"]),
         status=str(payload.get("status") or "unknown"),
         issued_at=payload.get("issued_at"),
         codes=tuple(payload.get("codes") or ()),
@@ -241,43 +369,55 @@ def apply_record(study: Study | None, payload: Mapping[str, Any], at: datetime) 
     if old.study_uid != uid:
         raise ValueError("the record is about another study than the one stored")
     record_id = str(payload["record_id"])
-    stamp = at.isoformat()
+    institution = str(payload["institution"])
     seen = old.watermarks.get(record_id)
     if seen is not None and datetime.fromisoformat(seen) > at:
         return Applied(old, stale=True)
-    watermarks = {**old.watermarks, record_id: stamp}
-    master = str(payload["master_patient_id"])
     retracted = payload.get("change") == "retraction"
     sources = dict(old.sources)
-    report = old.report
-    owner = old.master_patient_id
-    merged = False
+    reports = dict(old.reports)
+    merged = conflict = False
 
     if payload["resource_type"] == "ImagingStudy":
+        mine: Source | Report | None = sources.get(institution)
         if retracted:
-            sources = {}
+            if mine is None or mine.record_id != record_id:
+                return Applied(old, refused=True)  # only the poster's own copy is withdrawn
+            del sources[institution]
         else:
             src = _source(payload)
-            merged = bool(sources) and src.institution not in sources
-            sources[src.institution] = src
-            owner = master
-    elif retracted:
-        if report is not None and report.record_id == record_id:
-            report = None
+            merged = bool(sources) and institution not in sources
+            before = old._master_of(mine) if isinstance(mine, Source) else None
+            others = {old._master_of(s) for i, s in old.sources.items() if i != institution} - {
+                None
+            }
+            # a copy the patient index moved (merge, unmerge, link: the same post, published
+            # again under another master) is on its way; a post that names another patient
+            # than another institution's copy is a disagreement between institutions
+            reposted = isinstance(mine, Source) and mine.event_id == src.event_id
+            conflict = (
+                not reposted
+                and before != src.master_patient_id
+                and bool(others - {src.master_patient_id})
+            )
+            sources[institution] = src
     else:
-        report = _report(payload)
-    if not sources and (owner is None or not old.sources):
-        owner = master  # nothing listed yet: the latest event says whose it is
+        mine = reports.get(institution)
+        if retracted:
+            if mine is None or mine.record_id != record_id:
+                return Applied(old, refused=True)
+            del reports[institution]
+        else:
+            reports[institution] = _report(payload)
 
     new = old.model_copy(
         update={
             "sources": sources,
-            "report": report,
-            "master_patient_id": owner,
-            "watermarks": watermarks,
+            "reports": reports,
+            "watermarks": {**old.watermarks, record_id: at.isoformat()},
         }
     )
-    return _outcome(old, new, merged=merged)
+    return _outcome(old, new, merged=merged, conflict=conflict)
 
 
 def apply_check(study: Study, url: str, status: CheckStatus, at: datetime) -> Applied:
@@ -290,31 +430,49 @@ def apply_check(study: Study, url: str, status: CheckStatus, at: datetime) -> Ap
     return _outcome(study, study.model_copy(update={"checks": checks}))
 
 
-def _outcome(old: Study, new: Study, *, merged: bool = False) -> Applied:
-    if _comparable(old) == _comparable(new):
-        return Applied(new, stored=new != old)
-    before, after = old.listed, new.listed
-    previous = (
-        old.master_patient_id
-        if before and after and old.master_patient_id != new.master_patient_id
-        else None
-    )
-    change: Change | None = None
-    if after:
-        change = "update" if before else "new"
-    elif before:
-        change = "retraction"
-    put = new.master_patient_id if after else None
-    drop = old.master_patient_id if before and (not after or previous is not None) else None
+def _outcome(old: Study, new: Study, *, merged: bool = False, conflict: bool = False) -> Applied:
+    """The events, puts and drops that take every master's view from ``old`` to ``new``."""
+    before = {m: old.for_master(m) for m in old.masters}
+    after = {m: new.for_master(m) for m in new.masters}
+    # masters that lost every source to another master in this event: a move, told to
+    # consumers as one update with previous_master_patient_id (as before sources had masters)
+    moved_from: dict[str, str] = {}
+    for inst, src in new.sources.items():
+        was = old.sources.get(inst)
+        if was is None:
+            continue
+        m_old, m_new = old._master_of(was), new._master_of(src)
+        if m_old and m_new and m_old != m_new and m_old not in after and m_new not in before:
+            moved_from.setdefault(m_new, m_old)
+    events: list[Published] = []
+    puts: list[Study] = []
+    drops: list[str] = []
+    for m, proj in after.items():
+        prev = before.get(m)
+        if prev is not None and _comparable(prev) == _comparable(proj):
+            continue
+        if prev is None and m in moved_from:
+            events.append(Published(m, "update", proj, moved_from[m]))
+        else:
+            events.append(Published(m, "new" if prev is None else "update", proj))
+        puts.append(proj)
+    gone = set(moved_from.values())
+    for m in before:
+        if m in after:
+            continue
+        drops.append(m)
+        if m not in gone:
+            events.append(Published(m, "retraction", new.for_master(m)))
+    stored = new != old
     fresh = tuple(sorted(_posted_bases(new) - _posted_bases(old)))
     return Applied(
         new,
-        stored=True,
-        change=change,
-        previous_master_patient_id=previous,
-        put=put,
-        drop=drop,
+        stored=stored,
+        events=tuple(events),
+        puts=tuple(puts),
+        drops=tuple(drops),
         merged=merged,
+        conflict=conflict,
         new_endpoints=fresh if after else (),
     )
 
@@ -323,8 +481,9 @@ def _comparable(study: Study) -> Any:
     return (
         study.master_patient_id,
         {k: s.content() for k, s in study.sources.items()},
-        study.report.model_dump(exclude={"event_id"}) if study.report else None,
+        {k: r.model_dump(exclude={"event_id"}) for k, r in study.reports.items()},
         {k: c.status for k, c in study.checks.items()},
+        study.patient_conflict,
     )
 
 
@@ -413,7 +572,14 @@ def view(
     registry_base: Callable[[str], str | None],
 ) -> StudyView | None:
     """``study`` as a reader sees it: ``may_see(institution)`` decides per source (and for
-    the report). ``None`` when the study is not listed or no source is visible."""
+    the report). ``None`` when the study is not listed or no source is visible. ``study`` is
+    a projection for one master; a stored state whose sources all name one master is its
+    own projection, one whose sources disagree on the patient is not shown whole."""
+    if study.master_patient_id is None:
+        masters = study.masters
+        if len(masters) != 1:
+            return None
+        study = study.for_master(masters[0])
     if not study.listed or study.master_patient_id is None:
         return None
     sources = [s for s in study.sources.values() if may_see(s.institution)]
@@ -430,7 +596,7 @@ def view(
         if c.get("system") != DICOM_DCM_SYSTEM and c not in codes:
             codes.append(c)
     statuses = [s.status for s in sources]
-    report = study.report if study.report and may_see(study.report.institution) else None
+    report = chosen_report(study, may_see)
     return StudyView(
         key=study.key,
         study_uid=study.study_uid,
@@ -451,10 +617,16 @@ def view(
 
 
 def summary(study: Study, registry_base: Callable[[str], str | None]) -> dict[str, Any]:
-    """The ``mrhub.imaging.study-indexed.v1`` payload fields that describe the study (every
-    source: consumers of the topic apply their own scope)."""
+    """The ``mrhub.imaging.study-indexed.v1`` payload fields that describe the study — a
+    projection for one master (:meth:`Study.for_master`) — with every source of that master:
+    consumers of the topic apply their own scope."""
     full = view(study, may_see=lambda _: True, registry_base=registry_base)
-    report = study.report.model_dump(mode="json", exclude={"event_id"}) if study.report else None
+    chosen = study.report
+    report = (
+        chosen.model_dump(mode="json", exclude={"event_id", "master_patient_id"})
+        if chosen
+        else None
+    )
     if full is None:
         return {
             "study_uid": study.study_uid,
@@ -472,6 +644,7 @@ def summary(study: Study, registry_base: Callable[[str], str | None]) -> dict[st
             "endpoints": [],
             "report": report,
             "record_ids": sorted(study.watermarks),
+            "patient_conflict": study.patient_conflict,
         }
     return {
         "study_uid": full.study_uid,
@@ -498,4 +671,5 @@ def summary(study: Study, registry_base: Callable[[str], str | None]) -> dict[st
         ],
         "report": report,
         "record_ids": sorted(study.watermarks),
+        "patient_conflict": study.patient_conflict,
     }

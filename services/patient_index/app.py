@@ -14,7 +14,16 @@
    re-publishes the records they move (see :mod:`services.patient_index.stewardship`).
 5. ``index`` owns the ``seen`` and ``published`` tables (record id → what was published): it
    drops repeats and stale versions and publishes new records, updates and retractions on
-   ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``.
+   ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``. Every record is
+   its poster's own (business keys start with the institution), so no post changes another
+   institution's record.
+6. ``owners`` owns the ``study_owners`` table (keyed hash of a Study Instance UID → the
+   institutions holding live records of it): a withdrawal of a study (or its report) the
+   poster never sent while another institution holds it is an attempt on another's record —
+   nothing was applied, and it is refused on the record: an audit event
+   (``mrhub.audit.write-refused`` on ``mrhub.audit.access-recorded.v1``, keyed by the
+   institution), ``mrhub_patient_index_records_total{outcome="refused"}`` and a log line
+   with ids only.
 
 The app runs ``exactly_once``: a stage's outputs, its table changes and its input offset
 commit in one Kafka transaction, so a crash or redelivery never publishes twice nor loses a
@@ -41,6 +50,7 @@ from services.common.stages import Stages, add_service_pages
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
 from services.common.topics import (
+    ACCESS_RECORDED,
     IDENTITY_LINKED,
     ORDER_PLACED,
     RESOURCE_ACCEPTED,
@@ -76,6 +86,8 @@ DEAD_LETTER = dead_letter(SERVICE)
 CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
+#: The audit event of a write refused because the record is another institution's.
+WRITE_REFUSED = "mrhub.audit.write-refused"
 
 
 class Metrics:
@@ -85,7 +97,8 @@ class Metrics:
         self.records = Counter(
             "mrhub_patient_index_records_total",
             "Canonical records by kind (result, order) and outcome "
-            "(new, duplicate, update, retraction, stale).",
+            "(new, duplicate, update, retraction, stale; refused: a withdrawal of a study "
+            "only other institutions hold, also counted as stale).",
             ["kind", "outcome"],
             registry=self.registry,
         )
@@ -146,6 +159,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     by_record = internal("by-record")
     by_block = internal("by-block")
     by_master = internal("by-master")
+    by_study = internal("by-study")
+    audit = app.topic(ACCESS_RECORDED.name, key_type=bytes, value_type=bytes)
     linked = app.topic(IDENTITY_LINKED.name, key_type=bytes, value_type=bytes)
     results = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
@@ -165,6 +180,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     )
     # the last record published per record id: what a merge or unmerge re-publishes
     published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
+    # keyed hash of a Study Instance UID → which institutions hold live records of it
+    study_owners = app.Table(
+        "study_owners", partitions=partitions, key_type=bytes, value_type=bytes
+    )
     rules = matching.load_rules(settings.patient_index.rules_path)
 
     def pending_reviews() -> int:
@@ -240,6 +259,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if msg["type"] in ("steward-link", "steward-unlink"):
             await steward_identity(event, key, current, msg)
             return
+        if msg["type"] == "records-released":
+            # records the identifier's old master let go: to the master it names now
+            send = stewardship.adopt_message(
+                current.master_patient_id if current is not None else None, msg
+            )
+            await emit(event, by_master, send.key.encode(), _dumps(send.body))
+            return
         env_doc = msg["envelope"]
         trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
         if msg["type"] == "claim":
@@ -249,6 +275,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 identities[key] = result.state.model_dump_json().encode()
             if result.event is not None:
                 await publish_link(event, result.event, trace_id, source)
+            follow = result.records_follow(key.decode())
+            if follow is not None:  # relinked: its records leave the old master too
+                old_master, body = follow
+                await emit(event, by_master, old_master.encode(), _dumps(body))
             return
         a = msg["anchor"]
         res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
@@ -360,7 +390,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 event,
                 by_master,
                 current.master_patient_id.encode(),
-                _dumps({"type": "move-records", "anchor": ident_key, "to": target}),
+                _dumps({"type": "move-records", "anchor": ident_key}),
             )
 
     async def publish_steward(event: Any, link: stewardship.StewardEvent) -> None:
@@ -398,7 +428,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if step.state is not None:
             masters[key] = step.state.model_dump_json().encode()
         for send in step.sends:
-            topic = by_master if send.to == "master" else by_record
+            topic = {"master": by_master, "record": by_record, "identity": by_identity}[send.to]
             await emit(event, topic, send.key.encode(), _dumps(send.body))
         for ev in step.events:
             await publish_steward(event, ev)
@@ -535,6 +565,30 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         metrics.records.labels(record.kind, outcome.change).inc()
         if outcome.store:
             seen[key] = outcome.seen.model_dump_json().encode()
+        attempt = stored is None and record.retracted
+        uid = record.imaging.study_uid if record.imaging is not None else None
+        if uid and (outcome.store or attempt):  # who holds the study, at its owner
+            await emit(
+                event,
+                by_study,
+                study_owner_key(uid).encode(),
+                _dumps(
+                    {
+                        "type": "study-record",
+                        "institution": record.institution,
+                        "record_id": record.record_id,
+                        "resource_type": record.resource_type,
+                        "live": not outcome.seen.retracted,
+                        "attempt": attempt,
+                        "trace_id": record.trace_id,
+                        "received_at": (
+                            record.source.received_at.isoformat()
+                            if record.source.received_at
+                            else None
+                        ),
+                    }
+                ),
+            )
         change = outcome.published_change
         if change is None:
             return
@@ -555,11 +609,65 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
         await emit(event, topic, record.master_patient_id.encode(), env.to_bytes(), env.headers())
 
+    # ------------------------------------------------------------------ 4. owners
+
+    def study_owner_key(uid: str) -> str:
+        return keyed_hash(hmac_key, "study-owners", uid)
+
+    async def owners(event: Any, key: bytes | None, value: bytes) -> None:
+        """Owner of one Study Instance UID: which institutions hold it; refusals audited."""
+        if key is None:
+            raise ValueError("study message without a key")
+        msg = _loads(value)
+        raw = study_owners.get(key)
+        step = dedup.study_record(
+            dedup.StudyOwners.model_validate_json(raw) if raw else None,
+            msg["institution"],
+            msg["record_id"],
+            live=msg["live"],
+            attempt=msg["attempt"],
+        )
+        if step.owners is not None:
+            if step.owners.live:
+                study_owners[key] = step.owners.model_dump_json().encode()
+            elif raw is not None:
+                del study_owners[key]
+        if not step.refused:
+            return
+        metrics.records.labels("result", "refused").inc()
+        log.warning(
+            "write refused: the study belongs to another institution",
+            extra={
+                "institution": msg["institution"],
+                "record_id": msg["record_id"],
+                "resource_type": msg["resource_type"],
+                "owners": list(step.holders),
+            },
+        )
+        env = Envelope(
+            event_type=WRITE_REFUSED,
+            source=msg["institution"],
+            received_at=msg.get("received_at"),
+            payload={
+                "institution": msg["institution"],
+                "action": "retraction",
+                "resource_type": msg["resource_type"],
+                "record_id": msg["record_id"],
+                "reason": "not-the-owner",
+                "owners": list(step.holders),
+                "refused_at": utcnow().isoformat(),
+            },
+        )
+        if msg.get("trace_id"):
+            env = env.model_copy(update={"trace_id": msg["trace_id"]})
+        await emit(event, audit, msg["institution"].encode(), env.to_bytes(), env.headers())
+
     stages.agent(accepted, "route", route)
     stages.agent(by_identity, "resolve", resolve)
     stages.agent(by_record, "index", index)
     stages.agent(by_block, "match", match)
     stages.agent(by_master, "master", master)
+    stages.agent(by_study, "owners", owners)
 
     # ------------------------------------------------------------------- web
 

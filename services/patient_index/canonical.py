@@ -11,12 +11,14 @@ Rules (the event docs repeat them for consumers):
   ``ImagingStudy`` are ``result``\\s; every other type gives ``None``.
 - **Business key** (what makes two posts "the same thing"), never published:
 
-  - ``ImagingStudy``: ``study|<Study Instance UID>`` — *without* the institution, so the same
-    study posted by two institutions is one record;
+  - ``ImagingStudy``: ``<institution>|study|<Study Instance UID>`` — each institution's copy
+    of a study is its own record, which only that institution can update, retract or move
+    (the imaging index joins the copies by UID: a hospital and its imaging cloud are two
+    sources of one study there, never one record here);
   - a ``DiagnosticReport`` tied to a study (its ``identifier`` or an ``imagingStudy``
     reference carries a ``urn:dicom:uid`` identifier, or ``imagingStudy`` points to a
-    contained ImagingStudy): ``study|<uid>|DiagnosticReport`` — the report of that study,
-    whoever posts it, distinct from the study itself;
+    contained ImagingStudy): ``<institution>|study|<uid>|DiagnosticReport`` — that
+    institution's report of that study, distinct from the study itself;
   - otherwise ``<institution>|<resource type>|<system>|<value>`` of the report / order
     number: 检验报告单号 (:data:`LAB_REPORT_NO_SYSTEM`) for Observation and DiagnosticReport,
     电子申请单编号 (:data:`ORDER_NO_SYSTEM`) for ServiceRequest, else the first identifier
@@ -25,8 +27,10 @@ Rules (the event docs repeat them for consumers):
     report or order number — shared by every result line of that report — gets its first
     ``code.coding`` appended (``|<system>|<code>``) so that K and Na of one report stay apart.
 
-  ``record_id`` is the SHA-256 of the business key (32 hex): stable, and with no identifier
-  in clear, so it may be a Kafka or table key.
+  Every business key starts with the posting institution, so no post of one institution
+  can name another institution's record: a Study Instance UID, a report or an order number
+  that two institutions share is two records. ``record_id`` is the SHA-256 of the business
+  key (32 hex): stable, and with no identifier in clear, so it may be a Kafka or table key.
 - **Category**, highest first when several apply: ``ecg`` (v2-0074 ``EC``, LOINC EKG codes
   11524-6 / 34534-8 / 8601-7, DICOM modality ``ECG``), ``pathology`` (v2-0074 ``SP``,
   ``CP``, LOINC LP7839-6), ``imaging`` (observation-category ``imaging``, v2-0074 ``RAD``
@@ -629,9 +633,9 @@ def _business_key(
 ) -> str:
     if imaging is not None and imaging.study_uid:
         if rtype == "ImagingStudy":
-            return f"study|{imaging.study_uid}"
+            return f"{institution}|study|{imaging.study_uid}"
         if rtype == "DiagnosticReport":
-            return f"study|{imaging.study_uid}|DiagnosticReport"
+            return f"{institution}|study|{imaging.study_uid}|DiagnosticReport"
     preferred = ORDER_NO_SYSTEM if rtype == "ServiceRequest" else LAB_REPORT_NO_SYSTEM
     pairs = [p for p in _identifiers(resource) if p[0] != ID_CARD_SYSTEM]
     pair = next((p for p in pairs if p[0] == preferred), pairs[0] if pairs else None)

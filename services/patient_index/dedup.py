@@ -170,7 +170,9 @@ def decide(seen: Seen | None, record: CanonicalRecord) -> Outcome:
         if record.retracted or digest == seen.content_hash:
             return Outcome("duplicate", seen, store=False)
         if record.issued_at is None or seen.issued_at is None or record.issued_at > seen.issued_at:
-            return Outcome("new", _seen(record, digest, watermark), True, previous)
+            # listed afresh: consumers removed the withdrawn one, so there is nothing to move
+            # from (a previous master here would make them drop another patient's copy)
+            return Outcome("new", _seen(record, digest, watermark), True)
         return Outcome("stale", seen, store=False)
 
     if digest == seen.content_hash:
@@ -194,3 +196,49 @@ def decide(seen: Seen | None, record: CanonicalRecord) -> Outcome:
     ):
         return Outcome("stale", seen, store=False)
     return Outcome("update", _seen(record, digest, watermark), True, previous)
+
+
+# ── who holds a study ─────────────────────────────────────────────────────────────────
+
+
+class StudyOwners(BaseModel):
+    """Which institutions hold live records (a copy of the study, a report of it) of one
+    Study Instance UID. Every record is its poster's own (the business key starts with the
+    institution), so no post can withdraw another institution's study; this is what tells
+    an *attempt* to (a withdrawal of a study the poster never sent while others hold it)
+    from a hospital cleaning up a mistake of its own that never reached the hub."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    live: dict[str, tuple[str, ...]] = {}  # institution → its live record ids
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerStep:
+    """``owners``: the state to store (``None``: unchanged). ``refused``: the record was an
+    attempt on a study that only ``holders`` (other institutions) hold."""
+
+    owners: StudyOwners | None
+    refused: bool = False
+    holders: tuple[str, ...] = ()
+
+
+def study_record(
+    owners: StudyOwners | None, institution: str, record_id: str, *, live: bool, attempt: bool
+) -> OwnerStep:
+    """One study-bound record (ImagingStudy or report with a Study Instance UID) after
+    :func:`decide`: ``live`` — the key is live now (not withdrawn); ``attempt`` — it was a
+    withdrawal of a key this institution never published. An attempt is *refused* when the
+    poster holds nothing of the study and another institution does; it never changed
+    anything (the poster's own key was all it could name) — the refusal is what is audited."""
+    cur = owners or StudyOwners()
+    mine = cur.live.get(institution, ())
+    holders = tuple(sorted(i for i, ids in cur.live.items() if i != institution and ids))
+    refused = attempt and not mine and bool(holders)
+    ids = tuple(sorted({*mine, record_id})) if live else tuple(r for r in mine if r != record_id)
+    if ids == mine:
+        return OwnerStep(None, refused, holders if refused else ())
+    live_map = {i: v for i, v in cur.live.items() if i != institution}
+    if ids:
+        live_map[institution] = ids
+    return OwnerStep(StudyOwners(live=live_map), refused, holders if refused else ())

@@ -126,6 +126,24 @@ class ClaimResult:
     state: IdentityState | None  # to store, or None to leave the table as it is
     event: LinkEvent | None
 
+    def records_follow(self, identifier_key: str) -> tuple[str, dict[str, str]] | None:
+        """When the claim moved the identifier to another master: the message for the owner
+        of the master it left (``(master id, message)``), which releases the records the
+        identifier anchors there so that they follow it — a record published under the old
+        master just before the relink included. ``None`` when nothing moved."""
+        return move_records_message(self.event, identifier_key)
+
+
+def move_records_message(
+    event: LinkEvent | None, identifier_key: str
+) -> tuple[str, dict[str, str]] | None:
+    """The ``move-records`` message for the master an identifier left (``relinked`` only)."""
+    if event is None or event.kind != "relinked" or event.previous_master_patient_id is None:
+        return None
+    if event.previous_master_patient_id == event.master_patient_id:
+        return None
+    return event.previous_master_patient_id, {"type": "move-records", "anchor": identifier_key}
+
 
 def apply_claim(
     state: IdentityState | None, claim_master: str, alias: Keyed, claim_rank: int

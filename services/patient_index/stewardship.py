@@ -110,10 +110,10 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """A message for another stage: ``to`` is ``master`` (keyed by a master id) or
-    ``record`` (keyed by a record id)."""
+    """A message for another stage: ``to`` is ``master`` (keyed by a master id),
+    ``record`` (keyed by a record id) or ``identity`` (keyed by an identifier's keyed hash)."""
 
-    to: Literal["master", "record"]
+    to: Literal["master", "record", "identity"]
     key: str
     body: dict[str, Any]
 
@@ -198,18 +198,28 @@ def add_record(st: MasterState | None, master: str, record_id: str, anchor: str)
     return Step(cur.model_copy(update={"records": {**cur.records, record_id: anchor}}))
 
 
-def move_records(st: MasterState | None, anchor: str, to: str) -> Step:
-    """An identifier left this master: its records go with it to ``to``."""
+def move_records(st: MasterState | None, master: str, anchor: str) -> Step:
+    """An identifier left this master (a claim relinked it, a steward linked or unlinked it):
+    its records leave too. They go back to the identifier's owner (``records-released``),
+    which hands them to the master the identifier names *when it gets them*
+    (:func:`adopt_message`) — so however many relinks happen meanwhile, and in whatever
+    order their messages reach the masters, the records end where the identifier is."""
     if st is None:
         return Step(None)
     moved = {r: a for r, a in st.records.items() if a == anchor}
     if not moved:
         return Step(None)
     kept = {r: a for r, a in st.records.items() if a != anchor}
-    return Step(
-        st.model_copy(update={"records": kept}),
-        [Send("master", to, {"type": "adopt-records", "records": moved})],
-    )
+    body = {"type": "records-released", "records": moved, "from": master}
+    return Step(st.model_copy(update={"records": kept}), [Send("identity", anchor, body)])
+
+
+def adopt_message(current_master: str | None, released: dict[str, Any]) -> Send:
+    """At the identifier's owner: records a master released go to the master the identifier
+    names now (back to the releasing master if the identifier is unknown, which cannot
+    happen for an identifier that anchored records — it never loses its master)."""
+    target = current_master or str(released["from"])
+    return Send("master", target, {"type": "adopt-records", "records": released["records"]})
 
 
 def adopt_records(st: MasterState | None, master: str, records: dict[str, str]) -> Step:
@@ -317,7 +327,7 @@ def apply(st: MasterState | None, master: str, msg: dict[str, Any]) -> Step:
     if kind == "set-root":
         return set_root(st, master, msg["root"])
     if kind == "move-records":
-        return move_records(st, msg["anchor"], msg["to"])
+        return move_records(st, master, msg["anchor"])
     if kind == "adopt-records":
         return adopt_records(st, master, msg["records"])
     raise ValueError(f"unknown master message type {kind!r}")

@@ -512,7 +512,7 @@ def test_a_ct_study_is_summarised_for_matching() -> None:
         "imaging",
         "available",
     )
-    assert r.business_key == f"study|{CT_STUDY_UID}"
+    assert r.business_key == f"{INST_A}|study|{CT_STUDY_UID}"
     assert r.imaging is not None
     assert r.imaging.study_uid == CT_STUDY_UID
     assert r.imaging.modalities == ("CT",)
@@ -531,11 +531,17 @@ def test_a_ct_study_is_summarised_for_matching() -> None:
     assert r.issued_at is None and r.value is None
 
 
-def test_the_same_study_posted_by_two_institutions_has_one_key() -> None:
+def test_the_same_study_posted_by_two_institutions_is_two_records_each_owned_by_its_poster() -> (
+    None
+):
     a = build(ct_chest_study(), inst=INST_A)
     b = build(ct_chest_study(inst=INST_B, endpoint="Endpoint/cloud-b"), inst=INST_B)
-    assert a.business_key == b.business_key == f"study|{CT_STUDY_UID}"
-    assert a.record_id == b.record_id
+    assert a.business_key == f"{INST_A}|study|{CT_STUDY_UID}"
+    assert b.business_key == f"{INST_B}|study|{CT_STUDY_UID}"
+    assert a.record_id != b.record_id  # B's post can never update or retract A's copy
+    assert CT_STUDY_UID not in a.record_id and INST_A not in a.record_id
+    assert a.imaging is not None and b.imaging is not None
+    assert a.imaging.study_uid == b.imaging.study_uid == CT_STUDY_UID  # joined by the UID
     assert (a.institution, b.institution) == (INST_A, INST_B)
     assert b.imaging is not None and b.imaging.endpoints == ("Endpoint/cloud-b",)
 
@@ -581,11 +587,15 @@ def _imaging_report(**tie: Any) -> dict[str, Any]:
     }
 
 
-def test_a_report_tied_to_a_study_by_reference_identifier_is_keyed_by_the_study() -> None:
+def test_a_report_tied_to_a_study_by_reference_identifier_is_keyed_by_its_poster_and_study() -> (
+    None
+):
     ref = {"identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{CT_STUDY_UID}"}}
     a = build(_imaging_report(imagingStudy=[ref]), inst=INST_A)
     b = build(_imaging_report(imagingStudy=[ref]), inst=INST_B)
-    assert a.business_key == b.business_key == f"study|{CT_STUDY_UID}|DiagnosticReport"
+    assert a.business_key == f"{INST_A}|study|{CT_STUDY_UID}|DiagnosticReport"
+    assert b.business_key == f"{INST_B}|study|{CT_STUDY_UID}|DiagnosticReport"
+    assert a.record_id != b.record_id  # B's report never replaces or retracts A's
     assert a.business_key != build(ct_chest_study()).business_key  # not the study itself
     assert a.category == "imaging" and a.imaging is not None
     assert a.imaging.study_uid == CT_STUDY_UID
@@ -594,14 +604,14 @@ def test_a_report_tied_to_a_study_by_reference_identifier_is_keyed_by_the_study(
 def test_a_report_tied_by_its_own_identifier_or_a_contained_study() -> None:
     own = _imaging_report()
     own["identifier"].append({"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{CT_STUDY_UID}"})
-    assert build(own).business_key == f"study|{CT_STUDY_UID}|DiagnosticReport"
+    assert build(own).business_key == f"{INST_A}|study|{CT_STUDY_UID}|DiagnosticReport"
 
     study = mr_head_study()
     study["id"] = "st"
     del study["contained"], study["endpoint"]
     contained = _imaging_report(contained=[study], imagingStudy=[{"reference": "#st"}])
     r = build(contained)
-    assert r.business_key == f"study|{MR_STUDY_UID}|DiagnosticReport"
+    assert r.business_key == f"{INST_A}|study|{MR_STUDY_UID}|DiagnosticReport"
     assert r.imaging is not None and r.imaging.modalities == ("MR",)
 
 

@@ -244,13 +244,24 @@ def test_a_new_version_under_another_master_carries_both_ids() -> None:
 # --- imaging across institutions ----------------------------------------------------------
 
 
-def test_a_study_from_a_second_institution_is_an_update_with_its_endpoint() -> None:
+def test_a_study_from_a_second_institution_is_a_new_record_of_its_own() -> None:
     a = build(ct_chest_study(), inst=INST_A)
     b = build(ct_chest_study(inst=INST_B, endpoint="Endpoint/cloud-b"), inst=INST_B)
-    seen = decide(None, a).seen
-    out = apply(seen, b)
-    assert out.change == "update"
-    assert decide(out.seen, b).change == "duplicate"
+    assert a.record_id != b.record_id  # stored under its own key: A's state is not touched
+    out = apply(None, b)
+    assert out.change == "new"
+    # B's withdrawal of "its" copy before it ever posted one publishes nothing
+    doc = ct_chest_study(inst=INST_B)
+    doc["status"] = "entered-in-error"
+    assert apply(None, build(doc, inst=INST_B)).change == "stale"
+
+
+def test_a_record_listed_again_after_its_withdrawal_names_no_previous_master() -> None:
+    """The withdrawn record was removed: a fresh post under another patient moves nothing
+    (it must not tell consumers to drop that other patient's copy)."""
+    withdrawn = decide(None, k(status="entered-in-error", master="mp-0001")).seen
+    out = apply(withdrawn, k(issued=T1, master="mp-0009", event="2"))
+    assert (out.change, out.previous_master_patient_id) == ("new", None)
 
 
 # --- properties ---------------------------------------------------------------------------
@@ -322,3 +333,37 @@ def test_decide_is_idempotent_and_total_on_any_sequence(
     for before, after in pairwise(published):
         if before == "retraction":
             assert after == "new"
+
+
+# --- who holds a study: another institution's withdrawal is refused, never applied --------
+
+
+def test_a_withdrawal_of_a_study_only_another_institution_holds_is_refused() -> None:
+    from services.patient_index.dedup import study_record
+
+    a_study, a_report, c_try = "a" * 32, "b" * 32, "c" * 32
+    held = study_record(None, "A", a_study, live=True, attempt=False).owners
+    held = study_record(held, "A", a_report, live=True, attempt=False).owners
+    assert held is not None and held.live == {"A": tuple(sorted((a_study, a_report)))}
+    # C retracts "its" copy of A's UID (never posted): an attempt on A's, refused
+    step = study_record(held, "C", c_try, live=False, attempt=True)
+    assert step.refused and step.holders == ("A",)
+    assert step.owners is None  # nothing changed: A still holds both records
+
+
+def test_withdrawing_one_s_own_copy_or_a_study_nobody_holds_is_not_refused() -> None:
+    from services.patient_index.dedup import study_record
+
+    hospital, cloud = "h" * 32, "k" * 32
+    held = study_record(None, "H", hospital, live=True, attempt=False).owners
+    held = study_record(held, "CLOUD", cloud, live=True, attempt=False).owners
+    assert held is not None
+    # the cloud withdraws its own copy: its record leaves, the hospital's stays
+    own = study_record(held, "CLOUD", cloud, live=False, attempt=False)
+    assert not own.refused and own.owners is not None and own.owners.live == {"H": (hospital,)}
+    # a hospital withdrawing a study nobody holds (its post never reached the hub)
+    alone = study_record(None, "X", "x" * 32, live=False, attempt=True)
+    assert not alone.refused and alone.owners is None
+    # a second withdrawal attempt by an institution that holds a record of the study itself
+    mine = study_record(held, "H", "r" * 32, live=False, attempt=True)
+    assert not mine.refused

@@ -101,3 +101,17 @@ def test_link_events_carry_no_identifier_values() -> None:
     assert result.event is not None
     text = str(result.event.payload())
     assert ALIAS.key not in text and CARD not in text
+
+
+def test_a_relinking_claim_tells_the_old_master_to_let_the_identifier_s_records_go() -> None:
+    state = IdentityState(master_patient_id="MP-own", rank=10, kind="local")
+    result = apply_claim(state, "MP-match", ALIAS, 20)  # the matcher's auto-link (rank 20)
+    assert result.records_follow(ALIAS.key) == (
+        "MP-own",
+        {"type": "move-records", "anchor": ALIAS.key},
+    )
+    # nothing moved, nothing to send: an alias, a repeat, a conflict
+    assert apply_claim(None, "MP1", ALIAS, 50).records_follow(ALIAS.key) is None
+    same = IdentityState(master_patient_id="MP1", rank=50, kind="local")
+    assert apply_claim(same, "MP1", ALIAS, 50).records_follow(ALIAS.key) is None
+    assert apply_claim(same, "MP2", ALIAS, 50).records_follow(ALIAS.key) is None

@@ -1,5 +1,6 @@
-"""The imaging index's study state: one study per UID whoever posts it, moves between
-patients, reports, retractions, scope — named by what a reader of the index would see."""
+"""The imaging index's study state: one study per UID whoever posts it, each source and
+report its poster's own, moves between patients, reports, retractions, scope — named by
+what a reader of the index would see."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from services.imaging_index.studies import (
 UID = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
 HOSPITAL = "12140107405412652L"
 CLOUD = "12140100405128360L"
+OTHER = "12140215406213786R"  # a hospital that did not make the study
 M1, M2 = "MP" + "1" * 24, "MP" + "2" * 24
+#: each institution's record of the study (record ids carry the institution)
+STUDY_RECORD = {HOSPITAL: "a" * 32, CLOUD: "c" * 32, OTHER: "e" * 32}
+REPORT_RECORD = {HOSPITAL: "b" * 32, CLOUD: "d" * 32, OTHER: "f" * 32}
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 REGISTRY = {HOSPITAL: "http://pacs.hospital.example/dicom-web/", CLOUD: None}
 
@@ -39,7 +44,7 @@ def study_payload(
     return {
         "change": change,
         "kind": "result",
-        "record_id": "a" * 32,
+        "record_id": STUDY_RECORD[institution],
         "master_patient_id": master,
         "institution": institution,
         "resource_type": "ImagingStudy",
@@ -68,10 +73,18 @@ def study_payload(
     }
 
 
-def report_payload(*, master: str = M1, change: str = "new") -> dict[str, Any]:
-    doc = study_payload(master=master, change=change)
-    doc.update(record_id="b" * 32, resource_type="DiagnosticReport", status="final")
-    doc["issued_at"] = "2026-11-20T10:00:00+08:00"
+def report_payload(
+    institution: str = HOSPITAL,
+    *,
+    master: str = M1,
+    change: str = "new",
+    issued: str = "2026-11-20T10:00:00+08:00",
+) -> dict[str, Any]:
+    doc = study_payload(institution, master=master, change=change)
+    doc.update(
+        record_id=REPORT_RECORD[institution], resource_type="DiagnosticReport", status="final"
+    )
+    doc["issued_at"] = issued
     return doc
 
 
@@ -140,17 +153,134 @@ def test_a_study_that_moves_to_another_master_leaves_the_old_one() -> None:
 def test_an_older_version_arriving_after_a_move_is_ignored() -> None:
     study = fold(study_payload(), study_payload(master=M2, change="update"))
     late = apply_record(study, study_payload(master=M1), T0 - timedelta(seconds=1))
-    assert late.stale and late.study.master_patient_id == M2
+    assert late.stale and late.study.masters == (M2,)
 
 
-def test_a_retraction_withdraws_the_whole_study_and_a_new_post_brings_it_back() -> None:
+def test_a_retraction_withdraws_only_the_poster_s_copy() -> None:
     study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    cloud_gone = apply_record(
+        study, study_payload(CLOUD, change="retraction"), T0 + timedelta(seconds=5)
+    )
+    assert (cloud_gone.change, cloud_gone.put, cloud_gone.drop) == ("update", M1, None)
+    shown = view(cloud_gone.study, may_see=everyone, registry_base=base)
+    assert shown is not None and shown.institutions == (HOSPITAL,)
+    assert [e.url for e in shown.endpoints] == ["http://pacs.hospital.example/dicom-web"]
+
+
+def test_when_every_source_withdraws_the_study_is_retracted_and_a_new_post_brings_it_back() -> None:
+    study = fold(study_payload())
     gone = apply_record(study, study_payload(change="retraction"), T0 + timedelta(seconds=5))
     assert (gone.change, gone.drop, gone.put) == ("retraction", M1, None)
     assert view(gone.study, may_see=everyone, registry_base=base) is None
-    assert summary(gone.study, base)["status"] == "entered-in-error"
+    assert summary(gone.study.for_master(M1), base)["status"] == "entered-in-error"
     back = apply_record(gone.study, study_payload(), T0 + timedelta(seconds=6))
     assert back.change == "new"
+
+
+# ── ownership: another institution's post never changes, withdraws or moves a copy ────────
+
+
+def test_another_institution_s_retraction_of_the_uid_changes_nothing() -> None:
+    """Issue 14, finding 3: C "retracts" A's Study Instance UID."""
+    study = fold(study_payload(), report_payload())
+    # its own record id (what the patient index would publish, if it ever did) …
+    theirs = apply_record(study, study_payload(OTHER, change="retraction"), T0 + timedelta(1))
+    # … or the hospital's record id under its own name (a replay of an older topic)
+    forged = study_payload(OTHER, change="retraction")
+    forged["record_id"] = STUDY_RECORD[HOSPITAL]
+    replayed = apply_record(study, forged, T0 + timedelta(1))
+    for attempt in (theirs, replayed):
+        assert attempt.refused and attempt.events == () and attempt.drops == ()
+        assert attempt.study == study
+    report = apply_record(study, report_payload(OTHER, change="retraction"), T0 + timedelta(1))
+    assert report.refused and report.study.report == study.report is not None
+
+
+def test_another_institution_naming_another_patient_moves_nothing_and_is_a_conflict() -> None:
+    """Issue 14, finding 3: C posts A's UID with another patient as the subject."""
+    study = fold(study_payload(), report_payload())
+    attack = apply_record(
+        study,
+        study_payload(OTHER, master=M2, endpoints=("http://evil.example/dicom-web",)),
+        T0 + timedelta(seconds=5),
+    )
+    assert attack.conflict and not attack.refused
+    assert attack.drops == ()  # the hospital's patient keeps the study
+    mine = view(attack.study.for_master(M1), may_see=everyone, registry_base=base)
+    assert mine is not None and mine.master_patient_id == M1
+    assert [e.url for e in mine.endpoints] == ["http://pacs.hospital.example/dicom-web"]
+    assert mine.institutions == (HOSPITAL,) and mine.report is not None
+    theirs = view(attack.study.for_master(M2), may_see=everyone, registry_base=base)
+    assert theirs is not None and theirs.institutions == (OTHER,) and theirs.report is None
+    # the whole stored state is not shown as one study
+    assert view(attack.study, may_see=everyone, registry_base=base) is None
+    changes = {e.master: (e.change, e.previous_master_patient_id) for e in attack.events}
+    assert changes == {M2: ("new", None), M1: ("update", None)}  # M1: now flagged
+    assert all(summary(e.study, base)["patient_conflict"] for e in attack.events)
+    # the same post again is no new conflict; a merge of the two patients ends it
+    again = apply_record(attack.study, study_payload(OTHER, master=M2), T0 + timedelta(6))
+    assert not again.conflict
+    merged = apply_record(
+        attack.study,
+        study_payload(OTHER, master=M1, change="update", previous_master_patient_id=M2),
+        T0 + timedelta(seconds=7),
+    )
+    assert merged.study.masters == (M1,) and merged.drops == (M2,)
+    assert not merged.study.for_master(M1).patient_conflict
+
+
+def test_a_copy_first_posted_for_the_same_patient_then_re_posted_for_another_is_a_conflict() -> (
+    None
+):
+    study = fold(study_payload(), study_payload(OTHER))  # agrees at first: a second source
+    repost = study_payload(OTHER, master=M2, change="update", previous_master_patient_id=M1)
+    repost["source"] = {"event_id": "e2", "resource_id": None, "received_at": None}
+    attack = apply_record(study, repost, T0 + timedelta(seconds=5))
+    assert attack.conflict  # a new post, not the patient index moving the same one
+    assert attack.study.sources[HOSPITAL].master_patient_id == M1
+    mine = view(attack.study.for_master(M1), may_see=everyone, registry_base=base)
+    assert mine is not None and mine.institutions == (HOSPITAL,)
+
+
+def test_a_move_of_one_source_leaves_the_other_sources_where_they_are() -> None:
+    study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
+    moved = apply_record(
+        study,
+        study_payload(CLOUD, master=M2, change="update", previous_master_patient_id=M1),
+        T0 + timedelta(seconds=5),
+    )
+    assert not moved.conflict  # the patient index moved it (a link): not a disagreement
+    assert moved.study.sources[HOSPITAL].master_patient_id == M1
+    assert {p.master_patient_id for p in moved.puts} == {M1, M2} and moved.drops == ()
+
+
+def test_another_institution_s_report_never_replaces_or_retracts_the_hospital_s() -> None:
+    study = fold(study_payload(), report_payload())
+    later = apply_record(
+        study, report_payload(OTHER, issued="2026-11-21T10:00:00+08:00"), T0 + timedelta(1)
+    )
+    assert later.study.report is not None
+    assert later.study.report.institution == HOSPITAL  # the performer's own comes first
+    assert set(later.study.reports) == {HOSPITAL, OTHER}
+    withdrawn = apply_record(
+        later.study, report_payload(OTHER, change="retraction"), T0 + timedelta(2)
+    )
+    assert set(withdrawn.study.reports) == {HOSPITAL}
+
+
+def test_state_stored_before_sources_were_owned_is_read_with_the_study_s_master() -> None:
+    legacy = {
+        "study_uid": UID,
+        "master_patient_id": M1,
+        "sources": {HOSPITAL: {"institution": HOSPITAL, "record_id": "a" * 32, "status": "ok"}},
+        "report": {"record_id": "b" * 32, "institution": HOSPITAL, "status": "final"},
+        "checks": {},
+        "watermarks": {},
+    }
+    study = Study.model_validate(legacy)
+    assert study.sources[HOSPITAL].master_patient_id == M1
+    assert study.reports[HOSPITAL].master_patient_id == M1
+    assert study.masters == (M1,) and study.report is not None
 
 
 def test_a_report_is_attached_and_a_report_alone_lists_nothing() -> None:
@@ -162,6 +292,7 @@ def test_a_report_is_attached_and_a_report_alone_lists_nothing() -> None:
     assert shown.report.status == "final"
     retracted = apply_record(study, report_payload(change="retraction"), T0 + timedelta(seconds=2))
     assert retracted.change == "update" and retracted.study.report is None
+    assert retracted.study.reports == {}
 
 
 def test_without_a_posted_url_the_institution_s_configured_dicomweb_base_is_used() -> None:
@@ -225,5 +356,10 @@ def test_study_indexed_payloads_follow_the_published_schema() -> None:
     study = fold(study_payload(), study_payload(CLOUD, endpoints=("http://cloud.example",)))
     with_report = apply_record(study, report_payload(), T0 + timedelta(seconds=9)).study
     gone = apply_record(with_report, study_payload(change="retraction"), T0 + timedelta(1)).study
-    for s, change in ((study, "new"), (with_report, "update"), (gone, "retraction")):
+    gone = apply_record(gone, study_payload(CLOUD, change="retraction"), T0 + timedelta(2)).study
+    conflict = apply_record(study, study_payload(OTHER, master=M2), T0 + timedelta(3))
+    assert conflict.events
+    cases = [(study, "new"), (with_report, "update"), (gone.for_master(M1), "retraction")]
+    cases += [(e.study, e.change) for e in conflict.events]
+    for s, change in cases:
         validator.validate({"change": change, **summary(s, base)})

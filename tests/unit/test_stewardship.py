@@ -18,6 +18,8 @@ class Owners:
         self.state: dict[str, MasterState | None] = {}
         self.remastered: list[tuple[str, str]] = []  # (record id, master) in publish order
         self.events: list[sw.StewardEvent] = []
+        #: the identities table: identifier key → the master it names now
+        self.identities: dict[str, str] = {}
 
     def get(self, m: str) -> MasterState | None:
         return self.state.get(m)
@@ -30,12 +32,19 @@ class Owners:
         for s in step.sends:
             if s.to == "record":
                 self.remastered.append((s.key, s.body["master_patient_id"]))
+            elif s.to == "identity":  # the identifier's owner hands them on at once
+                adopt = sw.adopt_message(self.identities.get(s.key), s.body)
+                out.append((adopt.key, adopt.body))
             else:
                 out.append((s.key, s.body))
         return out
 
     def deliver(self, m: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         return self.apply(m, sw.apply(self.get(m), m, body))
+
+    def published_under(self, rid: str) -> str:
+        """The master the record was last published under."""
+        return [m for r, m in self.remastered if r == rid][-1]
 
     def run(self, m: str, body: dict[str, Any]) -> None:
         """Deliver and then deliver everything that causes, until quiet."""
@@ -153,7 +162,8 @@ def test_an_unlinked_identifier_takes_its_records_to_its_new_master() -> None:
     o.record(A, "r-card", "id-card")
     o.record(A, "r-mz", "id-mz")
     new = sw.unlinked_master_id("id-mz", "cmd-9")
-    o.run(A, {"type": "move-records", "anchor": "id-mz", "to": new})
+    o.identities["id-mz"] = new
+    o.run(A, {"type": "move-records", "anchor": "id-mz"})
     assert o.remastered == [("r-mz", new)]
     assert o.state[A].records == {"r-card": "id-card"}  # type: ignore[union-attr]
     assert o.state[new].records == {"r-mz": "id-mz"}  # type: ignore[union-attr]
@@ -215,3 +225,85 @@ def test_every_identity_event_matches_the_published_json_schema() -> None:
     # a raw identifier would fail: the schema admits only master ids and kinds
     bad = dict(payloads[0], master_patient_id="110105198503170011")
     assert not validator.is_valid(bad)
+
+
+# ── relinks: records follow their identifier, whatever the order ─────────────────────────
+
+
+def test_a_claim_that_relinks_an_identifier_sends_its_old_master_move_records() -> None:
+    from services.patient_index.identity import IdentityState, Keyed, apply_claim
+
+    held = IdentityState(master_patient_id=B, rank=10, kind="local")
+    result = apply_claim(held, A, Keyed("id-b", 10, "local"), 20)  # a probabilistic auto-link
+    assert result.event is not None and result.event.kind == "relinked"
+    assert result.records_follow("id-b") == (B, {"type": "move-records", "anchor": "id-b"})
+    # no move when nothing moved: a first claim, the same master again, a conflict
+    assert apply_claim(None, A, Keyed("id-b", 10, "local"), 20).records_follow("id-b") is None
+    same = IdentityState(master_patient_id=A, rank=10, kind="local")
+    assert apply_claim(same, A, Keyed("id-b", 10, "local"), 20).records_follow("id-b") is None
+    strong = IdentityState(master_patient_id=B, rank=50, kind="local")
+    assert apply_claim(strong, A, Keyed("id-b", 10, "local"), 20).records_follow("id-b") is None
+
+
+def test_a_result_published_just_before_an_auto_link_follows_the_patient_to_the_survivor() -> None:
+    """Issue 14, finding 6: hospital B's 劉洋 is auto-linked to hospital X's 刘洋 (master A);
+    B's own blood count, published under B's first master just before, moves to A."""
+    from services.patient_index.identity import IdentityState, Keyed, apply_claim
+
+    o = Owners()
+    o.identities["id-b"] = B
+    assert o.record(B, "r-b", "id-b") == B  # published under B
+    result = apply_claim(
+        IdentityState(master_patient_id=B, rank=10, kind="local"), A, Keyed("id-b", 10, "local"), 20
+    )
+    assert result.state is not None
+    o.identities["id-b"] = result.state.master_patient_id
+    follow = result.records_follow("id-b")
+    assert follow is not None
+    o.run(*follow)
+    assert o.published_under("r-b") == A
+    assert o.state[B].records == {}  # type: ignore[union-attr]
+    assert o.state[A].records == {"r-b": "id-b"}  # type: ignore[union-attr]
+    # a record of that identity resolved after the link goes to A directly
+    assert o.record(A, "r-b2", "id-b") == A
+
+
+def test_two_relinks_in_quick_succession_leave_the_records_with_the_last_master() -> None:
+    """B → A (auto-link), then a steward links the identifier on to C before B's owner has
+    released anything: in either order of the two move-records, the records end under C."""
+    for c_first in (True, False):
+        o = Owners()
+        o.identities["id-b"] = B
+        o.record(B, "r-b", "id-b")
+        o.identities["id-b"] = A  # the claim: move-records to B, pending
+        o.identities["id-b"] = C  # the steward link: move-records to A, pending
+        pending = [(B, {"type": "move-records", "anchor": "id-b"})]
+        to_a = (A, {"type": "move-records", "anchor": "id-b"})
+        pending = [to_a, *pending] if c_first else [*pending, to_a]
+        for target, body in pending:
+            o.run(target, body)
+        assert o.published_under("r-b") == C, c_first
+        assert {m for m, st in o.state.items() if st and st.records} == {C}
+
+
+def test_records_follow_an_identifier_that_is_linked_away_and_back() -> None:
+    o = Owners()
+    o.identities["id-b"] = B
+    o.record(B, "r-b", "id-b")
+    o.identities["id-b"] = A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    assert o.published_under("r-b") == A
+    o.identities["id-b"] = B  # a steward unlinks it back
+    o.run(A, {"type": "move-records", "anchor": "id-b"})
+    assert o.published_under("r-b") == B
+    assert o.state[B].records == {"r-b": "id-b"}  # type: ignore[union-attr]
+
+
+def test_a_relinked_identifier_s_records_reach_the_survivor_of_a_merge() -> None:
+    o = Owners()
+    o.identities["id-b"] = B
+    o.record(B, "r-b", "id-b")
+    o.run(C, merge(A, C))  # A was merged into C
+    o.identities["id-b"] = A  # then B's identifier is auto-linked to A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    assert o.published_under("r-b") == C  # the surviving master
