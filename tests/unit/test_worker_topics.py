@@ -21,7 +21,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
-def test_the_patient_index_creates_its_four_stage_topics_and_six_changelogs(
+def test_the_patient_index_creates_its_five_stage_topics_and_its_changelogs(
     settings: Settings,
 ) -> None:
     from services.patient_index.app import create_app
@@ -29,10 +29,13 @@ def test_the_patient_index_creates_its_four_stage_topics_and_six_changelogs(
     topics = {t.name: t for t in own_topics(create_app(settings))}
     stages = {n for n in topics if not n.endswith("-changelog")}
     assert stages == {
-        f"mrhub-patient-index-by-{s}" for s in ("identity", "block", "record", "master")
+        f"mrhub-patient-index-by-{s}" for s in ("identity", "block", "record", "master", "study")
     }
     changelogs = [t for n, t in topics.items() if n.endswith("-changelog")]
-    assert len(changelogs) == 6
+    tables = {"identities", "seen", "blocks", "reviews", "masters", "published", "study_owners"}
+    assert {t.name for t in changelogs} == {
+        f"mrhub-patient-index-{name}-changelog" for name in tables
+    }
     assert all(t.config["cleanup.policy"] == "compact" for t in changelogs)
     assert all("cleanup.policy" not in topics[n].config for n in stages)
     assert {t.partitions for t in topics.values()} == {4}
