@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps run test unit check lint format types clean
+.PHONY: help setup system-deps run test suite unit check lint format types clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +43,10 @@ setup: system-deps $(STAMP) ## venv, Python packages and the Kafka jars (idempot
 run: setup ## start Kafka (unless MRHUB_KAFKA__BOOTSTRAP_SERVERS is set) and every service
 	$(BIN)/mrhub up
 
-test: setup ## the whole suite: unit tests, then integration tests on a broker the session starts
+test: setup lint types ## the whole check: lint, types, then every test (starts and stops its own Kafka)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+suite: setup ## the tests only, without lint and types
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup ## unit tests only (no broker, no network)
@@ -60,7 +63,7 @@ format: setup ## apply ruff's formatting and fixes
 types: setup ## mypy (strict on services/)
 	$(BIN)/mypy
 
-check: lint types test ## lint, types and the whole suite
+check: test ## the same as test: lint, types and the whole suite
 
 clean: ## remove the venv and caches (not the Kafka jars in ~/.cache/mrhub)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

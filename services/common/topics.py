@@ -98,7 +98,8 @@ STUDY_INDEXED = TopicSpec(
 ACCESS_RECORDED = TopicSpec(
     "mrhub.audit.access-recorded.v1",
     key="institution",
-    description="Audit of reads: who read what about which master patient id, when, why.",
+    description="Audit: who read what about which master patient id, when, why; and every "
+    "write refused because the record belongs to another institution.",
 )
 
 

@@ -29,7 +29,9 @@ class Metrics:
         self.records = Counter(
             "mrhub_imaging_records_total",
             "Imaging results read, by what they did: new, update, retraction, report, "
-            "stale (older than one applied), unchanged.",
+            "stale (older than one applied), unchanged, refused (a withdrawal of another "
+            "source's copy), patient-conflict (two sources of one study name different "
+            "patients).",
             ["change"],
             registry=self.registry,
         )
