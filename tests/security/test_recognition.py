@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,10 +82,26 @@ def _applied(hub: SecurityHub, before: float, count: int, timeout_s: float = 120
 
 
 def _post_results(hub: SecurityHub, docs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Post the results and wait until the worker holds each of them: every poster's own
+    check of the patient lists them (the results counter alone is not enough: what earlier
+    modules posted may still be arriving and move it too)."""
     before = hub.metric(RESULTS, "recognition")
+    expected: Counter[tuple[str, str, str]] = Counter()
     for inst, doc in docs:
         hub.post(inst, "/fhir/Observation", doc)
+        card = doc["subject"]["identifier"]["value"]
+        code = doc["code"]["coding"][0]["code"]
+        expected[(inst, card, code)] += 1
     _applied(hub, before, len(docs))
+    deadline = time.monotonic() + 120
+    for (inst, card, code), count in expected.items():
+        while True:
+            got = hub.check(inst, f"{CARD_SYSTEM}|{card}", f"{LOINC}|{code}")
+            assert got.status_code == 200, got.text
+            if got.json()["matches_total"] >= count:
+                break
+            assert time.monotonic() < deadline, f"{inst}'s result never reached the worker"
+            time.sleep(0.3)
 
 
 def _names(hub: SecurityHub, *insts: str) -> list[str]:
