@@ -385,7 +385,10 @@ def test_a_result_posted_just_before_an_auto_link_ends_under_the_surviving_maste
     survivor = link.payload["master_patient_id"]
 
     def latest_master(record_id: str) -> str:
+        # the record's events are keyed by master, so they sit on different partitions and
+        # arrive in no particular order: the latest is the one published last
         found = [e for e in hub.events(RESULTS) if e.payload["record_id"] == record_id]
+        found.sort(key=lambda e: e.occurred_at)
         return str(found[-1].payload["master_patient_id"]) if found else ""
 
     # both hospitals' blood counts end under the surviving master
