@@ -8,6 +8,7 @@ from the changelog the search still counts every one of them."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -18,9 +19,10 @@ import httpx
 import pytest
 
 from services.common.topics import partition_for
+from services.imaging_index.studies import study_key
 from tests.fhir_samples import gb11643
 from tests.security.conftest import A2, CARD_SYSTEM, PARTITIONS, SecurityHub
-from tests.support import consume_all
+from tests.support import consume_all, produce
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 STUDIES = 1500
@@ -139,3 +141,45 @@ def test_a_patient_with_1500_studies_keeps_them_all_after_a_rebuild_from_the_cha
     one = _search(hub, master, identifier=f"urn:dicom:uid|{uid}")
     assert one.status_code == 200 and one.json()["total"] == 1
     assert one.json()["entry"][0]["resource"]["started"] == oldest
+
+
+def test_a_value_of_the_old_layout_is_read_and_split_at_the_patient_s_next_study(
+    security_hub: SecurityHub,
+) -> None:
+    """A changelog written before one entry per study holds, under the bare master id, one
+    value with every study of the patient. Restored, it is still searched; the patient's
+    next study splits it into entries and deletes it; a rebuild after that finds them all."""
+    hub = security_hub
+    card = gb11643(f"14010519700108{random.randint(100, 999)}")
+    started = datetime.now(UTC) - timedelta(days=1)
+    hub.post(A2, "/fhir/ImagingStudy", _study(card, 0, started))
+    bundle = _total_reaches(hub, f"{CARD_SYSTEM}|{card}", 1, timeout_s=120)
+    master = bundle["entry"][0]["resource"]["subject"]["identifier"]["value"]
+    first = bundle["entry"][0]["resource"]["id"]
+    entry = f"{master}|{first}".encode()
+    [doc] = [json.loads(r.value) for r in consume_all(hub.bootstrap, CHANGELOG) if r.key == entry]
+
+    # the old layout: two more studies (and a stale copy of the first) in one value
+    uids = [f"1.2.826.0.1.3680043.8.498.{uuid.uuid4().int % 10**30}" for _ in range(2)]
+    legacy = {study_key(u): {**doc, "study_uid": u} for u in uids}
+    legacy[first] = {**doc, "patient_conflict": True}
+    produce(hub.bootstrap, CHANGELOG, [(master.encode(), json.dumps(legacy).encode())])
+    hub.restart("imaging", keep_state=False)
+    _total_reaches(hub, master, 3, timeout_s=300)
+    one = _search(hub, master, identifier=f"urn:dicom:uid|urn:oid:{uids[0]}")
+    assert one.status_code == 200 and one.json()["total"] == 1
+
+    # the patient's next study splits the old value
+    hub.post(A2, "/fhir/ImagingStudy", _study(card, 1, started))
+    _total_reaches(hub, master, 4, timeout_s=120)
+    records = [
+        r for r in consume_all(hub.bootstrap, CHANGELOG) if r.key.startswith(master.encode())
+    ]
+    assert [r.value for r in records if r.key == master.encode()][-1] is None  # deleted
+    split = {r.key.decode().partition("|")[2]: r.value for r in records if r.key != master.encode()}
+    assert set(legacy) <= set(split)
+    assert json.loads(split[first]) == doc  # the entry was newer than the old value's copy
+    assert {r.partition for r in records} == {partition_for(master.encode(), PARTITIONS)}
+
+    hub.restart("imaging", keep_state=False)
+    _total_reaches(hub, master, 4, timeout_s=300)
