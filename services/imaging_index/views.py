@@ -238,8 +238,9 @@ def install(ctx: Context) -> None:
     def stored(master: str, study_uid: str | None = None) -> list[dict[str, Any]]:
         """The master's studies as the ``patients`` table holds them: its entries, read with
         a prefix scan of the partition that holds them (only the study's own entry when
-        ``study_uid`` is given), plus a value of the old layout if the patient had no event
-        since it was restored (then split into entries)."""
+        ``study_uid`` is given), plus the patient's value of the old layout, if one was
+        restored and no event of the patient has split it into entries yet (an entry wins
+        over its copy there)."""
         part = partition_for(master.encode(), partitions)
         if study_uid:
             key = study_key(study_uid)
