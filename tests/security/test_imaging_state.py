@@ -12,6 +12,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,6 +100,26 @@ def _total_reaches(hub: SecurityHub, patient: str, want: int, timeout_s: float) 
 
 
 @pytest.mark.timeout(1200)
+def _changelog(
+    hub: SecurityHub, master: str, done: Callable[[list[Any]], bool], timeout_s: float = 120
+) -> list[Any]:
+    """The ``patients`` changelog records of ``master`` (its entries and a value under the
+    bare master id), once ``done`` says they are all there: a table write is in the store as
+    soon as it is made, in the changelog when its transaction commits."""
+    key = master.encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [
+            r
+            for r in consume_all(hub.bootstrap, CHANGELOG)
+            if r.key == key or r.key.startswith(key + b"|")
+        ]
+        if done(records):
+            return records
+        assert time.monotonic() < deadline, f"{len(records)} changelog records of the master"
+        time.sleep(0.5)
+
+
 def test_a_patient_with_1500_studies_keeps_them_all_after_a_rebuild_from_the_changelog(
     security_hub: SecurityHub,
 ) -> None:
@@ -125,12 +146,11 @@ def test_a_patient_with_1500_studies_keeps_them_all_after_a_rebuild_from_the_cha
 
     # one changelog entry per study, each small, all in the partition of the master's own
     # messages (where the search's prefix scan reads them)
-    prefix = f"{master}|".encode()
-    records = [r for r in consume_all(hub.bootstrap, CHANGELOG) if r.key.startswith(prefix)]
+    records = _changelog(hub, master, lambda rs: len({r.key for r in rs}) >= STUDIES)
     assert len({r.key for r in records}) == STUDIES
+    assert not [r for r in records if r.key == master.encode()]  # no value of all of them
     assert {r.partition for r in records} == {partition_for(master.encode(), PARTITIONS)}
     assert max(len(r.value) for r in records if r.value is not None) < ENTRY_BYTES
-    assert not [r for r in consume_all(hub.bootstrap, CHANGELOG) if r.key == master.encode()]
 
     # the worker loses its RocksDB state and rebuilds it from the changelog
     hub.restart("imaging", keep_state=False)
@@ -157,7 +177,8 @@ def test_a_value_of_the_old_layout_is_read_and_split_at_the_patient_s_next_study
     master = bundle["entry"][0]["resource"]["subject"]["identifier"]["value"]
     first = bundle["entry"][0]["resource"]["id"]
     entry = f"{master}|{first}".encode()
-    [doc] = [json.loads(r.value) for r in consume_all(hub.bootstrap, CHANGELOG) if r.key == entry]
+    records = _changelog(hub, master, lambda rs: any(r.key == entry for r in rs))
+    [doc] = [json.loads(r.value) for r in records if r.key == entry]
 
     # the old layout: two more studies (and a stale copy of the first) in one value
     uids = [f"1.2.826.0.1.3680043.8.498.{uuid.uuid4().int % 10**30}" for _ in range(2)]
@@ -172,10 +193,9 @@ def test_a_value_of_the_old_layout_is_read_and_split_at_the_patient_s_next_study
     # the patient's next study splits the old value
     hub.post(A2, "/fhir/ImagingStudy", _study(card, 1, started))
     _total_reaches(hub, master, 4, timeout_s=120)
-    records = [
-        r for r in consume_all(hub.bootstrap, CHANGELOG) if r.key.startswith(master.encode())
-    ]
-    assert [r.value for r in records if r.key == master.encode()][-1] is None  # deleted
+    records = _changelog(
+        hub, master, lambda rs: [r.value for r in rs if r.key == master.encode()][-1] is None
+    )  # the old value is deleted
     split = {r.key.decode().partition("|")[2]: r.value for r in records if r.key != master.encode()}
     assert set(legacy) <= set(split)
     assert json.loads(split[first]) == doc  # the entry was newer than the old value's copy
