@@ -11,8 +11,15 @@ Three stages, each key owned by one partition's worker:
    publishes the change on ``mrhub.imaging.study-indexed.v1`` (keyed by master patient id),
    and sends the study to its patient's owner (internal topic ``…-by-patient``): *put* under
    the master it belongs to, *drop* under the one it left.
-3. ``patients`` owns the ``patients`` table (master patient id → its studies), which the
-   HTTP routes read (:mod:`services.imaging_index.views`).
+3. ``patients`` owns the ``patients`` table: one entry per study of a patient, key
+   ``<master patient id>|<study key>``, value that patient's view of the study. faust writes
+   a table change to the changelog partition of the event being processed (here the
+   ``…-by-patient`` message, keyed by master id), so a patient's entries all live in that
+   master's partition, and the HTTP routes (:mod:`services.imaging_index.views`) read them
+   with a prefix scan of it (:func:`services.common.faust_fixes.scan_prefix`). No value
+   grows with a patient's imaging history. A value of the old layout (master id → every
+   study), restored from an older changelog, is still read, and is split into entries at
+   that patient's next event.
 
 The app runs ``exactly_once``: each stage's sends, table changes and input offset commit in
 one transaction (``Stages.emit`` sends in the source partition's transaction). A message a
@@ -54,6 +61,7 @@ from services.imaging_index.studies import (
     apply_record,
     endpoints_of,
     modality_label,
+    patient_entry,
     study_key,
     study_uid_of,
     summary,
@@ -99,6 +107,9 @@ def create_app(
     indexed = app.topic(STUDY_INDEXED.name, key_type=bytes, value_type=bytes)
     dlq = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes)
     studies = app.Table("studies", partitions=partitions, key_type=bytes, value_type=bytes)
+    # one entry per study of a patient (``<master>|<study key>``, see ``on_patient``); the
+    # 8 MiB limit is for values of the old layout (master → every study) still in the
+    # changelog until each such patient's next event splits it
     patients = app.Table(
         "patients",
         partitions=partitions,
@@ -233,21 +244,31 @@ def create_app(
 
     # ------------------------------------------------------------------ 3. patients
 
+    def migrate_legacy(master: bytes) -> None:
+        """Split a value of the old layout (master id → every study of the patient) into one
+        entry per study, inside the current event's transaction. An entry already written in
+        the new layout is newer and stays."""
+        raw = patients.get(master)
+        if not raw:
+            return
+        for key, doc in dict(_loads(raw)).items():
+            entry = patient_entry(master.decode(), str(key))
+            if patients.get(entry) is None:
+                patients[entry] = _dumps(doc)
+        del patients[master]
+
     async def on_patient(event: Any, key: bytes | None, value: bytes) -> None:
         if key is None:
             raise ValueError("a patient message without a master patient id")
         msg = _loads(value)
-        raw = patients.get(key)
-        mine: dict[str, Any] = dict(_loads(raw)) if raw else {}
+        migrate_legacy(key)
         if msg["op"] == "put":
             study = Study.model_validate(msg["study"])
-            mine[study.key] = msg["study"]
-        else:
-            mine.pop(str(msg["study_key"]), None)
-        if mine:
-            patients[key] = _dumps(mine)
-        elif raw is not None:
-            del patients[key]
+            patients[patient_entry(key.decode(), study.key)] = _dumps(msg["study"])
+            return
+        entry = patient_entry(key.decode(), str(msg["study_key"]))
+        if patients.get(entry) is not None:
+            del patients[entry]
 
     stages.agent(results, "records", on_result)
     stages.agent(by_study, "studies", on_study)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Final
+from typing import Any, Final
 
 from services.imaging_index.studies import StudyView
 
@@ -238,14 +238,27 @@ def parse_qido(params: Mapping[str, Sequence[str]], *, max_count: int) -> Query:
     )
 
 
-def _start(study: StudyView) -> datetime | None:
-    if not study.performed_at:
+def _moment(performed_at: str | None) -> datetime | None:
+    if not performed_at:
         return None
     try:
-        moment = datetime.fromisoformat(study.performed_at)
+        moment = datetime.fromisoformat(performed_at)
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=CHINA)
+
+
+def _start(study: StudyView) -> datetime | None:
+    return _moment(study.performed_at)
+
+
+def _in_ranges(moment: datetime | None, query: Query) -> bool:
+    if moment is None:
+        return False
+    for lo, hi in query.started:
+        if (lo is not None and moment < lo) or (hi is not None and moment >= hi):
+            return False
+    return True
 
 
 def matches(study: StudyView, query: Query) -> bool:
@@ -253,13 +266,49 @@ def matches(study: StudyView, query: Query) -> bool:
         return False
     if query.study_uid and study.study_uid != query.study_uid:
         return False
-    if query.started:
-        moment = _start(study)
-        if moment is None:
+    return not query.started or _in_ranges(_start(study), query)
+
+
+def _sources_of(stored: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    sources = stored.get("sources")
+    if not isinstance(sources, Mapping):
+        return None
+    found = [s for s in sources.values() if isinstance(s, Mapping)]
+    return found if len(found) == len(sources) else None
+
+
+def institutions_of(stored: Mapping[str, Any]) -> list[str]:
+    """The institutions whose sources a stored study (a ``patients`` table value, as JSON)
+    holds: the ones a reader must be allowed to see for the study to be shown at all."""
+    sources = stored.get("sources")
+    if not isinstance(sources, Mapping):
+        return []
+    return [
+        str(s.get("institution") or inst) if isinstance(s, Mapping) else str(inst)
+        for inst, s in sources.items()
+    ]
+
+
+def may_match(stored: Mapping[str, Any], query: Query) -> bool:
+    """Whether a stored study (a ``patients`` table value, as JSON) could match ``query``,
+    before it is made into a view: ``False`` only when no source has a modality, a start or
+    the UID the query asks for (a view shows its visible sources' modalities and the start of
+    one of them). A cheap first pass; :func:`matches` decides on the view."""
+    if query.study_uid and stored.get("study_uid") != query.study_uid:
+        return False
+    if not query.modalities and not query.started:
+        return True
+    sources = _sources_of(stored)
+    if sources is None:
+        return True  # not the shape this knows: let the view decide
+    if query.modalities:
+        posted = {str(m) for s in sources for m in (s.get("modalities") or ())}
+        if not query.modalities & posted:
             return False
-        for lo, hi in query.started:
-            if (lo is not None and moment < lo) or (hi is not None and moment >= hi):
-                return False
+    if query.started:
+        starts = [s.get("performed_at") for s in sources]
+        if not any(_in_ranges(_moment(p if isinstance(p, str) else None), query) for p in starts):
+            return False
     return True
 
 

@@ -90,6 +90,17 @@ def study_key(study_uid: str) -> str:
     return hashlib.sha256(f"mrhub-study-v1|{study_uid}".encode()).hexdigest()[:32]
 
 
+def patient_prefix(master_patient_id: str) -> bytes:
+    """The prefix of every ``patients`` table key of one master: ``<master>|`` (a master id
+    never holds ``|``)."""
+    return master_patient_id.encode() + b"|"
+
+
+def patient_entry(master_patient_id: str, key: str) -> bytes:
+    """The ``patients`` table key of one study of one master: ``<master>|<study key>``."""
+    return patient_prefix(master_patient_id) + key.encode()
+
+
 def modality_label(code: str) -> str:
     """A bounded metric label for a modality code."""
     code = code.strip().upper()

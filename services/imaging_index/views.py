@@ -37,6 +37,7 @@ from yarl import URL
 
 from services.common.audit import access_event
 from services.common.envelope import utcnow
+from services.common.faust_fixes import scan_prefix
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, may_read
 from services.common.kafka_security import aiokafka_options
@@ -44,12 +45,19 @@ from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_
 from services.common.settings import Settings
 from services.common.stages import dumps as _dumps
 from services.common.stages import loads as _loads
-from services.common.topics import ACCESS_RECORDED
+from services.common.topics import ACCESS_RECORDED, partition_for
 from services.common.web_guard import guard_for, page
 from services.imaging_index import render, search
 from services.imaging_index.metrics import Metrics
 from services.imaging_index.search import CHINA, Query, QueryError
-from services.imaging_index.studies import Study, StudyView, view
+from services.imaging_index.studies import (
+    Study,
+    StudyView,
+    patient_entry,
+    patient_prefix,
+    study_key,
+    view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,32 +233,69 @@ def install(ctx: Context) -> None:
             response = outcome(503, "transient", "the worker that owns the patient did not answer")
             raise Refused(response, "unavailable") from exc
 
-    def visible(reader: Institution, master: str | None) -> tuple[list[StudyView], int]:
-        """The master's studies the reader may see, and how many it may not."""
+    partitions = ctx.settings.topic_partitions
+
+    def stored(master: str, study_uid: str | None = None) -> list[dict[str, Any]]:
+        """The master's studies as the ``patients`` table holds them: its entries, read with
+        a prefix scan of the partition that holds them (only the study's own entry when
+        ``study_uid`` is given), plus the patient's value of the old layout, if one was
+        restored and no event of the patient has split it into entries yet (an entry wins
+        over its copy there)."""
+        part = partition_for(master.encode(), partitions)
+        if study_uid:
+            key = study_key(study_uid)
+            found = scan_prefix(ctx.patients, part, patient_entry(master, key), limit=1)
+        else:
+            found = scan_prefix(ctx.patients, part, patient_prefix(master))
+        docs: dict[str, Any] = {k.rpartition(b"|")[2].decode(): _loads(v) for k, v in found}
+        legacy = ctx.patients.get(master.encode())
+        if legacy:
+            for key, doc in dict(_loads(legacy)).items():
+                if study_uid is None or key == study_key(study_uid):
+                    docs.setdefault(str(key), doc)
+        return [d for d in docs.values() if isinstance(d, dict)]
+
+    def visible(
+        reader: Institution, master: str | None, query: Query
+    ) -> tuple[list[StudyView], bool, bool]:
+        """The master's studies that match ``query`` and that the reader may see; whether
+        the master has a study the reader may see; whether it has one the reader may not.
+
+        The work is bounded by what is read: a search for one study reads that study's entry
+        only (all of them only when it is not there, to tell ``none`` from
+        ``out-of-scope``), and only the studies that could match and have a visible source
+        are turned into views."""
         if master is None:
-            return [], 0
-        raw = ctx.patients.get(master.encode())
-        if not raw:
-            return [], 0
+            return [], False, False
         today = datetime.now(CHINA).date()
+        seen: dict[str, bool] = {}
 
         def may_see(institution: str) -> bool:
-            if institution == reader.id:
-                return True
-            performer = ctx.registry.get(institution)
-            return performer is not None and may_read(
-                reader, performer, category="imaging", on=today
-            )
+            if institution not in seen:
+                performer = ctx.registry.get(institution)
+                seen[institution] = institution == reader.id or (
+                    performer is not None
+                    and may_read(reader, performer, category="imaging", on=today)
+                )
+            return seen[institution]
 
+        def shows(doc: dict[str, Any]) -> bool:
+            return any(may_see(inst) for inst in search.institutions_of(doc))
+
+        docs = stored(master, query.study_uid)
         shown: list[StudyView] = []
-        hidden = 0
-        for doc in _loads(raw).values():
+        for doc in docs:
+            if not shows(doc) or not search.may_match(doc, query):
+                continue
             v = view(Study.model_validate(doc), may_see=may_see, registry_base=ctx.registry_base)
-            if v is None:
-                hidden += 1
-            else:
+            if v is not None:
                 shown.append(v)
-        return shown, hidden
+        if shown:
+            return shown, True, any(not shows(d) for d in docs)
+        if query.study_uid:
+            docs = stored(master)
+        flags = [shows(d) for d in docs]
+        return [], any(flags), not all(flags)
 
     async def audit(
         route: Route,
@@ -300,7 +345,7 @@ def install(ctx: Context) -> None:
             forwarded = await forward(route, request, given, master)
             if forwarded is not None:
                 return forwarded
-        shown, hidden = visible(reader, master)
+        shown, any_shown, any_hidden = visible(reader, master, query)
         found = search.select(shown, query)
         page = found[query.offset : query.offset + query.count]
         if master is None:
@@ -308,14 +353,14 @@ def install(ctx: Context) -> None:
         elif found:
             gist = "found"
         else:
-            gist = "out-of-scope" if hidden and not shown else "none"
+            gist = "out-of-scope" if any_hidden and not any_shown else "none"
         await audit(route, reader, master, page, gist, query, request)
         ctx.metrics.queries.labels(route, "found" if page else gist).inc()
         if route == "qido":
             body = [render.qido_study(s) for s in page]
             return Response(body=_dumps(body), content_type=DICOM_JSON)
         # no link names the master patient id unless the reader may see a study of hers
-        links = _links(base, query, master if shown else None, len(found))
+        links = _links(base, query, master if any_shown else None, len(found))
         bundle = render.searchset(
             page, total=len(found), base_url=base, links=links, timestamp=utcnow()
         )

@@ -159,3 +159,69 @@ def test_a_study_with_no_endpoint_is_listed_as_unavailable() -> None:
     assert "Value" not in doc["00081190"]
     assert doc["00080056"]["Value"] == ["UNAVAILABLE"]
     assert HOSPITAL not in shown.institutions
+
+
+def _stored(uid: str, *posts: dict[str, Any]) -> dict[str, Any]:
+    """A study as the ``patients`` table holds it: M1's projection, as JSON."""
+    study: Study | None = None
+    for n, kw in enumerate(posts):
+        payload = study_payload(**{k: v for k, v in kw.items() if k != "started"})
+        payload["imaging"]["study_uid"] = uid
+        payload["performed_at"] = kw.get("started", "2026-11-20T08:30:00+08:00")
+        study = apply_record(study, payload, T0 + timedelta(minutes=n)).study
+    assert study is not None
+    doc: dict[str, Any] = study.for_master(M1).model_dump(mode="json")
+    return doc
+
+
+def test_the_first_pass_on_stored_studies_never_drops_a_study_the_view_matches() -> None:
+    stored = [
+        _stored("1.2.3.1", {"modalities": ("CT",), "started": "2026-01-01T08:00:00+08:00"}),
+        _stored(
+            "1.2.3.2",
+            {"modalities": ("MR",), "started": "2026-03-05T10:00:00+08:00"},
+            {"institution": CLOUD, "modalities": ("US",), "started": None},
+        ),
+        _stored("1.2.3.3", {"modalities": ("US",), "started": None}),
+    ]
+    readers = {
+        "everyone": lambda _: True,
+        "the hospital only": lambda inst: inst == HOSPITAL,
+        "the cloud only": lambda inst: inst == CLOUD,
+    }
+    queries = [
+        q(patient=M1),
+        q(patient=M1, modality="MR"),
+        q(patient=M1, modality="US,XA"),
+        q(patient=M1, modality="XA"),
+        q(patient=M1, started="ge2026-02-01"),
+        q(patient=M1, started="2026-01-01"),
+        q(patient=M1, started=["ge2026-02", "lt2026-03-06"], modality="MR"),
+        q(patient=M1, identifier="urn:dicom:uid|urn:oid:1.2.3.2"),
+        q(patient=M1, identifier="urn:dicom:uid|urn:oid:1.2.3.9"),
+    ]
+    for name, may_see in readers.items():
+        for params in queries:
+            query = search.parse_fhir(params, max_count=100)
+            for doc in stored:
+                shown = view(Study.model_validate(doc), may_see=may_see, registry_base=base)
+                if shown is not None and search.matches(shown, query):
+                    assert search.may_match(doc, query), (name, params, doc["study_uid"])
+    # and it does drop what no source could match
+    by_uid = {d["study_uid"]: d for d in stored}
+    xa = search.parse_fhir(q(patient=M1, modality="XA"), max_count=100)
+    assert not any(search.may_match(d, xa) for d in stored)
+    late = search.parse_fhir(q(patient=M1, started="ge2026-02-01"), max_count=100)
+    assert [u for u, d in by_uid.items() if search.may_match(d, late)] == ["1.2.3.2"]
+    one = search.parse_fhir(q(patient=M1, identifier="urn:dicom:uid|urn:oid:1.2.3.3"), max_count=9)
+    assert [u for u, d in by_uid.items() if search.may_match(d, one)] == ["1.2.3.3"]
+
+
+def test_the_institutions_of_a_stored_study_are_its_sources_posters() -> None:
+    doc = _stored("1.2.3.2", {}, {"institution": CLOUD})
+    assert search.institutions_of(doc) == [HOSPITAL, CLOUD]
+    assert search.institutions_of({"study_uid": "1.2.3"}) == []
+    # a shape it does not know is left to the view
+    assert search.may_match(
+        {"sources": []}, search.parse_fhir(q(patient=M1, modality="CT"), max_count=9)
+    )

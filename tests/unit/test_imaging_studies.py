@@ -14,6 +14,8 @@ from services.imaging_index.studies import (
     apply_check,
     apply_record,
     dicomweb_base,
+    patient_entry,
+    patient_prefix,
     study_key,
     summary,
     view,
@@ -363,3 +365,12 @@ def test_study_indexed_payloads_follow_the_published_schema() -> None:
     cases += [(e.study, e.change) for e in conflict.events]
     for s, change in cases:
         validator.validate({"change": change, **summary(s, base)})
+
+
+def test_a_patient_s_entries_share_one_prefix_that_no_other_master_s_keys_start_with() -> None:
+    key = study_key(UID)
+    assert patient_entry(M1, key) == f"{M1}|{key}".encode()
+    assert patient_entry(M1, key).startswith(patient_prefix(M1))
+    assert not patient_entry(M2, key).startswith(patient_prefix(M1))
+    # the bare master id (a value of the layout before one entry per study) is not an entry
+    assert not M1.encode().startswith(patient_prefix(M1))
