@@ -779,6 +779,69 @@ def test_other_services_resolve_any_identifier_to_the_surviving_master(hub: Hub)
     assert refused.status_code == 401
 
 
+def _published(hub: Hub, record_ids: set[str], where: Callable[[dict[str, Any]], bool]) -> set[str]:
+    """Which of ``record_ids`` have a publication on the results topic for which ``where``
+    holds."""
+    return {
+        str(p["record_id"])
+        for p in (
+            Envelope.from_bytes(r.value).payload
+            for r in consume_all(hub.bootstrap, "mrhub.results.result-indexed.v1")
+        )
+        if p["record_id"] in record_ids and where(p)
+    }
+
+
+def test_a_master_with_thousands_of_records_keeps_them_all_across_a_merge(hub: Hub) -> None:
+    """Issue 14: a master's records are one table entry each, so a patient with a long
+    history is not one ever-growing value; a merge re-publishes every one of them."""
+    a, b, _ = hub.tokens
+    card_x, card_y = new_card(), new_card()
+    [rx] = results(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x))))
+    mx = rx.payload["master_patient_id"]
+    bundles, per_bundle = 3, 1000
+    traces = [
+        trace(hub.post(b, "/fhir", bundle("transaction", b, n_obs=per_bundle, id_card=card_y)))
+        for _ in range(bundles)
+    ]
+    ids: set[str] = set()
+    masters: set[str] = set()
+    for t in traces:
+        deadline = time.monotonic() + 300
+        envs = results(hub, t, expect=per_bundle)
+        while len(envs) < per_bundle and time.monotonic() < deadline:
+            envs = results(hub, t, expect=per_bundle)
+        assert len(envs) == per_bundle, t
+        ids |= {str(e.payload["record_id"]) for e in envs}
+        masters |= {str(e.payload["master_patient_id"]) for e in envs}
+    assert len(ids) == bundles * per_bundle
+    [my] = masters
+    assert my != mx
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == len(ids)
+
+    cmd = command(hub, "/patients/$merge", {"source": my, "target": mx, "reason": "same"})
+    [merged] = steward_events(hub, cmd, "merged")
+    assert merged.payload["previous_master_patient_id"] == my
+
+    def moved(p: dict[str, Any]) -> bool:
+        return bool(
+            p["change"] == "update"
+            and p["master_patient_id"] == mx
+            and p.get("previous_master_patient_id") == my
+        )
+
+    deadline = time.monotonic() + 300
+    done = _published(hub, ids, moved)
+    while done != ids and time.monotonic() < deadline:  # each read of the topic takes a while
+        done = _published(hub, ids, moved)
+    assert len(done) == len(ids), f"{len(ids) - len(done)} records not re-published"
+    shown = steward(hub, "GET", f"/patients/{my}").json()
+    assert (shown["status"], shown["records"]) == ("merged", len(ids))
+    # a result posted for Y afterwards is X's, and the master keeps counting per record
+    assert master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y)))) == mx
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == len(ids) + 1
+
+
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies(
     hub: Hub,
 ) -> None:
