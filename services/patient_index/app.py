@@ -9,9 +9,14 @@
    orders to their master's owner.
 3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
    matches): probabilistic linking, the review queue, stewards' confirm / reject.
-4. ``master`` owns the ``masters`` table (master id → its records, merges, history): it
-   stamps each record with the surviving master id, applies merges and unmerges and
-   re-publishes the records they move (see :mod:`services.patient_index.stewardship`).
+4. ``master`` owns the ``masters`` table (master id → merges, history: a bounded value) and
+   the ``master_records`` table (one entry per record of the master's own identities,
+   ``<master id>|<record id>`` → the anchor's keyed hash; a master's entries are in its
+   partition and read with a prefix scan, see
+   :func:`services.common.faust_fixes.scan_prefix`): it stamps each record with the
+   surviving master id, applies merges and unmerges and re-publishes the records they move
+   (see :mod:`services.patient_index.stewardship`). Nothing that grows with a patient's
+   history is rewritten whole, so no value can outgrow Kafka's message size.
 5. ``index`` owns the ``seen`` and ``published`` tables (record id → what was published): it
    drops repeats and stale versions and publishes new records, updates and retractions on
    ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``. Every record is
@@ -41,6 +46,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
+from services.common.faust_fixes import scan_prefix
 from services.common.identifiers import keyed_hash
 from services.common.institutions import hash_token
 from services.common.metrics import build_info, new_registry
@@ -56,6 +62,7 @@ from services.common.topics import (
     RESOURCE_ACCEPTED,
     RESULT_INDEXED,
     dead_letter,
+    partition_for,
 )
 from services.patient_index import dedup, matching, stewardship
 from services.patient_index import web as steward_api
@@ -88,6 +95,17 @@ CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "Servic
 BLOCK_LIMIT = 500
 #: The audit event of a write refused because the record is another institution's.
 WRITE_REFUSED = "mrhub.audit.write-refused"
+
+
+def record_entry(master: bytes, record_id: str) -> bytes:
+    """The ``master_records`` key of one record of ``master``: ``<master>|<record id>``."""
+    return master + b"|" + record_id.encode()
+
+
+def records_prefix(master: bytes) -> bytes:
+    """The prefix of every ``master_records`` key of ``master`` (a master id never holds
+    ``|``)."""
+    return master + b"|"
 
 
 class Metrics:
@@ -169,14 +187,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
     blocks = app.Table("blocks", partitions=partitions, key_type=bytes, value_type=bytes)
     reviews = app.Table("reviews", partitions=partitions, key_type=bytes, value_type=bytes)
-    # a master's value lists its record ids (~70 bytes each): allow 8 MiB values (~100,000
-    # records) instead of the broker's 1 MiB default
-    masters = app.Table(
-        "masters",
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        extra_topic_configs={"max.message.bytes": str(8 * 1024 * 1024)},
+    # master id → what it is merged into, its root, children, history (bounded)
+    masters = app.Table("masters", partitions=partitions, key_type=bytes, value_type=bytes)
+    # <master id>|<record id> → the anchor's keyed hash: one entry per record of a master,
+    # written in the partition of the master's by-master messages
+    master_records = app.Table(
+        "master_records", partitions=partitions, key_type=bytes, value_type=bytes
     )
     # the last record published per record id: what a merge or unmerge re-publishes
     published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
@@ -404,17 +420,62 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     # ---------------------------------------------------------------- 2c. master
 
+    def master_records_of(key: bytes, partition: int | None = None) -> dict[str, str]:
+        """record id → anchor key of every record of master ``key``: a prefix scan of the
+        partition that holds them (the event's own, or the master's when answering HTTP)."""
+        part = partition_for(key, partitions) if partition is None else partition
+        prefix = records_prefix(key)
+        return {
+            k[len(prefix) :].decode(): v.decode()
+            for k, v in scan_prefix(master_records, part, prefix)
+        }
+
+    def load_master(key: bytes) -> tuple[stewardship.MasterState | None, dict[str, str]]:
+        raw = masters.get(key)
+        if not raw:
+            return None, {}
+        return stewardship.MasterState.load(raw)
+
+    def migrate_legacy(key: bytes) -> stewardship.MasterState | None:
+        """Split a master's value of the old layout (its state listing every record) into
+        one entry per record and a state without them, inside the current event's
+        transaction; the state as stored now."""
+        st, legacy = load_master(key)
+        if st is None or not legacy:
+            return st
+        for rid, anchor in legacy.items():
+            entry = record_entry(key, rid)
+            if master_records.get(entry) is None:
+                master_records[entry] = anchor.encode()
+        masters[key] = st.model_dump_json().encode()
+        return st
+
+    def master_view(mid: str, count: bool) -> dict[str, Any] | None:
+        """``GET /patients/{id}`` at the master's owner: its state and, when ``count``, how
+        many records it holds (a prefix scan; a state of the old layout counts the records
+        it still lists too)."""
+        key = mid.encode()
+        st, legacy = load_master(key)
+        if st is None:
+            return None
+        if not count:
+            return st.public_view(None)
+        return st.public_view(len(legacy.keys() | master_records_of(key).keys()))
+
     async def master(event: Any, key: bytes | None, value: bytes) -> None:
         """Owner of one master patient id: its records, merges and unmerges."""
         if key is None:
             raise ValueError("master message without a key")
         msg = _loads(value)
         mid = key.decode()
-        raw = masters.get(key)
-        st = stewardship.MasterState.model_validate_json(raw) if raw else None
+        st = migrate_legacy(key)
         kind = msg["type"]
         if kind == "record":
-            step = stewardship.add_record(st, mid, msg["record"]["record_id"], msg["anchor"])
+            rid = msg["record"]["record_id"]
+            known = master_records.get(record_entry(key, rid))
+            step = stewardship.add_record(
+                st, mid, rid, msg["anchor"], known.decode() if known is not None else None
+            )
             root = (step.state or st or stewardship.MasterState.new(mid)).root
             msg["record"]["master_patient_id"] = root
             await emit(
@@ -424,9 +485,18 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 _dumps({"type": "record", "record": msg["record"], "source": msg["source"]}),
             )
         else:
-            step = stewardship.apply(st, mid, msg)
+            mine = (
+                master_records_of(key, event.message.partition)
+                if kind in stewardship.NEEDS_RECORDS
+                else None
+            )
+            step = stewardship.apply(st, mid, msg, mine)
         if step.state is not None:
             masters[key] = step.state.model_dump_json().encode()
+        for rid, anchor in step.add.items():
+            master_records[record_entry(key, rid)] = anchor.encode()
+        for rid in step.remove:
+            del master_records[record_entry(key, rid)]
         for send in step.sends:
             topic = {"master": by_master, "record": by_record, "identity": by_identity}[send.to]
             await emit(event, topic, send.key.encode(), _dumps(send.body))
@@ -678,6 +748,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             identities=identities,
             blocks=blocks,
             masters=masters,
+            master_view=master_view,
             reviews=reviews,
             by_identity=by_identity.get_topic_name(),
             by_master=by_master.get_topic_name(),

@@ -1,9 +1,13 @@
 """Master patients over time: records, merges, unmerges, and the history of each.
 
-One owner per master patient id keeps a :class:`MasterState`: which canonical records belong
-to the master's own identities (record id → the anchor identifier's keyed hash), the master
-it is merged into (if any), the *root* it resolves to (the surviving master at the top of its
-merge chain), the masters merged into it, and a history of what stewards did.
+One owner per master patient id keeps a :class:`MasterState`: the master it is merged into
+(if any), the *root* it resolves to (the surviving master at the top of its merge chain), the
+masters merged into it, and a history of what stewards did (the last :data:`HISTORY_LIMIT`
+entries) — a bounded value. Which canonical records belong to the master's own identities
+(record id → the anchor identifier's keyed hash) is kept apart, one table entry per record
+(``master_records``, see :mod:`services.patient_index.app`), so nothing that grows with a
+patient's history is rewritten whole: the functions here take the records they need as a
+mapping and return the entries to add and remove in their :class:`Step`.
 
 Every record passes its identity's master on the way to the index stage, which stamps it with
 that master's root — so a record posted after a merge is published under the surviving id.
@@ -21,25 +25,33 @@ A merge is two steps, so that a cycle is refused without a global lock:
    otherwise records the merge, publishes it, and re-publishes its records. A refusal tells
    the target to drop the child again.
 
-Pure functions: each takes the stored state and a message and returns the new state (or
-``None`` when nothing changes) and the messages to send. The agent sends and stores them in
-one Kafka transaction.
+Pure functions: each takes the stored state (and, where it needs them, the master's records)
+and a message, and returns the new state (or ``None`` when nothing changes), the record
+entries to add and remove, and the messages to send. The agent sends and stores them in one
+Kafka transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 #: Rank of an identifier a data steward linked or unlinked: above any automatic evidence, so
 #: no later claim moves it back.
 STEWARD_RANK = 100
 #: History entries kept per master (the oldest drop out first; the events stay on Kafka).
 HISTORY_LIMIT = 200
+#: Records per ``records-released`` / ``adopt-records`` message: a relink of an identifier
+#: with many records sends several messages, none near Kafka's message size limit.
+RELEASE_CHUNK = 1000
+#: Types of master messages whose step needs the master's records (a prefix scan).
+NEEDS_RECORDS = frozenset({"attach", "unmerge", "set-root", "move-records"})
 
 StewardEventKind = Literal[
     "merged",
@@ -72,22 +84,30 @@ class MasterState(BaseModel):
     merged_into: str | None = None
     root: str
     children: tuple[str, ...] = ()
-    records: dict[str, str] = Field(default_factory=dict)  # record id → anchor key
     history: tuple[HistoryEntry, ...] = ()
 
     @classmethod
     def new(cls, master: str) -> MasterState:
         return cls(master_patient_id=master, root=master)
 
-    def public_view(self) -> dict[str, Any]:
-        """What a steward sees: no identifier, only ids, counts and history."""
+    @classmethod
+    def load(cls, raw: bytes | str) -> tuple[MasterState, dict[str, str]]:
+        """A stored value, and the records it still lists if it was written in the layout
+        before one entry per record (``records``: record id → anchor key), else ``{}``."""
+        doc = json.loads(raw)
+        legacy = doc.pop("records", None) or {}
+        return cls.model_validate(doc), {str(r): str(a) for r, a in dict(legacy).items()}
+
+    def public_view(self, records: int | None) -> dict[str, Any]:
+        """What a steward sees: no identifier, only ids, counts and history (``records``:
+        how many records the master's own identities hold; ``None`` when not counted)."""
         return {
             "master_patient_id": self.master_patient_id,
             "status": "merged" if self.merged_into else "active",
             "merged_into": self.merged_into,
             "surviving_master_patient_id": self.root,
             "merged_from": list(self.children),
-            "records": len(self.records),
+            "records": records,
             "history": [h.model_dump(mode="json") for h in self.history],
         }
 
@@ -150,6 +170,10 @@ class Step:
     state: MasterState | None  # to store, or None: unchanged
     sends: list[Send] = field(default_factory=list)
     events: list[StewardEvent] = field(default_factory=list)
+    #: record entries of this master to write (record id → anchor key)
+    add: dict[str, str] = field(default_factory=dict)
+    #: record entries of this master to delete
+    remove: list[str] = field(default_factory=list)
 
 
 def _now() -> datetime:
@@ -170,10 +194,13 @@ def _with_history(
     return st.model_copy(update={**update, "history": (*st.history, entry)[-HISTORY_LIMIT:]})
 
 
-def _remaster(st: MasterState, record_ids: Any = None) -> list[Send]:
-    """Re-publish records (all of the master's by default) under its root."""
-    ids = st.records if record_ids is None else record_ids
-    return [Send("record", rid, {"type": "remaster", "master_patient_id": st.root}) for rid in ids]
+def _remaster(st: MasterState, record_ids: Any) -> list[Send]:
+    """Re-publish records (the ids given: all of the master's, or those moved in) under its
+    root."""
+    return [
+        Send("record", rid, {"type": "remaster", "master_patient_id": st.root})
+        for rid in record_ids
+    ]
 
 
 def _cascade(st: MasterState) -> list[Send]:
@@ -190,28 +217,39 @@ def unlinked_master_id(identifier_key: str, command_id: str) -> str:
 # ── records ─────────────────────────────────────────────────────────────────────────────
 
 
-def add_record(st: MasterState | None, master: str, record_id: str, anchor: str) -> Step:
-    """A record of this master's identity: remember it; the caller stamps ``root``."""
-    cur = st or MasterState.new(master)
-    if cur.records.get(record_id) == anchor:
-        return Step(None if st is not None else cur)
-    return Step(cur.model_copy(update={"records": {**cur.records, record_id: anchor}}))
+def add_record(
+    st: MasterState | None, master: str, record_id: str, anchor: str, known: str | None
+) -> Step:
+    """A record of this master's identity: remember it (``known``: the anchor its entry
+    holds now, if any); the caller stamps ``root``. The state is stored only when new."""
+    new = None if st is not None else MasterState.new(master)
+    if known == anchor:
+        return Step(new)
+    return Step(new, add={record_id: anchor})
 
 
-def move_records(st: MasterState | None, master: str, anchor: str) -> Step:
+def _chunks(records: Mapping[str, str]) -> list[dict[str, str]]:
+    items = sorted(records.items())
+    return [dict(items[i : i + RELEASE_CHUNK]) for i in range(0, len(items), RELEASE_CHUNK)]
+
+
+def move_records(
+    st: MasterState | None, master: str, anchor: str, records: Mapping[str, str]
+) -> Step:
     """An identifier left this master (a claim relinked it, a steward linked or unlinked it):
     its records leave too. They go back to the identifier's owner (``records-released``),
     which hands them to the master the identifier names *when it gets them*
     (:func:`adopt_message`) — so however many relinks happen meanwhile, and in whatever
-    order their messages reach the masters, the records end where the identifier is."""
-    if st is None:
-        return Step(None)
-    moved = {r: a for r, a in st.records.items() if a == anchor}
+    order their messages reach the masters, the records end where the identifier is.
+    ``records``: every record of this master (record id → anchor key)."""
+    moved = {r: a for r, a in records.items() if a == anchor}
     if not moved:
         return Step(None)
-    kept = {r: a for r, a in st.records.items() if a != anchor}
-    body = {"type": "records-released", "records": moved, "from": master}
-    return Step(st.model_copy(update={"records": kept}), [Send("identity", anchor, body)])
+    sends = [
+        Send("identity", anchor, {"type": "records-released", "records": part, "from": master})
+        for part in _chunks(moved)
+    ]
+    return Step(None, sends, remove=sorted(moved))
 
 
 def adopt_message(current_master: str | None, released: dict[str, Any]) -> Send:
@@ -224,8 +262,7 @@ def adopt_message(current_master: str | None, released: dict[str, Any]) -> Send:
 
 def adopt_records(st: MasterState | None, master: str, records: dict[str, str]) -> Step:
     cur = st or MasterState.new(master)
-    new = cur.model_copy(update={"records": {**cur.records, **records}})
-    return Step(new, _remaster(new, records))
+    return Step(None if st is not None else cur, _remaster(cur, records), add=dict(records))
 
 
 # ── merge, unmerge ──────────────────────────────────────────────────────────────────────
@@ -249,8 +286,15 @@ def merge_request(st: MasterState | None, target: str, source: str, cmd: Command
     return Step(new, [Send("master", source, body)])
 
 
-def attach(st: MasterState | None, source: str, parent: str, root: str, cmd: Command) -> Step:
-    """Step 2, at the source's owner."""
+def attach(
+    st: MasterState | None,
+    source: str,
+    parent: str,
+    root: str,
+    cmd: Command,
+    records: Mapping[str, str],
+) -> Step:
+    """Step 2, at the source's owner (``records``: the source's own)."""
     cur = st or MasterState.new(source)
     if cur.merged_into == parent:
         return Step(None)
@@ -281,18 +325,18 @@ def attach(st: MasterState | None, source: str, parent: str, root: str, cmd: Com
         )
     new = _with_history(cur, "merged-into", cmd, parent, merged_into=parent, root=root)
     event = StewardEvent("merged", parent, cmd, previous_master_patient_id=source)
-    return Step(new, _remaster(new) + _cascade(new), [event])
+    return Step(new, _remaster(new, records) + _cascade(new), [event])
 
 
-def set_root(st: MasterState | None, master: str, root: str) -> Step:
+def set_root(st: MasterState | None, master: str, root: str, records: Mapping[str, str]) -> Step:
     cur = st or MasterState.new(master)
     if cur.root == root:
         return Step(None)
     new = cur.model_copy(update={"root": root})
-    return Step(new, _remaster(new) + _cascade(new))
+    return Step(new, _remaster(new, records) + _cascade(new))
 
 
-def unmerge(st: MasterState | None, source: str, cmd: Command) -> Step:
+def unmerge(st: MasterState | None, source: str, cmd: Command, records: Mapping[str, str]) -> Step:
     """Undo the merge of ``source``: its records are its own again, and its children's."""
     if st is None or st.merged_into is None:
         return Step(None)  # not merged (or unmerged already): nothing to undo
@@ -301,7 +345,7 @@ def unmerge(st: MasterState | None, source: str, cmd: Command) -> Step:
     event = StewardEvent("unmerged", source, cmd, previous_master_patient_id=parent)
     detach = {"type": "detach-child", "child": source, "refused": False, **cmd.to_json()}
     sends = [Send("master", parent, detach)]
-    return Step(new, sends + _remaster(new) + _cascade(new), [event])
+    return Step(new, sends + _remaster(new, records) + _cascade(new), [event])
 
 
 def detach_child(st: MasterState | None, child: str, cmd: Command, *, refused: bool) -> Step:
@@ -313,21 +357,30 @@ def detach_child(st: MasterState | None, child: str, cmd: Command, *, refused: b
     return Step(_with_history(st, action, cmd, child, children=children))
 
 
-def apply(st: MasterState | None, master: str, msg: dict[str, Any]) -> Step:
-    """The step for one message to the owner of ``master`` (every type but ``record``)."""
+def apply(
+    st: MasterState | None,
+    master: str,
+    msg: dict[str, Any],
+    records: Mapping[str, str] | None = None,
+) -> Step:
+    """The step for one message to the owner of ``master`` (every type but ``record``).
+    ``records``: every record of the master, needed by the types in :data:`NEEDS_RECORDS`."""
     kind = msg["type"]
+    if kind in NEEDS_RECORDS and records is None:
+        raise ValueError(f"a {kind!r} message needs the master's records")
+    mine: Mapping[str, str] = records or {}
     if kind == "merge":
         return merge_request(st, master, msg["source"], Command.from_json(msg))
     if kind == "attach":
-        return attach(st, master, msg["parent"], msg["root"], Command.from_json(msg))
+        return attach(st, master, msg["parent"], msg["root"], Command.from_json(msg), mine)
     if kind == "unmerge":
-        return unmerge(st, master, Command.from_json(msg))
+        return unmerge(st, master, Command.from_json(msg), mine)
     if kind == "detach-child":
         return detach_child(st, msg["child"], Command.from_json(msg), refused=msg["refused"])
     if kind == "set-root":
-        return set_root(st, master, msg["root"])
+        return set_root(st, master, msg["root"], mine)
     if kind == "move-records":
-        return move_records(st, master, msg["anchor"])
+        return move_records(st, master, msg["anchor"], mine)
     if kind == "adopt-records":
         return adopt_records(st, master, msg["records"])
     raise ValueError(f"unknown master message type {kind!r}")

@@ -67,6 +67,10 @@ class Context:
     identities: Any
     blocks: Any
     masters: Any
+    #: ``GET /patients/{id}``'s answer at the master's owner, ``None`` for an unknown
+    #: master; the second argument says whether to count its records (a prefix scan of its
+    #: per-record entries) or leave ``records`` out (``None``: the resolve needs the root)
+    master_view: Callable[[str, bool], dict[str, Any] | None]
     reviews: Any
     by_identity: str
     by_master: str
@@ -312,12 +316,10 @@ def install(ctx: Context) -> None:
                 return outcome(404, "not-found", "no such master patient id")
 
             async def local() -> Response:
-                from services.patient_index.stewardship import MasterState
-
-                raw = ctx.masters.get(master_patient_id.encode())
-                if raw is None:
+                view = ctx.master_view(master_patient_id, True)
+                if view is None:
                     return outcome(404, "not-found", "no such master patient id")
-                return _json(MasterState.model_validate_json(raw).public_view())
+                return _json(view)
 
             return await routed(request, "masters", master_patient_id, local)
 
@@ -438,10 +440,7 @@ def install(ctx: Context) -> None:
         if (dest.host, dest.port) != (app.conf.canonical_url.host, app.conf.canonical_url.port):
             return await internal_get(request, path, missing_ok=True)
         if table == "masters":
-            from services.patient_index.stewardship import MasterState
-
-            raw = ctx.masters.get(key.encode())
-            return MasterState.model_validate_json(raw).public_view() if raw else None
+            return ctx.master_view(key, False)
         raw = ctx.identities.get(key.encode())
         return simplejson.loads(raw) if raw else None
 

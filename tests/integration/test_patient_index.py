@@ -19,13 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+from kafka import KafkaProducer
 
 from services.common.broker import free_port
 from services.common.envelope import Envelope
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
-from services.common.topics import ALL_TOPICS
+from services.common.topics import ALL_TOPICS, partition_for
 from tests.conftest import REPO
 from tests.fhir_samples import bundle, dumps, gb11643, observation
 from tests.support import consume_all, produce, run_module, stop_process, wait_ready
@@ -777,6 +778,127 @@ def test_other_services_resolve_any_identifier_to_the_surviving_master(hub: Hub)
     # the internal token reads; it never commands
     refused = steward(hub, "POST", "/patients/$unmerge", {"source": my}, token=service)
     assert refused.status_code == 401
+
+
+def _published(hub: Hub, record_ids: set[str], where: Callable[[dict[str, Any]], bool]) -> set[str]:
+    """Which of ``record_ids`` have a publication on the results topic for which ``where``
+    holds."""
+    return {
+        str(p["record_id"])
+        for p in (
+            Envelope.from_bytes(r.value).payload
+            for r in consume_all(hub.bootstrap, "mrhub.results.result-indexed.v1")
+        )
+        if p["record_id"] in record_ids and where(p)
+    }
+
+
+def test_a_master_with_thousands_of_records_keeps_them_all_across_a_merge(hub: Hub) -> None:
+    """Issue 14: a master's records are one table entry each, so a patient with a long
+    history is not one ever-growing value; a merge re-publishes every one of them."""
+    a, b, _ = hub.tokens
+    card_x, card_y = new_card(), new_card()
+    [rx] = results(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x))))
+    mx = rx.payload["master_patient_id"]
+    bundles, per_bundle = 3, 1000
+    traces = [
+        trace(hub.post(b, "/fhir", bundle("transaction", b, n_obs=per_bundle, id_card=card_y)))
+        for _ in range(bundles)
+    ]
+    ids: set[str] = set()
+    masters: set[str] = set()
+    for t in traces:
+        deadline = time.monotonic() + 300
+        envs = results(hub, t, expect=per_bundle)
+        while len(envs) < per_bundle and time.monotonic() < deadline:
+            envs = results(hub, t, expect=per_bundle)
+        assert len(envs) == per_bundle, t
+        ids |= {str(e.payload["record_id"]) for e in envs}
+        masters |= {str(e.payload["master_patient_id"]) for e in envs}
+    assert len(ids) == bundles * per_bundle
+    [my] = masters
+    assert my != mx
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == len(ids)
+
+    cmd = command(hub, "/patients/$merge", {"source": my, "target": mx, "reason": "same"})
+    [merged] = steward_events(hub, cmd, "merged")
+    assert merged.payload["previous_master_patient_id"] == my
+
+    def moved(p: dict[str, Any]) -> bool:
+        return bool(
+            p["change"] == "update"
+            and p["master_patient_id"] == mx
+            and p.get("previous_master_patient_id") == my
+        )
+
+    deadline = time.monotonic() + 300
+    done = _published(hub, ids, moved)
+    while done != ids and time.monotonic() < deadline:  # each read of the topic takes a while
+        done = _published(hub, ids, moved)
+    assert len(done) == len(ids), f"{len(ids) - len(done)} records not re-published"
+    shown = steward(hub, "GET", f"/patients/{my}").json()
+    assert (shown["status"], shown["records"]) == ("merged", len(ids))
+    # a result posted for Y afterwards is X's, and the master keeps counting per record
+    assert master(hub, trace(hub.post(b, "/fhir/Observation", obs_for_card(b, card_y)))) == mx
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == len(ids) + 1
+
+
+def test_a_master_of_the_old_layout_keeps_its_records_and_is_split_at_its_next_event(
+    hub: Hub,
+) -> None:
+    """A ``masters`` value written before one entry per record lists the master's records:
+    restored as such, it is read with them, and its next message splits it."""
+    a, b, _ = hub.tokens
+    card_x, card_y = new_card(), new_card()
+    mx = master(hub, trace(hub.post(a, "/fhir/Observation", obs_for_card(a, card_x))))
+    t = trace(hub.post(b, "/fhir", bundle("transaction", b, n_obs=3, id_card=card_y)))
+    envs = results(hub, t, expect=3)
+    ids = {str(e.payload["record_id"]) for e in envs}
+    [my] = {str(e.payload["master_patient_id"]) for e in envs}
+    masters_log = "mrhub-patient-index-masters-changelog"
+    entries_log = "mrhub-patient-index-master_records-changelog"
+    prefix = f"{my}|".encode()
+    entries = {
+        r.key[len(prefix) :].decode(): r.value
+        for r in consume_all(hub.bootstrap, entries_log)
+        if r.key.startswith(prefix)
+    }
+    assert set(entries) == ids
+    [state] = [r.value for r in consume_all(hub.bootstrap, masters_log) if r.key == my.encode()][
+        -1:
+    ]
+    old = {**json.loads(state), "records": {r: v.decode() for r, v in entries.items()}}
+    # the worker stops; its changelogs get the old layout: no entries, the list in the value
+    # (a master's entries are in the master's partition, not their own keys')
+    stop_process(hub.worker)
+    part = partition_for(my.encode(), PARTITIONS)
+    producer = KafkaProducer(bootstrap_servers=hub.bootstrap, acks="all")
+    try:
+        for rid in entries:
+            producer.send(entries_log, key=prefix + rid.encode(), value=None, partition=part)
+        producer.send(masters_log, key=my.encode(), value=json.dumps(old).encode(), partition=part)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    hub.worker = _worker(hub.env, hub.log_dir / "patient_index.log")
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    wait_ready(f"http://127.0.0.1:{port}/readyz", hub.worker, hub.log_dir / "patient_index.log")
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == 3
+
+    cmd = command(hub, "/patients/$merge", {"source": my, "target": mx, "reason": "same"})
+    steward_events(hub, cmd, "merged")
+    for rid in ids:
+        last = record_history(hub, rid, expect=2)[-1]
+        assert (last["change"], last["master_patient_id"]) == ("update", mx), rid
+    assert steward(hub, "GET", f"/patients/{my}").json()["records"] == 3
+    # split: one entry per record again, and a value without the list
+    live: dict[bytes, bytes | None] = {}
+    for r in consume_all(hub.bootstrap, entries_log):
+        if r.key.startswith(prefix):
+            live[r.key] = r.value
+    assert {k for k, v in live.items() if v is not None} == {prefix + r.encode() for r in ids}
+    last_state = [r.value for r in consume_all(hub.bootstrap, masters_log) if r.key == my.encode()]
+    assert "records" not in json.loads(last_state[-1])
 
 
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_dies(

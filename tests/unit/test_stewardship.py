@@ -1,4 +1,7 @@
-"""Merges, unmerges and record moves as the owners of master ids apply them (pure)."""
+"""Merges, unmerges and record moves as the owners of master ids apply them (pure).
+
+A master's records are kept apart from its state, one entry per record (the agent's
+``master_records`` table); here ``Owners.records`` plays that table."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ class Owners:
 
     def __init__(self) -> None:
         self.state: dict[str, MasterState | None] = {}
+        #: the master_records table: master → record id → anchor key
+        self.records: dict[str, dict[str, str]] = {}
         self.remastered: list[tuple[str, str]] = []  # (record id, master) in publish order
         self.events: list[sw.StewardEvent] = []
         #: the identities table: identifier key → the master it names now
@@ -27,6 +32,10 @@ class Owners:
     def apply(self, m: str, step: sw.Step) -> list[tuple[str, dict[str, Any]]]:
         if step.state is not None:
             self.state[m] = step.state
+        mine = self.records.setdefault(m, {})
+        mine.update(step.add)
+        for rid in step.remove:
+            del mine[rid]
         self.events.extend(step.events)
         out: list[tuple[str, dict[str, Any]]] = []
         for s in step.sends:
@@ -40,7 +49,7 @@ class Owners:
         return out
 
     def deliver(self, m: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        return self.apply(m, sw.apply(self.get(m), m, body))
+        return self.apply(m, sw.apply(self.get(m), m, body, dict(self.records.get(m, {}))))
 
     def published_under(self, rid: str) -> str:
         """The master the record was last published under."""
@@ -55,7 +64,7 @@ class Owners:
 
     def record(self, m: str, rid: str, anchor: str) -> str:
         """A record of ``m``'s identity: the master it is published under."""
-        step = sw.add_record(self.get(m), m, rid, anchor)
+        step = sw.add_record(self.get(m), m, rid, anchor, self.records.get(m, {}).get(rid))
         self.apply(m, step)
         st = self.get(m)
         assert st is not None
@@ -82,19 +91,20 @@ def test_merge_republishes_the_source_records_under_the_target() -> None:
     ]
     # a record posted for B's identity after the merge is published under A
     assert o.record(B, "r-b3", "id-b") == A
-    view = o.state[B].public_view()  # type: ignore[union-attr]
+    view = o.state[B].public_view(len(o.records[B]))  # type: ignore[union-attr]
     assert view["status"] == "merged" and view["surviving_master_patient_id"] == A
     assert view["history"][0]["reason"] == "same person, checked by phone"
-    assert o.state[A].public_view()["merged_from"] == [B]  # type: ignore[union-attr]
+    assert view["records"] == 3
+    assert o.state[A].public_view(1)["merged_from"] == [B]  # type: ignore[union-attr]
 
 
 def test_the_same_merge_twice_changes_nothing_the_second_time() -> None:
     o = Owners()
     o.record(B, "r-b", "id-b")
     o.run(A, merge(B, A))
-    before = (list(o.remastered), list(o.events), dict(o.state))
+    before = (list(o.remastered), list(o.events), dict(o.state), repr(o.records))
     o.run(A, merge(B, A))
-    assert (o.remastered, o.events, o.state) == before
+    assert (o.remastered, o.events, o.state, repr(o.records)) == before
 
 
 def test_merge_then_unmerge_restores_both() -> None:
@@ -165,8 +175,8 @@ def test_an_unlinked_identifier_takes_its_records_to_its_new_master() -> None:
     o.identities["id-mz"] = new
     o.run(A, {"type": "move-records", "anchor": "id-mz"})
     assert o.remastered == [("r-mz", new)]
-    assert o.state[A].records == {"r-card": "id-card"}  # type: ignore[union-attr]
-    assert o.state[new].records == {"r-mz": "id-mz"}  # type: ignore[union-attr]
+    assert o.records[A] == {"r-card": "id-card"}
+    assert o.records[new] == {"r-mz": "id-mz"}
 
 
 def test_an_unlinked_master_id_is_the_same_on_redelivery_and_new_per_command() -> None:
@@ -177,9 +187,53 @@ def test_an_unlinked_master_id_is_the_same_on_redelivery_and_new_per_command() -
 
 
 def test_a_known_record_again_does_not_rewrite_the_state() -> None:
-    st = sw.add_record(None, A, "r", "id").state
-    assert st is not None
-    assert sw.add_record(st, A, "r", "id").state is None
+    first = sw.add_record(None, A, "r", "id", None)
+    assert first.state is not None and first.add == {"r": "id"}
+    again = sw.add_record(first.state, A, "r", "id", "id")
+    assert again.state is None and again.add == {} and again.remove == []
+    # a new record of a known master writes its own entry, never the master's state
+    other = sw.add_record(first.state, A, "r2", "id", None)
+    assert other.state is None and other.add == {"r2": "id"}
+
+
+def test_a_state_of_the_old_layout_is_read_with_its_records() -> None:
+    """A value written before one entry per record still lists the records: read them."""
+    import json
+
+    old = {"master_patient_id": A, "root": A, "records": {"r1": "id-a", "r2": "id-b"}}
+    st, legacy = MasterState.load(json.dumps(old).encode())
+    assert st == MasterState.new(A)
+    assert legacy == {"r1": "id-a", "r2": "id-b"}
+    assert "records" not in json.loads(st.model_dump_json())
+    assert MasterState.load(st.model_dump_json())[1] == {}
+
+
+def test_many_records_move_in_bounded_messages() -> None:
+    """A relinked identifier with many records releases them in chunks, none too big."""
+    o = Owners()
+    many = 2 * sw.RELEASE_CHUNK + 5
+    for i in range(many):
+        o.record(B, f"r{i:05d}", "id-b")
+    o.record(B, "r-other", "id-o")
+    o.identities["id-b"] = A
+    step = sw.apply(o.get(B), B, {"type": "move-records", "anchor": "id-b"}, o.records[B])
+    assert step.state is None and len(step.remove) == many
+    assert [len(s.body["records"]) for s in step.sends] == [
+        sw.RELEASE_CHUNK,
+        sw.RELEASE_CHUNK,
+        5,
+    ]
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    assert o.records[B] == {"r-other": "id-o"}
+    assert len(o.records[A]) == many
+    assert {m for r, m in o.remastered} == {A} and len(o.remastered) == many
+
+
+def test_a_step_that_needs_the_records_refuses_to_run_without_them() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="records"):
+        sw.apply(None, A, {"type": "set-root", "root": B})
 
 
 def test_steward_events_name_the_command_and_never_an_identifier() -> None:
@@ -262,8 +316,8 @@ def test_a_result_published_just_before_an_auto_link_follows_the_patient_to_the_
     assert follow is not None
     o.run(*follow)
     assert o.published_under("r-b") == A
-    assert o.state[B].records == {}  # type: ignore[union-attr]
-    assert o.state[A].records == {"r-b": "id-b"}  # type: ignore[union-attr]
+    assert o.records[B] == {}
+    assert o.records[A] == {"r-b": "id-b"}
     # a record of that identity resolved after the link goes to A directly
     assert o.record(A, "r-b2", "id-b") == A
 
@@ -283,7 +337,7 @@ def test_two_relinks_in_quick_succession_leave_the_records_with_the_last_master(
         for target, body in pending:
             o.run(target, body)
         assert o.published_under("r-b") == C, c_first
-        assert {m for m, st in o.state.items() if st and st.records} == {C}
+        assert {m for m, recs in o.records.items() if recs} == {C}
 
 
 def test_records_follow_an_identifier_that_is_linked_away_and_back() -> None:
@@ -296,7 +350,7 @@ def test_records_follow_an_identifier_that_is_linked_away_and_back() -> None:
     o.identities["id-b"] = B  # a steward unlinks it back
     o.run(A, {"type": "move-records", "anchor": "id-b"})
     assert o.published_under("r-b") == B
-    assert o.state[B].records == {"r-b": "id-b"}  # type: ignore[union-attr]
+    assert o.records[B] == {"r-b": "id-b"}
 
 
 def test_a_relinked_identifier_s_records_reach_the_survivor_of_a_merge() -> None:
