@@ -10,8 +10,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import simplejson
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.common import codec
 
 SCHEMA_VERSION = 1
 
@@ -43,14 +44,12 @@ class Envelope(BaseModel):
         their digits (a FHIR decimal ``6.30`` stays ``6.30``) and key order is kept."""
         doc = self.model_dump(mode="json", exclude={"payload"})
         doc["payload"] = self.payload
-        return simplejson.dumps(
-            doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        return codec.dumps(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
         """Read an envelope; decimals in the payload come back as ``Decimal``."""
-        return cls.model_validate(simplejson.loads(data, use_decimal=True))
+        return cls.model_validate(codec.loads(data))
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers: ids for tracing and routing, never identity data."""

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-import simplejson
 from prometheus_client import CollectorRegistry
 
+from services.common.codec import dumps
 from services.common.faust_app import fail_stop, worker_metrics
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
@@ -25,18 +25,6 @@ log = logging.getLogger(__name__)
 
 #: A stage's handler: (event, key, value) for one message.
 Handler = Callable[[Any, bytes | None, bytes], Awaitable[None]]
-
-
-def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON; ``Decimal`` values keep their digits."""
-    return simplejson.dumps(
-        doc, use_decimal=True, ensure_ascii=False, separators=(",", ":")
-    ).encode()
-
-
-def loads(data: bytes) -> Any:
-    """JSON with decimals read as ``Decimal``."""
-    return simplejson.loads(data, use_decimal=True)
 
 
 class Stages:

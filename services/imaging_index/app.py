@@ -42,14 +42,14 @@ import faust
 import httpx
 from mode import Service
 
+from services.common.codec import dumps as _dumps
+from services.common.codec import loads as _loads
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.institutions import ReloadingRegistry
 from services.common.patient_lookup import PatientLookup
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
-from services.common.stages import dumps as _dumps
-from services.common.stages import loads as _loads
 from services.common.topics import RESULT_INDEXED, STUDY_INDEXED, dead_letter
 from services.imaging_index import views
 from services.imaging_index.metrics import SERVICE, Metrics

@@ -36,6 +36,8 @@ from multidict import MultiDict
 from yarl import URL
 
 from services.common.audit import access_event
+from services.common.codec import dumps as _dumps
+from services.common.codec import loads as _loads
 from services.common.envelope import utcnow
 from services.common.faust_fixes import scan_prefix
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
@@ -43,8 +45,6 @@ from services.common.institutions import Institution, Registry, may_read
 from services.common.kafka_security import aiokafka_options
 from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_master_id
 from services.common.settings import Settings
-from services.common.stages import dumps as _dumps
-from services.common.stages import loads as _loads
 from services.common.topics import ACCESS_RECORDED, partition_for
 from services.common.web_guard import guard_for, page
 from services.imaging_index import render, search

@@ -33,12 +33,12 @@ from mode import Service
 from yarl import URL
 
 from services.common import jsonbody
+from services.common.codec import dumps as _dumps
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
 from services.common.kafka_security import aiokafka_options
 from services.common.settings import Settings
-from services.common.stages import dumps as _dumps
 from services.common.web_guard import page
 from services.patient_index import matching
 from services.patient_index.identity import keyed_identifiers

@@ -44,6 +44,8 @@ from typing import Any
 import faust
 from prometheus_client import Counter, Histogram
 
+from services.common.codec import dumps as _dumps
+from services.common.codec import loads as _loads
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
 from services.common.faust_fixes import scan_prefix
@@ -51,8 +53,6 @@ from services.common.institutions import ReloadingRegistry
 from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
-from services.common.stages import dumps as _dumps
-from services.common.stages import loads as _loads
 from services.common.topics import (
     DECISION_MADE,
     ORDER_PLACED,

@@ -39,6 +39,7 @@ from mode import Service
 from yarl import URL
 
 from services.common.audit import access_event
+from services.common.codec import dumps as _dumps
 from services.common.envelope import Envelope
 from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry
@@ -50,7 +51,6 @@ from services.common.patient_lookup import (
     internal_token,
 )
 from services.common.settings import Settings
-from services.common.stages import dumps as _dumps
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
 from services.common.web_guard import guard_for, page
 from services.recognition.catalog import CatalogSet, Coding

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from services.common.broker import free_port
-from services.common.stages import dumps
+from services.common.codec import dumps
 from tests.fhir_samples import gb11643, observation, service_request
 from tests.security.conftest import A2, CARD_SYSTEM, A, B, C, SecurityHub
 from tests.support import produce, run_module, stop_process

@@ -41,6 +41,7 @@ from services.bench.index import (
     service_source_digest,
     split_rounds,
 )
+from services.common.codec import dumps
 from services.common.envelope import Envelope
 from services.common.identifiers import (
     ID_CARD_SYSTEM,
@@ -50,7 +51,6 @@ from services.common.identifiers import (
 )
 from services.common.institutions import Institution, Registry
 from services.common.settings import IdentitySettings, KafkaSettings, Settings
-from services.common.stages import dumps
 from services.common.topics import partition_for
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validation import check_bundle, parse_json

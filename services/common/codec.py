@@ -1,0 +1,31 @@
+"""The hub's JSON codec for Kafka values: msgspec (C), with exact decimals.
+
+A FHIR decimal keeps its digits end to end (``6.30`` is read as ``Decimal("6.30")`` and written
+back as ``6.30``), strings are written as UTF-8 (not ``\\uXXXX``), key order is kept. msgspec
+does this about ten times faster than simplejson, which encoded every string in Python (the
+profile behind decision 0005).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+
+#: What a value that is not JSON raises on decoding.
+DecodeError = msgspec.DecodeError
+
+
+def dumps(doc: Any) -> bytes:
+    """Compact UTF-8 JSON; ``Decimal`` values keep their digits."""
+    return _ENCODER.encode(doc)
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON with every non-integer number read as ``Decimal``. Raises :data:`DecodeError`
+    (a ``ValueError``) on anything that is not JSON."""
+    return _DECODER.decode(data)
