@@ -1,0 +1,53 @@
+"""The Kafka value codec: what a downstream consumer reads is what the hospital posted."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from services.common import codec
+from services.common.envelope import Envelope
+
+
+def test_a_decimal_keeps_its_digits_both_ways() -> None:
+    raw = b'{"valueQuantity":{"value":6.30,"unit":"mmol/L"},"low":0.000120}'
+    doc = codec.loads(raw)
+    assert doc["valueQuantity"]["value"] == Decimal("6.30")
+    assert str(doc["valueQuantity"]["value"]) == "6.30"  # not 6.3
+    assert codec.dumps(doc) == raw
+
+
+def test_integers_stay_integers_and_big_ones_are_exact() -> None:
+    doc = codec.loads(b'{"n":3,"big":123456789012345678901234567890}')
+    assert doc == {"n": 3, "big": 123456789012345678901234567890}
+    assert isinstance(doc["n"], int)
+
+
+def test_chinese_text_is_written_as_utf8_not_escaped() -> None:
+    out = codec.dumps({"display": "血钾", "note": 'a "quote"'})
+    assert "血钾".encode() in out
+    assert json.loads(out) == {"display": "血钾", "note": 'a "quote"'}
+
+
+def test_key_order_is_kept() -> None:
+    assert codec.dumps({"z": 1, "a": 2}) == b'{"z":1,"a":2}'
+
+
+@pytest.mark.parametrize("bad", [b"", b"{", b'{"a":NaN}', b"\xff\xfe", b'{"a":1}x'])
+def test_what_is_not_json_raises_decode_error(bad: bytes) -> None:
+    with pytest.raises(codec.DecodeError):
+        codec.loads(bad)
+
+
+def test_an_envelope_round_trips_with_exact_decimals() -> None:
+    payload = {
+        "resource": {"resourceType": "Observation", "valueQuantity": {"value": Decimal("4.50")}}
+    }
+    env = Envelope(event_type="mrhub.ingest.resource-accepted", source="H1", payload=payload)
+    raw = env.to_bytes()
+    assert b'"value":4.50' in raw
+    back = Envelope.from_bytes(raw)
+    assert back.payload == payload
+    assert back.event_id == env.event_id and back.occurred_at == env.occurred_at
