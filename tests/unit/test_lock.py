@@ -87,7 +87,7 @@ def test_the_image_lock_is_the_runtime_part_of_the_full_lock() -> None:
 def test_the_framework_is_pinned_exactly_in_pyproject() -> None:
     by_name = {canonicalize_name(r.name): r for r in requirements()}
     for dist in EXACT:
-        spec = list(by_name[dist].specifier)
+        spec = list(by_name[canonicalize_name(dist)].specifier)
         assert len(spec) == 1 and spec[0].operator == "==", (
             f"{dist} must be pinned exactly in pyproject.toml (decision 0006), not {spec}"
         )
