@@ -4,7 +4,8 @@ Everything of faust-streaming, aiokafka, mode-streaming and aiohttp that the hub
 reads although it is not public API is here, and nowhere else in ``services/``. Each item
 was traced on exactly the versions in :data:`TESTED_VERSIONS` / :data:`AIOHTTP_TESTED_VERSIONS`
 (pinned in pyproject.toml and requirements/lock.txt); :func:`apply`, :func:`apply_aiohttp`
-and the accessors refuse any other installed version (:class:`UntestedVersionError`). The
+and :func:`partition_db` refuse any other installed version (:class:`UntestedVersionError`);
+the other accessors serve workers, which :func:`apply` has checked before they start. The
 unit tests (tests/unit/test_faust_compat.py, tests/unit/test_aiohttp_fix.py) keep a hash of
 the source of every upstream function below and fail, saying what to re-check, when an
 upgrade changes one. How to upgrade: docs/decisions/0006-framework-pins-and-compat.md.
@@ -36,7 +37,7 @@ Private reads, behind named accessors:
   sends in the source partition's transaction (services/common/stages.py, decision 0003);
 - :func:`partition_db` / :func:`scan_prefix` (``rocksdb.Store._dbs``), for prefix scans of
   a table partition;
-- patch 7 reads ``Consumer._thread.tp_last_committed_at``.
+- patch 3 reads ``Consumer._acked``, patch 7 ``Consumer._thread.tp_last_committed_at``.
 """
 
 from __future__ import annotations
