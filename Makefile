@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+LOCK_ARGS   ?= # e.g. --upgrade-package aiohttp (make lock keeps every other pin)
 
-.PHONY: help setup system-deps run test suite unit check lint format types clean
+.PHONY: help setup system-deps lock run test suite unit check lint format types clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,14 +32,27 @@ system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (p
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || { \
 	  echo "mrhub needs Python 3.11 (found: $$($(PYTHON) --version 2>&1))"; exit 1; }
 
-$(STAMP): pyproject.toml
+LOCK         := requirements/lock.txt
+RUNTIME_LOCK := requirements/runtime.txt
+# the resolution both lock files are made for: the Python of the image, Linux wheels
+UV_COMPILE   := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform linux \
+                --generate-hashes --quiet --custom-compile-command 'make lock'
+
+# exactly the versions (and hashes) of the lock, then mrhub itself without resolving again
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 setup: system-deps $(STAMP) ## venv, Python packages and the Kafka jars (idempotent)
 	@$(BIN)/mrhub broker fetch
+
+lock: $(STAMP) ## regenerate requirements/lock.txt (runtime + dev) and runtime.txt (the image) from pyproject.toml
+	$(UV_COMPILE) --extra dev $(LOCK_ARGS) -o $(LOCK)
+	$(UV_COMPILE) -c $(LOCK) -o $(RUNTIME_LOCK)
+	@echo "then: make setup, the compat tests (tests/unit/test_faust_compat.py, test_aiohttp_fix.py, test_lock.py) and decision 0006"
 
 run: setup ## start Kafka (unless MRHUB_KAFKA__BOOTSTRAP_SERVERS is set) and every service
 	$(BIN)/mrhub up

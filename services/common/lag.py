@@ -15,8 +15,9 @@ and the partition's end as a ``read_committed`` consumer sees it (the last stabl
 A sampler refreshes the figures every :data:`SAMPLE_INTERVAL_S` seconds; a scrape reads the
 latest sample, so it never waits for Kafka.
 
-This reads faust-streaming's consumer internals (``_unacked_messages``, ``_acked``): the
-dependency is pinned below 0.16, and the integration tests check the figures.
+faust keeps the held and the committed offsets in private consumer attributes: they are
+read through :mod:`services.common.faust_fixes` (``pending_offsets``, ``committed_offset``),
+which refuses an untested faust-streaming release; the integration tests check the figures.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from services.common.faust_fixes import committed_offset, pending_offsets
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +103,7 @@ async def sample_lag(app: Any) -> dict[tuple[str, int], int]:
     """Lag of every partition of the app's source topics assigned to this worker."""
     consumer = app.consumer
     topics = source_topics(app)
-    pending: dict[tuple[str, int], list[int]] = {}
-    for message in list(consumer._unacked_messages):
-        pending.setdefault((message.tp.topic, message.tp.partition), []).append(message.offset)
-    for tp, offsets in list(consumer._acked.items()):
-        pending.setdefault((tp.topic, tp.partition), []).extend(offsets)
+    pending = pending_offsets(consumer)
     out: dict[tuple[str, int], int] = {}
     for tp in sorted(consumer.assignment()):
         if tp.topic not in topics:
@@ -118,7 +117,7 @@ async def sample_lag(app: Any) -> dict[tuple[str, int], int]:
         lag = partition_lag(
             end,
             position,
-            consumer._committed_offset.get(tp),
+            committed_offset(consumer, tp),
             pending.get((tp.topic, tp.partition), ()),
         )
         if lag is not None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.codec import dumps
 from services.common.faust_app import fail_stop, worker_metrics
+from services.common.faust_fixes import transactional_id
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 
@@ -49,11 +50,10 @@ class Stages:
         only right when input and output are co-partitioned: a repartitioning hop's output
         would commit with an unrelated partition's offsets, or never. Naming the source
         partition's transaction puts output, table changes and input offset in one commit
-        (decision 0003).
+        (decision 0003). The id's format is faust's (``faust_fixes.transactional_id``).
         """
         tp = event.message.tp
-        group = self.app.assignor.group_for_topic(tp.topic)
-        return f"{self.app.conf.id}-{group}-{tp.partition}"
+        return transactional_id(self.app, tp.topic, tp.partition)
 
     async def emit(
         self,

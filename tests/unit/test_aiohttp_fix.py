@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import inspect
 
+import aiohttp
+import pytest
 from aiohttp import web, web_protocol
 
 from services.common import faust_fixes
@@ -24,7 +26,28 @@ def test_upstream_handle_error_is_the_one_the_patch_was_written_for() -> None:
         "original"
     ]
     source = inspect.getsource(original)
-    assert hashlib.sha256(source.encode()).hexdigest() == HANDLE_ERROR_SHA256
+    assert hashlib.sha256(source.encode()).hexdigest() == HANDLE_ERROR_SHA256, (
+        "aiohttp's RequestHandler.handle_error changed. Re-check: does it still answer a "
+        "protocol error below 500 with the message it is given (quoting the request), "
+        "log it and close the connection, and take (request, status, exc, message)? Then "
+        "update HANDLE_ERROR_SHA256 (decision 0006)."
+    )
+
+
+def test_the_tested_aiohttp_is_installed() -> None:
+    assert aiohttp.__version__ == faust_fixes.AIOHTTP_TESTED_VERSIONS["aiohttp"]
+    faust_fixes.require_tested_versions(faust_fixes.AIOHTTP_TESTED_VERSIONS)
+
+
+def test_apply_aiohttp_refuses_another_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = faust_fixes.installed_version
+    monkeypatch.setattr(
+        faust_fixes, "installed_version", lambda d: "3.15.0" if d == "aiohttp" else real(d)
+    )
+    monkeypatch.setattr(faust_fixes, "_aiohttp_applied", False)
+    with pytest.raises(faust_fixes.UntestedVersionError, match=r"aiohttp 3\.14\.5.*3\.15\.0"):
+        faust_fixes.apply_aiohttp()
+    assert faust_fixes._aiohttp_applied is False
 
 
 def test_an_over_long_request_line_is_an_operation_outcome_that_quotes_nothing() -> None:

@@ -1,58 +1,335 @@
-"""services.common.faust_fixes' reads of faust-streaming's private attributes: each one still
-exists in the pinned release and behaves as the hub relies on. A faust upgrade that changes
-them fails here first."""
+"""services.common.faust_fixes, the one compat module: it refuses any faust-streaming,
+aiokafka or mode-streaming release but the tested ones, and every upstream function it
+replaces, reads the private state of, or relies on the behaviour of is still the one it was
+traced on. An upgrade fails here first, saying what to re-check
+(docs/decisions/0006-framework-pins-and-compat.md). The aiohttp patch: test_aiohttp_fix.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib
 import inspect
+import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 from faust.stores import rocksdb as faust_rocksdb
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
 
 from services.common import faust_fixes
 
-#: sha256 of the source of the faust functions whose behaviour the prefix scan depends on:
-#: ``Store._set`` writes to the db of the current event's partition, ``_db_for_partition``
-#: keeps each open db in ``Store._dbs``, ``Table.on_key_set`` changelogs to that partition.
-SOURCES: dict[str, Any] = {
-    "Store._set": faust_rocksdb.Store._set,
-    "Store._db_for_partition": faust_rocksdb.Store._db_for_partition,
-    "Table.on_key_set": faust.Table.on_key_set,
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+#: For each upstream function: the first 16 hex digits of the sha256 of its source
+#: (``inspect.getsource``) in the tested releases, and what to re-check when it changes.
+#: Patches 1-7 are numbered as in faust_fixes' docstring.
+EXPECTED: dict[str, tuple[str, str]] = {
+    # patch 1: recovery highwater
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._highwaters": (
+        "a7f4f97d9f32aca2",
+        "patch 1 replaces it: does faust still take last_stable_offset() (None before the "
+        "first fetch) under exactly_once? If it asks the broker now, drop the patch",
+    ),
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.highwaters": (
+        "b49ed48ec1731816",
+        "patch 1: does highwaters() still call _highwaters in the consumer thread?",
+    ),
+    "aiokafka.AIOKafkaConsumer.end_offsets": (
+        "f4b19078581881ba",
+        "patch 1 asks end_offsets(): is it still the last stable offset for read_committed?",
+    ),
+    # patch 2: partitions never committed start from their beginning
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_to_committed": (
+        "775ab0adc4b052ab",
+        "patch 2 replaces it: does it still return aiokafka's committed offsets as is?",
+    ),
+    "aiokafka.AIOKafkaConsumer.seek_to_committed": (
+        "f6cd85c8b70a4ccf",
+        "patch 2 works around its `if offset and offset > 0` (partitions without a commit "
+        "are not seeked): if aiokafka now seeks them per auto_offset_reset, drop the patch",
+    ),
+    # patch 3: commit before revocation
+    "faust.transport.consumer.Consumer.on_partitions_revoked": (
+        "d04b7ae72c6fc206",
+        "patch 3 runs before it: does faust still forget the revoked partitions' acked "
+        "offsets before committing them (duplicates under exactly_once)? Run tests/faults",
+    ),
+    "faust.transport.consumer.Consumer.wait_empty": (
+        "e4662fe24f094819",
+        "patch 3 relies on wait_empty ending with a commit that begins no new transaction",
+    ),
+    "faust.transport.consumer.Consumer.commit": (
+        "a354437baaa08bf8",
+        "patch 3 retries commit(start_new_transaction=False): does False still mean that "
+        "it only waited for a commit already running?",
+    ),
+    # patch 4: drain the producer buffer before a transactional commit
+    "faust.transport.consumer.Consumer._commit_tps": (
+        "a20e230b05ae8b15",
+        "patch 4 wraps it: does a transactional commit now drain producer.buffer itself?",
+    ),
+    "faust.transport.producer.ProducerBuffer.flush": (
+        "26fbebb124ad9c98",
+        "patch 4 awaits it: does it still wait until every buffered table write is sent?",
+    ),
+    # patch 5: close the flow before seeking after recovery
+    "faust.transport.consumer.Consumer.perform_seek": (
+        "0e8c130ff4b0afd8",
+        "patch 5 wraps it: does it still seek without closing the flow?",
+    ),
+    "faust.tables.recovery.Recovery._resume_streams": (
+        "d986a6710c1aca98",
+        "patch 5 relies on this caller opening the flow again after perform_seek",
+    ),
+    "faust.tables.recovery.Recovery.on_recovery_completed": (
+        "6ef567acf072e46d",
+        "patch 5 relies on this caller opening the flow again after perform_seek; does it "
+        "still resume the partitions before seeking them?",
+    ),
+    # patch 6: a gap ends before the message about to be delivered
+    "faust.transport.consumer.Consumer._add_gap": (
+        "4df2573ded7c1c2c",
+        "patch 6 passes offset_to - 1: does _add_gap still include its end "
+        "(addi(offset_from, offset_to + 1))? If upstream fixed the off-by-one, the patch "
+        "now leaves a real gap offset out: drop it",
+    ),
+    "faust.transport.consumer.Consumer._drain_messages": (
+        "44a2500309e83c63",
+        "patch 6: does the caller still pass the offset of the message it is about to "
+        "deliver as the gap's end (`_add_gap(tp, r_offset + 1, offset)`)?",
+    ),
+    "faust.transport.consumer.Consumer._new_offset": (
+        "1d2c7ea89a7ad4f1",
+        "patch 6 and pending_offsets: does the commit still need a consecutive run of "
+        "acked and gap offsets, and does it still empty _acked as it commits?",
+    ),
+    # patch 7: transactional commits stamp the livelock watchdog
+    "faust.transport.consumer.Consumer._commit_offsets": (
+        "1a69799041188441",
+        "patch 7 wraps it: does a transactional commit now set tp_last_committed_at? Does "
+        "it still update _committed_offset (committed_offset reads it)?",
+    ),
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._commit": (
+        "932852ce7a23f658",
+        "patch 7: is tp_last_committed_at still set only by the non-transactional commit?",
+    ),
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": (
+        "b983e7735f647cb3",
+        "patch 7: does the watchdog still read tp_last_committed_at?",
+    ),
+    # private reads: pending_offsets and committed_offset (the lag metric)
+    "faust.transport.consumer.Consumer.__init__": (
+        "302410d59e6972d1",
+        "pending_offsets/committed_offset read _unacked_messages (a WeakSet of messages), "
+        "_acked (offsets by TP) and _committed_offset (a defaultdict): still there?",
+    ),
+    "faust.transport.consumer.Consumer.track_message": (
+        "217d7f1399a4cd8e",
+        "pending_offsets: is a delivered message still added to _unacked_messages?",
+    ),
+    "faust.transport.consumer.Consumer.ack": (
+        "5fcf41cf45153475",
+        "pending_offsets: does an ack still move the offset from _unacked_messages to _acked?",
+    ),
+    # private format: transactional_id (sends in the source partition's transaction)
+    "faust.transport.consumer.TransactionManager.commit": (
+        "fbb29c3467ac8bfa",
+        "transactional_id copies its f'{group_id}-{group}-{tp.partition}': the same?",
+    ),
+    "faust.transport.consumer.TransactionManager._tps_to_transactional_ids": (
+        "392b1c30e9a7ba72",
+        "transactional_id: does faust still begin one transaction per partition group "
+        "with transactional_id_format?",
+    ),
+    "faust.transport.consumer.TransactionManager.send": (
+        "b8d126be9f10fc69",
+        "stages.Stages.emit passes transactional_id itself because send() picks the "
+        "destination partition's transaction (decision 0003): still so?",
+    ),
+    # private read: partition_db / scan_prefix (Store._dbs)
+    "faust.stores.rocksdb.Store.__init__": (
+        "c7c0fa2989e8ab4a",
+        "partition_db reads Store._dbs (open databases by partition): still there?",
+    ),
+    "faust.stores.rocksdb.Store._set": (
+        "4227e561e288d941",
+        "scan_prefix: does a table write still go to the RocksDB store of the current "
+        "event's partition?",
+    ),
+    "faust.stores.rocksdb.Store._db_for_partition": (
+        "cb7e67d5f9efc4bc",
+        "scan_prefix: does faust still keep each open db in Store._dbs by partition?",
+    ),
+    "faust.tables.table.Table.on_key_set": (
+        "a370e35ca55c2c7e",
+        "scan_prefix: does a table change still go to the current event's partition?",
+    ),
 }
 
 
-def _digest(fn: Any) -> str:
+def upstream(name: str) -> Any:
+    """The upstream function ``name`` (dotted), as it was before faust_fixes.apply()."""
+    if name in faust_fixes.UPSTREAM:
+        return faust_fixes.UPSTREAM[name]
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(name)
+
+
+def digest(fn: Any) -> str:
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
 
 
-EXPECTED = {
-    "Store._set": "4227e561e288d941",
-    "Store._db_for_partition": "cb7e67d5f9efc4bc",
-    "Table.on_key_set": "a370e35ca55c2c7e",
-}
+# ── versions ─────────────────────────────────────────────────────────────────────────
 
 
-def test_the_pinned_release_is_installed() -> None:
+def test_the_tested_releases_are_installed() -> None:
+    for dist, version in faust_fixes.TESTED_VERSIONS.items():
+        assert faust_fixes.installed_version(dist) == version
     assert faust.__version__ == faust_fixes.PINNED_FAUST_VERSION
-    faust_fixes.require_pinned_faust()
+    faust_fixes.require_tested_versions()
 
 
-def test_another_release_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(faust, "__version__", "0.16.0")
-    with pytest.raises(RuntimeError, match=r"0\.15\.3"):
+def _installed_except(dist: str, version: str) -> Any:
+    real = faust_fixes.installed_version
+
+    def lookup(name: str) -> str:
+        return version if name == dist else real(name)
+
+    return lookup
+
+
+@pytest.mark.parametrize("dist", sorted(faust_fixes.TESTED_VERSIONS))
+def test_apply_refuses_another_release(monkeypatch: pytest.MonkeyPatch, dist: str) -> None:
+    monkeypatch.setattr(faust_fixes, "installed_version", _installed_except(dist, "9.9.9"))
+    monkeypatch.setattr(faust_fixes, "_applied", False)
+    tested = re.escape(f"{dist} {faust_fixes.TESTED_VERSIONS[dist]}")
+    with pytest.raises(faust_fixes.UntestedVersionError, match=rf"{tested}.*{dist} 9\.9\.9"):
+        faust_fixes.apply()
+    assert faust_fixes._applied is False
+
+
+def test_the_private_reads_refuse_another_release(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(
+        faust_fixes, "installed_version", _installed_except("faust-streaming", "0.16.0")
+    )
+    monkeypatch.setattr(faust_fixes, "_faust_checked", False)
+    with pytest.raises(RuntimeError, match=r"faust-streaming 0\.15\.3.*0\.16\.0"):
         faust_fixes.require_pinned_faust()
+    app = faust.App("compat-refuse", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("results", partitions=3, key_type=bytes, value_type=bytes)
+    with pytest.raises(faust_fixes.UntestedVersionError):
+        faust_fixes.scan_prefix(table, 1, b"MP")
+
+
+# ── every patched, privately read or relied-on upstream function is unchanged ──────────
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_the_private_functions_the_scan_relies_on_are_unchanged(name: str) -> None:
-    assert _digest(SOURCES[name]) == EXPECTED[name], (
-        f"faust-streaming's {name} changed: check that a table write still goes to the "
-        "RocksDB store of the current event's partition, then update the digest"
+def test_the_upstream_function_is_the_one_the_compat_module_was_traced_on(name: str) -> None:
+    expected, recheck = EXPECTED[name]
+    assert digest(upstream(name)) == expected, (
+        f"{name} changed upstream. Re-check: {recheck}. Then update its digest in "
+        "tests/unit/test_faust_compat.py (decision 0006)."
     )
+
+
+def test_every_replaced_method_has_a_digest_and_is_replaced_by_apply() -> None:
+    assert set(faust_fixes.UPSTREAM) <= set(EXPECTED)
+    faust_fixes.apply()
+    for name, original in faust_fixes.UPSTREAM.items():
+        owner, attr = name.rsplit(".", 1)
+        assert getattr(upstream(owner), attr) is not original, f"apply() leaves {name}"
+    # the eighth attribute apply() sets has no upstream counterpart to go stale
+    assert "_seek_to_committed" not in inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread)
+    assert faust_aiokafka.AIOKafkaConsumerThread._seek_to_committed  # type: ignore[attr-defined]
+
+
+#: ``<name>._<private>`` on a framework object, outside the compat module
+PRIVATE = re.compile(
+    r"\b(?:app|consumer|producer|transport|table|tables|store|thread|agent|stream|event|"
+    r"recovery|fetcher|conductor|transactions|site|runner|request|web)\._[a-z]\w*"
+    r"|getattr\([^,]+,\s*[\"']_[a-z]"
+)
+
+
+def test_no_other_module_reads_a_private_framework_attribute() -> None:
+    found = []
+    for path in sorted(SERVICES.rglob("*.py")):
+        if path.name == "faust_fixes.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if PRIVATE.search(line) and not line.lstrip().startswith("#"):
+                found.append(f"{path.relative_to(SERVICES.parent)}:{n}: {line.strip()}")
+    assert not found, "put these behind an accessor in services/common/faust_fixes.py:\n" + (
+        "\n".join(found)
+    )
+
+
+# ── the accessors do what lag.py and stages.py rely on ─────────────────────────────────
+
+
+async def test_pending_and_committed_offsets_read_a_real_consumer() -> None:
+    app = faust.App("compat-lag", broker="kafka://127.0.0.1:1", value_serializer="raw")
+    app.topics.add(app.topic("orders", partitions=2))
+    conductor: Any = app.topics
+    await conductor._update_indices()  # what subscribing does: acks enabled for "orders"
+    consumer: Any = app.consumer
+    messages = [Message("orders", 1, offset, 0.0, 0, [], b"k", b"v", None) for offset in (5, 6)]
+    for message in messages:
+        consumer.track_message(message)  # delivered to an agent
+    assert faust_fixes.pending_offsets(consumer) == {("orders", 1): [5, 6]}
+    assert consumer.ack(messages[0])  # processed, not committed
+    held = faust_fixes.pending_offsets(consumer)
+    assert sorted(held[("orders", 1)]) == [5, 6]
+    assert faust_fixes.committed_offset(consumer, TP("orders", 1)) is None
+    consumer._committed_offset[TP("orders", 1)] = 6  # what a commit records
+    assert faust_fixes.committed_offset(consumer, TP("orders", 1)) == 6
+    assert faust_fixes.committed_offset(consumer, TP("orders", 0)) is None
+    assert TP("orders", 0) not in consumer._committed_offset  # read without inserting
+
+
+def test_transactional_id_is_the_one_faust_begins_and_commits() -> None:
+    app = SimpleNamespace(
+        conf=SimpleNamespace(id="mrhub-recognition"),
+        assignor=SimpleNamespace(group_for_topic=lambda topic: 2, is_standby=lambda tp: False),
+    )
+    tm: Any = SimpleNamespace(
+        app=app, transactional_id_format=faust_consumer.TransactionManager.transactional_id_format
+    )
+    tm._tps_to_active_tpgs = lambda tps: faust_consumer.TransactionManager._tps_to_active_tpgs(
+        tm, tps
+    )
+    ours = faust_fixes.transactional_id(app, "orders", 5)
+    begun = faust_consumer.TransactionManager._tps_to_transactional_ids(tm, {TP("orders", 5)})
+    assert begun == {ours} == {"mrhub-recognition-2-5"}
+
+    committed: list[str] = []
+
+    async def commit_transactions(by_id: Any, group_id: str, **_: Any) -> None:
+        committed.extend(by_id)
+
+    tm.producer = SimpleNamespace(commit_transactions=commit_transactions)
+    asyncio.run(faust_consumer.TransactionManager.commit(tm, {TP("orders", 5): 10}))
+    assert committed == [ours]
+
+
+# ── scan_prefix on a real RocksDB store ────────────────────────────────────────────────
 
 
 def test_the_store_keeps_its_open_databases_by_partition() -> None:
