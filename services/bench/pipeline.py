@@ -219,13 +219,21 @@ class Tail:
             return [(t, r) for t, r in self.seen[topic] if keep(trace_of(r))]
 
     def wait(
-        self, topic: str, keep: Callable[[str | None], bool], n: int, stall_s: float
+        self,
+        topic: str,
+        keep: Callable[[str | None], bool],
+        n: int,
+        stall_s: float,
+        *,
+        distinct: bool = False,
     ) -> list[tuple[float, Any]]:
-        """The records ``keep`` accepts once there are ``n``, or when none came for ``stall_s``."""
+        """The records ``keep`` accepts once there are ``n`` (of ``n`` distinct trace ids with
+        ``distinct``), or when none came for ``stall_s``."""
         last, moved = -1, time.monotonic()
         while True:
             found = self.records(topic, keep)
-            if len(found) >= n:
+            have = len({trace_of(r) for _, r in found}) if distinct else len(found)
+            if have >= n:
                 return found
             if len(found) != last:
                 last, moved = len(found), time.monotonic()
@@ -801,7 +809,13 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         before = cpu_sample(pids)
         outcomes, order_traces, post_s = post(order_reqs, args.order_rate)
         accepted = {o.trace_id for o in outcomes if o.status is not None and o.status < 300}
-        found = tail.wait(DECISION_MADE.name, order_traces.__contains__, len(order_traces), STALL_S)
+        found = reader.wait(
+            DECISION_MADE.name,
+            order_traces.__contains__,
+            len(order_traces),
+            STALL_S,
+            distinct=True,
+        )
         after = cpu_sample(pids)
         decisions = [(trace_of(r) or "", r) for _, r in found]
         envs = [(tr, Envelope.from_bytes(r.value)) for tr, r in decisions]
