@@ -255,14 +255,40 @@ def trace_of(record: Any) -> str | None:
 
 def topics_carrying(bootstrap: str, topics: Sequence[str], trace: str) -> dict[str, float]:
     """Which of ``topics`` hold a committed record whose trace id is ``trace``, with the
-    earliest such record's timestamp (ms)."""
-    from services.common.kafka_read import read_topic
+    earliest such record's timestamp (ms); one consumer reads them all to their end offsets."""
+    from kafka import KafkaConsumer, TopicPartition
 
+    from services.common.kafka_security import kafka_python_options
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **kafka_python_options(),
+    )
     out: dict[str, float] = {}
-    for topic in topics:
-        for r in read_topic(bootstrap, topic, timeout_s=60):
-            if trace_of(r) == trace:
-                out[topic] = min(out.get(topic, float(r.timestamp)), float(r.timestamp))
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        deadline = time.monotonic() + 120
+        while remaining and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500, max_records=10000).items():
+                for r in records:
+                    if trace_of(r) == trace:
+                        ts = float(r.timestamp)
+                        out[tp.topic] = min(out.get(tp.topic, ts), ts)
+            # transaction markers take offsets too: compare positions, not record counts
+            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+    finally:
+        consumer.close()
     return out
 
 
@@ -723,10 +749,12 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         )
         ports = {name: free_port() for name in SERVICES}
         env = hub_env(bootstrap, registry, ports, tmp / "state")
+        for name in SERVICES:  # all at once; then wait for each
+            procs[name] = start_service(name, env, tmp / f"{name}.log")
         for name in SERVICES:
-            log = tmp / f"{name}.log"
-            procs[name] = start_service(name, env, log)
-            wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", procs[name], log, 120)
+            wait_ready(
+                f"http://127.0.0.1:{ports[name]}/readyz", procs[name], tmp / f"{name}.log", 180
+            )
         pids = {CPU_NAMES[n]: p.pid for n, p in procs.items()}
         if kafka_pid is not None:
             pids["kafka"] = kafka_pid

@@ -291,3 +291,17 @@ def test_bench_all_without_the_pipeline_has_no_pipeline_rows() -> None:
     s = bench_all.summarize({})
     assert s["pipeline"] == {}
     assert not [k for k, _ in bench_all.figure_rows(s) if k.startswith("pipeline")]
+
+
+def test_the_cli_runs_it_with_its_defaults() -> None:
+    from services.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "pipeline", "--json"])
+    assert (args.which, args.visits, args.visit_rate, args.posters, args.hops) == (
+        "pipeline",
+        pipeline.VISITS,
+        pipeline.VISIT_RATE,
+        pipeline.POSTERS,
+        0,
+    )
+    assert args.order_rate is None  # 100/s for the pipeline, 50/s for bench check
