@@ -71,7 +71,7 @@ from services.common.topics import (
     TopicSpec,
 )
 
-VISITS: Final = 600
+VISITS: Final = 400
 VISIT_RATE: Final = 20.0
 POSTERS: Final = 8
 ORDER_RATE: Final = 100.0
