@@ -79,6 +79,9 @@ INSTITUTIONS: Final = 20
 SEED: Final = 20261122  # the `mrhub bench --seed` default
 #: The bare loop's latency run lasts at most this long at the order rate.
 CEILING_LATENCY_S: Final = 5.0
+#: How long a bare-loop consumer's fetch waits for data the broker does not have yet (the
+#: client default is 500 ms: a committed message could wait that long before it is read).
+FETCH_WAIT_MS: Final = 20
 #: Give up waiting when nothing new arrived for this long.
 STALL_S: Final = 90.0
 SERVICES: Final = ("ingest", "patient_index", "recognition")
@@ -328,7 +331,7 @@ async def bare_loop(
     second, or flat out when 0); ``len(topics) - 1`` transactional stages each copy topic
     ``i`` to ``i + 1`` (commit every ``commit_interval_s``); a ``read_committed`` reader
     at the end times each message from its send (wall clock, carried in a header)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
     from services.common.kafka_security import aiokafka_options
 
@@ -340,16 +343,30 @@ async def bare_loop(
     latencies: list[float] = []
     done = asyncio.Event()
     last_seen = 0.0
+    joined: list[asyncio.Event] = [asyncio.Event() for _ in topics]
+
+    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+        """Sets ``joined[i]`` once the consumer reading ``topics[i]`` has its partitions."""
+
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            if assigned:
+                joined[self.i].set()
 
     async def stage(i: int) -> None:
         group = f"mrhub-bench-bare-{run}-{i}"
         consumer = AIOKafkaConsumer(
-            topics[i],
             bootstrap_servers=bootstrap,
             group_id=group,
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             **opts,
         )
         producer = AIOKafkaProducer(
@@ -359,6 +376,7 @@ async def bare_loop(
             acks="all",
             **opts,
         )
+        consumer.subscribe([topics[i]], listener=Joined(i))
         await consumer.start()
         await producer.start()
         loop = asyncio.get_running_loop()
@@ -376,7 +394,7 @@ async def bare_loop(
                                 await producer.send(
                                     topics[i + 1], r.value, key=r.key, headers=list(r.headers)
                                 )
-                            offsets[TopicPartition(tp.topic, tp.partition)] = records[-1].offset + 1
+                            offsets[tp] = records[-1].offset + 1
                         left = deadline - loop.time()
                         if left <= 0 or stop.is_set():
                             break
@@ -386,20 +404,19 @@ async def bare_loop(
             await producer.stop()
             await consumer.stop()
 
-    async def reader(ready: asyncio.Event) -> None:
+    async def reader() -> None:
         nonlocal last_seen
         consumer = AIOKafkaConsumer(
-            topics[-1],
             bootstrap_servers=bootstrap,
             group_id=f"mrhub-bench-bare-{run}-end",
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             **opts,
         )
+        consumer.subscribe([topics[-1]], listener=Joined(len(topics) - 1))
         await consumer.start()
-        ready.set()
         try:
             while len(latencies) < messages and not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100)
@@ -414,12 +431,11 @@ async def bare_loop(
             done.set()
             await consumer.stop()
 
-    ready = asyncio.Event()
     cpu0 = time.process_time()
     tasks = [asyncio.create_task(stage(i)) for i in range(len(topics) - 1)]
-    read_task = asyncio.create_task(reader(ready))
-    await ready.wait()
-    await asyncio.sleep(3)  # every stage joins its group before the first message
+    read_task = asyncio.create_task(reader())
+    # every stage and the reader hold their partitions before the first message
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in joined)), timeout=60)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **opts
     )
