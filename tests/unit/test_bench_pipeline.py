@@ -112,7 +112,7 @@ def test_a_probe_that_never_arrived_counts_every_candidate_and_says_so() -> None
 
 
 def test_orders_are_counted_decided_exactly_once_lost_and_doubled() -> None:
-    decisions = [
+    decisions: list[tuple[str, dict[str, Any]]] = [
         ("o1", {"reason": "recognised"}),
         ("o2", {"reason": "no-prior-result"}),
         ("o2", {"reason": "no-prior-result"}),  # doubled
