@@ -170,6 +170,7 @@ class Tail:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, name="bench-tail", daemon=True)
 
     def start(self) -> None:
@@ -193,11 +194,14 @@ class Tail:
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 **kafka_python_options(),
             )
-            tps = [
-                TopicPartition(t, p)
-                for t in self.topics
-                for p in sorted(consumer.partitions_for_topic(t) or ())
-            ]
+            tps: list[Any] = []
+            deadline = time.monotonic() + 60
+            for t in self.topics:  # on a busy machine the first metadata may come late
+                while not (parts := consumer.partitions_for_topic(t)):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no partitions of {t} in the broker's metadata")
+                    self._stop.wait(0.5)
+                tps += [TopicPartition(t, p) for p in sorted(parts)]
             consumer.assign(tps)
             consumer.seek_to_end(*tps)
             for tp in tps:  # resolve now: only what becomes visible from here on
@@ -209,7 +213,12 @@ class Tail:
         self._ready.set()
         try:
             while not self._stop.is_set():
-                batch = consumer.poll(timeout_ms=100, max_records=5000)
+                try:
+                    batch = consumer.poll(timeout_ms=100, max_records=5000)
+                except Exception as exc:  # a transient error: counted, and read on
+                    self.errors.append(repr(exc))
+                    self._stop.wait(0.5)
+                    continue
                 now = time.time()
                 with self._lock:
                     for tp, records in batch.items():
@@ -708,6 +717,20 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     }
     seconds: dict[str, float] = {}
     report["seconds"] = seconds
+    problems: list[str] = []
+    ok = False
+
+    def problem(text: str) -> None:
+        """Note what went wrong, with which service processes are still running; the
+        temporary directory (with the services' logs) is then kept."""
+        alive = ", ".join(
+            f"{n} {'running' if p.poll() is None else f'exited {p.returncode}'}"
+            for n, p in procs.items()
+        )
+        errors = f"; reader errors: {tail.errors[:3]}" if tail is not None and tail.errors else ""
+        problems.append(f"{text} ({alive}{errors})")
+        _log(f"PROBLEM: {problems[-1]}")
+
     mark = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -818,11 +841,11 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             outcomes, traces, post_s = post(reqs, rate)
             seen = indexed(traces, expected)
             after = cpu_sample(pids)
-            ok = [o for o in outcomes if o.status is not None and 200 <= o.status < 300]
-            resources = sum(resources_in(fhir.build(scn, o.request)[1]) for o in ok)
+            done = [o for o in outcomes if o.status is not None and 200 <= o.status < 300]
+            resources = sum(resources_in(fhir.build(scn, o.request)[1]) for o in done)
             report[phase] = phase_report(
                 requests=len(reqs),
-                accepted=len(ok),
+                accepted=len(done),
                 resources=resources,
                 post_s=post_s,
                 first_post=first_post,
@@ -833,6 +856,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 offered_per_s=rate or None,
             )
             lap(phase)
+            if len(seen) < expected:
+                problem(f"{phase}: {len(seen)} of {expected} canonical records seen")
             if phase == "flat_out":
                 sizes = [
                     len(r.value) for _, r in tail.records(RESULT_INDEXED.name, traces.__contains__)
@@ -887,6 +912,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "cpu_us_per_order": cpu_per_record_us(before, after, counts["decided"]),
         }
         lap("orders")
+        if counts["lost"] or counts["doubled"]:
+            problem(f"orders: {counts['lost']} lost, {counts['doubled']} doubled")
 
         _log("hops: one more result, looked for on every topic a result may cross")
         report["hops"] = probe_hops(scn, tokens, gateway, bootstrap, reader)
@@ -909,7 +936,9 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         )
         lap("ceiling")
         seconds["total"] = round(sum(seconds.values()), 1)
+        report["problems"] = problems
         report["summary"] = summary(report)
+        ok = not problems
         return report
     finally:
         if tail is not None:
@@ -917,7 +946,12 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         stop_processes(list(procs.values()))
         if broker is not None:
             broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # keep the services' logs, not the broker's data
+            shutil.rmtree(tmp / "kafka", ignore_errors=True)
+            shutil.rmtree(tmp / "state", ignore_errors=True)
+            _log(f"kept the services' logs in {tmp}")
 
 
 def probe_hops(
@@ -1019,6 +1053,8 @@ def format_report(r: Mapping[str, Any]) -> str:
             f"    at {_v(s['offered_per_s'], 'g')}/s: p50 {_v(s['latency']['p50_ms'], ',.0f')} ms, "
             f"p99 {_v(s['latency']['p99_ms'], ',.0f')} ms",
         ]
+    for text in r.get("problems") or ():
+        lines.append(f"  PROBLEM: {text}")
     t = r.get("seconds")
     if t:
         lines.append("  seconds: " + ", ".join(f"{k} {v:g}" for k, v in t.items()))
@@ -1038,4 +1074,4 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
         print(format_report(report))
-    return 0
+    return 1 if report.get("problems") else 0

@@ -305,3 +305,9 @@ def test_the_cli_runs_it_with_its_defaults() -> None:
         0,
     )
     assert args.order_rate is None  # 100/s for the pipeline, 50/s for bench check
+
+
+def test_problems_are_printed() -> None:
+    r = _report()
+    r["problems"] = ["steady: 10 of 300 canonical records seen (patient_index exited 1)"]
+    assert "PROBLEM: steady: 10 of 300" in pipeline.format_report(r)
