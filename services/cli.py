@@ -23,6 +23,7 @@ from types import FrameType
 
 import httpx
 
+from services.bench import pipeline as bench_pipeline
 from services.common.broker import LocalBroker, ensure_jars
 from services.common.errors import MrhubError
 from services.common.institutions import hash_token
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stewards)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("which", choices=["ingest", "match", "index", "check", "all"])
+    p.add_argument("which", choices=["ingest", "match", "index", "check", "pipeline", "all"])
     p.add_argument("--seconds", type=float, default=10.0, help="ingest: length of each run")
     p.add_argument(
         "--dataset",
@@ -389,7 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=5000, help="check: patients with a result")
     p.add_argument("--rate", type=float, default=500.0, help="check: requests per second")
     p.add_argument("--orders", type=int, default=500, help="check: orders for order → decision")
-    p.add_argument("--order-rate", type=float, default=50.0, help="check: orders per second")
+    p.add_argument(
+        "--order-rate",
+        type=float,
+        default=None,
+        help="check, pipeline: orders per second (default 50 for check, 100 for pipeline)",
+    )
     p.add_argument("--seed", type=int, default=20261122, help="check: population seed")
     p.add_argument(
         "--recognition-workers",
@@ -397,6 +403,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         choices=[1, 2],
         help="check: recognition worker processes (checks sent round-robin)",
+    )
+    p.add_argument(
+        "--visits",
+        type=int,
+        default=bench_pipeline.VISITS,
+        help="pipeline: patients, each with a hospital visit",
+    )
+    p.add_argument(
+        "--visit-rate",
+        type=float,
+        default=bench_pipeline.VISIT_RATE,
+        help="pipeline: visit requests per second of the steady half",
+    )
+    p.add_argument(
+        "--posters",
+        type=int,
+        default=bench_pipeline.POSTERS,
+        help="pipeline: concurrent posters (flat-out half)",
+    )
+    p.add_argument(
+        "--hops",
+        type=int,
+        default=0,
+        help="pipeline: stages of the bare Kafka loop (default: the hops a result makes)",
     )
     p.add_argument(
         "--out",
@@ -410,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.order_rate is None:
+        args.order_rate = bench_pipeline.ORDER_RATE if args.which == "pipeline" else 50.0
     module = importlib.import_module(f"services.bench.{args.which}")
     code: int = module.main(args, settings)
     return code

@@ -6,7 +6,9 @@ Runs, one after the other in this process (each starts and stops what it measure
    processes against the bare R4B validation rate;
 2. ``bench match`` on ``febrl4`` — precision / recall / F1 of the auto-links;
 3. ``bench check`` with one recognition worker (``CHECK`` below: population, open-loop check
-   rate, orders), then again with two (``--recognition-workers 2``).
+   rate, orders), then again with two (``--recognition-workers 2``);
+4. ``bench pipeline`` with its defaults — visits through gateway → patient index →
+   recognition, orders at 100/s, and the bare Kafka loop over as many hops (issue 15).
 
 The key figures go into one ``summary`` (:func:`summarize`), with the goals of issues 2 and 5
 and whether each was met (``True`` / ``False`` / ``None`` when the run does not show it), and
@@ -49,6 +51,7 @@ SCALING_GOAL: Final = 1.8  # "≈ 2×": at least 1.8×
 CHECK_P99_GOAL_MS: Final = 20.0
 CHECK_GOAL_RPS: Final = 500.0
 ORDER_P99_GOAL_MS: Final = 1000.0
+PIPELINE_ORDER_RATE_GOAL: Final = 100.0
 
 
 def _log(msg: str) -> None:
@@ -124,11 +127,13 @@ def summarize(subs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for k in ("dataset", "precision", "recall", "f1", "recall_with_review", "baseline_f1")
     }
     errors = {k: str(v["error"]) for k, v in subs.items() if "error" in v}
+    pipe = _get(subs, "pipeline", "summary")
     summary: dict[str, Any] = {
         "ingest": ingest,
         "check": check,
         "order_to_decision": orders,
         "match": match,
+        "pipeline": dict(pipe) if isinstance(pipe, Mapping) else {},
         "series": series,
         "errors": errors,
     }
@@ -204,6 +209,25 @@ def goals(summary: Mapping[str, Any], match_goals: Mapping[str, Any]) -> list[di
             met,
             note,
         )
+    pipe = summary.get("pipeline") or {}
+    if pipe.get("order_to_decision_p99_ms") is not None:
+        p99, rate = pipe["order_to_decision_p99_ms"], pipe.get("order_rate_per_s") or 0
+        at_rate = rate >= PIPELINE_ORDER_RATE_GOAL
+        add(
+            f"pipeline: order → decision p99 ≤ {ORDER_P99_GOAL_MS / 1000:g} s "
+            f"at {PIPELINE_ORDER_RATE_GOAL:g} orders/s",
+            "15",
+            f"p99 {p99} ms at {rate:g}/s ({pipe.get('latency_p99_ratio')}× the bare Kafka loop)",
+            (p99 <= ORDER_P99_GOAL_MS) if at_rate or p99 > ORDER_P99_GOAL_MS else None,
+            "" if at_rate else f"only measured at {rate:g}/s",
+        )
+        lost, doubled = pipe.get("orders_lost"), pipe.get("orders_doubled")
+        add(
+            "pipeline: every order decided exactly once",
+            "15",
+            f"{pipe.get('orders_decided')} decided, {lost} lost, {doubled} doubled",
+            None if lost is None or doubled is None else lost == 0 and doubled == 0,
+        )
     for key, label in (
         ("precision_at_auto_link", "match precision at auto-link"),
         ("recall_with_review", "match recall with review"),
@@ -274,6 +298,7 @@ def figure_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{_v(o['max_ms'], ',.0f')}",
             ),
         ]
+    rows += pipeline_rows(summary.get("pipeline") or {})
     mt = summary["match"]
     if mt.get("precision") is not None:
         rows.append(
@@ -283,6 +308,37 @@ def figure_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def pipeline_rows(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The pipeline's figures (empty when it did not run)."""
+    if not p:
+        return []
+    cpu = p.get("cpu_us_per_record") or {}
+    return [
+        (
+            f"pipeline: records/s end to end, flat out (H = {_v(p.get('hops'), 'd')} hops)",
+            f"{_v(p.get('records_per_s'))} (bare Kafka loop {_v(p.get('ceiling_records_per_s'))}"
+            f"; ratio {_v(p.get('records_per_s_ratio'), '.3f')})",
+        ),
+        ("pipeline: gateway, flat out (resources/s)", _v(p.get("gateway_resources_per_s"))),
+        (
+            "pipeline: CPU µs per record: gateway / patient index / recognition",
+            " / ".join(_v(cpu.get(k), ",.0f") for k in ("gateway", "patient_index", "recognition"))
+            + f" (bare loop {_v(p.get('ceiling_cpu_us_per_record'), ',.0f')})",
+        ),
+        (
+            f"pipeline: order → decision p50 / p99 at {_v(p.get('order_rate_per_s'), 'g')}/s (ms)",
+            f"{_v(p.get('order_to_decision_p50_ms'), ',.0f')} / "
+            f"{_v(p.get('order_to_decision_p99_ms'), ',.0f')} (bare Kafka loop "
+            f"{_v(p.get('ceiling_p50_ms'), ',.0f')} / {_v(p.get('ceiling_p99_ms'), ',.0f')})",
+        ),
+        (
+            "pipeline: orders decided / lost / doubled",
+            f"{_v(p.get('orders_decided'), 'd')} / {_v(p.get('orders_lost'), 'd')} / "
+            f"{_v(p.get('orders_doubled'), 'd')}",
+        ),
+    ]
 
 
 def _met(met: bool | None) -> str:
@@ -457,7 +513,7 @@ def _step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> dict[str, dict[str, Any]]:
-    from services.bench import check, ingest, match
+    from services.bench import check, ingest, match, pipeline
     from services.patient_index.matching import DEFAULT_RULES_PATH, load_rules
 
     def do_match() -> dict[str, Any]:
@@ -477,6 +533,7 @@ def run(settings: Settings) -> dict[str, dict[str, Any]]:
         "match": _step("match", do_match),
         "check_1": _step("check, 1 recognition worker", lambda: do_check(1)),
         "check_2": _step("check, 2 recognition workers", lambda: do_check(2)),
+        "pipeline": _step("pipeline", lambda: pipeline.run(settings, pipeline.defaults())),
     }
 
 
@@ -491,7 +548,14 @@ def commands() -> list[str]:
         f"mrhub bench match --dataset {MATCH_DATASET}",
         f"{check} --recognition-workers 1",
         f"{check} --recognition-workers 2",
+        pipeline_command(),
     ]
+
+
+def pipeline_command() -> str:
+    from services.bench import pipeline
+
+    return pipeline.command(pipeline.defaults())
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import math
 import os
 import random
 import secrets
@@ -54,6 +53,9 @@ import aiohttp
 import httpx
 import simplejson
 
+from services.bench._common import machine_busy_s as _machine_busy_s
+from services.bench._common import percentile as percentile  # re-exported (bench check)
+from services.bench._common import proc_cpu_s as _proc_cpu_s
 from services.common.errors import MrhubError
 from services.common.fhir import FHIR_JSON, INSTITUTION_SYSTEM
 from services.common.identifiers import (
@@ -436,14 +438,6 @@ def make_payloads(
 # ------------------------------------------------------------------------- arithmetic
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` (0 < q ≤ 100) of already sorted values; None if empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
@@ -699,35 +693,6 @@ def baseline_rate(parts: Sequence[tuple[str, bytes]], seconds: float) -> dict[st
 
 
 # ------------------------------------------------------------------------------ processes
-
-
-def _clock_ticks() -> int:
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (ValueError, OSError, AttributeError):
-        return 100
-
-
-def _proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all cores spent busy since boot (Linux /proc/stat: user, nice, system, irq,
-    softirq; not idle, iowait or time stolen by a hypervisor), None if unknown."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            cols = [int(c) for c in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, _steal = cols
-    return (user + nice + system + irq + softirq) / _clock_ticks()
 
 
 @dataclass
