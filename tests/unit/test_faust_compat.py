@@ -109,6 +109,17 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "patch 6 and pending_offsets: does the commit still need a consecutive run of "
         "acked and gap offsets, and does it still empty _acked as it commits?",
     ),
+    # patch 8: the watchdog skips a partition without a fetch position
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": (
+        "b983e7735f647cb3",
+        "patch 8 wraps it: does it still read tp_state.position unguarded (if it tests "
+        "has_valid_position now, drop the patch)? Patch 7: does the watchdog still read "
+        "tp_last_committed_at?",
+    ),
+    "aiokafka.consumer.subscription_state.Assignment.state_value": (
+        "183fea82ef48f3e6",
+        "fetch_state reads it: does it still return None for a partition not assigned?",
+    ),
     # patch 7: transactional commits stamp the livelock watchdog
     "faust.transport.consumer.Consumer._commit_offsets": (
         "1a69799041188441",
@@ -118,10 +129,6 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._commit": (
         "932852ce7a23f658",
         "patch 7: is tp_last_committed_at still set only by the non-transactional commit?",
-    ),
-    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": (
-        "b983e7735f647cb3",
-        "patch 7: does the watchdog still read tp_last_committed_at?",
     ),
     # private reads: pending_offsets and committed_offset (the lag metric)
     "faust.transport.consumer.Consumer.__init__": (
@@ -366,3 +373,37 @@ def test_a_prefix_scan_reads_one_patients_entries_from_a_real_rocksdb(table: Any
     ]
     with pytest.raises(ValueError, match="prefix"):
         faust_fixes.scan_prefix(table, 1, b"")
+
+
+# ── patch 8: the livelock watchdog and a partition without a fetch position ─────────────
+
+
+async def test_the_watchdog_skips_a_partition_without_a_position_instead_of_crashing() -> None:
+    """Between an assignment and its first seek aiokafka knows no position for a partition;
+    faust's watchdog read it anyway and the AssertionError stopped the worker."""
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+
+    subscriptions = SubscriptionState()
+    subscriptions.assign_from_user({TopicPartition("orders", 0)})
+    state = subscriptions.subscription.assignment.state_value(TopicPartition("orders", 0))
+    assert not state.has_valid_position
+    with pytest.raises(AssertionError):  # upstream: if this returns None now, drop patch 8
+        _ = state.position
+
+    faust_fixes.apply()
+    thread: Any = object.__new__(faust_aiokafka.AIOKafkaConsumerThread)
+    reached: list[Any] = []
+    thread._ensure_consumer = lambda: SimpleNamespace(
+        _fetcher=SimpleNamespace(_subscriptions=subscriptions)
+    )
+
+    def reach(now: float, tp: Any) -> bool:
+        reached.append(tp)
+        return False
+
+    thread._verify_aiokafka_event_path = reach
+    # unpatched, this call reaches state.position and raises
+    faust_aiokafka.AIOKafkaConsumerThread.verify_event_path(thread, 0.0, TP("orders", 0))
+    assert reached == []  # skipped before any check
+    assert faust_fixes.fetch_state(thread, TP("orders", 1)) is None  # not assigned
