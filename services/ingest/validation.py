@@ -198,22 +198,33 @@ def _nesting_within(raw: bytes, limit: int) -> bool | None:
     most ``limit`` deep; None when this cannot tell cheaply (an escaped quote in a string).
 
     Without escaped quotes, strings are the text between the 1st and 2nd, 3rd and 4th …
-    ``"``; what lies outside them holds the structure. Its brackets alone, with every
-    innermost ``[]`` or ``{}`` removed once per round, are gone after as many rounds as they
-    nest. A body that msgspec decoded nests less than Python's recursion limit, so this takes
-    at most ``limit`` rounds over a few bytes per object or array."""
+    ``"``; what lies outside them holds the structure. Of its brackets alone, one round of
+    ``replace(b"[]", b"")`` then ``replace(b"{}", b"")`` removes at least the innermost
+    level and at most two: if they are gone after ``r`` rounds, they nested at most ``2r``
+    deep (a FHIR resource: 6 to 10 levels, a few rounds over a few bytes per object). Only
+    near the limit are levels counted exactly, one per round (:func:`_nesting_exact`)."""
     if b'\\"' in raw:
         return None
     skeleton = b"".join(raw.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
-    rounds = 0
-    while skeleton:
-        if len(skeleton) <= 2 * (limit - rounds):  # n pairs nest at most n deep
-            return True
+    rest, rounds = skeleton, 0
+    while rest and rounds <= limit:
+        rest = rest.replace(b"[]", b"").replace(b"{}", b"")
         rounds += 1
-        if rounds > limit:
-            return False
+    if rest:
+        return False  # more than `rounds` > limit levels
+    if 2 * rounds <= limit:
+        return True
+    return _nesting_exact(skeleton, limit)
+
+
+def _nesting_exact(skeleton: bytes, limit: int) -> bool:
+    """Whether balanced brackets ``skeleton`` nest at most ``limit`` deep: each round removes
+    exactly the innermost level (``re.sub`` does not rescan what it produced)."""
+    for _ in range(limit):
+        if not skeleton:
+            return True
         skeleton = _INNERMOST.sub(b"", skeleton)
-    return True
+    return not skeleton
 
 
 def _parse_strict(body: bytes | bytearray | str, max_depth: int) -> tuple[Any, list[Issue]]:
