@@ -669,6 +669,7 @@ class _BundleReady:
     good: list[CheckedResource]
     bad: list[CheckedResource]
     out: dict[int, tuple[OutMessage, str]]  # id(entry) → its message and event id
+    big: bool = False  # over OFFLOAD_BYTES: the answer is built in a worker thread
 
 
 def _prepare_bundle(
@@ -720,7 +721,7 @@ def _prepare_bundle(
         return refused
     if len(body) > OFFLOAD_BYTES:
         _dismantle(raw)  # the messages are built; types, indexes and issues remain
-    return _BundleReady(bundle, transaction, good, bad, out)
+    return _BundleReady(bundle, transaction, good, bad, out, len(body) > OFFLOAD_BYTES)
 
 
 def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
@@ -761,7 +762,8 @@ def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
         "entry": entries,
     }
     answer = _dumps(doc)
-    _dismantle(entries)
+    if ready.big:
+        _dismantle(entries)  # in the worker thread, not when the event loop drops it
     return answer
 
 
