@@ -990,10 +990,12 @@ def _validate_bundle_shell(raw: dict[str, Any], entries_raw: Any, issues: list[I
     """Validate the Bundle without its entries' resources (each is validated on its own).
 
     Entries usually differ only in their ``fullUrl`` (``request`` is the same for every
-    Observation of a transaction), and an entry's validity does not depend on the others: so
-    the distinct fullUrls are validated together, and the Bundle with one entry per distinct
-    remaining shape. Only when that finds a problem is the Bundle validated entry by entry, so
-    that the issues name the entries exactly as before."""
+    Observation of a transaction), and an entry's validity does not depend on the others or
+    on the Bundle's other elements: so the distinct fullUrls are validated together, and the
+    Bundle with one entry per distinct remaining shape — leaving out the shapes, and the
+    Bundle's own elements, already found valid in an earlier request
+    (:data:`_VALID_SHAPES`). Only when that finds a problem is the Bundle validated entry by
+    entry, so that the issues name the entries exactly as before."""
     if not isinstance(entries_raw, list):
         _validate_shell(raw, issues)
         return
@@ -1010,11 +1012,32 @@ def _validate_bundle_shell(raw: dict[str, Any], entries_raw: Any, issues: list[I
             if isinstance(e, dict) and isinstance(e.get("fullUrl"), str):
                 urls.append(e["fullUrl"])
                 e = {**e, "fullUrl": ""}
-            shapes.setdefault(_ENCODER.encode(e), e)
+            shape = _ENCODER.encode(e)
+            if shape not in _VALID_SHAPES:
+                shapes.setdefault(shape, e)
         _full_urls().validate_python(urls)
-        get_fhir_model_class("Bundle").model_validate({**shell, "entry": list(shapes.values())})
+        head = {k: v for k, v in raw.items() if k != "entry"}
+        head_shape = b"Bundle:" + _ENCODER.encode(head)
+        if shapes or head_shape not in _VALID_SHAPES:
+            if shapes:
+                head["entry"] = list(shapes.values())
+            get_fhir_model_class("Bundle").model_validate(head)
+            _remember_valid(head_shape, *shapes)
     except Exception:  # any doubt: validate entry by entry, as before
         _validate_shell(shell, issues)
+
+
+#: Entry shapes (an entry without its resource, fullUrl blanked) and Bundle elements (without
+#: entry) the R4B model found valid: at most :data:`_SHAPES_KEPT`, each short.
+_VALID_SHAPES: Final[set[bytes]] = set()
+_SHAPES_KEPT: Final = 1024
+_SHAPE_MAX_BYTES: Final = 512
+
+
+def _remember_valid(*shapes: bytes) -> None:
+    if len(_VALID_SHAPES) + len(shapes) > _SHAPES_KEPT:
+        _VALID_SHAPES.clear()  # bounded memory, whatever is posted
+    _VALID_SHAPES.update(s for s in shapes if len(s) <= _SHAPE_MAX_BYTES)
 
 
 def _validate_shell(shell: dict[str, Any], issues: list[Issue]) -> None:

@@ -1003,6 +1003,26 @@ def test_bundle_shell_errors_have_paths() -> None:
     assert {"Bundle.entry[2].fullUrl", "Bundle.entry[3].request.method", "Bundle.entry[7]"} <= paths
 
 
+def test_bundle_shell_errors_are_found_after_the_same_shapes_were_valid() -> None:
+    """Entry shapes and Bundle elements found valid once are not validated again; a bundle
+    that differs from them in one entry, or in its own elements, is still refused with the
+    same paths as on first sight."""
+    assert check_bundle(lab_transaction(), OWN).ok
+    assert check_bundle(lab_transaction(), OWN).ok  # the remembered shapes
+    raw = lab_transaction()
+    raw["entry"][4]["request"]["method"] = 7
+    raw["entry"][5]["request"]["url"] = 7
+    result = check_bundle(raw, OWN)
+    paths = {e for i in result.issues for e in i.expression}
+    assert {"Bundle.entry[4].request.method", "Bundle.entry[5].request.url"} <= paths
+    assert http_status(result.all_issues) == 400
+    raw = lab_transaction()
+    raw["timestamp"] = "yesterday"
+    result = check_bundle(raw, OWN)
+    assert "Bundle.timestamp" in {e for i in result.issues for e in i.expression}
+    assert check_bundle(lab_transaction(), OWN).ok
+
+
 @pytest.mark.parametrize("types", [CLINICAL_TYPES])
 def test_clinical_types_accepted_in_bundles(types: tuple[str, ...]) -> None:
     found = {e.resource_type for e in check_bundle(lab_transaction(), OWN).entries} | {
