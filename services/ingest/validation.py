@@ -24,14 +24,17 @@ Each resource is checked in three steps:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
+import msgspec
 import simplejson
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from services.common.errors import IdentifierError
 from services.common.fhir import (
@@ -138,13 +141,98 @@ def parse_json(
 ) -> tuple[Any, list[Issue]]:
     """Parse a request body as FHIR JSON: UTF-8 (a BOM is tolerated), no duplicate keys, no
     ``NaN``/``Infinity``, objects and arrays nested at most ``max_depth`` deep. Returns
-    ``(value, [])`` or ``(None, [one malformed-json or too-deep issue])``."""
+    ``(value, [])`` or ``(None, [one malformed-json or too-deep issue])``. Numbers with a
+    fraction or exponent are ``Decimal`` (so that ``6.30`` is republished as ``6.30``: FHIR
+    decimals carry their precision).
+
+    The fast path is msgspec (C) plus two checks on the bytes (:func:`_no_duplicates_seen`,
+    :func:`_nesting_within`); whatever it cannot decide — any body msgspec refuses, a body
+    whose checks are inconclusive — goes through the strict pure-Python path
+    (:func:`_parse_strict`), which says exactly what is wrong."""
+    data = bytes(body) if isinstance(body, bytearray) else body
+    if isinstance(data, bytes) and data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    elif isinstance(data, str) and data.startswith("\ufeff"):
+        data = data[1:]
+    try:
+        value = _DECODER.decode(data)
+    except RecursionError:
+        return None, [_too_deep(max_depth)]
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _parse_strict(body, max_depth)
+    raw = data.encode() if isinstance(data, str) else data
+    if not _no_duplicates_seen(raw, value):
+        return _parse_strict(body, max_depth)
+    within = _nesting_within(raw, max_depth)
+    if within is None:
+        within = not nesting_exceeds(value, max_depth)
+    if not within:
+        return None, [_too_deep(max_depth)]
+    return value, []
+
+
+_BOM: Final = b"\xef\xbb\xbf"
+_DECODER: Final = msgspec.json.Decoder(float_hook=Decimal)
+_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
+#: Every byte but the four brackets (for :meth:`bytes.translate`'s ``delete``).
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST: Final = re.compile(rb"\[\]|\{\}")
+
+
+def _no_duplicates_seen(raw: bytes, value: Any) -> bool:
+    """True when ``raw`` (decoded by msgspec into ``value``) has no duplicate key; False
+    when it may have one.
+
+    msgspec keeps the last of duplicate keys. Every key is followed by one ``:``, and a colon
+    inside a string stays a literal ``:`` when written back, so ``raw`` holds as many colons
+    as ``value`` re-encoded unless keys (and their values) were dropped — provided no colon is
+    written as a ``\\u003a`` escape (a byte ``:`` never occurs inside a UTF-8 multi-byte
+    sequence)."""
+    if b"\\u003" in raw:
+        return False
+    return raw.count(b":") == _ENCODER.encode(value).count(b":")
+
+
+def _nesting_within(raw: bytes, limit: int) -> bool | None:
+    """Whether the JSON text ``raw`` (known to be well-formed) nests objects and arrays at
+    most ``limit`` deep; None when this cannot tell cheaply (an escaped quote in a string).
+
+    Without escaped quotes, strings are the text between the 1st and 2nd, 3rd and 4th …
+    ``"``; what lies outside them holds the structure. Of its brackets alone, one round of
+    ``replace(b"[]", b"")`` then ``replace(b"{}", b"")`` removes at least the innermost
+    level and at most two: if they are gone after ``r`` rounds, they nested at most ``2r``
+    deep (a FHIR resource: 6 to 10 levels, a few rounds over a few bytes per object). Only
+    near the limit are levels counted exactly, one per round (:func:`_nesting_exact`)."""
+    if b'\\"' in raw:
+        return None
+    skeleton = b"".join(raw.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    rest, rounds = skeleton, 0
+    while rest and rounds <= limit:
+        rest = rest.replace(b"[]", b"").replace(b"{}", b"")
+        rounds += 1
+    if rest:
+        return False  # more than `rounds` > limit levels
+    if 2 * rounds <= limit:
+        return True
+    return _nesting_exact(skeleton, limit)
+
+
+def _nesting_exact(skeleton: bytes, limit: int) -> bool:
+    """Whether balanced brackets ``skeleton`` nest at most ``limit`` deep: each round removes
+    exactly the innermost level (``re.sub`` does not rescan what it produced)."""
+    for _ in range(limit):
+        if not skeleton:
+            return True
+        skeleton = _INNERMOST.sub(b"", skeleton)
+    return not skeleton
+
+
+def _parse_strict(body: bytes | bytearray | str, max_depth: int) -> tuple[Any, list[Issue]]:
+    """:func:`parse_json` in pure Python (simplejson): slower, with precise diagnostics."""
     try:
         text = body.decode("utf-8-sig") if isinstance(body, bytes | bytearray) else body
         if text.startswith("\ufeff"):
             text = text[1:]
-        # Decimals stay Decimal so that 6.30 is republished as 6.30: FHIR decimals carry
-        # their precision.
         value = simplejson.loads(
             text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, use_decimal=True
         )
@@ -899,14 +987,60 @@ _TYPE_RULES: Final = {
 
 
 def _validate_bundle_shell(raw: dict[str, Any], entries_raw: Any, issues: list[Issue]) -> None:
-    """Validate the Bundle without its entries' resources (each is validated on its own)."""
-    shell = raw
-    if isinstance(entries_raw, list):
-        shell = dict(raw)
-        shell["entry"] = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in entries_raw
-        ]
+    """Validate the Bundle without its entries' resources (each is validated on its own).
+
+    Entries usually differ only in their ``fullUrl`` (``request`` is the same for every
+    Observation of a transaction), and an entry's validity does not depend on the others or
+    on the Bundle's other elements: so the distinct fullUrls are validated together, and the
+    Bundle with one entry per distinct remaining shape — leaving out the shapes, and the
+    Bundle's own elements, already found valid in an earlier request
+    (:data:`_VALID_SHAPES`). Only when that finds a problem is the Bundle validated entry by
+    entry, so that the issues name the entries exactly as before."""
+    if not isinstance(entries_raw, list):
+        _validate_shell(raw, issues)
+        return
+    shells = [
+        {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+        for e in entries_raw
+    ]
+    shell = dict(raw)
+    shell["entry"] = shells
+    urls: list[str] = []
+    shapes: dict[bytes, Any] = {}
+    try:
+        for e in shells:
+            if isinstance(e, dict) and isinstance(e.get("fullUrl"), str):
+                urls.append(e["fullUrl"])
+                e = {**e, "fullUrl": ""}
+            shape = _ENCODER.encode(e)
+            if shape not in _VALID_SHAPES:
+                shapes.setdefault(shape, e)
+        _full_urls().validate_python(urls)
+        head = {k: v for k, v in raw.items() if k != "entry"}
+        head_shape = b"Bundle:" + _ENCODER.encode(head)
+        if shapes or head_shape not in _VALID_SHAPES:
+            if shapes:
+                head["entry"] = list(shapes.values())
+            get_fhir_model_class("Bundle").model_validate(head)
+            _remember_valid(head_shape, *shapes)
+    except Exception:  # any doubt: validate entry by entry, as before
+        _validate_shell(shell, issues)
+
+
+#: Entry shapes (an entry without its resource, fullUrl blanked) and Bundle elements (without
+#: entry) the R4B model found valid: at most :data:`_SHAPES_KEPT`, each short.
+_VALID_SHAPES: Final[set[bytes]] = set()
+_SHAPES_KEPT: Final = 1024
+_SHAPE_MAX_BYTES: Final = 512
+
+
+def _remember_valid(*shapes: bytes) -> None:
+    if len(_VALID_SHAPES) + len(shapes) > _SHAPES_KEPT:
+        _VALID_SHAPES.clear()  # bounded memory, whatever is posted
+    _VALID_SHAPES.update(s for s in shapes if len(s) <= _SHAPE_MAX_BYTES)
+
+
+def _validate_shell(shell: dict[str, Any], issues: list[Issue]) -> None:
     try:
         get_fhir_model_class("Bundle").model_validate(shell)
     except ValidationError as exc:
@@ -920,6 +1054,13 @@ def _validate_bundle_shell(raw: dict[str, Any], entries_raw: Any, issues: list[I
                 expression=("Bundle",),
             )
         )
+
+
+@functools.cache
+def _full_urls() -> TypeAdapter[list[Any]]:
+    """Validates a list of ``Bundle.entry.fullUrl`` values as the R4B model does."""
+    annotation = get_fhir_model_class("BundleEntry").model_fields["fullUrl"].annotation
+    return TypeAdapter(list[annotation])  # type: ignore[valid-type]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

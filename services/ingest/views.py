@@ -32,10 +32,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import simplejson
 from aiohttp import web
 
-from services.common.envelope import Envelope, new_id, utcnow
+from services.common import codec
+from services.common.envelope import SCHEMA_VERSION, new_id, utcnow
 from services.common.errors import KafkaUnavailableError
 from services.common.fhir import (
     DEFAULT_MAX_ISSUES,
@@ -119,6 +119,8 @@ def _dismantle(value: Any) -> None:
 
 
 EVENT_TYPE = "mrhub.ingest.resource-accepted"
+_EVENT_TYPE_BYTES = EVENT_TYPE.encode()
+_SCHEMA_VERSION_BYTES = str(SCHEMA_VERSION).encode()
 JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
 NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/x-ndjson", "application/ndjson"})
 RETRY_AFTER_S = 5
@@ -143,7 +145,8 @@ STATE_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
 def _dumps(doc: Any) -> bytes:
-    return simplejson.dumps(doc, use_decimal=True, ensure_ascii=False).encode()
+    """Compact UTF-8 JSON; a ``Decimal`` keeps its digits (an echoed ``6.30`` stays ``6.30``)."""
+    return codec.dumps(doc)
 
 
 def fhir_response(
@@ -286,12 +289,19 @@ class Gateway:
         import_line: int | None = None,
         patients: Mapping[str, dict[str, Any]] | None = None,
     ) -> tuple[OutMessage, str]:
-        env = Envelope(
-            event_type=EVENT_TYPE,
-            received_at=received_at,
-            source=institution.id,
-            trace_id=trace_id,
-            payload={
+        # The Envelope's JSON, written directly (a pydantic model built and dumped for each
+        # resource cost more than the encoding); test_ingest_envelope checks it against
+        # Envelope.to_bytes.
+        event_id = new_id()
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": event_id,
+            "event_type": EVENT_TYPE,
+            "occurred_at": utcnow(),
+            "received_at": received_at,
+            "source": institution.id,
+            "trace_id": trace_id,
+            "payload": {
                 "resource_type": checked.resource_type,
                 "bundle_id": bundle_id,
                 "entry_index": entry_index,
@@ -300,10 +310,16 @@ class Gateway:
                 "patient_identifiers": patient_identifiers(checked.resource, patients or {}),
                 "resource": checked.resource,
             },
+        }
+        headers = (
+            ("event_type", _EVENT_TYPE_BYTES),
+            ("event_id", event_id.encode()),
+            ("trace_id", trace_id.encode()),
+            ("schema_version", _SCHEMA_VERSION_BYTES),
+            ("source", institution.id.encode()),
         )
-        headers = (*env.headers(), ("source", institution.id.encode()))
-        key = self.kafka_key(institution, checked, env.event_id)
-        return OutMessage(key=key, value=env.to_bytes(), headers=headers), env.event_id
+        key = self.kafka_key(institution, checked, event_id)
+        return OutMessage(key=key, value=codec.dumps(doc), headers=headers), event_id
 
     def count(
         self, institution: Institution, checked: Sequence[CheckedResource], outcome: str
@@ -653,6 +669,7 @@ class _BundleReady:
     good: list[CheckedResource]
     bad: list[CheckedResource]
     out: dict[int, tuple[OutMessage, str]]  # id(entry) → its message and event id
+    big: bool = False  # over OFFLOAD_BYTES: the answer is built in a worker thread
 
 
 def _prepare_bundle(
@@ -704,7 +721,7 @@ def _prepare_bundle(
         return refused
     if len(body) > OFFLOAD_BYTES:
         _dismantle(raw)  # the messages are built; types, indexes and issues remain
-    return _BundleReady(bundle, transaction, good, bad, out)
+    return _BundleReady(bundle, transaction, good, bad, out, len(body) > OFFLOAD_BYTES)
 
 
 def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
@@ -745,7 +762,8 @@ def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
         "entry": entries,
     }
     answer = _dumps(doc)
-    _dismantle(entries)
+    if ready.big:
+        _dismantle(entries)  # in the worker thread, not when the event loop drops it
     return answer
 
 

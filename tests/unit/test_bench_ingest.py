@@ -198,11 +198,15 @@ def _summary(resources: float, requests: float) -> dict[str, Any]:
         "p99_ms": 80.0,
         "errors": 0,
         "cpu_pct_of_one_core": {"client": 10.0, "gateways": 90.0, "kafka": 50.0},
+        "gateway_cpu_us_per_resource": 900_000 / resources,
     }
 
 
 def _report() -> dict[str, Any]:
-    baseline = {"single": {"resources_per_s": 5000.0}, "bundle": {"resources_per_s": 6000.0}}
+    baseline = {
+        "single": {"resources_per_s": 5000.0, "cpu_us_per_resource": 200.0},
+        "bundle": {"resources_per_s": 6000.0, "cpu_us_per_resource": 150.0},
+    }
     gateway = {
         "1": {"single": _summary(1000.0, 1000.0), "bundle": _summary(3000.0, 300.0)},
         "2": {"single": _summary(1500.0, 1500.0), "bundle": _summary(3000.0, 300.0)},
@@ -231,15 +235,39 @@ def _report() -> dict[str, Any]:
 
 def test_build_ratios() -> None:
     r = _report()["ratios"]
-    assert r["single"] == {"gateway_1p_over_baseline": 0.2, "gateway_2p_over_gateway_1p": 1.5}
-    assert r["bundle"] == {"gateway_1p_over_baseline": 0.5, "gateway_2p_over_gateway_1p": 1.0}
+    assert r["single"] == {
+        "gateway_1p_over_baseline": 0.2,
+        "gateway_2p_over_gateway_1p": 1.5,
+        "baseline_cpu_over_gateway_1p_cpu": round(200 / 900, 3),
+    }
+    assert r["bundle"] == {
+        "gateway_1p_over_baseline": 0.5,
+        "gateway_2p_over_gateway_1p": 1.0,
+        "baseline_cpu_over_gateway_1p_cpu": 0.5,
+    }
     assert build_ratios({}, {})["single"]["gateway_1p_over_baseline"] is None
+    assert build_ratios({}, {})["single"]["baseline_cpu_over_gateway_1p_cpu"] is None
+
+
+def test_gateway_cpu_per_resource() -> None:
+    """The gateways' CPU during the window, per resource accepted in it."""
+    result = LoadResult(window_s=10.0)
+    assert result.gateway_cpu_us_per_resource() is None  # no CPU figures
+    result.cpu_pct = {"gateways": 50.0}
+    assert result.gateway_cpu_us_per_resource() is None  # nothing accepted
+    for _ in range(100):
+        result.record(True, 10, 0.01, True)
+    result.record(True, 10, 0.01, False)  # outside the window: not counted
+    # 0.5 of a core for 10 s = 5 CPU seconds over 1,000 resources
+    assert result.gateway_cpu_us_per_resource() == 5000.0
+    assert result.summary()["gateway_cpu_us_per_resource"] == 5000.0
 
 
 def test_format_report() -> None:
     text = format_report(_report())
     assert "mrhub bench ingest --seconds 10" in text
-    assert "5,000 resources/s" in text
+    assert "5,000 resources/s, 200 µs CPU per resource" in text
+    assert "bundle 0.50" in text  # CPU per resource, bare ÷ gateway
     assert "16,000 requests/s" in text
     assert "gateway_1p / baseline = 0.20" in text
     assert "gateway_2p / gateway_1p = 1.50" in text

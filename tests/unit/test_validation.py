@@ -32,6 +32,7 @@ from services.ingest.validation import (
     CONTEXT_TYPES,
     BundleCheck,
     CheckedResource,
+    _parse_strict,
     business_id,
     check_bundle,
     check_resource,
@@ -1002,6 +1003,26 @@ def test_bundle_shell_errors_have_paths() -> None:
     assert {"Bundle.entry[2].fullUrl", "Bundle.entry[3].request.method", "Bundle.entry[7]"} <= paths
 
 
+def test_bundle_shell_errors_are_found_after_the_same_shapes_were_valid() -> None:
+    """Entry shapes and Bundle elements found valid once are not validated again; a bundle
+    that differs from them in one entry, or in its own elements, is still refused with the
+    same paths as on first sight."""
+    assert check_bundle(lab_transaction(), OWN).ok
+    assert check_bundle(lab_transaction(), OWN).ok  # the remembered shapes
+    raw = lab_transaction()
+    raw["entry"][4]["request"]["method"] = 7
+    raw["entry"][5]["request"]["url"] = 7
+    result = check_bundle(raw, OWN)
+    paths = {e for i in result.issues for e in i.expression}
+    assert {"Bundle.entry[4].request.method", "Bundle.entry[5].request.url"} <= paths
+    assert http_status(result.all_issues) == 400
+    raw = lab_transaction()
+    raw["timestamp"] = "yesterday"
+    result = check_bundle(raw, OWN)
+    assert "Bundle.timestamp" in {e for i in result.issues for e in i.expression}
+    assert check_bundle(lab_transaction(), OWN).ok
+
+
 @pytest.mark.parametrize("types", [CLINICAL_TYPES])
 def test_clinical_types_accepted_in_bundles(types: tuple[str, ...]) -> None:
     found = {e.resource_type for e in check_bundle(lab_transaction(), OWN).entries} | {
@@ -1441,3 +1462,69 @@ def test_practitioner_role_in_bundle_of_own_hospital_is_accepted() -> None:
     raw["entry"].append(entry(role_url, role({"reference": ORG_URL})))
     raw["entry"][4]["resource"]["performer"] = [{"reference": role_url}]
     assert check_bundle(raw, OWN).ok
+
+
+# ------------------------------------------------- parse_json: fast path = strict path
+
+_TRICKY_TEXT = st.text(alphabet=st.sampled_from('a:"\\{}[]é身\u003a'), max_size=6)
+
+
+def _json_text(data: st.DataObject, value: Any, pretty: bool) -> str:
+    """``value`` as JSON text, pretty or compact, with ``:`` sometimes as ``\\u003a`` and,
+    in some objects, a key written twice."""
+    if isinstance(value, dict):
+        items = [(json.dumps(k), _json_text(data, v, pretty)) for k, v in value.items()]
+        if items and data.draw(st.integers(0, 9)) == 0:  # a duplicate key
+            items.append((items[0][0], _json_text(data, data.draw(json_values), pretty)))
+        sep = ", " if pretty else ","
+        return "{" + sep.join(f"{k}{': ' if pretty else ':'}{v}" for k, v in items) + "}"
+    if isinstance(value, list):
+        return (
+            "[" + (", " if pretty else ",").join(_json_text(data, v, pretty) for v in value) + "]"
+        )
+    text = json.dumps(value, ensure_ascii=data.draw(st.booleans()))
+    if isinstance(value, str) and data.draw(st.booleans()):
+        text = text.replace(":", "\\u003a")
+    return text
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    data=st.data(),
+    value=st.recursive(
+        json_scalars | _TRICKY_TEXT,
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(json_keys | _TRICKY_TEXT, children, max_size=4)
+        ),
+        max_leaves=30,
+    ),
+    pretty=st.booleans(),
+    limit=st.integers(1, 12),
+)
+def test_parse_json_fast_path_agrees_with_the_strict_parser(
+    data: st.DataObject, value: Any, pretty: bool, limit: int
+) -> None:
+    """msgspec and the checks on the bytes decide exactly as the pure-Python parser:
+    the same value, or the same refusal (duplicate key, too deep)."""
+    body = _json_text(data, value, pretty).encode()
+    fast, strict = parse_json(body, max_depth=limit), _parse_strict(body, limit)
+    assert fast == strict
+
+
+@pytest.mark.parametrize("depth", [1, 2, 49, 50, 51, 99, 100, 101])
+def test_parse_json_depth_exactly_at_the_limit(depth: int) -> None:
+    """Both the quick bound and the exact count near the limit (objects and arrays mixed)."""
+    body = json.dumps(nested(depth)).encode()
+    for limit in (50, 100):
+        issues = parse_json(body, max_depth=limit)[1]
+        assert (issues == []) is (depth <= limit)
+        if issues:
+            assert only_issue(issues).reason == "too-deep"
+
+
+def test_parse_json_decimal_exponent_and_big_integer_kept() -> None:
+    value, issues = parse_json(b'{"a": 6.30, "b": 1.0e5, "c": 123456789012345678901234567890}')
+    assert issues == []
+    assert str(value["a"]) == "6.30" and value["b"] == Decimal("1.0e5")
+    assert value["c"] == 123456789012345678901234567890

@@ -1,0 +1,82 @@
+"""The gateway writes each accepted resource's envelope directly (no pydantic model per
+resource): the bytes must be exactly what :class:`Envelope` writes for the same fields, and a
+decimal must keep its digits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.bench.ingest import make_payloads
+from services.common.envelope import Envelope
+from services.common.institutions import Institution, Registry
+from services.ingest.metrics import IngestMetrics
+from services.ingest.publisher import OutMessage
+from services.ingest.validation import check_bundle, check_resource, parse_json
+from services.ingest.views import EVENT_TYPE, Gateway, bundle_patients
+
+REPO = Path(__file__).resolve().parents[2]
+RECEIVED = datetime(2026, 3, 2, 7, 30, 0, 123456, tzinfo=UTC)
+
+
+def _gateway() -> tuple[Gateway, Institution]:
+    registry = Registry.load(REPO / "config" / "institutions.yaml")
+    gw = Gateway(
+        registry,
+        None,  # type: ignore[arg-type]  # no Kafka: messages are only built
+        IngestMetrics(),
+        hmac_key=b"k" * 32,
+        max_body_bytes=1 << 20,
+    )
+    return gw, next(iter(registry))
+
+
+def _as_envelope_writes_it(msg: OutMessage) -> Envelope:
+    """The envelope in ``msg``, after checking that Envelope writes the same bytes and
+    headers for it."""
+    env = Envelope.from_bytes(msg.value)
+    rebuilt = Envelope(**{name: getattr(env, name) for name in Envelope.model_fields})
+    assert rebuilt.to_bytes() == msg.value
+    assert msg.headers == (*rebuilt.headers(), ("source", env.source.encode()))
+    return env
+
+
+def test_single_resource_envelope_is_what_envelope_writes() -> None:
+    gw, who = _gateway()
+    body = make_payloads(who.id, who.name, n_single=1, n_bundles=0).single[0].body
+    checked = check_resource(parse_json(body)[0], who, expected_type="Observation")
+    assert checked.ok
+    msg, event_id = gw.message(who, checked, received_at=RECEIVED, trace_id="trace-0001")
+    env = _as_envelope_writes_it(msg)
+    assert (env.event_id, env.event_type, env.source) == (event_id, EVENT_TYPE, who.id)
+    assert (env.received_at, env.trace_id) == (RECEIVED, "trace-0001")
+    assert env.payload["resource"] == checked.resource
+    assert env.payload["resource_type"] == "Observation"
+    assert msg.key.startswith(f"{who.id}|Observation|".encode())
+
+
+def test_bundle_entry_envelopes_keep_decimals_exact() -> None:
+    gw, who = _gateway()
+    body = make_payloads(who.id, who.name, n_single=0, n_bundles=1).bundle[0].body
+    raw = parse_json(body)[0]
+    check = check_bundle(raw, who)
+    assert check.ok
+    patients = bundle_patients(check.entries)
+    for e in check.entries:
+        msg, _ = gw.message(
+            who,
+            e,
+            received_at=RECEIVED,
+            trace_id="trace-0002",
+            entry_index=e.index,
+            patients=patients,
+        )
+        env = _as_envelope_writes_it(msg)
+        assert env.payload["entry_index"] == e.index
+        assert env.payload["full_url"] == e.full_url
+        if e.resource_type == "Observation":
+            posted = e.resource["valueQuantity"]["value"]
+            # the digits as posted (6.30 stays 6.30), in the Kafka value itself
+            assert f'"value":{posted}'.encode() in msg.value
+            assert str(env.payload["resource"]["valueQuantity"]["value"]) == str(posted)
+            assert env.payload["patient_identifiers"]  # from the bundle's Patient
