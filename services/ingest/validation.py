@@ -36,6 +36,7 @@ import simplejson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
 
+from services.common import codec
 from services.common.errors import IdentifierError
 from services.common.fhir import (
     DICOM_UID_SYSTEM,
@@ -246,6 +247,10 @@ def _parse_strict(body: bytes | bytearray | str, max_depth: int) -> tuple[Any, l
         return None, [_too_deep(max_depth)]
     if nesting_exceeds(value, max_depth):
         return None, [_too_deep(max_depth)]
+    try:  # simplejson reads a lone "\ud800" escape; UTF-8 (and so Kafka) cannot hold it
+        codec.dumps(value)
+    except UnicodeEncodeError:
+        return None, [_malformed("a string holds an unpaired surrogate escape (\\uD800-\\uDFFF)")]
     return value, []
 
 

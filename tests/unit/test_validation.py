@@ -477,6 +477,8 @@ def test_parse_json_keeps_decimal_precision() -> None:
         b'{"a": NaN}',
         b'{"a": Infinity}',
         b'{"name": "\xff\xfe"}',
+        b'{"name": "\\ud800"}',  # an unpaired surrogate: no UTF-8 (nor Kafka) can hold it
+        b'{"name": "a\\udc00b"}',
     ],
 )
 def test_parse_json_malformed(body: bytes) -> None:
@@ -485,6 +487,12 @@ def test_parse_json_malformed(body: bytes) -> None:
     issue = only_issue(issues)
     assert (issue.code, issue.reason) == ("structure", "malformed-json")
     assert http_status(issues) == 400
+
+
+def test_parse_json_keeps_a_surrogate_pair() -> None:
+    value, issues = parse_json(b'{"note": "\\ud83d\\ude00 \\u738b"}')
+    assert issues == []
+    assert value == {"note": "\U0001f600 王"}
 
 
 # --------------------------------------------------------------------------- not a resource
