@@ -117,6 +117,7 @@ from services.ingest.views import EVENT_TYPE, patient_identifiers
 from services.patient_index.app import BLOCK_LIMIT, SERVICE
 from services.patient_index.identity import (
     apply_claim,
+    claims_to_send,
     keyed_identifiers,
     resolve_anchor,
 )
@@ -297,7 +298,8 @@ def seed_entries(p: Person, hmac_key: bytes) -> SeedEntries:
         raise ValueError("the person has no usable identifier")
     anchor, aliases = idents[0], idents[1:]
     res = resolve_anchor(None, anchor)
-    entries = [(anchor.key.encode(), res.state.model_dump_json().encode())]
+    _, anchor_state = claims_to_send(res.state, aliases)
+    entries = [(anchor.key.encode(), anchor_state.model_dump_json().encode())]
     for alias in aliases:
         claimed = apply_claim(None, res.master_patient_id, alias, anchor.rank).state
         if claimed is not None:

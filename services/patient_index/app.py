@@ -75,6 +75,7 @@ from services.patient_index.identity import (
     Keyed,
     LinkEvent,
     apply_claim,
+    claims_to_send,
     keyed_identifiers,
     resolve_anchor,
 )
@@ -93,6 +94,10 @@ DEAD_LETTER = dead_letter(SERVICE)
 CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
+#: How long a stage's producer gathers messages before a produce request (faust's default
+#: is 0: a request, a socket write and a broker round trip per message, the largest item of
+#: the worker's profile). Each stage waits at most this long more per hop.
+PRODUCER_LINGER_S = 0.005
 #: The audit event of a write refused because the record is another institution's.
 WRITE_REFUSED = "mrhub.audit.write-refused"
 
@@ -157,7 +162,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         raise ValueError("MRHUB_IDENTITY__HMAC_KEY must be set")
     hmac_key = settings.identity.hmac_key.get_secret_value().encode()
     port = settings.patient_index.port if web_port is None else web_port
-    app = make_app(SERVICE, settings, web_port=port, web_host=settings.patient_index.host)
+    app = make_app(
+        SERVICE,
+        settings,
+        web_port=port,
+        web_host=settings.patient_index.host,
+        producer_linger=PRODUCER_LINGER_S,
+    )
     metrics = Metrics()
     partitions = settings.topic_partitions
 
@@ -299,22 +310,26 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         a = msg["anchor"]
         res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
         metrics.decisions.labels(res.decision).inc()
-        if res.changed:
-            identities[key] = res.state.model_dump_json().encode()
+        # each weaker identifier is claimed once per master, not once per record
+        claims, state = claims_to_send(
+            res.state, [Keyed(x["key"], x["rank"], x["kind"]) for x in msg["aliases"]]
+        )
+        if res.changed or state is not res.state:
+            identities[key] = state.model_dump_json().encode()
         if res.event is not None:
             await publish_link(event, res.event, trace_id, source)
-        for alias in msg["aliases"]:
+        for alias in claims:
             await emit(
                 event,
                 by_identity,
-                alias["key"].encode(),
+                alias.key.encode(),
                 _dumps(
                     {
                         "type": "claim",
                         "master_patient_id": res.master_patient_id,
                         "rank": a["rank"],
-                        "alias_rank": alias["rank"],
-                        "alias_kind": alias["kind"],
+                        "alias_rank": alias.rank,
+                        "alias_kind": alias.kind,
                         "envelope": {"trace_id": trace_id, "source": source},
                     }
                 ),
