@@ -97,7 +97,7 @@ BLOCK_LIMIT = 500
 #: How long a stage's producer gathers messages before a produce request (faust's default
 #: is 0: a request, a socket write and a broker round trip per message, the largest item of
 #: the worker's profile). Each stage waits at most this long more per hop.
-PRODUCER_LINGER_S = 0.005
+PRODUCER_LINGER_S = 0.01
 #: The audit event of a write refused because the record is another institution's.
 WRITE_REFUSED = "mrhub.audit.write-refused"
 
@@ -205,7 +205,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     master_records = app.Table(
         "master_records", partitions=partitions, key_type=bytes, value_type=bytes
     )
-    # the last record published per record id: what a merge or unmerge re-publishes
+    # the last record published per record id (what a merge or unmerge re-publishes), as
+    # kept before it moved into the ``seen`` value: read, never written
     published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
     # keyed hash of a Study Instance UID → which institutions hold live records of it
     study_owners = app.Table(
@@ -629,27 +630,40 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     # ------------------------------------------------------------------ 3. index
 
+    def load_seen(key: bytes) -> tuple[Seen | None, dict[str, Any] | None]:
+        """The dedup state of record ``key`` and the record last published for it (with its
+        source institution), from ``seen`` — or, for a key written by a version that kept
+        them apart, its ``seen`` value and its ``published`` entry."""
+        raw = seen.get(key)
+        state, last = dedup.load_seen_value(raw) if raw is not None else (None, None)
+        if last is None and state is not None:
+            legacy = published.get(key)
+            last = _loads(legacy) if legacy is not None else None
+        return state, last
+
     async def index(event: Any, key: bytes | None, value: bytes) -> None:
         if key is None:
             raise ValueError("record message without a key")
         msg = _loads(value)
+        stored, last = load_seen(key)
         if msg.get("type") == "remaster":
-            last = published.get(key)
             if last is None:  # not published yet: it will carry the right master when it is
                 return
-            doc = _loads(last)
-            record = CanonicalRecord.model_validate(doc["record"]).model_copy(
+            record = CanonicalRecord.model_validate(last["record"]).model_copy(
                 update={"master_patient_id": msg["master_patient_id"]}
             )
-            source = doc["source"]
+            source = last["source"]
         else:
             record = CanonicalRecord.model_validate(msg["record"])
             source = msg["source"]
-        stored = seen.get(key)
-        outcome = dedup.decide(Seen.model_validate_json(stored) if stored else None, record)
+        outcome = dedup.decide(stored, record)
         metrics.records.labels(record.kind, outcome.change).inc()
-        if outcome.store:
-            seen[key] = outcome.seen.model_dump_json().encode()
+        change = outcome.published_change
+        if outcome.store or change is not None:
+            # one table write per record: the dedup state and what was published, together
+            if change is not None:
+                last = {"record": record.model_dump(mode="json"), "source": source}
+            seen[key] = dedup.seen_value(outcome.seen, last)
         attempt = stored is None and record.retracted
         uid = record.imaging.study_uid if record.imaging is not None else None
         if uid and (outcome.store or attempt):  # who holds the study, at its owner
@@ -674,10 +688,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     }
                 ),
             )
-        change = outcome.published_change
         if change is None:
             return
-        published[key] = _dumps({"record": record.model_dump(mode="json"), "source": source})
         topic, spec = (
             (results, RESULT_INDEXED) if record.kind == "result" else (orders, ORDER_PLACED)
         )
