@@ -2,9 +2,12 @@
 
 1. ``route`` reads ``mrhub.ingest.resource-accepted.v1``, works out whose record it is, and
    forwards it to the owner of its strongest identifier (internal topic, keyed by the
-   identifier's keyed hash), with a claim for each weaker identifier.
+   identifier's keyed hash).
 2. ``resolve`` owns the ``identities`` table (identifier hash → master id): it resolves the
-   record's master id, applies claims and stewards' link / unlink, publishes identity events
+   record's master id, claims each weaker identifier for it at that identifier's owner —
+   once per master: the anchor's state remembers what it claimed, so a known patient's
+   record makes no claim round trip —, applies claims and stewards' link / unlink, publishes
+   identity events
    on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
    orders to their master's owner.
 3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
@@ -17,7 +20,9 @@
    surviving master id, applies merges and unmerges and re-publishes the records they move
    (see :mod:`services.patient_index.stewardship`). Nothing that grows with a patient's
    history is rewritten whole, so no value can outgrow Kafka's message size.
-5. ``index`` owns the ``seen`` and ``published`` tables (record id → what was published): it
+5. ``index`` owns the ``seen`` table (record id → dedup state and the record last
+   published, one value so one changelog message per record; ``published`` is the table
+   that held the record before, read for keys written then, never written): it
    drops repeats and stale versions and publishes new records, updates and retractions on
    ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``. Every record is
    its poster's own (business keys start with the institution), so no post changes another
@@ -42,6 +47,7 @@ import logging
 from typing import Any
 
 import faust
+import msgspec
 from prometheus_client import Counter, Gauge
 
 from services.common.codec import dumps as _dumps
@@ -76,22 +82,19 @@ from services.patient_index.identity import (
     LinkEvent,
     apply_claim,
     claims_to_send,
-    keyed_identifiers,
     resolve_anchor,
 )
 from services.patient_index.normalize import (
     Ident,
-    person_from_fhir,
     person_from_json,
-    person_from_subject,
     person_to_json,
 )
+from services.patient_index.routing import route_of
 
 log = logging.getLogger(__name__)
 
 SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
-CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
 #: How long a stage's producer gathers messages before a produce request (faust's default
@@ -234,23 +237,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     # ------------------------------------------------------------------ 1. route
 
     async def route(event: Any, _key: bytes | None, value: bytes) -> None:
-        doc = _loads(value)  # parsed once: validated here, forwarded as is
-        env = Envelope.model_validate(doc)
-        payload = env.payload
-        rtype = payload.get("resource_type")
-        if rtype != "Patient" and rtype not in CLINICAL:
+        env = Envelope.model_validate(_loads(value))  # parsed once: validated here
+        found = route_of(env.payload, env.source, hash_ident)
+        if found is None:
             metrics.skipped.labels("context-resource").inc()
             return
-        resource = payload["resource"]
-        person = (
-            person_from_fhir(resource, env.source)
-            if rtype == "Patient"
-            else person_from_subject(payload.get("patient_identifiers") or [], env.source)
-        )
-        idents = keyed_identifiers(person, hash_ident)
-        if not idents:
-            raise ValueError("no usable patient identifier (none, or none that verifies)")
-        anchor, aliases = idents[0], idents[1:]
+        anchor = found.anchor
+        is_patient = env.payload.get("resource_type") == "Patient"
         await emit(
             event,
             by_identity,
@@ -259,9 +252,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 {
                     "type": "record",
                     "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
-                    "aliases": [{"key": a.key, "rank": a.rank, "kind": a.kind} for a in aliases],
-                    "person": person_to_json(person) if rtype == "Patient" else None,
-                    "envelope": doc,
+                    "aliases": [
+                        {"key": a.key, "rank": a.rank, "kind": a.kind} for a in found.aliases
+                    ],
+                    "person": person_to_json(found.person) if is_patient else None,
+                    # the bytes received, spliced in: not encoded again
+                    "envelope": msgspec.Raw(value),
                 }
             ),
         )
