@@ -97,10 +97,6 @@ SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
-#: How long a stage's producer gathers messages before a produce request (faust's default
-#: is 0: a request, a socket write and a broker round trip per message, the largest item of
-#: the worker's profile). Each stage waits at most this long more per hop.
-PRODUCER_LINGER_S = 0.01
 #: The audit event of a write refused because the record is another institution's.
 WRITE_REFUSED = "mrhub.audit.write-refused"
 
@@ -165,13 +161,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         raise ValueError("MRHUB_IDENTITY__HMAC_KEY must be set")
     hmac_key = settings.identity.hmac_key.get_secret_value().encode()
     port = settings.patient_index.port if web_port is None else web_port
-    app = make_app(
-        SERVICE,
-        settings,
-        web_port=port,
-        web_host=settings.patient_index.host,
-        producer_linger=PRODUCER_LINGER_S,
-    )
+    app = make_app(SERVICE, settings, web_port=port, web_host=settings.patient_index.host)
     metrics = Metrics()
     partitions = settings.topic_partitions
 
