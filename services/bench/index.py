@@ -11,8 +11,9 @@ For each population ``N`` (``--populations``, smallest first), on a fresh Kafka 
    - ``mrhub-patient-index-identities-changelog`` — per identifier, key = its keyed hash
      (``keyed_hash(MRHUB_IDENTITY__HMAC_KEY, *Ident.key())``), value = the
      ``IdentityState`` JSON: for the 身份证 (the anchor) what ``resolve_anchor`` stores for a
-     new anchor (master ``master_id_for(key)``, rank 50), for the 门诊号 what ``apply_claim``
-     stores for the claim the anchor's record makes (same master, rank 50);
+     new anchor (master ``master_id_for(key)``, rank 50) with the 门诊号 in its ``claimed``
+     list (``claims_to_send``: the anchor has claimed it once), for the 门诊号 what
+     ``apply_claim`` stores for that claim (same master, rank 50);
    - ``mrhub-patient-index-blocks-changelog`` — per birth date, key =
      ``keyed_hash(key, "block:birth_date", date)``, value = the JSON list the ``match`` stage
      keeps: ``{"anchor", "master_patient_id", "person"}`` per person (``person_to_json`` of
@@ -26,8 +27,9 @@ For each population ``N`` (``--populations``, smallest first), on a fresh Kafka 
    same key and partitioned by the producer's default partitioner —
    ``(murmur2(key) & 0x7fffffff) % partitions`` (aiokafka's ``DefaultPartitioner``, which
    faust uses; Kafka's Java default too). So an entry lands where the owner of its key reads.
-   The tables that follow *records* rather than persons — ``masters`` (master id → its
-   record ids), ``seen`` and ``published`` (record id → what was published) — and
+   The tables that follow *records* rather than persons — ``masters`` and
+   ``master_records`` (master id → its records), ``seen`` (record id → dedup state and what
+   was published) — and
    ``reviews`` start empty: a seeded person is one whose Patient the index has seen, and
    every measured record is new to it.
 2. **Recover.** Start the service (``python -m services.cli serve patient_index``, as
@@ -117,6 +119,7 @@ from services.ingest.views import EVENT_TYPE, patient_identifiers
 from services.patient_index.app import BLOCK_LIMIT, SERVICE
 from services.patient_index.identity import (
     apply_claim,
+    claims_to_send,
     keyed_identifiers,
     resolve_anchor,
 )
@@ -297,7 +300,8 @@ def seed_entries(p: Person, hmac_key: bytes) -> SeedEntries:
         raise ValueError("the person has no usable identifier")
     anchor, aliases = idents[0], idents[1:]
     res = resolve_anchor(None, anchor)
-    entries = [(anchor.key.encode(), res.state.model_dump_json().encode())]
+    _, anchor_state = claims_to_send(res.state, aliases)
+    entries = [(anchor.key.encode(), anchor_state.model_dump_json().encode())]
     for alias in aliases:
         claimed = apply_claim(None, res.master_patient_id, alias, anchor.rank).state
         if claimed is not None:
@@ -1448,7 +1452,7 @@ def report_notes(report: Mapping[str, Any]) -> list[str]:
         "before the next may read its output, so the first record takes seconds whatever the "
         "population ('first record after'); 'records/s after the first' leaves that out",
         "seeded: the identities and blocks tables (what the index keeps per person); the "
-        "tables that grow with records (masters, seen, published) start empty, so every "
+        "tables that grow with records (masters, master_records, seen) start empty, so every "
         "measured record is new and a known person's master has no records yet; every "
         "visitor has a verified 身份证, so the match stage only keeps blocks up to date (no "
         "probabilistic matching runs)",

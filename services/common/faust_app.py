@@ -246,4 +246,8 @@ def run_worker(app: faust.App, settings: Settings) -> None:
         max_message_bytes=max_message_bytes(settings),
     )
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
+    # faust's terminal spinner turns the root logger to DEBUG (at WARNING and above) so that
+    # it can spin on every line: every library debug call ("send: ..." per message) would
+    # then build a record. No spinner: root and library loggers stay at the configured level.
+    worker.spinner = None
     worker.execute_from_commandline()

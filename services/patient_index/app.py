@@ -2,9 +2,12 @@
 
 1. ``route`` reads ``mrhub.ingest.resource-accepted.v1``, works out whose record it is, and
    forwards it to the owner of its strongest identifier (internal topic, keyed by the
-   identifier's keyed hash), with a claim for each weaker identifier.
+   identifier's keyed hash).
 2. ``resolve`` owns the ``identities`` table (identifier hash → master id): it resolves the
-   record's master id, applies claims and stewards' link / unlink, publishes identity events
+   record's master id, claims each weaker identifier for it at that identifier's owner —
+   once per master: the anchor's state remembers what it claimed, so a known patient's
+   record makes no claim round trip —, applies claims and stewards' link / unlink, publishes
+   identity events
    on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
    orders to their master's owner.
 3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
@@ -17,7 +20,9 @@
    surviving master id, applies merges and unmerges and re-publishes the records they move
    (see :mod:`services.patient_index.stewardship`). Nothing that grows with a patient's
    history is rewritten whole, so no value can outgrow Kafka's message size.
-5. ``index`` owns the ``seen`` and ``published`` tables (record id → what was published): it
+5. ``index`` owns the ``seen`` table (record id → dedup state and the record last
+   published, one value so one changelog message per record; ``published`` is the table
+   that held the record before, read for keys written then, never written): it
    drops repeats and stale versions and publishes new records, updates and retractions on
    ``mrhub.results.result-indexed.v1`` / ``mrhub.results.order-placed.v1``. Every record is
    its poster's own (business keys start with the institution), so no post changes another
@@ -42,6 +47,7 @@ import logging
 from typing import Any
 
 import faust
+import msgspec
 from prometheus_client import Counter, Gauge
 
 from services.common.codec import dumps as _dumps
@@ -75,22 +81,20 @@ from services.patient_index.identity import (
     Keyed,
     LinkEvent,
     apply_claim,
-    keyed_identifiers,
+    claims_to_send,
     resolve_anchor,
 )
 from services.patient_index.normalize import (
     Ident,
-    person_from_fhir,
     person_from_json,
-    person_from_subject,
     person_to_json,
 )
+from services.patient_index.routing import route_of
 
 log = logging.getLogger(__name__)
 
 SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
-CLINICAL = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
 #: The audit event of a write refused because the record is another institution's.
@@ -194,7 +198,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     master_records = app.Table(
         "master_records", partitions=partitions, key_type=bytes, value_type=bytes
     )
-    # the last record published per record id: what a merge or unmerge re-publishes
+    # the last record published per record id (what a merge or unmerge re-publishes), as
+    # kept before it moved into the ``seen`` value: read, never written
     published = app.Table("published", partitions=partitions, key_type=bytes, value_type=bytes)
     # keyed hash of a Study Instance UID → which institutions hold live records of it
     study_owners = app.Table(
@@ -222,23 +227,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     # ------------------------------------------------------------------ 1. route
 
     async def route(event: Any, _key: bytes | None, value: bytes) -> None:
-        doc = _loads(value)  # parsed once: validated here, forwarded as is
-        env = Envelope.model_validate(doc)
-        payload = env.payload
-        rtype = payload.get("resource_type")
-        if rtype != "Patient" and rtype not in CLINICAL:
+        env = Envelope.model_validate(_loads(value))  # parsed once: validated here
+        found = route_of(env.payload, env.source, hash_ident)
+        if found is None:
             metrics.skipped.labels("context-resource").inc()
             return
-        resource = payload["resource"]
-        person = (
-            person_from_fhir(resource, env.source)
-            if rtype == "Patient"
-            else person_from_subject(payload.get("patient_identifiers") or [], env.source)
-        )
-        idents = keyed_identifiers(person, hash_ident)
-        if not idents:
-            raise ValueError("no usable patient identifier (none, or none that verifies)")
-        anchor, aliases = idents[0], idents[1:]
+        anchor = found.anchor
+        is_patient = env.payload.get("resource_type") == "Patient"
         await emit(
             event,
             by_identity,
@@ -247,9 +242,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 {
                     "type": "record",
                     "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
-                    "aliases": [{"key": a.key, "rank": a.rank, "kind": a.kind} for a in aliases],
-                    "person": person_to_json(person) if rtype == "Patient" else None,
-                    "envelope": doc,
+                    "aliases": [
+                        {"key": a.key, "rank": a.rank, "kind": a.kind} for a in found.aliases
+                    ],
+                    "person": person_to_json(found.person) if is_patient else None,
+                    # the bytes received, spliced in: not encoded again
+                    "envelope": msgspec.Raw(value),
                 }
             ),
         )
@@ -299,22 +297,26 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         a = msg["anchor"]
         res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
         metrics.decisions.labels(res.decision).inc()
-        if res.changed:
-            identities[key] = res.state.model_dump_json().encode()
+        # each weaker identifier is claimed once per master, not once per record
+        claims, state = claims_to_send(
+            res.state, [Keyed(x["key"], x["rank"], x["kind"]) for x in msg["aliases"]]
+        )
+        if res.changed or state is not res.state:
+            identities[key] = state.model_dump_json().encode()
         if res.event is not None:
             await publish_link(event, res.event, trace_id, source)
-        for alias in msg["aliases"]:
+        for alias in claims:
             await emit(
                 event,
                 by_identity,
-                alias["key"].encode(),
+                alias.key.encode(),
                 _dumps(
                     {
                         "type": "claim",
                         "master_patient_id": res.master_patient_id,
                         "rank": a["rank"],
-                        "alias_rank": alias["rank"],
-                        "alias_kind": alias["kind"],
+                        "alias_rank": alias.rank,
+                        "alias_kind": alias.kind,
                         "envelope": {"trace_id": trace_id, "source": source},
                     }
                 ),
@@ -614,27 +616,40 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     # ------------------------------------------------------------------ 3. index
 
+    def load_seen(key: bytes) -> tuple[Seen | None, dict[str, Any] | None]:
+        """The dedup state of record ``key`` and the record last published for it (with its
+        source institution), from ``seen`` — or, for a key written by a version that kept
+        them apart, its ``seen`` value and its ``published`` entry."""
+        raw = seen.get(key)
+        state, last = dedup.load_seen_value(raw) if raw is not None else (None, None)
+        if last is None and state is not None:
+            legacy = published.get(key)
+            last = _loads(legacy) if legacy is not None else None
+        return state, last
+
     async def index(event: Any, key: bytes | None, value: bytes) -> None:
         if key is None:
             raise ValueError("record message without a key")
         msg = _loads(value)
+        stored, last = load_seen(key)
         if msg.get("type") == "remaster":
-            last = published.get(key)
             if last is None:  # not published yet: it will carry the right master when it is
                 return
-            doc = _loads(last)
-            record = CanonicalRecord.model_validate(doc["record"]).model_copy(
+            record = CanonicalRecord.model_validate(last["record"]).model_copy(
                 update={"master_patient_id": msg["master_patient_id"]}
             )
-            source = doc["source"]
+            source = last["source"]
         else:
             record = CanonicalRecord.model_validate(msg["record"])
             source = msg["source"]
-        stored = seen.get(key)
-        outcome = dedup.decide(Seen.model_validate_json(stored) if stored else None, record)
+        outcome = dedup.decide(stored, record)
         metrics.records.labels(record.kind, outcome.change).inc()
-        if outcome.store:
-            seen[key] = outcome.seen.model_dump_json().encode()
+        change = outcome.published_change
+        if outcome.store or change is not None:
+            # one table write per record: the dedup state and what was published, together
+            if change is not None:
+                last = {"record": record.model_dump(mode="json"), "source": source}
+            seen[key] = dedup.seen_value(outcome.seen, last)
         attempt = stored is None and record.retracted
         uid = record.imaging.study_uid if record.imaging is not None else None
         if uid and (outcome.store or attempt):  # who holds the study, at its owner
@@ -659,10 +674,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     }
                 ),
             )
-        change = outcome.published_change
         if change is None:
             return
-        published[key] = _dumps({"record": record.model_dump(mode="json"), "source": source})
         topic, spec = (
             (results, RESULT_INDEXED) if record.kind == "result" else (orders, ORDER_PLACED)
         )

@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 import simplejson
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from services.common.codec import dumps, loads
 from services.patient_index.canonical import CanonicalRecord, PublishedChange
 
 Change = Literal["new", "duplicate", "update", "retraction", "stale"]
@@ -81,6 +82,25 @@ class Seen(BaseModel):
     last_event_id: str
     master_patient_id: str
     retracted: bool = False
+
+
+def seen_value(state: Seen, published: dict[str, Any] | None) -> bytes:
+    """The ``seen`` table's value of one record id: its dedup state and the record last
+    published for it (``{"record", "source"}``, what a merge re-publishes), in one entry —
+    one changelog message per record, not two."""
+    doc: dict[str, Any] = {"seen": state.model_dump(mode="json")}
+    if published is not None:
+        doc["published"] = published
+    return dumps(doc)
+
+
+def load_seen_value(raw: bytes) -> tuple[Seen, dict[str, Any] | None]:
+    """A ``seen`` value read back: ``(state, published)``. A value of the earlier layout (the
+    state alone, its record in the ``published`` table) gives ``(state, None)``."""
+    doc = loads(raw)
+    if "seen" in doc:
+        return Seen.model_validate(doc["seen"]), doc.get("published")
+    return Seen.model_validate(doc), None
 
 
 @dataclass(frozen=True, slots=True)

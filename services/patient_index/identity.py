@@ -17,7 +17,7 @@ This module is pure: the agents call it with table state and publish what it ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,14 +69,24 @@ def master_id_for(anchor_key: str) -> str:
     return f"MP{anchor_key[:24]}"
 
 
+#: Weaker identifiers an anchor remembers having claimed for its master (a person has a few;
+#: the oldest drop out first, so the value stays bounded).
+CLAIMED_LIMIT = 16
+
+
 class IdentityState(BaseModel):
-    """What the owner of one identifier knows: its master and how strong the claim was."""
+    """What the owner of one identifier knows: its master and how strong the claim was.
+
+    ``claimed``: as the anchor of records, the keyed hashes of the weaker identifiers it has
+    already claimed for ``master_patient_id`` (see :func:`claims_to_send`); a state naming
+    another master starts with none. Older values without it read as none claimed."""
 
     model_config = ConfigDict(frozen=True)
 
     master_patient_id: str
     rank: int
     kind: str
+    claimed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,26 @@ def resolve_anchor(state: IdentityState | None, anchor: Keyed) -> Resolution:
     new_state = IdentityState(master_patient_id=master, rank=anchor.rank, kind=anchor.kind)
     event = LinkEvent("new", master, anchor.kind, anchor.rank)
     return Resolution(master, new_state, True, event, "new")
+
+
+def claims_to_send(
+    state: IdentityState, aliases: Sequence[Keyed]
+) -> tuple[list[Keyed], IdentityState]:
+    """The claims a record anchored at ``state`` must still send, and the anchor's state
+    remembering them (``state`` itself when there is none to send).
+
+    A claim this anchor already made for the same master would change nothing at the
+    alias's owner: the alias took it (an equal claim is a no-op), or holds stronger or equal
+    evidence for another master (a conflict a steward was told about by the first claim).
+    So each alias is claimed once per master, not once per record: no round trip through the
+    alias's owner when nothing changes. The anchor's master changing (a relink, a steward)
+    writes a new state without ``claimed``, so the claims go out again for the new master.
+    """
+    todo = [a for a in aliases if a.key not in state.claimed]
+    if not todo:
+        return [], state
+    claimed = (*state.claimed, *(a.key for a in todo))[-CLAIMED_LIMIT:]
+    return todo, state.model_copy(update={"claimed": claimed})
 
 
 @dataclass(frozen=True, slots=True)

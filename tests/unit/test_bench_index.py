@@ -61,6 +61,7 @@ from services.patient_index.identity import (
     IdentityState,
     Keyed,
     apply_claim,
+    claims_to_send,
     keyed_identifiers,
     master_id_for,
     resolve_anchor,
@@ -192,7 +193,10 @@ def test_seeded_identity_entries_are_the_service_s_identity_state(persons: list[
     master = master_id_for(card_key)
     assert entries.master_patient_id == master
     assert stored == {
-        card_key: IdentityState(master_patient_id=master, rank=50, kind="id_card"),
+        # the card anchors the Patient and has claimed its 门诊号 once
+        card_key: IdentityState(
+            master_patient_id=master, rank=50, kind="id_card", claimed=(mz_key,)
+        ),
         mz_key: IdentityState(master_patient_id=master, rank=50, kind="local"),
     }
 
@@ -216,6 +220,9 @@ def test_seeded_state_is_what_the_service_keeps_when_the_person_comes_back(
     anchor, *aliases = keyed_identifiers(person, _hash)
     res = resolve_anchor(stored[anchor.key], anchor)
     assert (res.decision, res.changed) == ("deterministic", False)
+    # no claim goes out again (the anchor remembers it made them), and were one to, it
+    # would change nothing
+    assert claims_to_send(res.state, aliases) == ([], res.state)
     for alias in aliases:
         claim = apply_claim(stored[alias.key], res.master_patient_id, alias, anchor.rank)
         assert (claim.state, claim.event) == (None, None)

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.patient_index.canonical import CanonicalRecord
-from services.patient_index.dedup import Outcome, Seen, content_hash, decide
+from services.patient_index.dedup import (
+    Outcome,
+    Seen,
+    content_hash,
+    decide,
+    load_seen_value,
+    seen_value,
+)
 from tests.unit.test_canonical import (
     INST_A,
     INST_B,
@@ -76,6 +83,17 @@ def test_the_first_arrival_is_new() -> None:
 def test_seen_survives_a_json_round_trip() -> None:
     seen = decide(None, k()).seen
     assert Seen.model_validate_json(seen.model_dump_json()) == seen
+
+
+def test_seen_and_the_published_record_share_one_value_and_old_values_still_read() -> None:
+    record = k()
+    seen = decide(None, record).seen
+    published = {"record": record.model_dump(mode="json"), "source": "inst"}
+    state, last = load_seen_value(seen_value(seen, published))
+    assert state == seen and last is not None
+    assert CanonicalRecord.model_validate(last["record"]) == record
+    # a value written before the record moved into it: the state alone
+    assert load_seen_value(seen.model_dump_json().encode()) == (seen, None)
 
 
 # --- duplicate ----------------------------------------------------------------------------

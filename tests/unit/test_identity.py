@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
 from services.patient_index.identity import (
+    CLAIMED_LIMIT,
     IdentityState,
     Keyed,
     apply_claim,
+    claims_to_send,
     keyed_identifiers,
     master_id_for,
     resolve_anchor,
@@ -115,3 +117,35 @@ def test_a_relinking_claim_tells_the_old_master_to_let_the_identifier_s_records_
     same = IdentityState(master_patient_id="MP1", rank=50, kind="local")
     assert apply_claim(same, "MP1", ALIAS, 50).records_follow(ALIAS.key) is None
     assert apply_claim(same, "MP2", ALIAS, 50).records_follow(ALIAS.key) is None
+
+
+ANCHOR_STATE = IdentityState(master_patient_id="MP1", rank=50, kind="id_card")
+HOSPITAL_NO = Keyed("d" * 32, 10, "local")
+
+
+def test_an_anchor_claims_each_alias_once_for_its_master() -> None:
+    claims, state = claims_to_send(ANCHOR_STATE, [ALIAS, HOSPITAL_NO])
+    assert claims == [ALIAS, HOSPITAL_NO]
+    # the next record of the same person sends no claim: nothing would change
+    again, same = claims_to_send(state, [ALIAS, HOSPITAL_NO])
+    assert again == [] and same is state
+    # a new identifier on a later record is claimed, the known one is not
+    more, _ = claims_to_send(state, [ALIAS, Keyed("e" * 32, 30, "insurance")])
+    assert [k.key for k in more] == ["e" * 32]
+
+
+def test_an_anchor_moved_to_another_master_claims_its_aliases_again() -> None:
+    _, state = claims_to_send(ANCHOR_STATE, [ALIAS])
+    relinked = apply_claim(state, "MP2", Keyed("f" * 32, 50, "id_card"), 60).state
+    assert relinked is not None
+    claims, _ = claims_to_send(relinked, [ALIAS])
+    assert claims == [ALIAS]
+
+
+def test_the_claimed_list_stays_bounded_and_reads_old_values() -> None:
+    state = ANCHOR_STATE
+    for i in range(CLAIMED_LIMIT + 5):
+        _, state = claims_to_send(state, [Keyed(f"{i:032d}", 10, "local")])
+    assert len(state.claimed) == CLAIMED_LIMIT
+    old = IdentityState.model_validate_json('{"master_patient_id":"MP1","rank":50,"kind":"x"}')
+    assert old.claimed == ()

@@ -1,0 +1,71 @@
+"""Whose record is it: the person and the anchor of one accepted resource (pure).
+
+The ``route`` stage calls :func:`route_of` for every message on
+``mrhub.ingest.resource-accepted.v1`` and forwards the record to the owner of the anchor's
+keyed hash. :func:`routing_partition` is the partition that owner reads: a producer that
+put each accepted resource there (the gateway, which holds the same HMAC key) would let the
+``resolve`` stage read ``resource-accepted`` directly and the ``route`` hop — one consumed
+and one produced message per record — disappear (issue 15; not done: the gateway's key and
+partitioning are its own, and other consumers read that topic too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from services.common.identifiers import keyed_hash
+from services.common.topics import partition_for
+from services.patient_index.identity import Keyed, keyed_identifiers
+from services.patient_index.normalize import (
+    Ident,
+    Person,
+    person_from_fhir,
+    person_from_subject,
+)
+
+#: Clinical resources that become canonical records (a Patient only feeds identities).
+CLINICAL: Final = frozenset({"Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The person a resource names, its anchor (strongest identifier) and the rest."""
+
+    person: Person
+    anchor: Keyed
+    aliases: tuple[Keyed, ...]
+
+
+def route_of(
+    payload: Mapping[str, Any], source: str, hash_ident: Callable[[Ident], str]
+) -> Route | None:
+    """The route of an accepted resource's ``payload`` posted by ``source``; ``None`` for a
+    resource that carries no record for the index (neither a Patient nor a clinical one).
+    Raises ``ValueError`` when the resource names no usable patient identifier."""
+    rtype = payload.get("resource_type")
+    if rtype != "Patient" and rtype not in CLINICAL:
+        return None
+    person = (
+        person_from_fhir(payload["resource"], source)
+        if rtype == "Patient"
+        else person_from_subject(payload.get("patient_identifiers") or [], source)
+    )
+    idents = keyed_identifiers(person, hash_ident)
+    if not idents:
+        raise ValueError("no usable patient identifier (none, or none that verifies)")
+    return Route(person, idents[0], tuple(idents[1:]))
+
+
+def routing_partition(
+    payload: Mapping[str, Any], source: str, hmac_key: bytes, partitions: int
+) -> int | None:
+    """The partition of the patient index's ``by-identity`` topic (and of its ``identities``
+    table) that owns the resource's anchor; ``None`` when the index has nothing to route
+    (not a record, or no usable identifier)."""
+    try:
+        found = route_of(payload, source, lambda i: keyed_hash(hmac_key, *i.key()))
+    except ValueError:
+        return None
+    return None if found is None else partition_for(found.anchor.key.encode(), partitions)
