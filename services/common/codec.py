@@ -16,8 +16,9 @@ import msgspec
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 _DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
-#: What a value that is not JSON raises on decoding.
-DecodeError = msgspec.DecodeError
+
+class DecodeError(ValueError):
+    """A value that is not JSON (a ``ValueError``, as ``json.loads`` raises)."""
 
 
 def dumps(doc: Any) -> bytes:
@@ -28,4 +29,7 @@ def dumps(doc: Any) -> bytes:
 def loads(data: bytes | str) -> Any:
     """JSON with every non-integer number read as ``Decimal``. Raises :data:`DecodeError`
     (a ``ValueError``) on anything that is not JSON."""
-    return _DECODER.decode(data)
+    try:
+        return _DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(str(exc)) from exc

@@ -51,3 +51,8 @@ def test_an_envelope_round_trips_with_exact_decimals() -> None:
     back = Envelope.from_bytes(raw)
     assert back.payload == payload
     assert back.event_id == env.event_id and back.occurred_at == env.occurred_at
+
+
+def test_a_decode_error_is_a_value_error_as_json_loads_raises() -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        Envelope.from_bytes(b"{not json")
