@@ -52,7 +52,7 @@ from services.common.patient_lookup import (
 )
 from services.common.settings import Settings
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
-from services.common.web_guard import guard_for, page
+from services.common.web_guard import CALLER_KEY, Caller, guard_for, page
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import (
     MAX_BODY_BYTES,
@@ -93,8 +93,8 @@ class Context:
     settings: Settings
     registry: Registry
     catalogs: CatalogSet
-    #: master id → the payloads of the patient's known results (this worker's partitions)
-    results_of: Callable[[str], list[dict[str, Any]]]
+    #: master id → the patient's known results, parsed (this worker's partitions)
+    priors_of: Callable[[str], list[PriorResult]]
     #: master id → order id → kept entry of each decided order (``order`` holds its payload)
     orders_of: Callable[[str], dict[str, Any]]
     metrics: Any
@@ -179,6 +179,9 @@ def install(ctx: Context) -> None:
     app.service(Clients)
 
     def caller(request: Request) -> Institution:
+        known: Caller | None = request.get(CALLER_KEY)  # the guard checked the token
+        if known is not None and known.kind == "institution" and known.institution is not None:
+            return known.institution
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         inst = ctx.registry.authenticate(token.strip()) if scheme.lower() == "bearer" else None
@@ -271,7 +274,7 @@ def install(ctx: Context) -> None:
                     reason="not-found",
                 )
             )
-        priors = [PriorResult.model_validate(p) for p in (ctx.results_of(master) if master else ())]
+        priors = ctx.priors_of(master) if master else []
         order = Order(institution=inst.id, master_patient_id=master, codes=codes)
         return decide(order, priors, ctx.registry, catalog, now)
 
