@@ -82,6 +82,7 @@ class PatientLookup:
             headers={"Authorization": f"Bearer {internal_token(settings)}"},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
         )
 
