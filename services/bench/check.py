@@ -124,6 +124,28 @@ def _metric(url: str, name: str) -> float:
     )
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc`` (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+    return {label: _cpu_s(proc.pid) for label, proc in procs.items()}
+
+
+def _cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float | None]:
+    """Milliseconds of CPU per item (``n`` items) of each service between two readings:
+    a figure that holds on a machine shared with other work, unlike latencies."""
+    return {
+        label: (round((after[label] - before[label]) * 1000 / n, 3) if n else None)
+        for label in after
+    }
+
+
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -316,6 +338,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-check-"))
     broker: LocalBroker | None = None
     procs: list[subprocess.Popen[bytes]] = []
+    labelled: dict[str, subprocess.Popen[bytes]] = {}
     workers = int(getattr(args, "recognition_workers", 1) or 1)
     if workers not in (1, 2):
         raise ValueError("--recognition-workers must be 1 or 2")
@@ -392,6 +415,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                         start_new_session=True,
                     )
                 )
+            labelled[label] = procs[-1]
             port = int(overrides.get("MRHUB_RECOGNITION__PORT", ports[service]))
             _wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1], log, 120)
         gateway = f"http://127.0.0.1:{ports['ingest']}"
@@ -417,15 +441,28 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 1),
         }
         _log(f"check load: {args.rate:g} requests/s for {args.seconds:g} s")
+        cpu0 = _cpu(labelled)
         report["check"] = asyncio.run(
             _check_load(recognitions, ask_token, known, unknown, args.rate, args.seconds)
+        )
+        report["check"]["cpu_ms_per_check"] = _cpu_per(
+            cpu0, _cpu(labelled), report["check"]["requests"]
         )
         report["check"]["ratio_to_baseline"] = round(
             report["check"]["achieved_rps"] / report["baseline"]["decisions_per_s"], 4
         )
         _log(f"orders: {args.orders} at {args.order_rate:g}/s")
+        cpu0, t_orders = _cpu(labelled), time.perf_counter()
         traces = asyncio.run(_post_orders(gateway, ask_token, known, args.orders, args.order_rate))
         found = _decision_latencies(bootstrap, traces, timeout_s=120)
+        # the services' CPU from the first order to the last decision found, idle commits
+        # included (the reading loop polls once a second: up to a second of idle at the end)
+        order_cpu = _cpu_per(cpu0, _cpu(labelled), len(traces))
+        order_cpu_s = {
+            label: round(ms * len(traces) / 1000 / (time.perf_counter() - t_orders), 3)
+            for label, ms in order_cpu.items()
+            if ms is not None
+        }
         lat = sorted(d for _, d in found.values())
         first = min((r for r, _ in found.values()), default=0.0)
         report["order_to_decision"] = {
@@ -436,6 +473,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
             "max_ms": _ms(lat[-1] if lat else None),
+            "cpu_ms_per_order": order_cpu,
+            "cpu_cores_busy": order_cpu_s,
             "timeline": timeline([(r - first, d) for r, d in found.values()]),
         }
         report["goals"] = {
@@ -476,14 +515,20 @@ def format_report(r: dict[str, Any]) -> str:
             f"{c['achieved_rps']:,}/s, p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, "
             f"max {c['max_ms']} ms; statuses {c['statuses']}; outcomes {c['outcomes']}",
             f"  check rate / baseline: {c['ratio_to_baseline']}",
+            f"  CPU ms per check: {_cpu_line(c['cpu_ms_per_check'])}",
             f"  order → decision at {o['rate_per_s']:g}/s: {o['decided']}/{o['accepted']} "
             f"decided, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, max {o['max_ms']} ms",
+            f"  CPU ms per order: {_cpu_line(o['cpu_ms_per_order'])}",
             f"  goals: check p99 ≤ 20 ms at 500/s: "
             f"{'met' if r['goals']['check_p99_le_20ms_at_500rps'] else 'NOT met'}; "
             f"order → decision p99 ≤ 1 s: "
             f"{'met' if r['goals']['order_to_decision_p99_le_1s'] else 'NOT met'}",
         ]
     )
+
+
+def _cpu_line(per: dict[str, float | None]) -> str:
+    return ", ".join(f"{label} {ms}" for label, ms in per.items())
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

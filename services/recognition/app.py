@@ -86,6 +86,8 @@ KEEP_ORDERS_FOR = timedelta(days=90)
 MAX_MATCHES = 20
 #: How often a worker looks whether the catalogue versions in force changed.
 CATALOGUE_WATCH_S = 10.0
+#: Parsed results a worker keeps (a few KB each), the most recently parsed.
+PARSED_RESULTS_KEPT = 20_000
 #: Seconds buckets from gateway receipt to a decision, and of a synchronous check.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -262,17 +264,38 @@ def create_app(
     emit = stages.emit
     partitions = settings.topic_partitions
 
-    def patient_results(key: bytes, partition: int | None = None) -> dict[str, Any]:
-        """record id → payload of every known result of master ``key``: a prefix scan of the
-        partition that holds them (the event's own, or the master's when answering HTTP),
-        plus a value left in the layout before one entry per result, if any."""
+    #: table key → (its value, the result parsed): a patient's results are read for every
+    #: order and every check, and parsing them (JSON, then the model) cost more than the
+    #: decision. An entry is used only while the stored value is byte-for-byte the same.
+    parsed: dict[bytes, tuple[bytes, PriorResult]] = {}
+
+    def prior(entry: bytes, raw: bytes) -> PriorResult:
+        hit = parsed.get(entry)
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        result = PriorResult.model_validate(_loads(raw))
+        if len(parsed) >= PARSED_RESULTS_KEPT:
+            del parsed[next(iter(parsed))]  # the oldest parsed: a bounded cache
+        parsed[entry] = (raw, result)
+        return result
+
+    def patient_priors(key: bytes, partition: int | None = None) -> list[PriorResult]:
+        """Every known result of master ``key``, parsed: a prefix scan of the partition that
+        holds them (the event's own, or the master's when answering HTTP), plus those of a
+        value left in the layout before one entry per result, if any. Each stored value is
+        parsed once (the last :data:`PARSED_RESULTS_KEPT` kept)."""
         part = partition_for(key, partitions) if partition is None else partition
         prefix = results_prefix(key)
-        out = {k[len(prefix) :].decode(): _loads(v) for k, v in scan_prefix(known, part, prefix)}
+        seen: set[str] = set()
+        out: list[PriorResult] = []
+        for k, v in scan_prefix(known, part, prefix):
+            seen.add(k[len(prefix) :].decode())
+            out.append(prior(k, v))
         legacy = known.get(key)
         if legacy:
             for rid, payload in dict(_loads(legacy)).items():
-                out.setdefault(rid, payload)
+                if str(rid) not in seen:
+                    out.append(PriorResult.model_validate(payload))
         return out
 
     def migrate_legacy(key: bytes) -> None:
@@ -290,9 +313,6 @@ def create_app(
     def patient_orders(key: bytes) -> dict[str, Any]:
         raw = decided.get(key)
         return dict(_loads(raw)) if raw else {}
-
-    def priors_of(results: dict[str, Any]) -> list[PriorResult]:
-        return [PriorResult.model_validate(p) for p in results.values()]
 
     def catalog_for(order: Order, now: datetime) -> Catalog:
         orderer = registry.get(order.institution)
@@ -339,7 +359,7 @@ def create_app(
         settings=settings,
         registry=registry,
         catalogs=catalogs,
-        results_of=lambda master: list(patient_results(master.encode()).values()),
+        priors_of=lambda master: patient_priors(master.encode()),
         orders_of=lambda master: patient_orders(master.encode()),
         metrics=metrics,
         clock=clock,
@@ -412,7 +432,7 @@ def create_app(
             todo.append((order_id, entry, order))
         if not todo:
             return
-        priors = priors_of(patient_results(key, event.message.partition))
+        priors = patient_priors(key, event.message.partition)
         changed = False
         for order_id, entry, order in todo:
             decision = decide_now(order, priors)
@@ -481,7 +501,7 @@ def create_app(
                 if catalog is None or entry.get("catalog_version") == catalog.version:
                     continue
                 if priors is None:
-                    priors = priors_of(patient_results(key, partition))
+                    priors = patient_priors(key, partition)
                 decision = decide_now(order, priors)
                 kept = await publish(
                     event,
@@ -535,7 +555,7 @@ def create_app(
                 decided[key] = _dumps(orders)
             return
         order = Order.model_validate(payload)
-        decision = decide_now(order, priors_of(patient_results(key, event.message.partition)))
+        decision = decide_now(order, patient_priors(key, event.message.partition))
         previous = orders.get(order_id)
         cause = None
         if moved_from and moved_from != payload.get("master_patient_id"):
