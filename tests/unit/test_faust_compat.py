@@ -66,8 +66,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     ),
     "faust.transport.consumer.Consumer.commit": (
         "a354437baaa08bf8",
-        "patch 3 retries commit(start_new_transaction=False): does False still mean that "
-        "it only waited for a commit already running?",
+        "patches 3 and 9 retry commit(start_new_transaction=False): does False still mean "
+        "that it only waited for a commit already running?",
     ),
     # patch 4: drain the producer buffer before a transactional commit
     "faust.transport.consumer.Consumer._commit_tps": (
@@ -108,6 +108,12 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "1d2c7ea89a7ad4f1",
         "patch 6 and pending_offsets: does the commit still need a consecutive run of "
         "acked and gap offsets, and does it still empty _acked as it commits?",
+    ),
+    # patch 9: a stopping worker commits what it processed
+    "faust.transport.consumer.Consumer.commit_and_end_transactions": (
+        "892377824b11a2ee",
+        "patch 9 replaces it: does it still make one commit() that returns False when a "
+        "timer commit is running? If it retries or forces a commit now, drop the patch",
     ),
     # patch 8: the watchdog skips a partition without a fetch position
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": (
@@ -407,3 +413,22 @@ async def test_the_watchdog_skips_a_partition_without_a_position_instead_of_cras
     faust_aiokafka.AIOKafkaConsumerThread.verify_event_path(thread, 0.0, TP("orders", 0))
     assert reached == []  # skipped before any check
     assert faust_fixes.fetch_state(thread, TP("orders", 1)) is None  # not assigned
+
+
+# ── patch 9: a stopping worker commits even while a timer commit runs ─────────────────────
+
+
+async def test_a_stopping_worker_commits_after_the_timer_commit_it_waited_for() -> None:
+    """faust's stop made one commit(); while the timer was committing it only waited and
+    returned False, and what the worker processed since the timer's snapshot was aborted."""
+    faust_fixes.apply()
+    calls: list[bool] = []
+    answers = iter([False, True])  # the first only waited for the timer's commit
+
+    async def commit(*, start_new_transaction: bool = True) -> bool:
+        calls.append(start_new_transaction)
+        return next(answers)
+
+    consumer = SimpleNamespace(commit=commit)
+    await faust_consumer.Consumer.commit_and_end_transactions(consumer)  # type: ignore[arg-type]
+    assert calls == [False, False]  # committed again, and began no new transaction
