@@ -49,6 +49,7 @@ import aiohttp
 import httpx
 import simplejson
 
+from services.bench._common import wait_ready
 from services.bench.ingest import PANELS, gb11643, lab_observation, percentile
 from services.common.envelope import Envelope
 from services.common.fhir import INSTITUTION_SYSTEM
@@ -144,20 +145,6 @@ def _cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[
         label: (round((after[label] - before[label]) * 1000 / n, 3) if n else None)
         for label in after
     }
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early; see {log}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"not ready after {timeout_s:.0f} s: {url}; see {log}")
 
 
 def baseline(settings: Settings, seconds: float) -> dict[str, Any]:
@@ -417,7 +404,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 )
             labelled[label] = procs[-1]
             port = int(overrides.get("MRHUB_RECOGNITION__PORT", ports[service]))
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1], log, 120)
+            wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1], log, 120)
         gateway = f"http://127.0.0.1:{ports['ingest']}"
         recognitions = [f"http://127.0.0.1:{port}" for port in rec_ports]
         everyone = cards(args.patients + args.patients // 10 + 1, seed=args.seed)

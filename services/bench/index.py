@@ -88,6 +88,7 @@ from typing import Any, Final
 import httpx
 import simplejson
 
+from services.bench._common import clock_ticks, machine_busy_s
 from services.bench.ingest import (
     ID_CARD_REGIONS,
     PANELS,
@@ -704,13 +705,6 @@ def _pair(d: Mapping[str, Any], a: str, b: str) -> str:
 # ------------------------------------------------------------------------------- CPU
 
 
-def _clock_ticks() -> int:
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (ValueError, OSError, AttributeError):
-        return 100
-
-
 def proc_cpu_s(pid: int | None, tid: int | None = None) -> float | None:
     """User + system CPU seconds of a process, or of its thread ``tid`` (Linux /proc), None
     if unknown."""
@@ -722,18 +716,7 @@ def proc_cpu_s(pid: int | None, tid: int | None = None) -> float | None:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds all cores spent busy since boot (/proc/stat), None if unknown."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            cols = [int(c) for c in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, _steal = cols
-    return (user + nice + system + irq + softirq) / _clock_ticks()
+    return (int(fields[11]) + int(fields[12])) / clock_ticks()
 
 
 def cpu_sample(service_pid: int | None, kafka_pid: int | None) -> dict[str, float | None]:
