@@ -179,6 +179,13 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "cb7e67d5f9efc4bc",
         "scan_prefix: does faust still keep each open db in Store._dbs by partition?",
     ),
+    # patch 10: one commit's transactions committed concurrently
+    "faust.transport.drivers.aiokafka.Producer.commit_transactions": (
+        "70091e6f431974e9",
+        "patch 10 replaces it: does faust still commit one transactional producer after "
+        "another (send_offsets_to_transaction, commit_transaction, begin_transaction)? If it "
+        "commits them concurrently now, drop the patch",
+    ),
     "faust.tables.table.Table.on_key_set": (
         "a370e35ca55c2c7e",
         "scan_prefix: does a table change still go to the current event's partition?",
@@ -432,3 +439,77 @@ async def test_a_stopping_worker_commits_after_the_timer_commit_it_waited_for() 
     consumer = SimpleNamespace(commit=commit)
     await faust_consumer.Consumer.commit_and_end_transactions(consumer)  # type: ignore[arg-type]
     assert calls == [False, False]  # committed again, and began no new transaction
+
+
+# ── patch 10: the transactions of one commit are committed concurrently ─────────────────
+
+
+class _TxnProducer:
+    """A transactional producer that records its calls and can be held inside EndTxn."""
+
+    def __init__(self, log: list[str], name: str, hold: asyncio.Event | None = None) -> None:
+        self.log, self.name, self.hold = log, name, hold
+        self.fail: BaseException | None = None
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        self.log.append(f"{self.name} offsets {sorted(offsets.values())} {group_id}")
+
+    async def commit_transaction(self) -> None:
+        self.log.append(f"{self.name} commit")
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.log.append(f"{self.name} committed")
+
+    async def begin_transaction(self) -> None:
+        self.log.append(f"{self.name} begin")
+
+
+def _producer_with(producers: dict[str, _TxnProducer]) -> Any:
+    return SimpleNamespace(
+        _transaction_producers=producers,
+        _trn_locks={tid: asyncio.Lock() for tid in producers},
+    )
+
+
+async def test_one_commits_transactions_do_not_wait_for_each_other() -> None:
+    """faust committed partition 0's transaction, then 1's, then 2's: a record of partition 2
+    waited for the other two commits before it was visible downstream."""
+    faust_fixes.apply()
+    log: list[str] = []
+    held = asyncio.Event()
+    producers = {
+        "app-1-0": _TxnProducer(log, "p0", hold=held),
+        "app-1-1": _TxnProducer(log, "p1"),
+    }
+    offsets = {"app-1-0": {TP("t", 0): 10}, "app-1-1": {TP("t", 1): 20}}
+    commit = asyncio.ensure_future(
+        faust_aiokafka.Producer.commit_transactions(_producer_with(producers), offsets, "app")
+    )
+    deadline = asyncio.get_running_loop().time() + 10
+    while "p1 begin" not in log:  # partition 1 commits while partition 0's EndTxn is held
+        assert asyncio.get_running_loop().time() < deadline, log
+        assert not commit.done(), log
+        await asyncio.sleep(0.01)
+    assert "p0 committed" not in log
+    held.set()
+    await asyncio.wait_for(commit, 10)
+    assert log.index("p0 committed") < log.index("p0 begin")
+    assert "p0 offsets [10] app" in log and "p1 offsets [20] app" in log
+
+
+async def test_a_fenced_transaction_fails_the_commit_after_the_others_committed() -> None:
+    faust_fixes.apply()
+    log: list[str] = []
+    fenced = _TxnProducer(log, "p0")
+    fenced.fail = RuntimeError("ProducerFenced")
+    producers = {"app-1-0": fenced, "app-1-1": _TxnProducer(log, "p1")}
+    offsets = {"app-1-0": {TP("t", 0): 1}, "app-1-1": {TP("t", 1): 2}}
+    with pytest.raises(RuntimeError, match="ProducerFenced"):
+        await faust_aiokafka.Producer.commit_transactions(
+            _producer_with(producers), offsets, "app", start_new_transaction=False
+        )
+    assert "p1 committed" in log  # the other partition's commit was not abandoned
+    assert "p0 committed" not in log
+    assert not any(line.endswith("begin") for line in log)  # a stop begins nothing new
