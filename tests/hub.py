@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from services.common.broker import free_port
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
-from tests.support import run_module, stop_process
+from tests.support import run_module, stop_process, wait_ready
 
 PARTITIONS = 3
 
@@ -66,18 +64,12 @@ class Hub:
             self.wait_ready(name)
 
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
-        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
-        deadline = time.monotonic() + timeout_s
-        proc = self.procs[name]
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, self.log(name).read_text()[-3000:]
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not ready\n{self.log(name).read_text()[-3000:]}")
+        wait_ready(
+            f"http://127.0.0.1:{self.ports[name]}/readyz",
+            self.procs[name],
+            self.log(name),
+            timeout_s,
+        )
 
     def digest(self, lines: int = 12) -> str:
         """What each process logged at warning or above, and its recovery milestones (the

@@ -129,10 +129,10 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = 30.0) -> i
     return proc.returncode
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
     """Wait until ``url`` answers 200; fail with the log's tail if ``proc`` dies or time
     runs out."""
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         try:

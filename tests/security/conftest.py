@@ -34,7 +34,7 @@ from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
 from tests.conftest import REPO, _cache_dir
 from tests.fhir_samples import dumps
-from tests.support import consume_all, run_module, stop_process
+from tests.support import consume_all, run_module, stop_process, wait_ready
 
 PARTITIONS = 3
 FHIR = "application/fhir+json"
@@ -117,18 +117,7 @@ class SecurityHub:
         )
 
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
-        url = f"{self.url(name)}/readyz"
-        deadline = time.monotonic() + timeout_s
-        proc = self.procs[name]
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, self.log(name).read_text()[-3000:]
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not ready\n{self.log(name).read_text()[-3000:]}")
+        wait_ready(f"{self.url(name)}/readyz", self.procs[name], self.log(name), timeout_s)
 
     def stop(self, name: str) -> int:
         return stop_process(self.procs[name])
