@@ -1431,9 +1431,10 @@ def report_notes(report: Mapping[str, Any]) -> list[str]:
         "move with whatever else runs — read them with the 'other' CPU column, and prefer the "
         "service CPU µs/record for the scaling question",
         "records/s include the pipeline's fill: a record crosses four stages (route → resolve "
-        "→ master → index), each of which commits its Kafka transaction about once a second "
-        "before the next may read its output, so the first record takes seconds whatever the "
-        "population ('first record after'); 'records/s after the first' leaves that out",
+        "→ index → master), each of which commits its Kafka transaction every "
+        "MRHUB_KAFKA__COMMIT_INTERVAL_S (0.1 s by default) before the next may read its "
+        "output, so the first record takes a while whatever the population ('first record "
+        "after'); 'records/s after the first' leaves that out",
         "seeded: the identities and blocks tables (what the index keeps per person); the "
         "tables that grow with records (masters, master_records, seen) start empty, so every "
         "measured record is new and a known person's master has no records yet; every "
