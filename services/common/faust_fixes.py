@@ -27,6 +27,8 @@ Replacements of private methods, made by :func:`apply` (why: decision 0004):
    even when a timer commit was running at that moment.
 10. ``Producer.commit_transactions`` — the transactions of one commit are committed
     concurrently, not one after another.
+11. aiokafka's ``Sender._find_coordinator`` — a connection error while looking up a
+    transaction's coordinator (a broker restart) is retried instead of failing the producer.
 
 Each patch's comment names its upstream issue, or says that none was found.
 
@@ -44,7 +46,8 @@ Private reads, behind named accessors:
 - :func:`partition_db` / :func:`scan_prefix` (``rocksdb.Store._dbs``), for prefix scans of
   a table partition;
 - patch 3 reads ``Consumer._acked``, patch 7 ``Consumer._thread.tp_last_committed_at``,
-  patch 10 ``Producer._trn_locks`` and ``Producer._transaction_producers``.
+  patch 10 ``Producer._trn_locks`` and ``Producer._transaction_producers``, patch 11
+  aiokafka's ``Sender._retry_backoff``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from collections.abc import Mapping
 from time import monotonic
 from typing import Any, Final
 
+from aiokafka.errors import KafkaError
+from aiokafka.producer import sender as aiokafka_sender
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -100,6 +105,7 @@ UPSTREAM: Final[Mapping[str, Any]] = {
     "faust.transport.drivers.aiokafka.Producer.commit_transactions": (
         faust_aiokafka.Producer.commit_transactions
     ),
+    "aiokafka.producer.sender.Sender._find_coordinator": (aiokafka_sender.Sender._find_coordinator),
 }
 
 
@@ -422,6 +428,37 @@ def apply() -> None:
             if isinstance(outcome, BaseException):
                 raise outcome
 
+    find_coordinator = UPSTREAM["aiokafka.producer.sender.Sender._find_coordinator"]
+
+    async def _find_coordinator(self: Any, coordinator_type: Any, coordinator_key: str) -> Any:
+        # Patch 11. aiokafka's transactional sender looks a coordinator up again after a
+        # request to it failed; while the broker restarts that lookup fails with a
+        # connection error, which aiokafka retries only for three error types and otherwise
+        # re-raises as a bare KafkaError — in the sender task, which then fails every
+        # pending batch and the transaction: the worker stops on the failed write (exit 75)
+        # although the broker is back seconds later (tests/faults, the broker restart, at
+        # a 0.1 s commit interval). Retry a lookup whose cause is retriable (connection
+        # errors, unknown leaders, timeouts) as aiokafka retries CoordinatorNotAvailable:
+        # refresh the metadata, back off, try again. Authorization errors still fail.
+        # Upstream: aio-libs/aiokafka#1151 ("Hard failure when the transaction group
+        # coordinator is marked dead", closed; its PR #1152 was not merged) and #1134 (the
+        # transaction coordinator is never refreshed) are the same family; this path is
+        # not fixed in 0.14.0.
+        while True:
+            try:
+                return await find_coordinator(self, coordinator_type, coordinator_key)
+            except KafkaError as err:
+                cause = err.__cause__
+                if not (isinstance(cause, KafkaError) and cause.retriable):
+                    raise
+                log.warning(
+                    "transaction coordinator lookup failed, retrying",
+                    extra={"error": type(cause).__name__},
+                )
+                await self.client.force_metadata_update()
+                await asyncio.sleep(self._retry_backoff)
+
+    aiokafka_sender.Sender._find_coordinator = _find_coordinator
     faust_aiokafka.Producer.commit_transactions = commit_transactions  # type: ignore[method-assign]
     faust_consumer.Consumer.commit_and_end_transactions = commit_and_end_transactions  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]

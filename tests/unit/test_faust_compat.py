@@ -186,6 +186,13 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "another (send_offsets_to_transaction, commit_transaction, begin_transaction)? If it "
         "commits them concurrently now, drop the patch",
     ),
+    # patch 11: a retriable coordinator-lookup failure is retried
+    "aiokafka.producer.sender.Sender._find_coordinator": (
+        "33001a36bf6a0ae0",
+        "patch 11 wraps it: does aiokafka still re-raise a retriable lookup error (a "
+        "connection error) as a bare KafkaError `from` it? If it retries them now, drop the "
+        "patch",
+    ),
     "faust.tables.table.Table.on_key_set": (
         "a370e35ca55c2c7e",
         "scan_prefix: does a table change still go to the current event's partition?",
@@ -513,3 +520,57 @@ async def test_a_fenced_transaction_fails_the_commit_after_the_others_committed(
     assert "p1 committed" in log  # the other partition's commit was not abandoned
     assert "p0 committed" not in log
     assert not any(line.endswith("begin") for line in log)  # a stop begins nothing new
+
+
+# ── patch 11: a broker restart during a coordinator lookup is retried ─────────────────────
+
+
+class _LookupClient:
+    """A client whose coordinator lookup fails with ``errors`` before it answers node 7."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.refreshed = 0
+
+    async def coordinator_lookup(self, coordinator_type: Any, key: str) -> int:
+        if self.errors:
+            raise self.errors.pop(0)
+        return 7
+
+    async def ready(self, node_id: int, group: Any = None) -> bool:
+        return True
+
+    async def force_metadata_update(self) -> bool:
+        self.refreshed += 1
+        return True
+
+
+def _sender(client: _LookupClient) -> Any:
+    return SimpleNamespace(client=client, _coordinators={}, _txn_manager=object(), _retry_backoff=0)
+
+
+async def test_a_coordinator_lookup_during_a_broker_restart_is_retried() -> None:
+    """aiokafka failed the transactional producer (and every pending write with it) when the
+    group coordinator's lookup met a closed connection while the broker restarted."""
+    from aiokafka.client import CoordinationType
+    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.producer.sender import Sender
+
+    faust_fixes.apply()
+    client = _LookupClient([KafkaConnectionError("closed"), KafkaConnectionError("refused")])
+    sender = _sender(client)
+    assert await Sender._find_coordinator(sender, CoordinationType.GROUP, "mrhub-x") == 7
+    assert client.refreshed == 2
+    assert sender._coordinators == {CoordinationType.GROUP: 7}
+
+
+async def test_a_refused_coordinator_lookup_still_fails() -> None:
+    from aiokafka.client import CoordinationType
+    from aiokafka.errors import GroupAuthorizationFailedError
+    from aiokafka.producer.sender import Sender
+
+    faust_fixes.apply()
+    client = _LookupClient([GroupAuthorizationFailedError()])
+    with pytest.raises(GroupAuthorizationFailedError):
+        await Sender._find_coordinator(_sender(client), CoordinationType.GROUP, "mrhub-x")
+    assert client.refreshed == 0
