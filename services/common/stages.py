@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.codec import dumps
 from services.common.faust_app import fail_stop, worker_metrics
-from services.common.faust_fixes import transactional_id
+from services.common.faust_fixes import commit_gate, transactional_id
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 
@@ -128,15 +128,24 @@ class Stages:
         """Register ``handle`` as the agent ``stage`` on ``topic``: one message at a time
         (concurrency 1, faust issue #606), every failure dead-lettered, never dropped."""
 
+        gate = commit_gate(self.app)
+
         async def run(stream: Any) -> None:
             # items(), not events(): faust acks (and so commits) what items() yields
             async for key, value in stream.items():
                 event = stream.current_event
-                with trace(_trace_id(event)):  # log lines about it carry its trace id
-                    try:
-                        await handle(event, key, value)
-                    except Exception as exc:
-                        await self.dead(stage, event, exc)
+                # no transaction commits while the event is half processed (faust_fixes
+                # patch 12); leave() is synchronous, and faust acks the event before it
+                # awaits anything once this body is done
+                await gate.enter()
+                try:
+                    with trace(_trace_id(event)):  # log lines about it carry its trace id
+                        try:
+                            await handle(event, key, value)
+                        except Exception as exc:
+                            await self.dead(stage, event, exc)
+                finally:
+                    gate.leave()
 
         # faust names agents by qualname: unique per app
         run.__name__ = run.__qualname__ = f"{self.service}_{stage}"

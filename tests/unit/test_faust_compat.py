@@ -574,3 +574,74 @@ async def test_a_refused_coordinator_lookup_still_fails() -> None:
     with pytest.raises(GroupAuthorizationFailedError):
         await Sender._find_coordinator(_sender(client), CoordinationType.GROUP, "mrhub-x")
     assert client.refreshed == 0
+
+
+# ── patch 12: a transactional commit runs only between events ───────────────────────────
+
+
+class _App:
+    """A stand-in faust app (weakly referenceable, as the gate registry needs)."""
+
+    in_transaction: bool
+    producer: Any
+
+
+def _committing_consumer(app: Any, calls: list[str]) -> Any:
+    """A consumer whose upstream _commit_tps finds nothing to commit, recording its calls."""
+
+    async def flush() -> None:
+        calls.append("flush")
+
+    app.in_transaction = True
+    app.producer = SimpleNamespace(buffer=SimpleNamespace(flush=flush))
+
+    def committable(tps: Any) -> dict[Any, int]:
+        calls.append("offsets")
+        return {}
+
+    return SimpleNamespace(app=app, _filter_committable_offsets=committable)
+
+
+async def test_a_commit_waits_for_the_event_in_flight_and_holds_the_next_one_back() -> None:
+    """faust's commit timer could commit an event's first outputs without its offset (the
+    event not yet acked): a kill -9 then would make those outputs twice."""
+    faust_fixes.apply()
+    app = _App()
+    gate = faust_fixes.commit_gate(app)
+    calls: list[str] = []
+    consumer = _committing_consumer(app, calls)
+    await gate.enter()  # an agent is half way through an event
+    commit = asyncio.ensure_future(faust_consumer.Consumer._commit_tps(consumer, [], True))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert calls == [] and not commit.done()  # nothing read or flushed while it runs
+    next_event = asyncio.ensure_future(gate.enter())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not next_event.done()  # the commit is waiting: no new event starts
+    gate.leave()
+    assert await asyncio.wait_for(commit, 5) is False  # nothing to commit in this fake
+    assert calls == ["flush", "offsets"]
+    await asyncio.wait_for(next_event, 5)  # the gate opens again after the commit
+    assert gate.in_flight == 1
+    gate.leave()
+
+
+async def test_a_commit_that_cannot_get_between_events_is_deferred() -> None:
+    faust_fixes.apply()
+    gate = faust_fixes.CommitGate()
+    await gate.enter()
+    async with gate.between_events(timeout_s=0.05) as between:
+        assert between is False
+    gate.leave()
+    async with gate.between_events(timeout_s=5) as between:
+        assert between is True
+    await asyncio.wait_for(gate.enter(), 5)  # open again
+
+
+async def test_an_app_without_the_hubs_agents_commits_as_before() -> None:
+    faust_fixes.apply()
+    calls: list[str] = []
+    consumer = _committing_consumer(_App(), calls)
+    assert await faust_consumer.Consumer._commit_tps(consumer, [], True) is False
+    assert calls == ["flush", "offsets"]
