@@ -175,8 +175,9 @@ def parse_json(
 _BOM: Final = b"\xef\xbb\xbf"
 _DECODER: Final = msgspec.json.Decoder(float_hook=Decimal)
 _ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
-#: Every byte but the four brackets (for :meth:`bytes.translate`'s ``delete``).
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+#: Every byte but the four brackets and the quote (for :meth:`bytes.translate`'s
+#: ``delete``): what is left of a body is its brackets, and its strings' quotes and brackets.
+_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
 _INNERMOST: Final = re.compile(rb"\[\]|\{\}")
 
 
@@ -206,7 +207,7 @@ def _nesting_within(raw: bytes, limit: int) -> bool | None:
     near the limit are levels counted exactly, one per round (:func:`_nesting_exact`)."""
     if b'\\"' in raw:
         return None
-    skeleton = b"".join(raw.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    skeleton = b"".join(raw.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
     rest, rounds = skeleton, 0
     while rest and rounds <= limit:
         rest = rest.replace(b"[]", b"").replace(b"{}", b"")
@@ -553,28 +554,37 @@ class _Found:
         self.too_deep = False
 
 
+_CONTAINERS: Final = (dict, list)
+
+
 def _walk(node: Any, path: list[str | int], found: _Found, depth: int) -> None:
+    """Collect ``node``'s Identifiers and References, depth first (the order issues are
+    listed in). Hot: every element of every resource passes here once, so strings — most
+    values — cost one ``isinstance`` and containers are checked against a constant tuple."""
     if depth > MAX_DEPTH:
         found.too_deep = True
         return
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                found.references.append((tuple(path), value))
-            elif key == "identifier":
+            if isinstance(value, str):
+                if key == "reference":
+                    found.references.append((tuple(path), value))
+                continue
+            if not isinstance(value, _CONTAINERS):
+                continue
+            if key == "identifier":
                 if isinstance(value, dict):
                     found.identifiers.append(((*path, key), value))
-                elif isinstance(value, list):
+                else:
                     for i, item in enumerate(value):
                         if isinstance(item, dict):
                             found.identifiers.append(((*path, key, i), item))
-            if isinstance(value, dict | list):
-                path.append(key)
-                _walk(value, path, found, depth + 1)
-                path.pop()
+            path.append(key)
+            _walk(value, path, found, depth + 1)
+            path.pop()
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            if isinstance(item, dict | list):
+            if isinstance(item, _CONTAINERS):
                 path.append(i)
                 _walk(item, path, found, depth + 1)
                 path.pop()
