@@ -226,8 +226,19 @@ class Gateway:
         #: relative URLs (the request's Host header is never used)
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self._validation_threads = validation_threads
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: every request counts itself in a few
+        metrics, and prometheus_client's ``labels`` checks and locks on each call. Only for
+        label values from a bounded set (routes, status classes, levels, outcomes, types)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     # ------------------------------------------------------------------ bounded work
 
@@ -328,10 +339,12 @@ class Gateway:
         however many resources (a 50,000-entry bundle costs a few increments)."""
         if not checked:
             return
-        self.metrics.resources_by_level.labels(str(institution.level), outcome).inc(len(checked))
+        self.child(self.metrics.resources_by_level, str(institution.level), outcome).inc(
+            len(checked)
+        )
         by_type = collections.Counter(type_label(c.resource_type) for c in checked)
         for label, n in by_type.items():
-            self.metrics.resources.labels(label, outcome).inc(n)
+            self.child(self.metrics.resources, label, outcome).inc(n)
         if outcome == "rejected":
             reasons = collections.Counter(
                 reason for c in checked for reason in {i.reason for i in c.issues if i.is_error}
@@ -443,6 +456,15 @@ async def _read_body(gw: Gateway, request: web.Request) -> bytes | web.Response:
     if declared is not None and declared > gw.max_body_bytes:
         gw.metrics.rejections.labels("too-large").inc()
         return _too_large(gw.max_body_bytes)
+    if request.content.is_eof():
+        # the whole body came with the headers (aiohttp has seen its end): nothing to wait
+        # for, so no deadline to keep
+        whole = await request.content.read()
+        if len(whole) > gw.max_body_bytes:  # chunked, or more than Content-Length said
+            gw.metrics.rejections.labels("too-large").inc()
+            request[_CLOSE_KEY] = True
+            return _too_large(gw.max_body_bytes)
+        return whole
     loop = asyncio.get_running_loop()
     clock = BodyClock(loop.time(), gw.body_timeout_s, gw.min_body_rate)
     body = bytearray()
@@ -1110,10 +1132,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         if guard is not None:
             guard.request_finished()
-    gw.metrics.requests.labels(route, f"{response.status // 100}xx").inc()
-    gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
+    gw.child(gw.metrics.requests, route, f"{response.status // 100}xx").inc()
+    gw.child(gw.metrics.latency, route).observe(time.perf_counter() - started)
     if request.content_length:
-        gw.metrics.received_bytes.labels(route).inc(request.content_length)
+        gw.child(gw.metrics.received_bytes, route).inc(request.content_length)
     return response
 
 
