@@ -21,6 +21,7 @@ written, the answer is 503 and nothing is shown. Every input is range-checked
 
 from __future__ import annotations
 
+import functools
 import gc
 import hmac
 import logging
@@ -221,6 +222,12 @@ def install(ctx: Context) -> None:
     # HMAC key too); derived on first use, not per request
     routed: dict[str, str] = {}
 
+    @functools.cache
+    def here() -> tuple[str | None, int | None]:
+        """This worker's own address (faust's settings are slow to read, once per check)."""
+        url = app.conf.canonical_url
+        return url.host, url.port
+
     def caller(request: Request) -> Institution:
         known: Caller | None = request.get(CALLER_KEY)  # the guard checked the token
         if known is not None and known.kind == "institution" and known.institution is not None:
@@ -289,7 +296,7 @@ def install(ctx: Context) -> None:
             raise _Refused(
                 outcome(503, "transient", "partitions are being assigned; try again")
             ) from None
-        if (dest.host, dest.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
+        if (dest.host, dest.port) == here():
             return None
         url = URL.build(scheme="http", host=dest.host or "", port=dest.port, path=request.path)
         headers = {
