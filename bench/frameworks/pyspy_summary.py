@@ -6,12 +6,13 @@ confluent-kafka's C binding, librdkafka called from Python - counts for the Pyth
 called it; librdkafka's own threads are not Python threads and are not sampled at all).
 Inclusive time of a few markers too: the share of samples with such a frame anywhere.
 
-    python bench/frameworks/pyspy_summary.py pyspy.txt
+    python bench/frameworks/pyspy_summary.py pyspy.txt        (or a .gz of it, e.g. profiles/*)
 """
 
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import re
 import sys
@@ -55,7 +56,8 @@ def summarise(path: str) -> dict[str, object]:
     incl: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in open(path, encoding="utf-8", errors="replace"):
+    opener = gzip.open if path.endswith(".gz") else open
+    for line in opener(path, "rt", encoding="utf-8", errors="replace"):
         line = line.rstrip("\n")
         if not line:
             continue
