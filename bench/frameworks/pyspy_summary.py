@@ -79,7 +79,12 @@ def summarise(path: str) -> dict[str, object]:
         total += n
     pct = lambda c: {k: round(100 * v / total, 1) for k, v in c.most_common()}  # noqa: E731
     top = {k: round(100 * v / total, 1) for k, v in leaves.most_common(12)}
-    return {"samples": total, "self_pct": pct(self_), "inclusive_pct": pct(incl), "top_leaf_pct": top}
+    return {
+        "samples": total,
+        "self_pct": pct(self_),
+        "inclusive_pct": pct(incl),
+        "top_leaf_pct": top,
+    }
 
 
 if __name__ == "__main__":

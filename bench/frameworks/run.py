@@ -184,7 +184,8 @@ async def count_topics(bootstrap: str, tag: str) -> dict[str, int]:
             await c.seek_to_beginning(*tps)
             ends = await c.end_offsets(tps)
             n, empty = 0, 0
-            async def behind() -> bool:
+
+            async def behind(tps: list[Any] = tps, ends: dict[Any, int] = ends) -> bool:
                 return any([await c.position(tp) < ends[tp] for tp in tps])
 
             while empty < 3 and await behind():
@@ -227,7 +228,15 @@ def one_run(
         env["FW_FAUST_OVERRIDES"] = json.dumps(extra[0])
     logf = open(rundir / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(py), str(HERE / script), bootstrap, prefix, str(hops), str(status), str(rundir / "state")],
+        [
+            str(py),
+            str(HERE / script),
+            bootstrap,
+            prefix,
+            str(hops),
+            str(status),
+            str(rundir / "state"),
+        ],
         stdout=logf,
         stderr=subprocess.STDOUT,
         env=env,
@@ -247,9 +256,24 @@ def one_run(
             if profile and spy is None and status.exists():
                 raw = rundir / "pyspy.txt"
                 spy = subprocess.Popen(
-                    [str(ROOT / ".venv/bin/py-spy"), "record", "--nonblocking", "--format", "raw",
-                     "-d", "15", "-r", "100", "--full-filenames", "--pid", str(proc.pid), "-o", str(raw)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        str(ROOT / ".venv/bin/py-spy"),
+                        "record",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-d",
+                        "15",
+                        "-r",
+                        "100",
+                        "--full-filenames",
+                        "--pid",
+                        str(proc.pid),
+                        "-o",
+                        str(raw),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             if spy is not None and spy.poll() is not None:
                 out["pyspy"] = summarise_profile(str(rundir / "pyspy.txt"))
@@ -295,10 +319,16 @@ def one_run(
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    keys = sorted({(r["framework"], r["hops"]) for r in results if "cpu_s" in r and not r.get("profile")},
-                  key=lambda k: (k[1], list(WORKERS).index(k[0])))
+    keys = sorted(
+        {(r["framework"], r["hops"]) for r in results if "cpu_s" in r and not r.get("profile")},
+        key=lambda k: (k[1], list(WORKERS).index(k[0])),
+    )
     for fw, h in keys:
-        rs = [r for r in results if r["framework"] == fw and r["hops"] == h and "cpu_s" in r and not r.get("profile")]
+        rs = [
+            r
+            for r in results
+            if r["framework"] == fw and r["hops"] == h and "cpu_s" in r and not r.get("profile")
+        ]
         row: dict[str, Any] = {"framework": fw, "hops": h, "runs": len(rs)}
         for k in ("records_per_s", "cpu_us_per_msg_hop", "idle_cpu_per_s"):
             vals = [r[k] for r in rs]
@@ -314,7 +344,9 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--commit-interval", type=float, default=0.1)
-    ap.add_argument("--profile", action="store_true", help="one more py-spy run per framework and H")
+    ap.add_argument(
+        "--profile", action="store_true", help="one more py-spy run per framework and H"
+    )
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -341,14 +373,18 @@ def main() -> int:
             tag = f"r{rep}{secrets.token_hex(2)}"
             log(f"{fw} H={h} run {rep}: {args.messages} messages")
             try:
-                r = one_run(bootstrap, fw, h, args.messages, work, tag, rep == "p", args.commit_interval)
-            except Exception as exc:  # noqa: BLE001
+                r = one_run(
+                    bootstrap, fw, h, args.messages, work, tag, rep == "p", args.commit_interval
+                )
+            except Exception as exc:
                 log(f"  FAILED: {exc}")
                 r = {"framework": fw, "hops": h, "tag": tag, "error": str(exc)}
             r["profile"] = rep == "p"
             log(f"  {json.dumps(r)}")
             results.append(r)
-            Path(args.out).write_text(json.dumps({"runs": results, "summary": summarise(results)}, indent=1))
+            Path(args.out).write_text(
+                json.dumps({"runs": results, "summary": summarise(results)}, indent=1)
+            )
         summary = summarise(results)
         Path(args.out).write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
         for row in summary:

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Status, step  # noqa: E402
+from common import Status, step
 
 FETCH_WAIT_MS = 20
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Status, step  # noqa: E402
+from common import Status, step
 
 
 def main() -> None:

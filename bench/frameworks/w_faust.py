@@ -52,10 +52,10 @@ def main() -> None:
     stages = Stages(app, service, dlq, lambda stage: None)
     status = Status(status_path)
 
-    def make(i: int):  # noqa: ANN202
+    def make(i: int):
         table = app.Table(f"s{i}", partitions=PARTITIONS, key_type=bytes, value_type=bytes)
 
-        async def handle(event, key, value) -> None:  # noqa: ANN001
+        async def handle(event, key, value) -> None:
             status.first()
             state, out_key, out = step(value, i)
             table[key] = state

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Status, step  # noqa: E402
+from common import Status, step
 
 
 def main() -> None:
@@ -36,10 +36,10 @@ def main() -> None:
     class PairValue(Serializer):
         """The value of the (output key, output value) pair a hop returns."""
 
-        def __call__(self, value, ctx):  # noqa: ANN001, ANN204
+        def __call__(self, value, ctx):
             return value[1]
 
-    def dumps(v):  # noqa: ANN001, ANN202 - bytes values as they are; keys ("s") as JSON
+    def dumps(v):
         return v if isinstance(v, bytes) else orjson.dumps(v)
 
     app = Application(
@@ -66,7 +66,7 @@ def main() -> None:
     ]
 
     def make(i: int) -> None:
-        def hop(value: bytes, state) -> tuple[bytes, bytes]:  # noqa: ANN001
+        def hop(value: bytes, state) -> tuple[bytes, bytes]:
             status.first()
             st, out_key, out = step(value, i)
             state.set("s", st)  # the state of this message's key
