@@ -36,13 +36,13 @@ class KafkaSettings(_Frozen):
     replication_factor: int = Field(default=1, ge=1, description="For topics the hub creates.")
     request_timeout_ms: int = Field(default=15_000, ge=1_000)
     commit_interval_s: float = Field(
-        default=0.1,
+        default=1.0,
         gt=0,
         le=30,
         description="How often a worker commits its Kafka transaction. Outputs become "
         "visible downstream only at a commit, so each stage adds up to this much latency; "
-        "shorter costs more transactions per second. 0.1 s is Kafka Streams' exactly-once "
-        "default (decision 0005).",
+        "shorter costs more transactions per second, and under a backlog more CPU per "
+        "record (docs/recognition.md).",
     )
     client_id_prefix: str = "mrhub"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
