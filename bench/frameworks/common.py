@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -74,3 +75,27 @@ class Status:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, self.path)
+
+
+class WorkerArgs(NamedTuple):
+    """What run.py gives every worker: ``BOOTSTRAP PREFIX H STATUS DIR`` on the command line
+    and the commit interval in ``FW_COMMIT_INTERVAL_S``."""
+
+    bootstrap: str
+    prefix: str
+    hops: int
+    status: Status
+    state_dir: str
+    commit_interval_s: float
+
+
+def worker_args(argv: list[str] | None = None) -> WorkerArgs:
+    bootstrap, prefix, hops, status_path, state_dir = (argv or sys.argv)[1:6]
+    return WorkerArgs(
+        bootstrap,
+        prefix,
+        int(hops),
+        Status(status_path),
+        state_dir,
+        float(os.environ.get("FW_COMMIT_INTERVAL_S", "0.1")),
+    )

@@ -10,23 +10,19 @@ Run with .venv-qs:  python bench/frameworks/w_confluent.py BOOTSTRAP PREFIX H ST
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Status, step
+from common import step, worker_args
 
 
 def main() -> None:
     from confluent_kafka import Consumer, Producer
 
-    bootstrap, prefix, hops, status_path, _state_dir = sys.argv[1:6]
-    h = int(hops)
-    status = Status(status_path)
-    commit = float(os.environ.get("FW_COMMIT_INTERVAL_S", "0.1"))
+    bootstrap, prefix, h, status, _state_dir, commit = worker_args()
     group = f"fw-confluent-{prefix}"
     consumer = Consumer(
         {

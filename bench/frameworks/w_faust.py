@@ -20,19 +20,18 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 
 def main() -> None:
-    bootstrap, prefix, hops, status_path, state_dir = sys.argv[1:6]
-    commit = os.environ.get("FW_COMMIT_INTERVAL_S", "0.1")
+    from common import PARTITIONS, step, worker_args
+
+    bootstrap, prefix, h, status, state_dir, commit = worker_args()
     os.environ.update(
         {
             "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "MRHUB_KAFKA__COMMIT_INTERVAL_S": commit,
+            "MRHUB_KAFKA__COMMIT_INTERVAL_S": str(commit),
             "MRHUB_STATE_DIR": state_dir,
             "MRHUB_TOPIC_PARTITIONS": "3",
             "MRHUB_LOG_LEVEL": "WARNING",
         }
     )
-    from common import PARTITIONS, Status, step
-
     from services.common.broker import free_port
     from services.common.faust_app import make_app, run_worker
     from services.common.settings import Settings
@@ -43,14 +42,12 @@ def main() -> None:
     # FW_FAUST_OVERRIDES: JSON of faust settings over make_app's (variants; unset = mrhub's)
     overrides = json.loads(os.environ.get("FW_FAUST_OVERRIDES") or "{}")
     app = make_app(service, settings, web_port=free_port(), **overrides)
-    h = int(hops)
     topics = [
         app.topic(f"{prefix}.{i}", key_type=bytes, value_type=bytes, partitions=PARTITIONS)
         for i in range(h + 1)
     ]
     dlq = app.topic(f"{prefix}.dlq", key_type=bytes, value_type=bytes, partitions=PARTITIONS)
     stages = Stages(app, service, dlq, lambda stage: None)
-    status = Status(status_path)
 
     def make(i: int):
         table = app.Table(f"s{i}", partitions=PARTITIONS, key_type=bytes, value_type=bytes)

@@ -13,13 +13,12 @@ Run with .venv-qs:  python bench/frameworks/w_quix.py BOOTSTRAP PREFIX H STATUS 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Status, step
+from common import step, worker_args
 
 
 def main() -> None:
@@ -28,10 +27,7 @@ def main() -> None:
     from quixstreams.models.serializers import Serializer
     from quixstreams.state.rocksdb import RocksDBOptions
 
-    bootstrap, prefix, hops, status_path, state_dir = sys.argv[1:6]
-    h = int(hops)
-    status = Status(status_path)
-    commit = float(os.environ.get("FW_COMMIT_INTERVAL_S", "0.1"))
+    bootstrap, prefix, h, status, state_dir, commit = worker_args()
 
     class PairValue(Serializer):
         """The value of the (output key, output value) pair a hop returns."""

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,6 +327,71 @@ class BareResult:
     cpu_s: float  # this process (producer, every stage, the reader)
 
 
+def read_committed_consumer(bootstrap: str, group: str, **opts: Any) -> Any:
+    """An aiokafka consumer of ``group`` that reads committed data only and commits nothing
+    by itself (its offsets go to a transaction, or nowhere)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        **opts,
+    )
+
+
+def transactional_producer(bootstrap: str, group: str, **opts: Any) -> Any:
+    """The transactional producer (``<group>-tx``, idempotent, acks=all) of ``group``'s
+    consume → produce loop."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"{group}-tx",
+        enable_idempotence=True,
+        acks="all",
+        **opts,
+    )
+
+
+async def transactional_loop(
+    consumer: Any,
+    producer: Any,
+    group: str,
+    interval_s: float,
+    handle: Callable[[Any, Any], Awaitable[None]],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Consume → ``handle(tp, record)`` → commit, one transaction per ``interval_s``: what
+    each record's handler sends and the offsets consumed commit together. Runs until
+    ``stop`` is set (forever without one)."""
+    loop = asyncio.get_running_loop()
+
+    def stopping() -> bool:
+        return stop is not None and stop.is_set()
+
+    while not stopping():
+        batch = await consumer.getmany(timeout_ms=int(interval_s * 1000))
+        if not batch:
+            continue
+        offsets: dict[Any, int] = {}
+        async with producer.transaction():
+            deadline = loop.time() + interval_s
+            while True:
+                for tp, records in batch.items():
+                    for r in records:
+                        await handle(tp, r)
+                    offsets[tp] = records[-1].offset + 1
+                left = deadline - loop.time()
+                if left <= 0 or stopping():
+                    break
+                batch = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
+            await producer.send_offsets_to_transaction(offsets, group)
+
+
 async def bare_loop(
     bootstrap: str,
     topics: Sequence[str],
@@ -340,7 +405,7 @@ async def bare_loop(
     second, or flat out when 0); ``len(topics) - 1`` transactional stages each copy topic
     ``i`` to ``i + 1`` (commit every ``commit_interval_s``); a ``read_committed`` reader
     at the end times each message from its send (wall clock, carried in a header)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+    from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 
     from services.common.kafka_security import aiokafka_options
 
@@ -369,61 +434,24 @@ async def bare_loop(
 
     async def stage(i: int) -> None:
         group = f"mrhub-bench-bare-{run}-{i}"
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            **opts,
-        )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            transactional_id=f"{group}-tx",
-            enable_idempotence=True,
-            acks="all",
-            **opts,
-        )
+        consumer = read_committed_consumer(bootstrap, group, **opts)
+        producer = transactional_producer(bootstrap, group, **opts)
         consumer.subscribe([topics[i]], listener=Joined(i))
         await consumer.start()
         await producer.start()
-        loop = asyncio.get_running_loop()
+
+        async def copy(_tp: Any, r: Any) -> None:
+            await producer.send(topics[i + 1], r.value, key=r.key, headers=list(r.headers))
+
         try:
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=int(commit_interval_s * 1000))
-                if not batch:
-                    continue
-                offsets: dict[Any, int] = {}
-                async with producer.transaction():
-                    deadline = loop.time() + commit_interval_s
-                    while True:
-                        for tp, records in batch.items():
-                            for r in records:
-                                await producer.send(
-                                    topics[i + 1], r.value, key=r.key, headers=list(r.headers)
-                                )
-                            offsets[tp] = records[-1].offset + 1
-                        left = deadline - loop.time()
-                        if left <= 0 or stop.is_set():
-                            break
-                        batch = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
-                    await producer.send_offsets_to_transaction(offsets, group)
+            await transactional_loop(consumer, producer, group, commit_interval_s, copy, stop)
         finally:
             await producer.stop()
             await consumer.stop()
 
     async def reader() -> None:
         nonlocal last_seen
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=f"mrhub-bench-bare-{run}-end",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            **opts,
-        )
+        consumer = read_committed_consumer(bootstrap, f"mrhub-bench-bare-{run}-end", **opts)
         consumer.subscribe([topics[-1]], listener=Joined(len(topics) - 1))
         await consumer.start()
         try:

@@ -376,14 +376,13 @@ def apply() -> None:
         if not self.app.in_transaction:
             return await commit_tps(self, tps, start_new_transaction)  # type: ignore[no-any-return]
         gate = _GATES.get(self.app)
-        if gate is None:  # an app without the hub's agents
-            await self.app.producer.buffer.flush()
-            return await commit_tps(self, tps, start_new_transaction)  # type: ignore[no-any-return]
-        async with gate.between_events() as between:
+        # an app without the hub's agents has no gate: it is always between events
+        between_events = gate.between_events() if gate is not None else contextlib.nullcontext(True)
+        async with between_events as between:
             if not between:
                 log.warning(
                     "commit deferred: an event is still being processed",
-                    extra={"in_flight": gate.in_flight},
+                    extra={"in_flight": gate.in_flight if gate is not None else 0},
                 )
                 return False
             await self.app.producer.buffer.flush()
