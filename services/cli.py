@@ -280,6 +280,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         if "MRHUB_PATIENT_INDEX__URL" not in os.environ:  # follow a configured port
             pi = settings.patient_index
             env["MRHUB_PATIENT_INDEX__URL"] = f"http://{pi.host}:{pi.port}"
+        if "MRHUB_RECOGNITION__URL" not in os.environ:  # the gateway's reads and CDS Hooks
+            rc = settings.recognition
+            env["MRHUB_RECOGNITION__URL"] = f"http://{rc.host}:{rc.port}"
         log_dir = settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         rows = []

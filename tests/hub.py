@@ -39,6 +39,7 @@ class Hub:
             "MRHUB_IMAGING__INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_PATIENT_INDEX__PORT": str(self.ports.get("patient_index", 0)),
             "MRHUB_RECOGNITION__PORT": str(self.ports.get(name, self.ports.get("recognition", 0))),
+            "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{self.ports.get('recognition', 0)}",
             "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
             # a worker's RocksDB state is its own: a second worker or a restart after kill -9
             # must rebuild from the changelog, as on another machine

@@ -67,6 +67,18 @@ class Credential(BaseModel):
     label: str = ""
 
 
+class CdsClient(BaseModel):
+    """A CDS Hooks client (the institution's HIS / EHR) that calls the hub's CDS services with
+    a JWT it signs: ``iss`` names it, ``jwks`` holds its public keys (a JSON Web Key Set,
+    ``{"keys": [...]}``, ES384 or RS384 as CDS Hooks 2.0 asks)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iss: str = Field(min_length=1, max_length=512, description="The JWT's `iss` claim")
+    jwks: dict[str, Any] = Field(description='The public keys: {"keys": [JWK, ...]}')
+    label: str = ""
+
+
 class Institution(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,7 +92,13 @@ class Institution(BaseModel):
     oid: str | None = Field(default=None, description="The institution's own OID, if it has one")
     qualifications: tuple[Qualification, ...] = ()
     dicomweb_base: str | None = None
+    viewer_template: str | None = Field(
+        default=None,
+        description="A web viewer's URL for one study, with {study_uid} where the Study "
+        "Instance UID goes (e.g. https://pacs.example/viewer?StudyInstanceUIDs={study_uid})",
+    )
     credentials: tuple[Credential, ...] = ()
+    cds_clients: tuple[CdsClient, ...] = ()
 
     @property
     def prefecture_code(self) -> str:
@@ -200,6 +218,16 @@ def _problems(inst: Institution) -> list[str]:
         ("http://", "https://")
     ):
         found.append("dicomweb_base: must be an http:// or https:// URL")
+    if inst.viewer_template is not None and (
+        not inst.viewer_template.startswith(("http://", "https://"))
+        or "{study_uid}" not in inst.viewer_template
+        or inst.viewer_template.replace("{study_uid}", "").count("{")
+        or inst.viewer_template.replace("{study_uid}", "").count("}")
+    ):
+        found.append(
+            "viewer_template: must be an http:// or https:// URL with {study_uid} and no other "
+            "placeholder"
+        )
     return found
 
 

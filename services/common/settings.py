@@ -139,6 +139,11 @@ class IngestSettings(ServiceSettings):
 
 class RecognitionSettings(ServiceSettings):
     port: int = Field(default=8081, ge=0, le=65535)
+    url: str = Field(
+        default="http://127.0.0.1:8081",
+        description="Where the gateway reaches the recognition service for FHIR reads, "
+        "decisions and CDS Hooks (any worker; it forwards to the patient's owner).",
+    )
     catalog_path: Path = Field(
         default=Path("config/catalog"),
         description="The recognition catalogue: one YAML file or a directory of them.",

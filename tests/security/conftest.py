@@ -99,6 +99,7 @@ class SecurityHub:
             "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_IMAGING__INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{self.ports['patient_index']}",
+            "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{self.ports['recognition']}",
             "MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES": json.dumps([hash_token(STEWARD_TOKEN)]),
             "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
             "MRHUB_STATE_DIR": str(self.tmp / "state" / name),
