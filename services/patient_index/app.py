@@ -72,7 +72,12 @@ from services.common.topics import (
 )
 from services.patient_index import dedup, matching, stewardship
 from services.patient_index import web as steward_api
-from services.patient_index.canonical import CanonicalRecord, build_record, to_event_payload
+from services.patient_index.canonical import (
+    CanonicalRecord,
+    build_record,
+    record_json,
+    to_event_payload,
+)
 from services.patient_index.dedup import Seen
 from services.patient_index.identity import (
     MATCH_BELOW_RANK,
@@ -361,7 +366,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 {
                     "type": "record",
                     "anchor": a["key"],
-                    "record": record.model_dump(mode="json"),
+                    "record": record_json(record),
                     "source": env.source,
                 }
             ),
@@ -648,7 +653,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if outcome.store or change is not None:
             # one table write per record: the dedup state and what was published, together
             if change is not None:
-                last = {"record": record.model_dump(mode="json"), "source": source}
+                last = {"record": record_json(record), "source": source}
             seen[key] = dedup.seen_value(outcome.seen, last)
         attempt = stored is None and record.retracted
         uid = record.imaging.study_uid if record.imaging is not None else None

@@ -56,20 +56,18 @@ Rules (the event docs repeat them for consumers):
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from services.common.fhir import DICOM_UID_SYSTEM
-from services.common.identifiers import ID_CARD_SYSTEM, LAB_REPORT_NO_SYSTEM, ORDER_NO_SYSTEM
-
-#: China Standard Time: partial FHIR dates and offset-less times are read in it.
-CHINA_TZ: Final = timezone(timedelta(hours=8), "UTC+08:00")
+from services.common.records import CHINA_TZ as CHINA_TZ
+from services.common.records import business_key
+from services.common.records import parse_fhir_datetime as parse_fhir_datetime
+from services.common.records import record_id_for as record_id_for
 
 #: Statuses that withdraw what was published before for the same business key.
 STATUS_RETRACTED: Final = frozenset({"entered-in-error", "cancelled", "revoked"})
@@ -132,11 +130,6 @@ _CATEGORY_CODES: Final[Mapping[str, Mapping[str, Category]]] = {
 }
 _ECG_LOINC: Final = frozenset({"11524-6", "34534-8", "8601-7"})
 _PRECEDENCE: Final[tuple[Category, ...]] = ("ecg", "pathology", "imaging", "lab")
-
-_DATETIME = re.compile(
-    r"(\d{4})(?:-(\d{2})(?:-(\d{2})"
-    r"(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?"
-)
 
 
 class Code(BaseModel):
@@ -222,6 +215,9 @@ class CanonicalRecord(BaseModel):
     value: ResultValue | None = None
     source: SourceRef
     trace_id: str
+    #: the FHIR resource as posted (bundle-internal references resolved by the gateway);
+    #: not part of the content hash; ``None`` for a record of the layout before it
+    resource: dict[str, Any] | None = None
 
     @property
     def retracted(self) -> bool:
@@ -277,7 +273,12 @@ def build_record(
 
     imaging = _imaging(rtype, resource, contained, codes)
     category = _category(rtype, resource, codes, imaging)
-    bkey = _business_key(rtype, resource, source_institution, event_id, imaging)
+    bkey = business_key(
+        rtype,
+        resource,
+        source_institution,
+        _list(payload.get("patient_identifiers")),
+    )
 
     performed = _performed_at(rtype, resource)
     collected = _specimen_collected_at(resource, contained)
@@ -316,49 +317,17 @@ def build_record(
             received_at=received_at,
         ),
         trace_id=trace_id,
+        resource=dict(resource),
     )
 
 
-def record_id_for(business_key: str) -> str:
-    """The public id of a business key: SHA-256, 32 hex characters."""
-    return hashlib.sha256(f"mrhub-record-v1|{business_key}".encode()).hexdigest()[:32]
-
-
-def parse_fhir_datetime(value: Any) -> datetime | None:
-    """A FHIR ``date`` / ``dateTime`` / ``instant`` as an aware datetime, else ``None``.
-
-    ``YYYY``, ``YYYY-MM`` and ``YYYY-MM-DD`` are the start of that period in UTC+8; a time
-    without an offset is UTC+8 too; fractional seconds beyond microseconds are cut.
-    """
-    if not isinstance(value, str):
-        return None
-    m = _DATETIME.fullmatch(value.strip())
-    if m is None:
-        return None
-    year, month, day, hour, minute, second, frac, tz = m.groups()
-    if tz is None:
-        tzinfo: timezone = CHINA_TZ
-    elif tz == "Z":
-        tzinfo = UTC
-    else:
-        sign = -1 if tz[0] == "-" else 1
-        hours, minutes = int(tz[1:3]), int(tz[4:6])
-        if hours > 23 or minutes > 59:
-            return None
-        tzinfo = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    try:
-        return datetime(
-            int(year),
-            int(month or 1),
-            int(day or 1),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int((frac or "0")[:6].ljust(6, "0")),
-            tzinfo=tzinfo,
-        )
-    except ValueError:
-        return None
+def record_json(record: CanonicalRecord) -> dict[str, Any]:
+    """The record as a JSON-ready dict for Kafka and tables (:mod:`services.common.codec`):
+    ``resource`` is kept as posted — its decimals stay numbers with their digits (pydantic's
+    JSON mode would write them as strings)."""
+    doc = record.model_dump(mode="json", exclude={"resource"})
+    doc["resource"] = record.resource
+    return doc
 
 
 def to_event_payload(
@@ -368,18 +337,20 @@ def to_event_payload(
     previous_master_patient_id: str | None = None,
 ) -> dict[str, Any]:
     """The ``result-indexed`` / ``order-placed`` payload: JSON-ready (numbers as strings,
-    RFC 3339 times with the offset as posted). The business key is left out — it may hold
+    RFC 3339 times with the offset as posted) with ``resource``, the FHIR resource as the
+    hospital posted it (its decimals as posted numbers). The business key is left out — it may hold
     a report number in clear; ``record_id`` stands for it. Results carry no
     ``authored_at``/``intent``; orders no ``issued_at``/``collected_at``/``value``.
     ``previous_master_patient_id`` is set when an ``update`` moves the record to another
     master patient (a merge)."""
-    skip = {"business_key"}
+    skip = {"business_key", "resource"}
     if record.kind == "result":
         skip |= {"authored_at", "intent"}
     else:
         skip |= {"issued_at", "collected_at", "value"}
     doc: dict[str, Any] = {"change": change}
     doc.update(record.model_dump(mode="json", exclude=skip))
+    doc["resource"] = record.resource
     if previous_master_patient_id is not None:
         doc["previous_master_patient_id"] = previous_master_patient_id
     return doc
@@ -622,33 +593,6 @@ def _category(
         if cat in found:
             return cat
     return "other"
-
-
-def _business_key(
-    rtype: str,
-    resource: Mapping[str, Any],
-    institution: str,
-    event_id: str,
-    imaging: ImagingSummary | None,
-) -> str:
-    if imaging is not None and imaging.study_uid:
-        if rtype == "ImagingStudy":
-            return f"{institution}|study|{imaging.study_uid}"
-        if rtype == "DiagnosticReport":
-            return f"{institution}|study|{imaging.study_uid}|DiagnosticReport"
-    preferred = ORDER_NO_SYSTEM if rtype == "ServiceRequest" else LAB_REPORT_NO_SYSTEM
-    pairs = [p for p in _identifiers(resource) if p[0] != ID_CARD_SYSTEM]
-    pair = next((p for p in pairs if p[0] == preferred), pairs[0] if pairs else None)
-    if pair is not None:
-        key = f"{institution}|{rtype}|{pair[0]}|{pair[1]}"
-        if rtype == "Observation" and pair[0] in (LAB_REPORT_NO_SYSTEM, ORDER_NO_SYSTEM):
-            first = next(iter(_codings(resource.get("code"))), None)
-            if first is not None:
-                key += f"|{first.system or ''}|{first.code}"
-        return key
-    if (rid := _str(resource.get("id"))) is not None:
-        return f"{institution}|{rtype}|id|{rid}"
-    return f"{institution}|{rtype}|event|{event_id}"
 
 
 def _period_start(resource: Mapping[str, Any], prefix: str) -> datetime | None:

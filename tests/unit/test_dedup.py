@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.patient_index.canonical import CanonicalRecord
+from services.patient_index.canonical import CanonicalRecord, record_json
 from services.patient_index.dedup import (
     Outcome,
     Seen,
@@ -88,7 +88,7 @@ def test_seen_survives_a_json_round_trip() -> None:
 def test_seen_and_the_published_record_share_one_value_and_old_values_still_read() -> None:
     record = k()
     seen = decide(None, record).seen
-    published = {"record": record.model_dump(mode="json"), "source": "inst"}
+    published = {"record": record_json(record), "source": "inst"}
     state, last = load_seen_value(seen_value(seen, published))
     assert state == seen and last is not None
     assert CanonicalRecord.model_validate(last["record"]) == record
@@ -385,3 +385,18 @@ def test_withdrawing_one_s_own_copy_or_a_study_nobody_holds_is_not_refused() -> 
     # a second withdrawal attempt by an institution that holds a record of the study itself
     mine = study_record(held, "H", "r" * 32, live=False, attempt=True)
     assert not mine.refused
+
+
+def test_an_exact_resend_with_its_resource_is_still_a_duplicate() -> None:
+    """The posted resource rides on the record (contract 1) but is not part of its content:
+    the same post through another event, at another time, is a duplicate, not an update."""
+    first = k()
+    again = first.model_copy(
+        update={
+            "source": first.source.model_copy(update={"event_id": "f" * 32}),
+            "trace_id": "another-trace",
+            "resource": dict(first.resource or {}, meta={"source": "resend"}),
+        }
+    )
+    assert first.resource is not None
+    assert decide(decide(None, first).seen, again).change == "duplicate"
