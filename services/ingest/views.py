@@ -50,6 +50,7 @@ from services.common.identifiers import keyed_hash
 from services.common.institutions import Institution, Registry, ReloadingRegistry
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
+from services.common.records import RECORD_TYPES, business_identifier, business_key, record_id_for
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
 from services.ingest.publisher import MessageTooLargeError, OutMessage, Publisher
@@ -282,8 +283,18 @@ class Gateway:
 
     # ---------------------------------------------------------------- building messages
 
-    def kafka_key(self, institution: Institution, checked: CheckedResource, event_id: str) -> bytes:
-        """institution | type | keyed hash of the business id — never an identifier in clear."""
+    def kafka_key(
+        self,
+        institution: Institution,
+        checked: CheckedResource,
+        event_id: str,
+        record_id: str | None = None,
+    ) -> bytes:
+        """institution | type | the record id (a result or order: every post of one record
+        goes to one partition, in order), else a keyed hash of the business id — never an
+        identifier in clear."""
+        if record_id is not None:
+            return f"{institution.id}|{checked.resource_type}|{record_id}".encode()
         bid = checked.business_id
         digest = keyed_hash(self.hmac_key, *bid) if bid is not None else f"event-{event_id}"
         return f"{institution.id}|{checked.resource_type}|{digest}".encode()
@@ -299,6 +310,7 @@ class Gateway:
         entry_index: int | None = None,
         import_line: int | None = None,
         patients: Mapping[str, dict[str, Any]] | None = None,
+        record_id: str | None = None,
     ) -> tuple[OutMessage, str]:
         # The Envelope's JSON, written directly (a pydantic model built and dumped for each
         # resource cost more than the encoding); test_ingest_envelope checks it against
@@ -329,7 +341,7 @@ class Gateway:
             ("schema_version", _SCHEMA_VERSION_BYTES),
             ("source", institution.id.encode()),
         )
-        key = self.kafka_key(institution, checked, event_id)
+        key = self.kafka_key(institution, checked, event_id, record_id)
         return OutMessage(key=key, value=codec.dumps(doc), headers=headers), event_id
 
     def count(
@@ -379,6 +391,82 @@ def patient_identifiers(
         return list(patients[ref].get("identifier") or [])
     ident = subject.get("identifier")
     return [ident] if isinstance(ident, dict) else []
+
+
+def record_id(
+    institution: Institution,
+    checked: CheckedResource,
+    patients: Mapping[str, dict[str, Any]],
+    resolve: Callable[[str], Mapping[str, Any] | None] | None = None,
+) -> str | None:
+    """The hub's id of the result or order ``checked`` will be (the patient index computes
+    the same from the published resource: services/common/records.py); ``None`` for a type
+    that is no record (Patient, context resources)."""
+    if checked.resource_type not in RECORD_TYPES:
+        return None
+    key = business_key(
+        checked.resource_type,
+        checked.resource,
+        institution.id,
+        patient_identifiers(checked.resource, patients),
+        resolve=resolve,
+    )
+    return record_id_for(key)
+
+
+def resolve_bundle(
+    institution: Institution,
+    entries: Sequence[CheckedResource],
+    patients: Mapping[str, dict[str, Any]],
+) -> dict[int, str]:
+    """Record ids of a bundle's accepted results and orders (``id(entry)`` → id), and every
+    ``urn:uuid:`` reference (any Reference whose ``reference`` is another such entry's
+    ``fullUrl``) rewritten as a FHIR transaction does: ``<Type>/<record id>``, plus the
+    target's business identifier on the Reference (an ImagingStudy's Study Instance UID,
+    else its report / order number) — so that the patient index, which sees one resource at
+    a time, ties a report to the study of the same bundle. References to a Patient or to a
+    context resource are left as posted (the patient is resolved as before)."""
+    by_url = {e.full_url: e for e in entries if e.full_url and e.resource_type in RECORD_TYPES}
+
+    def resolve(ref: str) -> Mapping[str, Any] | None:
+        found = by_url.get(ref)
+        return found.resource if found is not None else None
+
+    ids: dict[int, str] = {}
+    for e in entries:
+        rid = record_id(institution, e, patients, resolve)
+        if rid is not None:
+            ids[id(e)] = rid
+    if not by_url:
+        return ids
+    targets: dict[str, dict[str, Any]] = {}
+    for url, e in by_url.items():
+        if (rid := ids.get(id(e))) is not None:
+            target: dict[str, Any] = {"reference": f"{e.resource_type}/{rid}"}
+            ident = business_identifier(e.resource_type, e.resource)
+            if ident is not None:
+                target["identifier"] = ident
+            targets[url] = target
+    for e in entries:
+        _rewrite_references(e.resource, targets)
+    return ids
+
+
+def _rewrite_references(node: Any, targets: Mapping[str, dict[str, Any]]) -> None:
+    """Rewrite, in place, each Reference under ``node`` that names one of ``targets``."""
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            ref = cur.get("reference")
+            if isinstance(ref, str) and (target := targets.get(ref)) is not None:
+                cur["reference"] = target["reference"]
+                if "identifier" in target:
+                    cur["identifier"] = dict(target["identifier"])
+                continue
+            stack.extend(v for v in cur.values() if isinstance(v, dict | list))
+        elif isinstance(cur, list):
+            stack.extend(v for v in cur if isinstance(v, dict | list))
 
 
 def bundle_patients(entries: Sequence[CheckedResource]) -> dict[str, dict[str, Any]]:
@@ -600,6 +688,7 @@ class _ResourceReady:
     msg: OutMessage
     event_id: str
     answer: bytes
+    record_id: str | None = None
 
 
 def _parse(gw: Gateway, body: bytes) -> tuple[Any, _Refused | None]:
@@ -627,9 +716,12 @@ def _prepare_resource(
     checked = check_resource(raw, who, expected_type=rtype)
     big = len(body) > OFFLOAD_BYTES
     if checked.ok:
-        msg, event_id = gw.message(who, checked, received_at=received_at, trace_id=trace_id)
+        rid = record_id(who, checked, {})
+        msg, event_id = gw.message(
+            who, checked, received_at=received_at, trace_id=trace_id, record_id=rid
+        )
         if gw.fits(msg):
-            ready = _ResourceReady(checked, msg, event_id, _dumps(checked.resource))
+            ready = _ResourceReady(checked, msg, event_id, _dumps(checked.resource), rid)
             if big:
                 _dismantle(raw)
             return ready
@@ -674,13 +766,18 @@ async def post_resource(request: web.Request) -> web.Response:
         gw.metrics.rejections.labels("too-large").inc()
         return _refused_by_kafka(rtype, exc)
     gw.count(who, [ready.checked], "accepted")
-    location = gw.url(f"/fhir/{rtype}/{ready.event_id}/_history/1")
+    if ready.record_id is not None:
+        # the record's id on the hub's FHIR base: GET <Location> reads it back
+        headers = {"Location": gw.url(f"/fhir/{rtype}/{ready.record_id}")}
+    else:  # a Patient: not readable here; the event's id names what was stored
+        headers = {"Location": gw.url(f"/fhir/{rtype}/{ready.event_id}/_history/1")}
+        headers["ETag"] = 'W/"1"'
     return web.Response(
         body=ready.answer,
         status=201,
         content_type=FHIR_JSON,
         charset="utf-8",
-        headers={"Location": location, "ETag": 'W/"1"', "X-Trace-Id": trace_id},
+        headers={**headers, "X-Trace-Id": trace_id},
     )
 
 
@@ -691,6 +788,7 @@ class _BundleReady:
     good: list[CheckedResource]
     bad: list[CheckedResource]
     out: dict[int, tuple[OutMessage, str]]  # id(entry) → its message and event id
+    ids: dict[int, str]  # id(entry) → its record id (results and orders)
     big: bool = False  # over OFFLOAD_BYTES: the answer is built in a worker thread
 
 
@@ -716,6 +814,7 @@ def _prepare_bundle(
         return refused
     bundle_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     patients = bundle_patients(bundle.entries)
+    ids = resolve_bundle(who, [e for e in bundle.entries if e.ok], patients)
     out: dict[int, tuple[OutMessage, str]] = {}
     for e in bundle.entries:
         if not e.ok:
@@ -728,6 +827,7 @@ def _prepare_bundle(
             bundle_id=bundle_id,
             entry_index=e.index,
             patients=patients,
+            record_id=ids.get(id(e)),
         )
         if gw.fits(msg):
             out[id(e)] = (msg, eid)
@@ -743,7 +843,7 @@ def _prepare_bundle(
         return refused
     if len(body) > OFFLOAD_BYTES:
         _dismantle(raw)  # the messages are built; types, indexes and issues remain
-    return _BundleReady(bundle, transaction, good, bad, out, len(body) > OFFLOAD_BYTES)
+    return _BundleReady(bundle, transaction, good, bad, out, ids, len(body) > OFFLOAD_BYTES)
 
 
 def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
@@ -756,12 +856,19 @@ def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
     entries = []
     for e in ready.bundle.entries:
         if e.ok:
-            eid = ready.out[id(e)][1]
-            resp: dict[str, Any] = {
-                "status": "201 Created",
-                "location": f"{e.resource_type}/{eid}/_history/1",
-                "etag": 'W/"1"',
-            }
+            rid = ready.ids.get(id(e))
+            if rid is not None:
+                resp: dict[str, Any] = {
+                    "status": "201 Created",
+                    "location": gw.url(f"/fhir/{e.resource_type}/{rid}"),
+                }
+            else:  # a Patient or a context resource: not readable here
+                eid = ready.out[id(e)][1]
+                resp = {
+                    "status": "201 Created",
+                    "location": f"{e.resource_type}/{eid}/_history/1",
+                    "etag": 'W/"1"',
+                }
         else:
             resp = {"status": _status_line(http_status(e.issues))}
             listed = min(budget, len(e.issues))

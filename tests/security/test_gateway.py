@@ -58,9 +58,8 @@ def reasons(doc: dict[str, Any]) -> list[str]:
     return [i["details"]["coding"][0]["code"] for i in doc["issue"]]
 
 
-def event_id_of(resp: httpx.Response) -> str:
-    # /fhir/Observation/<event id>/_history/1
-    return resp.headers["Location"].split("/")[3]
+def trace_of(resp: httpx.Response) -> str:
+    return resp.headers["X-Trace-Id"]
 
 
 # ------------------------------------------------------------------ a gateway of our own
@@ -150,9 +149,9 @@ def _head(path: str, token: str, length: int, ctype: str = FHIR) -> bytes:
 def test_a_large_observation_is_stored_not_503(security_hub: SecurityHub) -> None:
     obs = big_observation(A, 1_200_000)
     resp = security_hub.post(A, "/fhir/Observation", obs, expect=201)
-    event_id = event_id_of(resp)
+    trace_id = trace_of(resp)
     [event] = security_hub.wait_for(
-        RESOURCE_ACCEPTED.name, lambda e: e.event_id == event_id, timeout_s=DEADLINE_S
+        RESOURCE_ACCEPTED.name, lambda e: e.trace_id == trace_id, timeout_s=DEADLINE_S
     )
     assert event.payload["resource"]["note"] == obs["note"]
 
