@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -12,6 +12,7 @@ from services.common.institutions import Registry
 from services.common.topics import RESOURCE_ACCEPTED, message_limit
 from services.ingest import views
 from services.ingest.metrics import IngestMetrics
+from services.ingest.proxy import MAX_BODY_BYTES, Proxy
 from services.ingest.publisher import Publisher
 
 
@@ -32,12 +33,26 @@ def build_app(
     max_outcome_issues: int = DEFAULT_MAX_ISSUES,
     public_base_url: str | None = None,
     validation_threads: int = 2,
+    recognition_url: str | None = None,
+    forward_headers: Mapping[str, str] | None = None,
+    proxy_timeout_s: float = 10.0,
+    proxy_max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
     """``institutions_path``: when given, the registry is reloaded from it whenever the file
     changes (checked at most once a second), so an issued or revoked token counts at once.
     ``max_message_bytes``: the Kafka message limit (default: derived from
     ``max_body_bytes``, as :func:`services.common.topics.max_message_bytes` does)."""
     metrics = IngestMetrics()
+    proxy = (
+        Proxy(
+            recognition_url,
+            forward_headers or {},
+            timeout_s=proxy_timeout_s,
+            max_body_bytes=proxy_max_body_bytes,
+        )
+        if recognition_url
+        else None
+    )
     publisher = Publisher(
         bootstrap,
         topic,
@@ -59,6 +74,7 @@ def build_app(
         max_outcome_issues=max_outcome_issues,
         public_base_url=public_base_url,
         validation_threads=validation_threads,
+        proxy=proxy,
     )
     # aiohttp refuses larger bodies itself (its default is 1 MiB); NDJSON import streams.
     app = web.Application(client_max_size=max_body_bytes, middlewares=[views.observe])
@@ -68,13 +84,24 @@ def build_app(
     app.router.add_post("/fhir", views.post_bundle)
     app.router.add_post("/fhir/", views.post_bundle)  # clients that join base + ""
     app.router.add_post("/fhir/{type}", views.post_resource)
+    # reads, searches and CDS Hooks: forwarded to recognition (services/ingest/proxy.py)
+    app.router.add_get("/fhir/{type}", views.get_search)
+    app.router.add_post("/fhir/{type}/_search", views.post_search)
+    app.router.add_get("/fhir/{type}/{id}", views.get_read)
+    app.router.add_get("/cds-services", views.cds_services)
+    app.router.add_post("/cds-services/{id}", views.cds_services)
+    app.router.add_post("/cds-services/{id}/feedback", views.cds_services)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/metrics", views.metrics)
 
     async def kafka(app: web.Application) -> AsyncIterator[None]:
         await publisher.start()
+        if proxy is not None:
+            await proxy.start()
         yield
+        if proxy is not None:
+            await proxy.close()
         await publisher.stop()
         gateway.close()
 

@@ -9,6 +9,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from services.common import faust_fixes
 from services.common.errors import ConfigError
+from services.common.forwarding import forwarded_headers
 from services.common.institutions import Registry
 from services.common.logging import setup_logging
 from services.common.settings import Settings
@@ -38,6 +39,20 @@ class _ParseErrorsOnOneLine(logging.Filter):
         return True
 
 
+def public_base(settings: Settings) -> str:
+    """Where hospitals reach the hub, as recognition writes it into links and checks JWT
+    audiences against: ``public_base_url``, else ``http://<host>:<port>`` of the gateway (a
+    wildcard host as 127.0.0.1, an address nobody can call being no base)."""
+    if settings.ingest.public_base_url:
+        return settings.ingest.public_base_url.rstrip("/")
+    host = settings.ingest.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ingest.port}"
+
+
 def run(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
     faust_fixes.apply_aiohttp()  # protocol errors answered as OperationOutcomes
@@ -64,6 +79,8 @@ def run(settings: Settings) -> None:
         max_outcome_issues=settings.ingest.max_outcome_issues,
         public_base_url=settings.ingest.public_base_url,
         validation_threads=settings.ingest.validation_threads,
+        recognition_url=settings.recognition.url,
+        forward_headers=forwarded_headers(settings, public_base(settings)),
     )
     metrics = app[views.STATE_KEY].metrics
     log.info(

@@ -53,6 +53,7 @@ from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.common.records import RECORD_TYPES, business_identifier, business_key, record_id_for
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
+from services.ingest.proxy import READ_TYPES, Proxy, not_readable, read_body, unauthenticated
 from services.ingest.publisher import MessageTooLargeError, OutMessage, Publisher
 from services.ingest.server import HeaderDeadline
 from services.ingest.validation import (
@@ -210,7 +211,10 @@ class Gateway:
         max_outcome_issues: int = DEFAULT_MAX_ISSUES,
         public_base_url: str | None = None,
         validation_threads: int = 2,
+        proxy: Proxy | None = None,
     ) -> None:
+        #: where reads, searches and CDS Hooks calls go (recognition); None: answered 503
+        self.proxy = proxy
         # with a path, the registry follows the file (tokens issued or revoked count at once)
         self._registry = (
             ReloadingRegistry(institutions_path) if institutions_path is not None else registry
@@ -1186,6 +1190,63 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=exposition(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+# ----------------------------------------------------------------- reads and CDS Hooks
+
+
+async def _forward(request: web.Request) -> web.Response:
+    """Forward a read, search or CDS Hooks call to recognition (services/ingest/proxy.py):
+    401 without an Authorization header, 413 / 408 for a body too large or too slow, 503
+    when no read service is configured or reachable."""
+    gw = request.app[STATE_KEY]
+    if not request.headers.get("Authorization", "").strip():
+        gw.metrics.rejections.labels("unauthenticated").inc()
+        return unauthenticated()
+    proxy = gw.proxy
+    if proxy is None:
+        gw.metrics.rejections.labels("not-ready").inc()
+        return refusal(
+            503,
+            "transient",
+            "not-ready",
+            "this gateway has no read service configured (MRHUB_RECOGNITION__URL)",
+        )
+    body = await read_body(request, proxy.max_body_bytes, gw.body_timeout_s)
+    if isinstance(body, web.Response):
+        gw.metrics.rejections.labels("too-large" if body.status == 413 else "timeout").inc()
+        body.force_close()  # the rest of the body is never read
+        return body
+    return await proxy.forward(request, body, _trace_id(request))
+
+
+def _readable_type(request: web.Request) -> web.Response | None:
+    rtype = request.match_info["type"]
+    if rtype in READ_TYPES:
+        return None
+    request.app[STATE_KEY].metrics.rejections.labels("unknown-endpoint").inc()
+    return not_readable(rtype if rtype.isalnum() and len(rtype) < 40 else "that type")
+
+
+async def get_search(request: web.Request) -> web.Response:
+    """``GET /fhir/{type}``: a search, answered by recognition."""
+    return _readable_type(request) or await _forward(request)
+
+
+async def get_read(request: web.Request) -> web.Response:
+    """``GET /fhir/{type}/{id}``: a read, answered by recognition."""
+    return _readable_type(request) or await _forward(request)
+
+
+async def post_search(request: web.Request) -> web.Response:
+    """``POST /fhir/{type}/_search``: a search with its parameters in the body — never a
+    write (it is routed apart from ``POST /fhir/{type}``)."""
+    return _readable_type(request) or await _forward(request)
+
+
+async def cds_services(request: web.Request) -> web.Response:
+    """``GET /cds-services``, ``POST /cds-services/{id}`` and ``…/feedback``."""
+    return await _forward(request)
 
 
 # ------------------------------------------------------------------------------ middleware

@@ -280,9 +280,9 @@ async def test_bad_input_gets_a_clear_answer(
 
 async def test_wrong_method_is_405_with_allow(gw: Gw) -> None:
     async with httpx.AsyncClient(base_url=gw.url) as client:
-        resp = await client.get("/fhir/Observation", headers=gw.auth())
+        resp = await client.delete("/fhir/Observation", headers=gw.auth())
     assert resp.status_code == 405
-    assert "POST" in resp.headers["Allow"]
+    assert {"GET", "POST"} <= set(resp.headers["Allow"].split(", "))
     outcome(resp)
 
 
@@ -297,10 +297,22 @@ async def test_metadata_is_a_truthful_capability_statement(gw: Gw) -> None:
     assert rest.resource is not None and rest.interaction is not None
     types = {r.type: {i.code for i in r.interaction or []} for r in rest.resource}
     assert types == {
-        t: {"create"}
-        for t in ("Patient", "Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest")
+        "Patient": {"create"},
+        **{
+            t: {"create", "read", "search-type"}
+            for t in ("Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest")
+        },
+        "DetectedIssue": {"read", "search-type"},
     }
     assert {i.code for i in rest.interaction} == {"batch", "transaction"}
+    params = {r.type: {p.name for p in r.searchParam or []} for r in rest.resource if r.searchParam}
+    for t in ("Observation", "DiagnosticReport", "ServiceRequest"):
+        assert {"patient", "code", "date", "category", "_lastUpdated", "_count", "_summary"} <= (
+            params[t]
+        )
+    assert "implicated" in params["DetectedIssue"]
+    [report] = [r for r in rest.resource if r.type == "DiagnosticReport"]
+    assert report.searchInclude == ["DiagnosticReport:result"]
 
 
 async def test_metrics_count_what_happened(gw: Gw) -> None:
