@@ -233,15 +233,18 @@ def _plain(value: Any) -> Any:
 
 
 def _patient(patient_identifiers: Iterable[Any], resource: Mapping[str, Any]) -> list[Any]:
-    pairs = sorted(
-        {
-            (_str(i.get("system")) or "", v.strip())
-            for i in patient_identifiers
-            if isinstance(i, Mapping) and (v := _str(i.get("value"))) is not None and v.strip()
-        }
-    )
+    pairs = {
+        (_str(i.get("system")) or "", v.strip())
+        for i in patient_identifiers
+        if isinstance(i, Mapping) and (v := _str(i.get("value"))) is not None and v.strip()
+    }
+    # a 身份证 names the person whatever else the post adds (a hospital number, a Patient
+    # entry with more identifiers): with one, it alone is the patient
+    cards = {(s, v.upper()) for s, v in pairs if s == ID_CARD_SYSTEM}
+    if cards:
+        pairs = cards
     if pairs:
-        return [list(p) for p in pairs]
+        return [list(p) for p in sorted(pairs)]
     subject = resource.get("subject")
     ref = _str(subject.get("reference")) if isinstance(subject, Mapping) else None
     return [["reference", ref]] if ref else []
@@ -251,16 +254,21 @@ def content_digest(
     rtype: str, resource: Mapping[str, Any], patient_identifiers: Iterable[Any]
 ) -> str:
     """What makes two posts of a resource without a business identifier the same result or
-    order (SHA-256, 32 hex): the patient (the sorted ``system|value`` pairs of the patient's
-    identifiers as the post names them, else ``subject.reference``), the sorted codes
-    (``code``; for an ImagingStudy ``procedureCode`` and the modalities), the clinical time
-    as an instant (``effective[x]``, else ``issued``; ``occurrence[x]``, else ``authoredOn``
-    for an order; ``started`` for a study) and the finding: an Observation's ``value[x]``,
-    ``dataAbsentReason`` and ``component`` values (numbers compared by value, ``6.30`` =
-    ``6.3``), a DiagnosticReport's ``conclusion`` and ``conclusionCode``, an order's
-    ``intent``. Left out on purpose: ``status`` (so a ``final`` after a ``preliminary``, or an
+    order (SHA-256, 32 hex), from:
+
+    - the patient: its 身份证 when the post names one (``subject.identifier`` or on the
+      bundle's Patient), else the sorted ``system|value`` pairs of the identifiers the post
+      names, else ``subject.reference``;
+    - the sorted codes (``code``; an ImagingStudy's ``procedureCode`` and modalities);
+    - the clinical time as an instant: ``effective[x]``, else ``issued``; an order's
+      ``occurrence[x]``, else ``authoredOn``; a study's ``started``;
+    - the finding: an Observation's ``value[x]``, ``dataAbsentReason`` and component values
+      (numbers by value: ``6.30`` = ``6.3``); a report's ``conclusion`` and
+      ``conclusionCode``; an order's ``intent``.
+
+    Left out on purpose: ``status`` (a ``final`` after a ``preliminary``, or an
     ``entered-in-error``, is the *same* record, updated or withdrawn), ``issued`` when there
-    is an effective time (a re-issue of the same finding), ``id``, ``meta``, ``text``,
+    is an effective time (a re-issue of the same finding), ``id``, ``meta``, narrative,
     references and notes."""
     if rtype == "ImagingStudy":
         codes = [p for cc in _list(resource.get("procedureCode")) for p in _coding_pairs(cc)]

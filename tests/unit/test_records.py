@@ -122,3 +122,16 @@ def test_a_record_id_is_32_hex_of_the_key() -> None:
         )
         is None
     )
+
+
+def test_the_patient_is_its_id_card_however_the_post_names_it() -> None:
+    """Posted alone (``subject.identifier``: the 身份证) or in a bundle whose Patient also
+    has a hospital number, the same result is the same record."""
+    with_mz = [*PATIENT, {"system": "urn:oid:2.16.156.10011.1.10", "value": "MZ0001"}]
+    assert key(potassium(), with_mz) == key(potassium())
+    lower_x = [{"system": ID_CARD_SYSTEM, "value": "11010119900307447x"}]
+    upper_x = [{"system": ID_CARD_SYSTEM, "value": "11010119900307447X"}]
+    assert key(potassium(), lower_x) == key(potassium(), upper_x)
+    # without a 身份证, every identifier counts
+    mz_only = [{"system": "urn:oid:2.16.156.10011.1.10", "value": "MZ0001"}]
+    assert key(potassium(), mz_only) != key(potassium())
