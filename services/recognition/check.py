@@ -194,6 +194,7 @@ def render_check(
     at: datetime,
     *,
     link_grade: str | None = None,
+    base: str | None = None,
 ) -> dict[str, Any]:
     """The JSON answer of a check (docs/recognition.md, "The check").
 
