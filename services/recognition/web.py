@@ -61,6 +61,7 @@ from services.common.web_guard import CALLER_KEY, Caller, guard_for, page
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import (
     MAX_BODY_BYTES,
+    MAX_SHOWN,
     BadInput,
     parse_body,
     parse_coded,
@@ -106,6 +107,22 @@ class CheckRefused(Exception):
         self.response = response
 
 
+@dataclass(frozen=True)
+class Plumbing:
+    """What :func:`install` wires and the read routes (:mod:`services.recognition.reads`)
+    share: who is calling, whether another worker forwarded the request, where a patient's
+    partition lives, forwarding, the audit producer and the patient lookup."""
+
+    caller: Callable[[Request], Institution]
+    is_routed: Callable[[Request], bool]
+    owner_url: Callable[[str, str], URL | None]
+    others: Callable[[str], list[URL]]
+    forward_to: Callable[..., Awaitable[Response]]
+    send: Callable[[str, bytes, Envelope], Awaitable[None]]
+    resolve: Callable[[str, Institution], Awaitable[Resolved | None]]
+    routed_token: Callable[[], str]
+
+
 CheckFor = Callable[..., Awaitable[dict[str, Any]]]
 ReadResource = Callable[..., Awaitable[dict[str, Any] | None]]
 
@@ -124,9 +141,13 @@ class Context:
     clock: Callable[[], datetime]
     producer: AIOKafkaProducer | None = None
     lookup: PatientLookup | None = None
+    #: (master id, record ids) → record id → the resource as posted (the check answer's
+    #: ``value`` and ``conclusion``)
+    resources_of: Callable[[str, list[str]], dict[str, dict[str, Any]]] | None = None
     #: set by :func:`install` (the check) and :mod:`services.recognition.reads` (reads)
     check_impl: CheckFor | None = field(default=None, repr=False)
     read_impl: ReadResource | None = field(default=None, repr=False)
+    plumbing: Plumbing | None = field(default=None, repr=False)
 
     async def check_for(
         self,
@@ -378,6 +399,7 @@ def install(ctx: Context) -> None:
         base: str,
         trace_id: str | None,
         headers: dict[str, str] | None = None,
+        method: str = "POST",
     ) -> Response:
         """POST ``body`` (never the identifier in a URL) to another worker, answered there
         for ``inst``: the internal token, the routing header and :data:`ON_BEHALF_HEADER`,
@@ -395,7 +417,8 @@ def install(ctx: Context) -> None:
         if trace_id:
             sent["X-Trace-Id"] = trace_id
         try:
-            async with app.http_client.post(url, data=_dumps(body), headers=sent) as answer:
+            data = _dumps(body) if method == "POST" else None
+            async with app.http_client.request(method, url, data=data, headers=sent) as answer:
                 return Response(
                     body=await answer.read(), status=answer.status, content_type=answer.content_type
                 )
@@ -403,6 +426,21 @@ def install(ctx: Context) -> None:
             raise _Refused(
                 outcome(503, "transient", "the worker holding this patient did not answer")
             ) from exc
+
+    def others(path: str) -> list[URL]:
+        """The other workers that hold partitions (each at ``path``), for a read by id that
+        does not know the patient."""
+        mine = here()
+        out = []
+        try:
+            hosts = list(app.router.tables_metadata())
+        except Exception:  # no assignment yet
+            return []
+        for host in sorted(hosts):
+            url = URL(str(host))
+            if (url.host, url.port) != mine and url.host:
+                out.append(URL.build(scheme="http", host=url.host, port=url.port, path=path))
+        return out
 
     def decide_for(inst: Institution, master: str | None, codes: tuple[Coding, ...]) -> Decision:
         now = ctx.clock()
@@ -448,6 +486,11 @@ def install(ctx: Context) -> None:
                     label = "forwarded"
                     return forwarded
             decision = decide_for(inst, master, (Coding(system=system, code=code),))
+            resources = (
+                ctx.resources_of(master, [m.record_id for m in decision.matches[: MAX_SHOWN * 4]])
+                if master and ctx.resources_of is not None and decision.matches
+                else {}
+            )
             answer = render_check(
                 decision,
                 inst,
@@ -455,6 +498,7 @@ def install(ctx: Context) -> None:
                 ctx.clock(),
                 link_grade=resolved.grade if resolved else None,
                 base=base,
+                resources=resources,
             )
             shown = [m["institution"] for m in answer["matches"]]
             audit = access_event(
@@ -504,6 +548,16 @@ def install(ctx: Context) -> None:
         return answer
 
     ctx.check_impl = check_for
+    ctx.plumbing = Plumbing(
+        caller=caller,
+        is_routed=is_routed,
+        owner_url=owner_url,
+        others=others,
+        forward_to=forward_to,
+        send=send,
+        resolve=resolve,
+        routed_token=routed_token,
+    )
 
     async def check(request: Request, inst: Institution, doc: Any) -> Response:
         routed = is_routed(request)
