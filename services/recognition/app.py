@@ -26,7 +26,10 @@ decided again and re-issued where the answer changed; an order that is updated o
 another master is decided again too.
 
 ``GET /recognition/check`` and ``POST /recognition/feedback`` are in
-:mod:`services.recognition.web`.
+:mod:`services.recognition.web`; the FHIR reads (docs/sharing.md) in
+:mod:`services.recognition.reads`, over three more tables kept here: ``requests`` (each order
+as posted), ``issues`` (each published decision, at most :data:`KEEP_DECISIONS` per order)
+and ``records`` (id → where it is kept, for a read by id).
 
 The app runs ``exactly_once`` like the patient index: outputs, table changes and the input
 offset commit together. A message that cannot be processed goes to
