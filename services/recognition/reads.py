@@ -31,7 +31,6 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp.web import Request, Response
-from faust.web import View
 
 from services.common.audit import access_event
 from services.common.codec import dumps as _dumps
@@ -47,6 +46,7 @@ from services.recognition.web import (
     FHIR_JSON,
     CheckRefused,
     Context,
+    GuardedView,
     Plumbing,
     media_type,
     outcome,
@@ -221,7 +221,7 @@ def install(ctx: Context, store: Store) -> None:
     def not_found() -> Response:
         return outcome(404, "not-found", NOT_FOUND, reason="not-found")
 
-    class ReadView(View):
+    class ReadView(GuardedView):
         async def get(self, request: Request, type: str, id: str) -> Response:
             try:
                 inst = plumbing.caller(request)
@@ -355,7 +355,7 @@ def install(ctx: Context, store: Store) -> None:
         prefer = request.headers.get("Prefer", "")
         return "handling=lenient" in prefer.replace(" ", "").lower()
 
-    class SearchView(View):
+    class SearchView(GuardedView):
         async def get(self, request: Request, type: str) -> Response:
             try:
                 inst = plumbing.caller(request)
@@ -409,7 +409,7 @@ def install(ctx: Context, store: Store) -> None:
             master_given=cursor.master,
         )
 
-    class PostSearchView(View):
+    class PostSearchView(GuardedView):
         async def post(self, request: Request, type: str) -> Response:
             try:
                 inst = plumbing.caller(request)

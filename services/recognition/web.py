@@ -27,6 +27,7 @@ import hmac
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,6 +244,28 @@ class KeyPartitioner:
 
 
 _Refused = CheckRefused
+#: app → how its views identify the caller (for :class:`GuardedView`'s HEAD)
+_CALLERS: weakref.WeakKeyDictionary[Any, Callable[[Request], Institution]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class GuardedView(View):
+    """Base of every view here: HEAD (which faust offers on every route) authenticates the
+    caller before it says 405, so an internal token without a routing header is a 401 there
+    as everywhere."""
+
+    async def head(self, request: Request, **kwargs: Any) -> Response:
+        caller = _CALLERS.get(self.app)
+        try:
+            if caller is None:
+                raise _Refused(outcome(503, "transient", "the worker is starting; try again"))
+            caller(request)
+        except _Refused as refused:
+            return refused.response
+        return outcome(
+            405, "not-supported", "HEAD is not supported here", reason="method-not-allowed"
+        )
 
 
 def own_base(request: Request) -> str:
@@ -548,6 +571,9 @@ def install(ctx: Context) -> None:
         return answer
 
     ctx.check_impl = check_for
+
+    _CALLERS[app] = caller
+
     ctx.plumbing = Plumbing(
         caller=caller,
         is_routed=is_routed,
@@ -579,7 +605,7 @@ def install(ctx: Context) -> None:
             return refused.response
         return got if isinstance(got, Response) else _json(got)
 
-    class CheckView(View):
+    class CheckView(GuardedView):
         async def get(self, request: Request) -> Response:
             try:
                 inst = caller(request)
@@ -604,7 +630,7 @@ def install(ctx: Context) -> None:
                 return refused.response
             return await check(request, inst, doc)
 
-    class FeedbackView(View):
+    class FeedbackView(GuardedView):
         async def post(self, request: Request) -> Response:
             try:
                 inst = caller(request)

@@ -284,3 +284,63 @@ def test_a_decision_is_readable_by_the_ordering_hospital_only(
         assert seen.json()["total"] == 0
     by_patient = _search(hub, B, "DetectedIssue", {"patient": f"{CARD_SYSTEM}|{card}"}).json()
     assert decision_id in [e["resource"]["id"] for e in by_patient.get("entry", [])]
+
+
+def test_with_two_workers_every_search_and_read_by_id_answers_from_either(
+    security_hub: SecurityHub,
+) -> None:
+    """A read by id does not name the patient: the worker that does not hold the record asks
+    the other one. A search is forwarded to the owner. A forged routing or on-behalf-of
+    header from a hospital changes nothing."""
+    from services.common.broker import free_port
+    from tests.security.test_recognition import _ready
+    from tests.support import run_module, stop_process
+
+    hub = security_hub
+    cards = [_three_results(hub) for _ in range(3)]  # over 3 partitions
+    ids = {
+        card: [
+            e["resource"]["id"]
+            for e in _search(hub, B, "Observation", {"patient": f"{CARD_SYSTEM}|{card}"}).json()[
+                "entry"
+            ]
+        ]
+        for card in cards
+    }
+    name = "recognition-reads-2"
+    port = free_port()
+    env = {
+        **hub.env("recognition"),
+        "MRHUB_RECOGNITION__PORT": str(port),
+        "MRHUB_STATE_DIR": str(hub.tmp / "state" / name),
+    }
+    second = run_module(["-m", "services.cli", "serve", "recognition"], env, hub.log(name))
+    workers = [hub.url("recognition"), f"http://127.0.0.1:{port}"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all(_ready(url) for url in workers):
+            assert second.poll() is None, hub.log(name).read_text()[-3000:]
+            assert time.monotonic() < deadline, "the two workers never settled"
+            time.sleep(0.5)
+        forged = {"X-Mrhub-Routed": "1", "X-Mrhub-On-Behalf-Of": A2}
+        for card in cards:
+            for url in workers:
+                got = httpx.post(
+                    f"{url}/fhir/Observation/_search",
+                    data={"patient": f"{CARD_SYSTEM}|{card}"},
+                    headers=hub.auth(B),
+                    timeout=30,
+                )
+                assert got.status_code == 200, got.text
+                assert sorted(e["resource"]["id"] for e in got.json()["entry"]) == sorted(ids[card])
+                for rid in ids[card]:
+                    read = _get(hub, B, f"{url}/fhir/Observation/{rid}")
+                    assert read.status_code == 200, (url, read.text)
+                    assert read.json()["id"] == rid
+                    # C pretending to be forwarded for A2 is still C: nothing
+                    spoofed = _get(hub, C, f"{url}/fhir/Observation/{rid}", **forged)
+                    assert spoofed.status_code == 404, spoofed.text
+    finally:
+        stop_process(second)
+        for card in cards:  # the remaining worker takes the partitions back
+            _posted(hub, B, card, 3, timeout_s=180)
