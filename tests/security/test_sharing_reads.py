@@ -344,3 +344,45 @@ def test_with_two_workers_every_search_and_read_by_id_answers_from_either(
         stop_process(second)
         for card in cards:  # the remaining worker takes the partitions back
             _posted(hub, B, card, 3, timeout_s=180)
+
+
+def test_a_superseded_decision_stays_readable_marked_as_replaced(
+    security_hub: SecurityHub,
+) -> None:
+    hub = security_hub
+    card = _card()
+    first = _result(A2, card, hours_ago=3, value="132")
+    hub.post(A2, "/fhir/Observation", first)
+    _posted(hub, A2, card, 1)
+    order = service_request(B)
+    order["subject"] = {"identifier": {"system": CARD_SYSTEM, "value": card}}
+    order["code"] = {"coding": [{"system": LOINC, "code": CBC}]}
+    order["authoredOn"] = _iso(datetime.now(UTC))
+    trace = hub.post(B, "/fhir/ServiceRequest", order).headers["X-Trace-Id"]
+    [decided] = hub.wait_for(DECISIONS, lambda e: e.trace_id == trace)
+    order_id = decided.payload["order_record_id"]
+    # A2 amends the result the decision relied on: the decision is made again
+    amended = {**first, "status": "amended", "valueQuantity": {"value": "@@133@@", "unit": "g/L"}}
+    amended["issued"] = _iso(datetime.now(UTC))
+    hub.post(A2, "/fhir/Observation", amended)
+    [reissued] = hub.wait_for(
+        DECISIONS, lambda e: e.payload.get("supersedes") == decided.payload["decision_id"]
+    )
+    base = f"{hub.url('recognition')}/fhir/DetectedIssue"
+    deadline = time.monotonic() + 60
+    while True:
+        got = _get(hub, B, f"{base}?implicated=ServiceRequest/{order_id}").json()
+        if got["total"] >= 2:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+    issues = {e["resource"]["id"]: e["resource"] for e in got["entry"]}
+    old = issues[decided.payload["decision_id"]]
+    new = issues[reissued.payload["decision_id"]]
+    assert new["status"] == "final"
+    assert old["status"] == "cancelled"
+    assert {
+        "url": "https://fhir.mrhub.cn/StructureDefinition/superseded-by",
+        "valueReference": {"reference": f"DetectedIssue/{new['id']}"},
+    } in old["extension"]
+    assert _get(hub, B, f"{base}/{old['id']}").json()["status"] == "cancelled"
