@@ -386,3 +386,44 @@ def test_a_superseded_decision_stays_readable_marked_as_replaced(
         "valueReference": {"reference": f"DetectedIssue/{new['id']}"},
     } in old["extension"]
     assert _get(hub, B, f"{base}/{old['id']}").json()["status"] == "cancelled"
+
+
+def test_the_check_answer_shows_the_value_and_points_at_a_record_that_reads_back(
+    security_hub: SecurityHub,
+) -> None:
+    hub = security_hub
+    card = _card()
+    hub.post(A2, "/fhir/Observation", _result(A2, card, hours_ago=2, value="132"))
+    _posted(hub, A2, card, 1)
+    answer = hub.check(B, f"{CARD_SYSTEM}|{card}", f"{LOINC}|{CBC}").json()
+    [row] = answer["matches"]
+    assert row["value"]["value"] == "132" and row["value"]["unit"] == "g/L"
+    assert row["value"]["text"] == "132 g/L（参考范围 130-175 g/L）"
+    assert row["conclusion"] is None and row["images"] == [] and row["viewer"] is None
+    ref = row["report"]["reference"]
+    assert ref == f"Observation/{row['report']['record_id']}"
+    assert row["report"]["url"] == f"{hub.url('recognition')}/fhir/{ref}"
+    read = _get(hub, B, row["report"]["url"])
+    assert read.status_code == 200, read.text
+    assert read.json()["valueQuantity"]["value"] == 132
+    # through the gateway's public base, the links name the gateway's address
+    from services.common.forwarding import forwarded_headers
+    from services.common.settings import Settings
+
+    settings = Settings.model_validate(
+        {"identity": {"hmac_key": hub.env("recognition")["MRHUB_IDENTITY__HMAC_KEY"]}}
+    )
+    proxied = httpx.post(
+        f"{hub.url('recognition')}/recognition/check",
+        json={"patient": f"{CARD_SYSTEM}|{card}", "code": f"{LOINC}|{CBC}"},
+        headers={**hub.auth(B), **forwarded_headers(settings, "https://hub.example")},
+        timeout=30,
+    ).json()
+    assert proxied["matches"][0]["report"]["url"] == f"https://hub.example/fhir/{ref}"
+    forged = httpx.post(
+        f"{hub.url('recognition')}/recognition/check",
+        json={"patient": f"{CARD_SYSTEM}|{card}", "code": f"{LOINC}|{CBC}"},
+        headers={**hub.auth(B), "X-Mrhub-Public-Base": "https://evil.example"},
+        timeout=30,
+    ).json()
+    assert "evil" not in str(forged)
