@@ -23,7 +23,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, Final
@@ -622,6 +622,26 @@ def served(
         if k not in ordered and k != "meta":
             ordered[k] = v
     return ordered
+
+
+def included_results(
+    reports: Sequence[Mapping[str, Any]],
+    items: Iterable[Item],
+    admit: Callable[[Item], bool],
+) -> list[Item]:
+    """``_include=DiagnosticReport:result``: the Observations the served ``reports`` point
+    at (``result[].reference`` after rewriting to hub ids) that ``admit`` lets the reader
+    see, each once, in the reports' order."""
+    by_ref = {f"{it.type}/{it.id}": it for it in items if it.type == "Observation"}
+    out: list[Item] = []
+    seen: set[str] = set()
+    for report in reports:
+        for ref in report.get("result") or []:
+            target = by_ref.get(ref.get("reference", "")) if isinstance(ref, dict) else None
+            if target is not None and target.id not in seen and admit(target):
+                seen.add(target.id)
+                out.append(target)
+    return out
 
 
 def bundle(

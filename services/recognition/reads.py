@@ -303,19 +303,9 @@ def install(ctx: Context, store: Store) -> None:
         included: list[dict[str, Any]] = []
         shown = list(page_items)
         if search.include_results:
-            by_ref = {f"{it.type}/{it.id}": it for it in everything}
-            seen: set[str] = set()
-            for doc in page_docs:
-                for ref in doc.get("result") or []:
-                    target = (
-                        by_ref.get((ref or {}).get("reference", ""))
-                        if isinstance(ref, dict)
-                        else None
-                    )
-                    if target is not None and target.id not in seen and visible(inst, target, now):
-                        seen.add(target.id)
-                        included.append(serve(target, aliases, now))
-                        shown.append(target)
+            extra = fs.included_results(page_docs, everything, lambda it: visible(inst, it, now))
+            included = [serve(it, aliases, now) for it in extra]
+            shown += extra
         # nothing the reader may see: exactly as for an unknown patient (no master id anywhere)
         shown_master = master if mine else None
         expires = now + fs.CURSOR_TTL

@@ -318,3 +318,49 @@ def _shanxi() -> Any:
     from services.recognition.catalog import load_catalog
 
     return load_catalog(Path(__file__).resolve().parents[2] / "config/catalog/shanxi-v1.yaml")
+
+
+def test_include_finds_the_reports_results_through_their_bundle_references() -> None:
+    obs_full_url = "urn:uuid:8f1c0d7e-0000-4000-8000-000000000001"
+    hidden_url = "urn:uuid:8f1c0d7e-0000-4000-8000-000000000002"
+    seen = fs.item_from_record(
+        _stored(
+            record_id="1" * 32, source={"resource_type": "Observation", "full_url": obs_full_url}
+        )
+    )
+    hidden = fs.item_from_record(
+        _stored(record_id="2" * 32, source={"resource_type": "Observation", "full_url": hidden_url})
+    )
+    report = fs.item_from_record(
+        _stored(
+            record_id="3" * 32,
+            resource_type="DiagnosticReport",
+            resource={
+                "resourceType": "DiagnosticReport",
+                "status": "final",
+                "conclusion": "血常规未见异常",
+                "result": [
+                    {"reference": obs_full_url},
+                    {"reference": hidden_url},
+                    {"reference": obs_full_url},
+                    {"reference": "Observation/not-known-here"},
+                ],
+            },
+        )
+    )
+    aliases = {alias: f"Observation/{it.id}" for it in (seen, hidden) for alias in it.aliases}
+    served_report = fs.served(report, performer=None, hr_scope=None, aliases=aliases)
+    assert [r["reference"] for r in served_report["result"]] == [
+        f"Observation/{seen.id}",
+        f"Observation/{hidden.id}",
+        f"Observation/{seen.id}",
+        "Observation/not-known-here",  # what the hub cannot resolve is left as posted
+    ]
+    included = fs.included_results(
+        [served_report], [seen, hidden, report], lambda it: it.id != hidden.id
+    )
+    assert included == [seen]
+    search = fs.parse_search(
+        "DiagnosticReport", [("patient", CARD), ("_include", "DiagnosticReport:result")]
+    )
+    assert search.include_results
