@@ -53,7 +53,7 @@ def test_the_patient_index_creates_its_five_stage_topics_and_its_changelogs(
     assert all("max.message.bytes" not in t.config for t in changelogs)
 
 
-def test_recognition_creates_its_forget_topic_and_its_two_changelogs_not_public_topics(
+def test_recognition_creates_its_forget_topic_and_its_changelogs_not_public_topics(
     settings: Settings,
 ) -> None:
     from services.recognition.app import create_app
@@ -63,4 +63,8 @@ def test_recognition_creates_its_forget_topic_and_its_two_changelogs_not_public_
         "mrhub-recognition-forget",
         "mrhub-recognition-results-changelog",
         "mrhub-recognition-orders-changelog",
+        # for FHIR reads (docs/sharing.md): orders, decisions, id → where it is kept
+        "mrhub-recognition-requests-changelog",
+        "mrhub-recognition-issues-changelog",
+        "mrhub-recognition-records-changelog",
     }
