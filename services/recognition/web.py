@@ -56,6 +56,7 @@ from services.common.patient_lookup import (
 from services.common.settings import Settings
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
 from services.common.web_guard import CALLER_KEY, Caller, guard_for, page
+from services.recognition import cds
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import (
     MAX_BODY_BYTES,
@@ -479,3 +480,4 @@ def install(ctx: Context) -> None:
 
     page(app, "/recognition/check", "institution")(CheckView)
     page(app, "/recognition/feedback", "institution")(FeedbackView)
+    cds.install(ctx)  # CDS Hooks (helper CDS)
