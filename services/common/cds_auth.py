@@ -29,12 +29,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import jwt
 from jwt import PyJWK
 
-from services.common.institutions import CdsClient, Institution
+if TYPE_CHECKING:  # the registry imports this module to check its JWK Sets
+    from services.common.institutions import CdsClient, Institution
 
 __all__ = [
     "ALGORITHMS",
