@@ -525,3 +525,60 @@ def test_feedback_must_hold_items() -> None:
     for doc in docs:
         got = parse_feedback_request(doc)
         assert got and all(isinstance(p, Problem) for p in got)
+
+
+# ── the examples of docs/cds-hooks.md ────────────────────────────────────────────────────
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cds-hooks.md"
+EXAMPLE_KEY = b"docs-example-key"
+EXAMPLE_ISSUED = 1_796_434_512  # 2026-12-05T01:35:12Z
+
+
+def example_response() -> dict[str, Any]:
+    """The docs' order-select answer, made by the code: the haemoglobin card for the docs'
+    request (the check answer above, the Shanxi catalogue's reasons)."""
+    from services.recognition.catalog import load_catalogs
+
+    catalogs = load_catalogs(Path(__file__).resolve().parents[2] / "config" / "catalog")
+    catalog = catalogs.catalog_for("140110", datetime(2026, 12, 5, tzinfo=UTC))
+    assert catalog is not None
+    request = parse_hook_request(
+        fixture("mrhub-order-select-request.json"), "mrhub-recognition-select"
+    )
+    assert isinstance(request, HookRequest)
+    order = request.orders[0]
+    answer = hb_answer()
+    answer["item"]["name"] = "血常规（全血细胞计数）"
+    card = build_card(
+        answer,
+        order,
+        order.codes[0],
+        claims_for=claims(
+            order.reference, service="mrhub-recognition-select", issued=EXAMPLE_ISSUED
+        ),
+        signer=CardSigner(EXAMPLE_KEY),
+        reasons=exception_reasons(catalog),
+        hub_base="https://hub.example.cn",
+    )
+    return {"cards": [card]}
+
+
+def test_the_docs_example_response_is_what_the_code_answers() -> None:
+    assert example_response() == fixture("mrhub-order-select-response.json")
+    validate(fixture("mrhub-order-select-response.json"), "ServiceResponse")
+    validate(fixture("mrhub-order-select-request.json"), "HookRequest")
+    for name in ("mrhub-feedback-request.json", "mrhub-feedback-accepted-request.json"):
+        validate(fixture(name), "FeedbackRequest")
+
+
+def test_the_docs_show_the_fixtures_the_tests_replay() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    blocks = [json.loads(b.split("```", 1)[0]) for b in text.split("```json\n")[1:]]
+    for name in (
+        "mrhub-order-select-request.json",
+        "mrhub-order-select-response.json",
+        "mrhub-feedback-request.json",
+        "mrhub-feedback-accepted-request.json",
+    ):
+        assert fixture(name) in blocks, name
+    assert discovery() in blocks
