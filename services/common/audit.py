@@ -22,7 +22,14 @@ __all__ = ["EVENT_TYPE", "Purpose", "access_event"]
 
 EVENT_TYPE = "mrhub.audit.access-recorded"
 
-Purpose = Literal["recognition-check", "imaging-search", "recognition-feedback"]
+Purpose = Literal[
+    "recognition-check",
+    "imaging-search",
+    "recognition-feedback",
+    "fhir-read",
+    "fhir-search",
+    "cds-hooks",
+]
 
 
 def access_event(

@@ -48,7 +48,7 @@ from services.common.codec import dumps as _dumps
 from services.common.codec import loads as _loads
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
-from services.common.faust_fixes import scan_prefix
+from services.common.faust_fixes import partition_db, scan_prefix
 from services.common.institutions import ReloadingRegistry
 from services.common.metrics import build_info, new_registry
 from services.common.settings import Settings
@@ -60,7 +60,7 @@ from services.common.topics import (
     dead_letter,
     partition_for,
 )
-from services.recognition import web
+from services.recognition import fhir_search, reads, web
 from services.recognition.catalog import Catalog, CatalogSet, load_catalogs
 from services.recognition.decision import (
     Decision,
@@ -84,6 +84,11 @@ KEEP_ORDERS_FOR = timedelta(days=90)
 #: the matched results kept per order for re-evaluation: what a doctor sees is bounded, and
 #: so is every message and table value, however long the patient's history.
 MAX_MATCHES = 20
+#: Decisions kept per order for reads (``DetectedIssue``), the latest first: the one in force
+#: and those it superseded (status ``cancelled``, extension ``superseded-by``).
+KEEP_DECISIONS = 10
+#: ``records`` values: which table holds an id (result, order, decision) and under what key.
+RECORD_KINDS = {b"r": "results", b"o": "requests", b"d": "issues"}
 #: How often a worker looks whether the catalogue versions in force changed.
 CATALOGUE_WATCH_S = 10.0
 #: Parsed results a worker keeps (a few KB each), the most recently parsed.
@@ -175,6 +180,12 @@ def result_key(master: bytes, record_id: str) -> bytes:
     return master + b"|" + record_id.encode()
 
 
+def without_indexed_at(stored: dict[str, Any]) -> dict[str, Any]:
+    """A kept result or order without the time the worker stored it (what changed is the
+    payload)."""
+    return {k: v for k, v in stored.items() if k != "indexed_at"}
+
+
 def results_prefix(master: bytes) -> bytes:
     """The prefix of every ``results`` key of ``master`` (a master id never holds ``|``)."""
     return master + b"|"
@@ -259,6 +270,19 @@ def create_app(
     decided = app.Table(
         "orders", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
     )
+    # for reads (docs/sharing.md): each order as posted (``<master>|<record id>``), each kept
+    # decision (``<master>|<order id>|<decision id>``) and, for a read by id that does not
+    # know the patient, id → ``<kind>:<key>`` (written with the entry, in its partition)
+    requests = app.Table(
+        "requests", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
+    )
+    issues = app.Table(
+        "issues", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
+    )
+    records = app.Table(
+        "records", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes
+    )
+    tables = {"results": known, "requests": requests, "issues": issues}
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
     emit = stages.emit
@@ -354,6 +378,109 @@ def create_app(
         )
         return ordered is not None and found is not None and ordered.id == found.id
 
+    def items_of(master: str) -> list[fhir_search.Item]:
+        """Every readable record of ``master`` held here: results, orders, decisions."""
+        key = master.encode()
+        part = partition_for(key, partitions)
+        prefix = results_prefix(key)
+        out: list[fhir_search.Item] = []
+        for table, build in (
+            (known, fhir_search.item_from_record),
+            (requests, fhir_search.item_from_record),
+            (issues, fhir_search.item_from_decision),
+        ):
+            for _, raw in scan_prefix(table, part, prefix):
+                try:
+                    out.append(build(_loads(raw)))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return out
+
+    def find(record_id: str) -> fhir_search.Item | None:
+        """The record or decision ``record_id`` in a partition held here."""
+        rid = record_id.encode()
+        for part in range(partitions):
+            db = partition_db(records, part)
+            where = db.get(rid) if db is not None else None
+            if not where:
+                continue
+            kind, _, entry = bytes(where).partition(b":")
+            table_db = partition_db(tables[RECORD_KINDS.get(kind, "results")], part)
+            raw = table_db.get(entry) if table_db is not None else None
+            if raw is None:
+                continue
+            doc = _loads(raw)
+            if kind == b"d":
+                return fhir_search.item_from_decision(doc)
+            return fhir_search.item_from_record(doc)
+        return None
+
+    def resources_of(master: str, record_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The posted resources of some of ``master``'s results held here."""
+        key = master.encode()
+        db = partition_db(known, partition_for(key, partitions))
+        out: dict[str, dict[str, Any]] = {}
+        if db is None:
+            return out
+        for rid in record_ids:
+            raw = db.get(result_key(key, rid))
+            if raw is None:
+                continue
+            out[rid] = fhir_search.posted_resource(_loads(raw))
+        return out
+
+    def remember(kind: bytes, record_id: str, entry: bytes) -> None:
+        records[record_id.encode()] = kind + b":" + entry
+
+    def forget_record(record_id: str) -> None:
+        if records.get(record_id.encode()) is not None:
+            del records[record_id.encode()]
+
+    def keep_decision(
+        key: bytes, order_id: str, decision_id: str, body: dict[str, Any], decision: Decision
+    ) -> None:
+        """Keep the published decision for reads, mark the one it supersedes, and drop the
+        oldest beyond :data:`KEEP_DECISIONS` for the order."""
+        prefix = results_prefix(key) + order_id.encode() + b"|"
+        entry = prefix + decision_id.encode()
+        previous = body.get("supersedes")
+        if previous:
+            old_key = prefix + str(previous).encode()
+            raw = issues.get(old_key)
+            if raw is not None:
+                issues[old_key] = _dumps({**_loads(raw), "superseded_by": decision_id})
+        issues[entry] = _dumps(
+            {
+                "decision_id": decision_id,
+                "order_id": order_id,
+                "master_patient_id": key.decode(),
+                "institution": decision.ordering_institution,
+                "category": decision.item_category or "other",
+                "decided_at": decision.decided_at.isoformat(),
+                "indexed_at": decision.decided_at.isoformat(),
+                "superseded_by": None,
+                "detected_issue": body["detected_issue"],
+            }
+        )
+        remember(b"d", decision_id, entry)
+        kept = scan_prefix(issues, partition_for(key, partitions), prefix)
+        if len(kept) > KEEP_DECISIONS:
+            by_age = sorted(kept, key=lambda kv: str(_loads(kv[1]).get("decided_at", "")))
+            for old, raw in by_age[: len(kept) - KEEP_DECISIONS]:
+                if old != entry:
+                    forget_record(str(_loads(raw).get("decision_id", "")))
+                    del issues[old]
+
+    def drop_order_reads(key: bytes, order_id: str) -> None:
+        entry = result_key(key, order_id)
+        if requests.get(entry) is not None:
+            del requests[entry]
+        forget_record(order_id)
+        prefix = results_prefix(key) + order_id.encode() + b"|"
+        for old, raw in scan_prefix(issues, partition_for(key, partitions), prefix):
+            forget_record(str(_loads(raw).get("decision_id", "")))
+            del issues[old]
+
     web_ctx = web.Context(
         app=app,
         settings=settings,
@@ -363,6 +490,7 @@ def create_app(
         orders_of=lambda master: patient_orders(master.encode()),
         metrics=metrics,
         clock=clock,
+        resources_of=resources_of,
     )
 
     async def publish(
@@ -374,8 +502,10 @@ def create_app(
         received_at: datetime | None,
         previous: dict[str, Any] | None,
         cause: str | None,
+        order_id: str,
     ) -> dict[str, Any]:
-        """Send ``decision`` and return the entry to keep for its order. The decision lists
+        """Send ``decision`` and return the entry to keep for its order (the decision itself
+        is kept for reads as a ``DetectedIssue``). The decision lists
         its first :data:`MAX_MATCHES` matches (``matches_total`` counts them all)."""
         decision_id = uuid.uuid4().hex
         body = decision_body(decision, decision_id, previous=previous, cause=cause)
@@ -399,6 +529,7 @@ def create_app(
         else:
             metrics.reissued.labels(cause).inc()
         await emit(event, decisions_topic, key, out.to_bytes(), out.headers())
+        keep_decision(key, order_id, decision_id, body, decision)
         return {
             "decision_id": decision_id,
             "revision": body["revision"],
@@ -446,6 +577,7 @@ def create_app(
                 received_at=None,
                 previous=entry,
                 cause=cause,
+                order_id=order_id,
             )
             orders[order_id] = {**kept, "order": entry["order"]}
             changed = True
@@ -455,7 +587,8 @@ def create_app(
     async def on_result(event: Any, key: bytes | None, value: bytes) -> None:
         if key is None:
             raise ValueError("result without a master patient id key")
-        payload = Envelope.from_bytes(value).payload
+        env = Envelope.from_bytes(value)
+        payload = env.payload
         rid = str(payload["record_id"])
         migrate_legacy(key)
         entry = result_key(key, rid)
@@ -466,8 +599,11 @@ def create_app(
             if existed:
                 del known[entry]
                 changed = True
-        elif raw is None or _loads(raw) != payload:
-            known[entry] = _dumps(payload)
+            forget_record(rid)
+        elif raw is None or without_indexed_at(_loads(raw)) != payload:
+            # kept with the time the hub indexed it (meta.lastUpdated of reads)
+            known[entry] = _dumps({**payload, "indexed_at": env.occurred_at.isoformat()})
+            remember(b"r", rid, entry)
             changed = True
         previous = payload.get("previous_master_patient_id")
         moved = bool(previous and previous != payload["master_patient_id"])
@@ -511,6 +647,7 @@ def create_app(
                     received_at=None,
                     previous=entry,
                     cause="catalogue-changed",
+                    order_id=order_id,
                 )
                 orders[order_id] = {**kept, "order": entry["order"]}
                 changed = True
@@ -531,11 +668,13 @@ def create_app(
             orders = patient_orders(key)
             if orders.pop(rid, None) is not None:
                 decided[key] = _dumps(orders)
+            drop_order_reads(key, rid)
             return
         migrate_legacy(key)
         entry = result_key(key, rid)
         if known.get(entry) is not None:
             del known[entry]
+            forget_record(rid)
             metrics.results.labels("moved-away").inc()
             await reevaluate(event, key, "result-moved-away", record_id=rid)
 
@@ -550,6 +689,17 @@ def create_app(
             forget = {"kind": "order", "record_id": order_id}
             await emit(event, forget_topic, str(moved_from).encode(), _dumps(forget))
         orders = patient_orders(key)
+        if payload.get("change") == "retraction":
+            drop_order_reads(key, order_id)
+        else:  # the order as posted, for reads (one entry per order)
+            order_entry = result_key(key, order_id)
+            stored = {**payload, "record_id": order_id}
+            raw = requests.get(order_entry)
+            if raw is None or without_indexed_at(_loads(raw)) != stored:
+                requests[order_entry] = _dumps(
+                    {**stored, "indexed_at": env.occurred_at.isoformat()}
+                )
+                remember(b"o", order_id, order_entry)
         if payload.get("change") == "retraction" or payload.get("status") not in DECIDED_STATUSES:
             if orders.pop(order_id, None) is not None:
                 decided[key] = _dumps(orders)
@@ -570,6 +720,7 @@ def create_app(
             received_at=env.received_at if cause is None else None,
             previous=previous,
             cause=cause,
+            order_id=order_id,
         )
         orders[order_id] = {**kept, "order": payload}
         decided[key] = _dumps(keep_recent(orders, clock()))
@@ -602,5 +753,6 @@ def create_app(
     stages.agent(orders_topic, "orders", on_order)
     add_service_pages(app, metrics.registry)
     web.install(web_ctx)
+    reads.install(web_ctx, reads.Store(items_of=items_of, find=find))
 
     return app

@@ -269,6 +269,9 @@ def install(ctx: Any) -> None:
             exc = task.exception()
             if isinstance(exc, _Refused):
                 raise exc
+            refused = getattr(exc, "response", None)  # check_for's CheckRefused (5xx)
+            if isinstance(refused, Response):
+                raise _Refused(refused)
             if exc is not None:
                 log.warning("a hook's check failed", extra={"error": type(exc).__name__})
                 raise _Refused(_outcome(503, "transient", "a check failed; try again"))

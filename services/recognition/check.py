@@ -17,6 +17,7 @@ any parser recurses), so a bad request is a 4xx, never a 500.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -35,6 +36,7 @@ __all__ = [
     "BadInput",
     "image_links",
     "nesting_exceeds",
+    "observation_value",
     "parse_body",
     "parse_coded",
     "render_check",
@@ -174,6 +176,97 @@ def image_links(match: PriorMatch) -> list[str]:
     return links
 
 
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _quantity(q: Any) -> str | None:
+    if not isinstance(q, dict) or q.get("value") is None:
+        return None
+    unit = q.get("unit") or q.get("code")
+    return f"{_number(q['value'])} {unit}" if unit else _number(q["value"])
+
+
+def reference_range_text(resource: Mapping[str, Any]) -> str | None:
+    """The first ``referenceRange`` as text: its ``text``, else ``low-high unit``."""
+    ranges = resource.get("referenceRange")
+    if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], dict):
+        return None
+    first = ranges[0]
+    if isinstance(first.get("text"), str) and first["text"]:
+        return str(first["text"])
+    low, high = first.get("low"), first.get("high")
+    low_v = _number(low["value"]) if isinstance(low, dict) and "value" in low else None
+    high_v = _number(high["value"]) if isinstance(high, dict) and "value" in high else None
+    unit = next((q.get("unit") for q in (low, high) if isinstance(q, dict) and q.get("unit")), None)
+    if low_v is None and high_v is None:
+        return None
+    span = (
+        f"{low_v or ''}-{high_v or ''}"
+        if low_v and high_v
+        else (f"≥{low_v}" if low_v else f"≤{high_v}")
+    )
+    return f"{span} {unit}" if unit else span
+
+
+def observation_value(resource: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An Observation's value as the check answer shows it (contract 4): ``value``, ``unit``,
+    ``reference_range``, ``interpretation`` (its first code) and a ``text`` for people."""
+    if not resource or resource.get("resourceType") != "Observation":
+        return None
+    quantity = resource.get("valueQuantity")
+    value: str | None = None
+    unit: str | None = None
+    if isinstance(quantity, dict) and quantity.get("value") is not None:
+        value = _number(quantity["value"])
+        unit = quantity.get("unit") or quantity.get("code")
+    elif isinstance(resource.get("valueString"), str):
+        value = resource["valueString"]
+    elif isinstance(resource.get("valueCodeableConcept"), dict):
+        concept = resource["valueCodeableConcept"]
+        codings = concept.get("coding") or [{}]
+        value = concept.get("text") or codings[0].get("display") or codings[0].get("code")
+    elif resource.get("valueBoolean") is not None:
+        value = "阳性" if resource["valueBoolean"] else "阴性"
+    if value is None:
+        return None
+    ranges = reference_range_text(resource)
+    interpretation = None
+    interp = resource.get("interpretation")
+    if isinstance(interp, list) and interp and isinstance(interp[0], dict):
+        codings = interp[0].get("coding") or []
+        if codings and isinstance(codings[0], dict):
+            interpretation = codings[0].get("code")
+    text = f"{value} {unit}" if unit else value
+    if ranges:
+        text += f"（参考范围 {ranges}）"
+    return {
+        "value": value,
+        "unit": unit,
+        "reference_range": ranges,
+        "interpretation": interpretation,
+        "text": text,
+    }
+
+
+def study_images(match: PriorMatch, performer: Institution | None) -> list[str]:
+    """WADO-RS study URLs: from the study's endpoints, else the performing institution's
+    registry ``dicomweb_base``."""
+    links = image_links(match)
+    if not links and match.study_uid and performer is not None and performer.dicomweb_base:
+        links = [f"{performer.dicomweb_base.rstrip('/')}/studies/{match.study_uid}"]
+    return links
+
+
+def viewer_url(match: PriorMatch, performer: Institution | None) -> str | None:
+    """The performing institution's viewer for the study, where the registry has one."""
+    if match.study_uid and performer is not None and performer.viewer_template:
+        return performer.viewer_template.replace("{study_uid}", match.study_uid)
+    return None
+
+
 def shown_matches(
     decision: Decision, reader: Institution, institutions: InstitutionDirectory, at: datetime
 ) -> list[PriorMatch]:
@@ -194,6 +287,8 @@ def render_check(
     at: datetime,
     *,
     link_grade: str | None = None,
+    base: str | None = None,
+    resources: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON answer of a check (docs/recognition.md, "The check").
 
@@ -202,6 +297,11 @@ def render_check(
     and the decision's own detail when the result it speaks of is one the reader may see;
     anyone else gets ``null`` there and a detail naming nobody (the reason code's meaning),
     exactly as for a patient the hub does not know.
+
+    Each row (contract 4) points at the hub's copy: ``report.reference``
+    ``<ResourceType>/<record id>`` and ``report.url`` on ``<base>/fhir`` (``base``, the hub's
+    public base), with ``value`` and ``conclusion`` from the posted resource (``resources``:
+    record id → resource), ``images`` and ``viewer``.
     """
     imaging = decision.item_category == "imaging"
     shown = shown_matches(decision, reader, institutions, at)
@@ -210,6 +310,10 @@ def render_check(
     own_detail = best is None or best.record_id in {m.record_id for m in shown}
     matches = []
     for m in shown[:MAX_SHOWN]:
+        performer = institutions.get(m.institution)
+        resource = (resources or {}).get(m.record_id)
+        reference = f"{m.resource_type}/{m.record_id}"
+        conclusion = resource.get("conclusion") if resource else None
         row: dict[str, Any] = {
             "institution": m.institution,
             "institution_name": m.institution_name,
@@ -218,10 +322,17 @@ def render_check(
             "recognisable": m.recognisable,
             "reason": m.reason,
             "hr_scope": m.hr_scope,
-            "report": {"reference": m.report_ref, "record_id": m.record_id},
+            "report": {
+                "reference": reference,
+                "url": f"{base.rstrip('/')}/fhir/{reference}" if base else None,
+                "record_id": m.record_id,
+                "posted_as": m.report_ref,
+            },
+            "value": observation_value(resource),
+            "conclusion": conclusion if isinstance(conclusion, str) else None,
+            "images": study_images(m, performer) if imaging else [],
+            "viewer": viewer_url(m, performer) if imaging else None,
         }
-        if imaging:
-            row["images"] = image_links(m)
         matches.append(row)
     return {
         "decision": decision.outcome,

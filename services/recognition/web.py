@@ -27,10 +27,10 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import faust
@@ -41,10 +41,12 @@ from faust.web import View
 from mode import Service
 from yarl import URL
 
-from services.common.audit import access_event
+from services.common.audit import Purpose, access_event
 from services.common.codec import dumps as _dumps
+from services.common.codec import loads as _loads
 from services.common.envelope import Envelope
 from services.common.fhir import Issue, IssueCode, operation_outcome
+from services.common.forwarding import FORWARDED_BY_HEADER, PUBLIC_BASE_HEADER, trusted_base
 from services.common.institutions import Institution, Registry
 from services.common.kafka_security import aiokafka_options
 from services.common.patient_lookup import (
@@ -60,6 +62,7 @@ from services.recognition import cds
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import (
     MAX_BODY_BYTES,
+    MAX_SHOWN,
     BadInput,
     parse_body,
     parse_coded,
@@ -86,9 +89,43 @@ _CODE: dict[int, IssueCode] = {413: "too-costly", 415: "not-supported"}
 #: partition: it is answered there, not forwarded again. A caller cannot set it to make a
 #: worker that does not hold the patient answer from nothing.
 ROUTED_HEADER = "X-Mrhub-Routed"
+#: On a forwarded request (bearer: the internal token, with a valid :data:`ROUTED_HEADER`):
+#: the institution the request is answered for. Without both it is ignored — a caller on the
+#: worker port cannot make a worker answer for another institution.
+ON_BEHALF_HEADER = "X-Mrhub-On-Behalf-Of"
+#: Purposes a forwarded check may carry (anything else is recorded as ``recognition-check``).
+PURPOSES: frozenset[str] = frozenset(get_args(Purpose))
 #: What feedback for an unknown patient, and for a patient the caller has no order for,
 #: both answer — the same status and body, so neither tells whether the hub knows her.
 NO_SUCH_PATIENT = "no patient with an order of yours is known by this identifier"
+
+
+class CheckRefused(Exception):
+    """A check or read refused: ``response`` is the OperationOutcome answer (4xx / 5xx)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass(frozen=True)
+class Plumbing:
+    """What :func:`install` wires and the read routes (:mod:`services.recognition.reads`)
+    share: who is calling, whether another worker forwarded the request, where a patient's
+    partition lives, forwarding, the audit producer and the patient lookup."""
+
+    caller: Callable[[Request], Institution]
+    is_routed: Callable[[Request], bool]
+    owner_url: Callable[[str, str], URL | None]
+    others: Callable[[str], list[URL]]
+    forward_to: Callable[..., Awaitable[Response]]
+    send: Callable[[str, bytes, Envelope], Awaitable[None]]
+    resolve: Callable[[str, Institution], Awaitable[Resolved | None]]
+    routed_token: Callable[[], str]
+
+
+CheckFor = Callable[..., Awaitable[dict[str, Any]]]
+ReadResource = Callable[..., Awaitable[dict[str, Any] | None]]
 
 
 @dataclass
@@ -105,6 +142,43 @@ class Context:
     clock: Callable[[], datetime]
     producer: AIOKafkaProducer | None = None
     lookup: PatientLookup | None = None
+    #: (master id, record ids) → record id → the resource as posted (the check answer's
+    #: ``value`` and ``conclusion``)
+    resources_of: Callable[[str, list[str]], dict[str, dict[str, Any]]] | None = None
+    #: set by :func:`install` (the check) and :mod:`services.recognition.reads` (reads)
+    check_impl: CheckFor | None = field(default=None, repr=False)
+    read_impl: ReadResource | None = field(default=None, repr=False)
+    plumbing: Plumbing | None = field(default=None, repr=False)
+
+    async def check_for(
+        self,
+        inst: Institution,
+        patient: str,
+        code: str,
+        *,
+        base: str,
+        trace_id: str | None,
+        purpose: str,
+    ) -> dict[str, Any]:
+        """The check answer for ``inst`` (the same dict as ``/recognition/check``), audited
+        with ``purpose`` (one of :data:`services.common.audit.Purpose`) and forwarded to the
+        worker owning the patient when that is another one. ``base`` is the hub's public base
+        (links in the answer). Raises :class:`CheckRefused` with the 4xx/5xx answer."""
+        if self.check_impl is None:
+            raise CheckRefused(outcome(503, "transient", "the worker is starting; try again"))
+        return await self.check_impl(
+            inst, patient, code, base=base, trace_id=trace_id, purpose=purpose
+        )
+
+    async def read_resource(
+        self, inst: Institution, type: str, id: str, *, base: str
+    ) -> dict[str, Any] | None:
+        """The FHIR resource as ``GET /fhir/{type}/{id}`` serves it to ``inst``; ``None`` when
+        unknown or out of ``inst``'s read scope. Audited as a ``fhir-read``; raises
+        :class:`CheckRefused` when the read cannot be recorded or answered (503)."""
+        if self.read_impl is None:
+            return None
+        return await self.read_impl(inst, type, id, base=base)
 
 
 def outcome(
@@ -169,9 +243,17 @@ class KeyPartitioner:
         return all_partitions[hashed % len(all_partitions)]
 
 
-class _Refused(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
+_Refused = CheckRefused
+
+
+def own_base(request: Request) -> str:
+    """This worker's address as the caller used it (``http://host:port``)."""
+    return f"{request.scheme}://{request.host}"
+
+
+def request_base(request: Request, settings: Settings) -> str:
+    """The hub's public base for links in an answer (the gateway's, when it forwarded)."""
+    return trusted_base(request.headers, settings, own_base(request))
 
 
 def install(ctx: Context) -> None:
@@ -229,10 +311,26 @@ def install(ctx: Context) -> None:
         url = app.conf.canonical_url
         return url.host, url.port
 
+    def routed_token() -> str:
+        return routed.get("token") or routed.setdefault("token", internal_token(ctx.settings))
+
+    def is_routed(request: Request) -> bool:
+        """Whether another worker forwarded this request (it carries the internal token)."""
+        given = request.headers.get(ROUTED_HEADER, "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, routed_token().encode())
+
     def caller(request: Request) -> Institution:
+        """The calling institution: the bearer token's, or — on a request another worker
+        forwarded with the internal token and a valid routing header — the one named by
+        :data:`ON_BEHALF_HEADER`."""
         known: Caller | None = request.get(CALLER_KEY)  # the guard checked the token
         if known is not None and known.kind == "institution" and known.institution is not None:
             return known.institution
+        if known is not None and known.kind == "internal" and is_routed(request):
+            named = request.headers.get(ON_BEHALF_HEADER, "")
+            inst = ctx.registry.get(named) if named else None
+            if inst is not None:
+                return inst
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         inst = ctx.registry.authenticate(token.strip()) if scheme.lower() == "bearer" else None
@@ -282,15 +380,8 @@ def install(ctx: Context) -> None:
                 outcome(503, "transient", "could not be recorded; try again", reason="not-ready")
             ) from exc
 
-    async def forward(request: Request, master: str, body: dict[str, Any]) -> Response | None:
-        """Forward to the owner of ``master``'s partition, as a POST with ``body`` (never the
-        identifier in a URL); ``None`` when this worker answers itself."""
-        routed_token = routed.get("token") or routed.setdefault(
-            "token", internal_token(ctx.settings)
-        )
-        given = request.headers.get(ROUTED_HEADER, "").encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, routed_token.encode()):
-            return None
+    def owner_url(master: str, path: str) -> URL | None:
+        """Where ``master``'s partition lives, when it is another worker; ``None`` here."""
         try:
             dest = app.router.key_store("results", master.encode())
         except KeyError:
@@ -299,14 +390,36 @@ def install(ctx: Context) -> None:
             ) from None
         if (dest.host, dest.port) == here():
             return None
-        url = URL.build(scheme="http", host=dest.host or "", port=dest.port, path=request.path)
-        headers = {
-            "Authorization": request.headers.get("Authorization", ""),
+        return URL.build(scheme="http", host=dest.host or "", port=dest.port, path=path)
+
+    async def forward_to(
+        url: URL,
+        inst: Institution,
+        body: dict[str, Any],
+        *,
+        base: str,
+        trace_id: str | None,
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
+    ) -> Response:
+        """POST ``body`` (never the identifier in a URL) to another worker, answered there
+        for ``inst``: the internal token, the routing header and :data:`ON_BEHALF_HEADER`,
+        and the public base (with the internal token that makes it trusted)."""
+        token = routed_token()
+        sent = {
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
-            ROUTED_HEADER: routed_token,
+            ROUTED_HEADER: token,
+            ON_BEHALF_HEADER: inst.id,
+            PUBLIC_BASE_HEADER: base,
+            FORWARDED_BY_HEADER: token,
+            **(headers or {}),
         }
+        if trace_id:
+            sent["X-Trace-Id"] = trace_id
         try:
-            async with app.http_client.post(url, data=_dumps(body), headers=headers) as answer:
+            data = _dumps(body) if method == "POST" else None
+            async with app.http_client.request(method, url, data=data, headers=sent) as answer:
                 return Response(
                     body=await answer.read(), status=answer.status, content_type=answer.content_type
                 )
@@ -314,6 +427,21 @@ def install(ctx: Context) -> None:
             raise _Refused(
                 outcome(503, "transient", "the worker holding this patient did not answer")
             ) from exc
+
+    def others(path: str) -> list[URL]:
+        """The other workers that hold partitions (each at ``path``), for a read by id that
+        does not know the patient."""
+        mine = here()
+        out = []
+        try:
+            hosts = list(app.router.tables_metadata())
+        except Exception:  # no assignment yet
+            return []
+        for host in sorted(hosts):
+            url = URL(str(host))
+            if (url.host, url.port) != mine and url.host:
+                out.append(URL.build(scheme="http", host=url.host, port=url.port, path=path))
+        return out
 
     def decide_for(inst: Institution, master: str | None, codes: tuple[Coding, ...]) -> Decision:
         now = ctx.clock()
@@ -331,38 +459,59 @@ def install(ctx: Context) -> None:
         order = Order(institution=inst.id, master_patient_id=master, codes=codes)
         return decide(order, priors, ctx.registry, catalog, now)
 
-    async def check(request: Request, patient: str, code_param: str) -> Response:
+    async def check_core(
+        inst: Institution,
+        patient: str,
+        code_param: str,
+        *,
+        base: str,
+        trace_id: str | None,
+        purpose: str,
+        routed: bool = False,
+    ) -> dict[str, Any] | Response:
+        """The check for ``inst``: the answer, or the owning worker's answer as it came
+        (a forwarded ``Response``). Raises :class:`CheckRefused`."""
         started = time.perf_counter()
         label = "error"
         try:
-            inst = caller(request)
+            if purpose not in PURPOSES:
+                raise ValueError(f"unknown audit purpose {purpose!r}")
             system, code = coded(code_param, "code")
             resolved = await resolve(patient, inst)
             master = resolved.master_patient_id if resolved else None
-            if master is not None:
-                forwarded = await forward(request, master, {"patient": patient, "code": code_param})
-                if forwarded is not None:
+            if master is not None and not routed:
+                url = owner_url(master, "/recognition/check")
+                if url is not None:
+                    body = {"patient": patient, "code": code_param, "purpose": purpose}
+                    forwarded = await forward_to(url, inst, body, base=base, trace_id=trace_id)
                     label = "forwarded"
                     return forwarded
             decision = decide_for(inst, master, (Coding(system=system, code=code),))
+            resources = (
+                ctx.resources_of(master, [m.record_id for m in decision.matches[: MAX_SHOWN * 4]])
+                if master and ctx.resources_of is not None and decision.matches
+                else {}
+            )
             answer = render_check(
                 decision,
                 inst,
                 ctx.registry,
                 ctx.clock(),
                 link_grade=resolved.grade if resolved else None,
+                base=base,
+                resources=resources,
             )
             shown = [m["institution"] for m in answer["matches"]]
             audit = access_event(
                 reader=inst.id,
                 route="/recognition/check",
-                purpose="recognition-check",
+                purpose=purpose,  # type: ignore[arg-type]  # checked against PURPOSES
                 master_patient_id=master,
                 shown_institutions=shown,
                 items=len(shown),
                 outcome=decision.outcome,
                 query={"code": code, "item": decision.item_id or ""},
-                trace_id=request.headers.get("X-Trace-Id") or None,
+                trace_id=trace_id,
             )
             try:
                 await send(ACCESS_RECORDED.name, inst.id.encode(), audit)
@@ -370,39 +519,91 @@ def install(ctx: Context) -> None:
                 ctx.metrics.audit_errors.inc()
                 raise
             label = decision.outcome
-            return _json(answer)
+            return answer
         except _Refused as refused:
             label = f"http-{refused.response.status}"
-            return refused.response
+            raise
         finally:
             ctx.metrics.checks.labels(label).observe(time.perf_counter() - started)
+
+    async def check_for(
+        inst: Institution,
+        patient: str,
+        code: str,
+        *,
+        base: str,
+        trace_id: str | None,
+        purpose: str,
+    ) -> dict[str, Any]:
+        try:
+            patient = text_param(patient, "patient", required=False)
+            code = text_param(code, "code", required=False)
+        except BadInput as bad:
+            raise _Refused(refusal(bad)) from None
+        got = await check_core(inst, patient, code, base=base, trace_id=trace_id, purpose=purpose)
+        if isinstance(got, dict):
+            return got
+        if got.status != 200 or got.body is None:
+            raise _Refused(got)
+        answer: dict[str, Any] = _loads(bytes(got.body))  # type: ignore[arg-type]
+        return answer
+
+    ctx.check_impl = check_for
+    ctx.plumbing = Plumbing(
+        caller=caller,
+        is_routed=is_routed,
+        owner_url=owner_url,
+        others=others,
+        forward_to=forward_to,
+        send=send,
+        resolve=resolve,
+        routed_token=routed_token,
+    )
+
+    async def check(request: Request, inst: Institution, doc: Any) -> Response:
+        routed = is_routed(request)
+        purpose = "recognition-check"
+        if routed and doc.get("purpose") in PURPOSES:
+            purpose = str(doc["purpose"])
+        try:
+            patient, code = params(doc)
+            got = await check_core(
+                inst,
+                patient,
+                code,
+                base=request_base(request, ctx.settings),
+                trace_id=request.headers.get("X-Trace-Id") or None,
+                purpose=purpose,
+                routed=routed,
+            )
+        except _Refused as refused:
+            return refused.response
+        return got if isinstance(got, Response) else _json(got)
 
     class CheckView(View):
         async def get(self, request: Request) -> Response:
             try:
-                caller(request)
+                inst = caller(request)
                 query = request.query
                 for name in ("patient", "code"):
                     if len(query.getall(name, [])) > 1:
                         raise _Refused(
                             outcome(400, "value", f"{name} is given more than once", name)
                         )
-                patient, code = params(query)
             except _Refused as refused:
                 return refused.response
-            return await check(request, patient, code)
+            return await check(request, inst, {k: query.get(k) for k in ("patient", "code")})
 
         async def post(self, request: Request) -> Response:
             try:
-                caller(request)
+                inst = caller(request)
                 try:
                     doc = parse_body(media_type(request), await read_body(request))
                 except BadInput as bad:
                     raise _Refused(refusal(bad)) from None
-                patient, code = params(doc)
             except _Refused as refused:
                 return refused.response
-            return await check(request, patient, code)
+            return await check(request, inst, doc)
 
     class FeedbackView(View):
         async def post(self, request: Request) -> Response:
@@ -428,9 +629,16 @@ def install(ctx: Context) -> None:
                 if resolved is None:
                     return not_known()
                 master = resolved.master_patient_id
-                forwarded = await forward(request, master, doc)
-                if forwarded is not None:
-                    return forwarded
+                if not is_routed(request):
+                    url = owner_url(master, request.path)
+                    if url is not None:
+                        return await forward_to(
+                            url,
+                            inst,
+                            doc,
+                            base=request_base(request, ctx.settings),
+                            trace_id=request.headers.get("X-Trace-Id") or None,
+                        )
                 # only for a patient this institution has a (decided, kept) order for; any
                 # other is answered exactly as an unknown one, so feedback is no oracle
                 orders = ctx.orders_of(master)
@@ -478,6 +686,8 @@ def install(ctx: Context) -> None:
             except _Refused as refused:
                 return refused.response
 
-    page(app, "/recognition/check", "institution")(CheckView)
-    page(app, "/recognition/feedback", "institution")(FeedbackView)
+    # "internal": a request another worker forwarded (answered for ON_BEHALF_HEADER's
+    # institution only with a valid routing header; anything else is 401 in caller())
+    page(app, "/recognition/check", "institution", "internal")(CheckView)
+    page(app, "/recognition/feedback", "institution", "internal")(FeedbackView)
     cds.install(ctx)  # CDS Hooks (helper CDS)

@@ -401,12 +401,14 @@ def test_blood_count_and_chest_ct_are_recognised_across_hospitals(hub: Hub) -> N
     assert (body["decision"], body["reason"]) == ("recognisable", "recognised")
     assert body["catalog_version"] == "shanxi-v1" and body["saving_yuan"] == CBC_YUAN
     [m] = body["matches"]
-    assert m["institution"] == A2 and m["report"]["reference"] == f"Observation/{cbc_doc['id']}"
+    assert m["institution"] == A2 and m["report"]["posted_as"] == f"Observation/{cbc_doc['id']}"
+    assert m["report"]["reference"] == f"Observation/{m['report']['record_id']}"
     assert m["performed_at"] and m["valid_until"] > m["performed_at"]
     body = hub.check(B, card, f"{PROVINCIAL}|{CT_CHEST}").json()  # a bare 身份证 works too
     assert body["decision"] == "recognisable"
     [m] = body["matches"]
-    assert m["report"]["reference"] == f"ImagingStudy/{study['id']}"
+    assert m["report"]["posted_as"] == f"ImagingStudy/{study['id']}"
+    assert m["report"]["reference"] == f"ImagingStudy/{m['report']['record_id']}"
     assert m["images"] == [f"{PACS_A2}/studies/{uid}"]
 
     # C, in Datong, is outside A2's (municipal) HR scope: told so, shown nothing of A2's

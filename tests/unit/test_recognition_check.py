@@ -100,13 +100,38 @@ def test_a_coded_parameter(text: str, parsed: tuple[str | None, str] | None) -> 
 
 def test_a_recognisable_lab_result_is_shown_with_its_report_and_expiry(shanxi: Catalog) -> None:
     decision = run(lab_order(at="TY-L2"), [lab(at="TY-L3A", collected=timedelta(days=2))], shanxi)
-    answer = render_check(decision, INSTITUTIONS["TY-L2"], INSTITUTIONS, NOW)
+    rid = decision.matches[0].record_id
+    posted = {
+        "resourceType": "Observation",
+        "valueQuantity": {"value": 132, "unit": "g/L"},
+        "referenceRange": [{"low": {"value": 130, "unit": "g/L"}, "high": {"value": 175}}],
+        "interpretation": [{"coding": [{"code": "N"}]}],
+    }
+    answer = render_check(
+        decision,
+        INSTITUTIONS["TY-L2"],
+        INSTITUTIONS,
+        NOW,
+        base="https://hub.example",
+        resources={rid: posted},
+    )
     assert (answer["decision"], answer["reason"]) == ("recognisable", "recognised")
     assert answer["catalog_version"] == "shanxi-v1" and answer["saving_yuan"] > 0
     [m] = answer["matches"]
-    assert m["institution"] == "TY-L3A" and m["report"]["reference"] == "Observation/obs-1"
+    # the hub's id, resolvable on the hub's FHIR base (the poster's own id kept aside)
+    assert m["institution"] == "TY-L3A" and m["report"]["reference"] == f"Observation/{rid}"
+    assert m["report"]["url"] == f"https://hub.example/fhir/Observation/{rid}"
+    assert m["report"]["posted_as"] == "Observation/obs-1"
+    assert m["value"] == {
+        "value": "132",
+        "unit": "g/L",
+        "reference_range": "130-175 g/L",
+        "interpretation": "N",
+        "text": "132 g/L（参考范围 130-175 g/L）",
+    }
+    assert m["conclusion"] is None
     assert m["valid_until"] == (NOW - timedelta(days=2) + timedelta(days=7)).isoformat()
-    assert "images" not in m  # a lab item has no images
+    assert m["images"] == [] and m["viewer"] is None  # a lab item has no images
 
 
 def test_an_imaging_match_carries_its_wado_rs_study_link(shanxi: Catalog) -> None:
