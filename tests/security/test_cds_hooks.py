@@ -489,7 +489,9 @@ def _feedback_reaches_the_topic_and_the_report(
     refusals = [
         (_call(hub, path, overridden, inst=C), 404),  # C: B's card
         (_call(hub, f"/cds-services/{SIGN}/feedback", overridden), 404),  # another service's
-        (_call(hub, path, fixture("spec-feedback-overridden-reason.json")), 404),  # the spec's
+        (_call(hub, path, fixture("spec-feedback-overridden.json")), 404),  # the spec's card
+        # the spec's example reason is of another code system: not on our cards
+        (_call(hub, path, fixture("spec-feedback-overridden-reason.json")), 400),
     ]
     forged = json.loads(json.dumps(overridden))
     token = forged["feedback"][0]["card"]
