@@ -18,9 +18,9 @@ runs). Every refusal is an ``OperationOutcome``. docs/cds-hooks.md has the detai
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
@@ -281,9 +281,17 @@ def install(ctx: Any) -> None:
         return cards
 
     async def publish(
-        inst: Institution, claims: CardClaims, parsed: Feedback, catalog: Catalog | None
+        inst: Institution,
+        claims: CardClaims,
+        parsed: Feedback,
+        catalog: Catalog | None,
+        item: FeedbackItem,
     ) -> None:
-        feedback_id = uuid.uuid4().hex
+        # the same item sent again (the spec allows it) carries the same id: consumers can
+        # count it once
+        feedback_id = hashlib.sha256(
+            f"{item.card}|{item.outcome}|{item.at.isoformat()}".encode()
+        ).hexdigest()[:32]
         payload = {
             "feedback_id": feedback_id,
             "institution": inst.id,
@@ -324,7 +332,7 @@ def install(ctx: Any) -> None:
 
     def checked_feedback(
         inst: Institution, service_id: str, items: list[FeedbackItem]
-    ) -> list[tuple[CardClaims, Feedback]]:
+    ) -> list[tuple[CardClaims, Feedback, FeedbackItem]]:
         """Each item with its card's claims, or :class:`_Refused` before anything is sent."""
         now = ctx.clock()
         catalog = ctx.catalogs.catalog_for(inst.region_code, now)
@@ -386,7 +394,7 @@ def install(ctx: Any) -> None:
             if isinstance(parsed, list):
                 problems += [Problem(p.message, f"feedback[{n}]") for p in parsed]
             else:
-                out.append((claims, parsed))
+                out.append((claims, parsed, item))
         if problems:
             raise _Refused(_problems(problems))
         return out
@@ -435,8 +443,8 @@ def install(ctx: Any) -> None:
                 feedback = [i for i in items if isinstance(i, FeedbackItem)]
                 checked = checked_feedback(inst, service_id, feedback)
                 catalog = ctx.catalogs.catalog_for(inst.region_code, ctx.clock())
-                for claims, parsed in checked:
-                    await publish(inst, claims, parsed, catalog)
+                for claims, parsed, item in checked:
+                    await publish(inst, claims, parsed, catalog, item)
                 return _json({"recorded": len(checked)})
             except _Refused as refused:
                 return refused.response

@@ -530,6 +530,10 @@ def _feedback_reaches_the_topic_and_the_report(
     assert ct["master_patient_id"] and ct["note"] == "患者咳嗽加重，需复查胸部CT"
     assert by_choice["recognised"]["item_id"] == "CBC"
     assert by_choice["recognised"]["result_record_id"]
+    # the same feedback sent again (the spec allows it) carries the same feedback_id
+    assert _call(hub, path, overridden).status_code == 200
+    again = recorded()[before + 2 :]
+    assert [p["feedback_id"] for p in again] == [ct["feedback_id"]]
 
     # … and `mrhub report` counts the override under its reason
     env = {**os.environ, "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(hub.registry)}
