@@ -225,6 +225,35 @@ def test_jwts_that_the_spec_forbids_are_refused(cds: SecurityHub) -> None:
     _outcome(check, 401)
 
 
+def test_behind_the_gateway_the_jwt_is_for_the_public_address(cds: SecurityHub) -> None:
+    """As the gateway forwards (contract 3): the public base in X-Mrhub-Public-Base, proven by
+    the services' internal token. The JWT's aud is then the public URL; a caller on the
+    worker port cannot claim another public base without that token."""
+    from services.common.forwarding import forwarded_headers
+    from services.common.settings import Settings
+
+    settings = Settings.model_validate(
+        {"identity": {"hmac_key": cds.env("x")["MRHUB_IDENTITY__HMAC_KEY"]}}
+    )
+    public = "https://hub.example.cn"
+    worker = _url(cds, "/cds-services")
+    body_url = f"{public}/cds-services"
+
+    def ask(token: str, headers: dict[str, str]) -> httpx.Response:
+        return httpx.get(
+            worker, headers={"Authorization": f"Bearer {token}", **headers}, timeout=30
+        )
+
+    gateway = forwarded_headers(settings, public)
+    assert ask(_jwt(body_url), gateway).status_code == 200
+    # the worker's own address is not the one the client called
+    _outcome(ask(_jwt(worker), gateway), 401)
+    # a forged public base without the internal token is ignored: aud must be the worker's
+    forged = {"X-Mrhub-Public-Base": public, "X-Mrhub-Forwarded-By": "mrhi_" + "0" * 64}
+    _outcome(ask(_jwt(body_url), forged), 401)
+    assert ask(_jwt(worker), forged).status_code == 200
+
+
 # ── the issue's story ────────────────────────────────────────────────────────────────────
 
 
