@@ -27,6 +27,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
+from services.common.cds_auth import jwks_problems
 from services.common.errors import ConfigError
 from services.common.identifiers import PROVINCE_CODES, is_valid_uscc
 
@@ -218,6 +219,8 @@ def _problems(inst: Institution) -> list[str]:
         ("http://", "https://")
     ):
         found.append("dicomweb_base: must be an http:// or https:// URL")
+    for n, client in enumerate(inst.cds_clients):
+        found += [f"cds_clients[{n}].{p}" for p in jwks_problems(client.jwks)]
     if inst.viewer_template is not None and (
         not inst.viewer_template.startswith(("http://", "https://"))
         or "{study_uid}" not in inst.viewer_template

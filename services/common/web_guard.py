@@ -12,7 +12,10 @@ front of the aiohttp application as a middleware that **denies by default**:
   hospital's token, looked up in the reloading institution registry), ``steward`` (a data
   steward's, ``MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES``), ``internal`` (the services'
   own token derived from the HMAC key, :func:`services.common.patient_lookup.internal_token`)
-  or ``public`` (only ``/healthz``, ``/readyz`` and ``/metrics``);
+  or ``public`` (only ``/healthz``, ``/readyz`` and ``/metrics``); ``cds`` (the CDS Hooks
+  routes) also takes a CDS client's signed JWT, checked by :attr:`Guard.jwt_auth`
+  (:mod:`services.common.cds_auth`): the caller is then the institution that registered the
+  client;
 - whatever goes wrong is a FHIR ``OperationOutcome``: 401 with ``WWW-Authenticate``, 404,
   405 with ``Allow``, 413, and 500 for an unexpected error (logged as one line with the
   route, never the request's query or body); a client that goes away is one log line.
@@ -35,13 +38,18 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from services.common.cds_auth import JwtRefused, looks_like_jwt
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, hash_token
 
 log = logging.getLogger(__name__)
 
-Access = Literal["public", "institution", "steward", "internal"]
-ACCESS_KINDS: Final[frozenset[str]] = frozenset({"public", "institution", "steward", "internal"})
+Access = Literal["public", "institution", "steward", "internal", "cds"]
+ACCESS_KINDS: Final[frozenset[str]] = frozenset(
+    {"public", "institution", "steward", "internal", "cds"}
+)
+#: The longest hub bearer token looked up (a CDS JWT is checked apart, up to its own limit).
+MAX_TOKEN_CHARS: Final = 512
 
 #: The routes every worker serves without a credential (docs/security.md: keep the worker
 #: ports on the hub's private network all the same — /metrics shows volumes).
@@ -65,6 +73,8 @@ MAX_LINE_BYTES: Final = 8190
 MAX_FIELD_BYTES: Final = 8190
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Checks a CDS client's JWT for a request: the institution, or :class:`JwtRefused`.
+JwtAuth = Callable[[web.Request, str], Institution]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,8 @@ class Guard:
     steward_hashes: frozenset[str] = frozenset()
     internal_hash: str | None = None
     routes: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: set by the service that serves ``cds`` routes (the recognition worker)
+    jwt_auth: JwtAuth | None = None
 
     def allow(self, path: str, *access: Access) -> None:
         """Declare ``path`` (the aiohttp route pattern, e.g. ``/reviews/{review_id}/$confirm``)
@@ -124,7 +136,7 @@ class Guard:
         """The caller the request's bearer token names, or None."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > 512:
+        if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
             return None
         hashed = hash_token(token)
         if self.internal_hash is not None and hmac.compare_digest(hashed, self.internal_hash):
@@ -136,6 +148,18 @@ class Guard:
             if inst is not None:
                 return Caller("institution", inst)
         return None
+
+    def _jwt_caller(self, request: web.Request) -> Caller | web.Response | None:
+        """The institution whose CDS client signed the request's JWT; a 401 saying why a
+        JWT is refused; ``None`` when the token is no JWT."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if self.jwt_auth is None or scheme.lower() != "bearer" or not looks_like_jwt(token):
+            return None
+        try:
+            return Caller("institution", self.jwt_auth(request, token))
+        except JwtRefused as refused:
+            return _unauthorised(f"CDS client JWT refused: {refused}")
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -150,6 +174,14 @@ class Guard:
                 return outcome(404, "not-found", "no such endpoint", "unknown-endpoint")
             if "public" not in allowed:
                 caller = self.identify(request)
+                if caller is None and "cds" in allowed:
+                    jwt_caller = self._jwt_caller(request)
+                    if isinstance(jwt_caller, web.Response):
+                        return jwt_caller
+                    caller = jwt_caller
+                    if caller is not None:
+                        request[CALLER_KEY] = caller
+                        return await handler(request)
                 if caller is None or caller.kind not in allowed:
                     kinds = " or ".join(sorted(allowed))
                     return _unauthorised(f"this route needs a bearer token ({kinds})")
