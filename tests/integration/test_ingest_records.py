@@ -8,12 +8,14 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from services.common import codec
 from services.common.broker import free_port
 from services.common.envelope import Envelope
+from services.common.forwarding import FORWARDED_BY_HEADER, PUBLIC_BASE_HEADER
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import Registry, issue_token
 from services.common.kafka_admin import create_topics
@@ -80,8 +83,37 @@ class Hub:
         return total
 
 
+class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in for recognition: records what reaches it, answers an empty searchset."""
+
+    seen: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(("GET", self.path, dict(self.headers)))
+        body = b'{"resourceType":"Bundle","type":"searchset","total":0}'
+        self.send_response(200)
+        self.send_header("Content-Type", FHIR)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
 @pytest.fixture(scope="module")
-def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hub(bootstrap: str, upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("records")
     registry = tmp / "institutions.yaml"
     shutil.copy(REPO / "config" / "institutions.yaml", registry)
@@ -96,6 +128,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__PUBLIC_BASE_URL": "https://hub.example",
         "MRHUB_PATIENT_INDEX__PORT": str(pi_port),
+        "MRHUB_RECOGNITION__URL": upstream,
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
         "MRHUB_LOG_LEVEL": "INFO",
@@ -318,3 +351,24 @@ def test_a_resend_of_the_ct_bundle_publishes_nothing_new(hub: Hub) -> None:
     assert rids[0] == rids[1]
     report_rid = record_id_of(rids[0][1], "DiagnosticReport")
     assert len(hub.indexed(lambda e: e.payload["record_id"] == report_rid, 1)) == 1
+
+
+def test_the_served_gateway_forwards_reads_with_its_public_base(hub: Hub) -> None:
+    """``mrhub serve ingest`` wires the proxy: MRHUB_RECOGNITION__URL, the public base, the
+    internal token (services/ingest/main.py); a read without a credential stops at the
+    gateway."""
+    _Recorder.seen.clear()
+    path = "/fhir/Observation?code=2823-3&_count=1"
+    resp = httpx.get(f"{hub.url}{path}", headers={"Authorization": f"Bearer {hub.token}"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["type"] == "searchset"
+    [(method, seen_path, headers)] = _Recorder.seen
+    assert (method, seen_path) == ("GET", path)
+    assert headers["Authorization"] == f"Bearer {hub.token}"
+    assert headers[PUBLIC_BASE_HEADER] == "https://hub.example"
+    assert headers[FORWARDED_BY_HEADER].startswith("mrhi_")
+    assert headers[FORWARDED_BY_HEADER] not in resp.text
+    anonymous = httpx.get(f"{hub.url}{path}")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["resourceType"] == "OperationOutcome"
+    assert len(_Recorder.seen) == 1
