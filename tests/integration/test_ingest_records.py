@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -45,6 +46,7 @@ class Hub:
     index_url: str
     inst: str
     token: str
+    log: Path
 
     def post(self, path: str, doc: Any) -> httpx.Response:
         resp = httpx.post(
@@ -135,7 +137,8 @@ def hub(bootstrap: str, upstream: str, tmp_path_factory: pytest.TempPathFactory)
     }
     gateway = run_module(["-m", "services.cli", "serve", "ingest"], env, tmp / "ingest.log")
     index = run_module(["-m", "services.cli", "serve", "patient_index"], env, tmp / "pi.log")
-    hub = Hub(bootstrap, f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{pi_port}", inst, token)
+    gw_url, pi_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{pi_port}"
+    hub = Hub(bootstrap, gw_url, pi_url, inst, token, tmp / "ingest.log")
     try:
         wait_ready(f"{hub.url}/readyz", gateway, tmp / "ingest.log")
         wait_ready(f"{hub.index_url}/readyz", index, tmp / "pi.log")
@@ -372,3 +375,14 @@ def test_the_served_gateway_forwards_reads_with_its_public_base(hub: Hub) -> Non
     assert anonymous.status_code == 401
     assert anonymous.json()["resourceType"] == "OperationOutcome"
     assert len(_Recorder.seen) == 1
+    # a search by 身份证 (in the URL, and in a _search body) leaves it in no log line
+    card = new_card()
+    by_card = f"/fhir/Observation?patient={ID_CARD_SYSTEM}%7C{card}"
+    assert httpx.get(f"{hub.url}{by_card}", headers={"Authorization": "Bearer x"}).is_success
+    httpx.post(
+        f"{hub.url}/fhir/Observation/_search",
+        content=f"patient={ID_CARD_SYSTEM}%7C{card}",
+        headers={"Authorization": "Bearer x", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert any(card in p for _, p, _ in _Recorder.seen)
+    assert card not in hub.log.read_text(encoding="utf-8", errors="replace")
