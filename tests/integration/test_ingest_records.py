@@ -8,12 +8,15 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from services.common import codec
 from services.common.broker import free_port
 from services.common.envelope import Envelope
+from services.common.forwarding import FORWARDED_BY_HEADER, PUBLIC_BASE_HEADER
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import Registry, issue_token
 from services.common.kafka_admin import create_topics
@@ -42,6 +46,7 @@ class Hub:
     index_url: str
     inst: str
     token: str
+    log: Path
 
     def post(self, path: str, doc: Any) -> httpx.Response:
         resp = httpx.post(
@@ -80,8 +85,37 @@ class Hub:
         return total
 
 
+class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in for recognition: records what reaches it, answers an empty searchset."""
+
+    seen: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(("GET", self.path, dict(self.headers)))
+        body = b'{"resourceType":"Bundle","type":"searchset","total":0}'
+        self.send_response(200)
+        self.send_header("Content-Type", FHIR)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
 @pytest.fixture(scope="module")
-def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hub(bootstrap: str, upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("records")
     registry = tmp / "institutions.yaml"
     shutil.copy(REPO / "config" / "institutions.yaml", registry)
@@ -96,13 +130,15 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__PUBLIC_BASE_URL": "https://hub.example",
         "MRHUB_PATIENT_INDEX__PORT": str(pi_port),
+        "MRHUB_RECOGNITION__URL": upstream,
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
         "MRHUB_LOG_LEVEL": "INFO",
     }
     gateway = run_module(["-m", "services.cli", "serve", "ingest"], env, tmp / "ingest.log")
     index = run_module(["-m", "services.cli", "serve", "patient_index"], env, tmp / "pi.log")
-    hub = Hub(bootstrap, f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{pi_port}", inst, token)
+    gw_url, pi_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{pi_port}"
+    hub = Hub(bootstrap, gw_url, pi_url, inst, token, tmp / "ingest.log")
     try:
         wait_ready(f"{hub.url}/readyz", gateway, tmp / "ingest.log")
         wait_ready(f"{hub.index_url}/readyz", index, tmp / "pi.log")
@@ -318,3 +354,35 @@ def test_a_resend_of_the_ct_bundle_publishes_nothing_new(hub: Hub) -> None:
     assert rids[0] == rids[1]
     report_rid = record_id_of(rids[0][1], "DiagnosticReport")
     assert len(hub.indexed(lambda e: e.payload["record_id"] == report_rid, 1)) == 1
+
+
+def test_the_served_gateway_forwards_reads_with_its_public_base(hub: Hub) -> None:
+    """``mrhub serve ingest`` wires the proxy: MRHUB_RECOGNITION__URL, the public base, the
+    internal token (services/ingest/main.py); a read without a credential stops at the
+    gateway."""
+    _Recorder.seen.clear()
+    path = "/fhir/Observation?code=2823-3&_count=1"
+    resp = httpx.get(f"{hub.url}{path}", headers={"Authorization": f"Bearer {hub.token}"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["type"] == "searchset"
+    [(method, seen_path, headers)] = _Recorder.seen
+    assert (method, seen_path) == ("GET", path)
+    assert headers["Authorization"] == f"Bearer {hub.token}"
+    assert headers[PUBLIC_BASE_HEADER] == "https://hub.example"
+    assert headers[FORWARDED_BY_HEADER].startswith("mrhi_")
+    assert headers[FORWARDED_BY_HEADER] not in resp.text
+    anonymous = httpx.get(f"{hub.url}{path}")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["resourceType"] == "OperationOutcome"
+    assert len(_Recorder.seen) == 1
+    # a search by 身份证 (in the URL, and in a _search body) leaves it in no log line
+    card = new_card()
+    by_card = f"/fhir/Observation?patient={ID_CARD_SYSTEM}%7C{card}"
+    assert httpx.get(f"{hub.url}{by_card}", headers={"Authorization": "Bearer x"}).is_success
+    httpx.post(
+        f"{hub.url}/fhir/Observation/_search",
+        content=f"patient={ID_CARD_SYSTEM}%7C{card}",
+        headers={"Authorization": "Bearer x", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert any(card in p for _, p, _ in _Recorder.seen)
+    assert card not in hub.log.read_text(encoding="utf-8", errors="replace")
