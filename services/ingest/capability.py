@@ -37,6 +37,17 @@ _COMMON_PARAMS: list[dict[str, str]] = [
         "type": "date",
         "documentation": "When the hub last indexed the record (prefixes ge, le, gt, lt, eq).",
     },
+    {
+        "name": "_id",
+        "definition": f"{_SP}Resource-id",
+        "type": "token",
+        "documentation": "The hub's id of the record (as in a Location).",
+    },
+    {
+        "name": "_total",
+        "type": "token",
+        "documentation": "Accepted; `total` is always exact.",
+    },
 ]
 _CODE = {
     "name": "code",
@@ -61,8 +72,18 @@ _CATEGORY = {
 _TYPE_PARAMS: dict[str, list[dict[str, str]]] = {
     "Observation": [_CODE, _DATE, _CATEGORY],
     "DiagnosticReport": [_CODE, _DATE, _CATEGORY],
-    "ImagingStudy": [_DATE, _CATEGORY],
-    "ServiceRequest": [_CODE, _DATE, _CATEGORY],
+    "ImagingStudy": [_CODE, _DATE, _CATEGORY],
+    "ServiceRequest": [
+        _CODE,
+        _DATE,
+        _CATEGORY,
+        {
+            "name": "authored",
+            "definition": f"{_SP}ServiceRequest-authored",
+            "type": "date",
+            "documentation": "When the order was signed (authoredOn), with prefixes.",
+        },
+    ],
     "DetectedIssue": [
         {
             "name": "implicated",
@@ -70,7 +91,14 @@ _TYPE_PARAMS: dict[str, list[dict[str, str]]] = {
             "type": "reference",
             "documentation": "The order the decision is about: `ServiceRequest/<record id>`.",
         },
+        _CODE,
         _DATE,
+        {
+            "name": "identified",
+            "definition": f"{_SP}DetectedIssue-identified",
+            "type": "date",
+            "documentation": "When the decision was made, with prefixes.",
+        },
     ],
 }
 

@@ -158,6 +158,28 @@ class Metrics:
             registry=self.registry,
             buckets=CHECK_BUCKETS,
         )
+        self.reads = Histogram(
+            "mrhub_recognition_fhir_read_seconds",
+            "Time to answer a FHIR read (GET /fhir/{type}/{id}) or search (GET /fhir/{type}, "
+            "POST /fhir/{type}/_search, a next page), by interaction and HTTP status.",
+            ["interaction", "status"],
+            registry=self.registry,
+            buckets=CHECK_BUCKETS,
+        )
+        self.hooks = Histogram(
+            "mrhub_recognition_cds_hook_seconds",
+            "Time to answer a CDS Hooks call (POST /cds-services/{id}), by service and HTTP "
+            "status.",
+            ["service", "status"],
+            registry=self.registry,
+            buckets=CHECK_BUCKETS,
+        )
+        self.cards = Counter(
+            "mrhub_recognition_cds_cards_total",
+            "Cards returned by the CDS Hooks services (one per recognisable draft order).",
+            ["service"],
+            registry=self.registry,
+        )
         self.audit_errors = Counter(
             "mrhub_recognition_audit_write_errors_total",
             "Reads refused because their audit record could not be written.",

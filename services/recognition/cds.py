@@ -410,6 +410,14 @@ def install(ctx: Any) -> None:
     class ServiceView(View):
         async def post(self, request: Request, service_id: str) -> Response:
             started = time.perf_counter()
+            response = await self.answer(request, service_id, started)
+            label = service_id if service_id in SERVICES else "unknown"
+            ctx.metrics.hooks.labels(label, str(response.status)).observe(
+                time.perf_counter() - started
+            )
+            return response
+
+        async def answer(self, request: Request, service_id: str, started: float) -> Response:
             try:
                 inst = caller(request)
                 if service_id not in SERVICES:
@@ -427,6 +435,7 @@ def install(ctx: Any) -> None:
                         "elapsed_s": round(time.perf_counter() - started, 3),
                     },
                 )
+                ctx.metrics.cards.labels(service_id).inc(len(cards))
                 return _json({"cards": cards})
             except _Refused as refused:
                 return refused.response

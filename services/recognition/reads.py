@@ -25,6 +25,7 @@ answers with the first that knows the id. docs/sharing.md has the details and ex
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -221,8 +222,18 @@ def install(ctx: Context, store: Store) -> None:
     def not_found() -> Response:
         return outcome(404, "not-found", NOT_FOUND, reason="not-found")
 
+    def timed(interaction: str, started: float, response: Response) -> Response:
+        ctx.metrics.reads.labels(interaction, str(response.status)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
     class ReadView(GuardedView):
         async def get(self, request: Request, type: str, id: str) -> Response:
+            started = time.perf_counter()
+            return timed("read", started, await self.answer(request, type, id))
+
+        async def answer(self, request: Request, type: str, id: str) -> Response:
             try:
                 inst = plumbing.caller(request)
                 doc = await read_core(
@@ -347,6 +358,10 @@ def install(ctx: Context, store: Store) -> None:
 
     class SearchView(GuardedView):
         async def get(self, request: Request, type: str) -> Response:
+            started = time.perf_counter()
+            return timed("search", started, await self.answer(request, type))
+
+        async def answer(self, request: Request, type: str) -> Response:
             try:
                 inst = plumbing.caller(request)
                 pairs = list(request.query.items())
@@ -401,6 +416,10 @@ def install(ctx: Context, store: Store) -> None:
 
     class PostSearchView(GuardedView):
         async def post(self, request: Request, type: str) -> Response:
+            started = time.perf_counter()
+            return timed("search", started, await self.answer(request, type))
+
+        async def answer(self, request: Request, type: str) -> Response:
             try:
                 inst = plumbing.caller(request)
                 try:

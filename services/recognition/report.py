@@ -102,9 +102,17 @@ def summarise(
             r.saving_yuan += Decimal(str(d.get("estimated_saving_yuan") or 0))
         else:
             r.reasons[str(d.get("reason"))] += 1
+    counted: set[str] = set()
     for f in feedback:
         if not _in_range(f.get("recorded_at"), since, until):
             continue
+        # a resent feedback (a CDS client may send one card's outcome again) carries the
+        # same feedback_id: it is counted once
+        fid = f.get("feedback_id")
+        if isinstance(fid, str):
+            if fid in counted:
+                continue
+            counted.add(fid)
         r = row(f["institution"], f.get("item_category"))
         if f.get("choice") == "recognised":
             r.recognised_feedback += 1

@@ -217,6 +217,8 @@ def hub(
     }
     if "patient_index" in ports:
         env["MRHUB_PATIENT_INDEX__URL"] = f"http://127.0.0.1:{ports['patient_index']}"
+    if "recognition" in ports:
+        env["MRHUB_RECOGNITION__URL"] = f"http://127.0.0.1:{ports['recognition']}"
     logs = {name: tmp / f"{name}.log" for name in names}
     procs = {
         name: run_module(["-m", "services.cli", "serve", name], env, logs[name]) for name in names
@@ -271,6 +273,23 @@ def _send_traffic(hub: Hub) -> None:
     finally:
         producer.close()
     wait_for("the order is decided", lambda: _decided(hub, hub.traces["order"]))
+    # a read of the shared record and a CDS Hooks call, both through the gateway
+    search = httpx.post(
+        f"{hub.url('ingest')}/fhir/Observation/_search",
+        data={"patient": f"{CARD_SYSTEM}|{card}"},
+        headers={"Authorization": f"Bearer {hub.tokens[B]}"},
+        timeout=30,
+    )
+    assert search.status_code == 200, search.text
+    hook = httpx.post(
+        f"{hub.url('ingest')}/cds-services/mrhub-recognition-sign",
+        content=(
+            REPO / "tests" / "fixtures" / "cds-hooks" / "spec-order-sign-request.json"
+        ).read_bytes(),
+        headers={"Authorization": f"Bearer {hub.tokens[B]}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert hook.status_code == 200, hook.text
     wait_for(
         "the broken message is dead-lettered",
         lambda: (
@@ -530,3 +549,22 @@ def test_a_dead_letter_and_the_log_line_about_it_carry_the_trace_id(hub: Hub) ->
     assert [d["msg"] for d in lines] == ["dead-lettered"], lines
     assert lines[0]["level"] == "error" and lines[0]["stage"] == "route"
     assert "not an envelope" not in json.dumps(lines), "a log line never repeats a payload"
+
+
+def test_reads_and_hook_calls_are_timed_by_what_they_answered(hub: Hub) -> None:
+    text = hub.metrics("recognition")
+    assert (
+        sample_sum(
+            text, "mrhub_recognition_fhir_read_seconds_count", interaction="search", status="200"
+        )
+        >= 1
+    )
+    assert (
+        sample_sum(
+            text,
+            "mrhub_recognition_cds_hook_seconds_count",
+            service="mrhub-recognition-sign",
+            status="200",
+        )
+        >= 1
+    )

@@ -103,7 +103,11 @@ def cds(security_hub: SecurityHub) -> SecurityHub:
         time.sleep(0.3)
 
 
-def _url(hub: SecurityHub, path: str) -> str:
+def _url(hub: SecurityHub, path: str, *, worker: bool = False) -> str:
+    """Where a hospital calls ``path``: the gateway (the hub's public entry, which forwards
+    ``/cds-services…`` to recognition) — or the recognition worker's own port."""
+    if path.startswith("/cds-services") and not worker:
+        return f"{hub.gateway}{path}"
     return f"{hub.url('recognition')}{path}"
 
 
@@ -236,7 +240,7 @@ def test_behind_the_gateway_the_jwt_is_for_the_public_address(cds: SecurityHub) 
         {"identity": {"hmac_key": cds.env("x")["MRHUB_IDENTITY__HMAC_KEY"]}}
     )
     public = "https://hub.example.cn"
-    worker = _url(cds, "/cds-services")
+    worker = _url(cds, "/cds-services", worker=True)
     body_url = f"{public}/cds-services"
 
     def ask(token: str, headers: dict[str, str]) -> httpx.Response:

@@ -89,3 +89,19 @@ def test_a_date_range_limits_what_is_counted() -> None:
     [row] = summarise(decisions, [], REGISTRY, since=date(2026, 11, 20))
     assert (row.orders, row.saving_yuan) == (1, Decimal(20))
     assert summarise(decisions, [], REGISTRY, until=date(2026, 11, 18)) == []
+
+
+def test_a_resent_feedback_is_counted_once() -> None:
+    """A CDS client may send one card's outcome again (CDS Hooks allows it); the hub gives it
+    the same feedback_id, and the report counts the doctor's choice once."""
+    one = {
+        "feedback_id": "cds-1",
+        "institution": TAIYUAN_L2,
+        "item_category": "imaging",
+        "choice": "re-ordered",
+        "reason": "condition-changed",
+        "recorded_at": "2026-11-20T09:00:00+00:00",
+    }
+    other = {**one, "feedback_id": "cds-2"}
+    [row] = summarise([], [one, dict(one), other], REGISTRY)
+    assert row.reordered == Counter({"condition-changed": 2})
