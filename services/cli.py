@@ -401,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=20261122, help="check: population seed")
     p.add_argument(
+        "--hook-rate",
+        type=float,
+        default=100.0,
+        help="check: CDS Hooks order-select calls per second through the gateway, for "
+        "--seconds, after the checks (0: none)",
+    )
+    p.add_argument(
         "--recognition-workers",
         type=int,
         default=1,

@@ -282,6 +282,98 @@ async def _check_load(
     }
 
 
+def _hook_request(card: str, i: int) -> dict[str, Any]:
+    """An ``order-select`` call from the ordering hospital's HIS: one draft potassium order,
+    the patient (its 身份证) in the prefetched Patient."""
+    draft = f"draft-k-{i}"
+    return {
+        "hook": "order-select",
+        "hookInstance": f"00000000-0000-4000-8000-{i:012d}",
+        "context": {
+            "userId": "Practitioner/bench",
+            "patientId": f"bench-{i}",
+            "selections": [f"ServiceRequest/{draft}"],
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "ServiceRequest",
+                            "id": draft,
+                            "status": "draft",
+                            "intent": "order",
+                            "code": {"coding": [{"system": LOINC, "code": "2823-3"}]},
+                            "subject": {"reference": f"Patient/bench-{i}"},
+                        }
+                    }
+                ],
+            },
+        },
+        "prefetch": {
+            "patient": {
+                "resourceType": "Patient",
+                "id": f"bench-{i}",
+                "identifier": [{"system": CARD, "value": card}],
+            }
+        },
+    }
+
+
+async def _hook_load(
+    gateway: str, token: str, known: list[str], unknown: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """CDS Hooks ``order-select`` calls through the gateway, open loop like the checks: the
+    whole path a hospital's HIS takes (gateway → recognition → check → cards)."""
+    rng = random.Random(13)  # noqa: S311
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    cards_seen = 0
+    conn = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            nonlocal cards_seen
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
+            body = _dumps(_hook_request(card, i))
+            try:
+                async with session.post(
+                    f"{gateway}/cds-services/mrhub-recognition-select", data=body, headers=headers
+                ) as resp:
+                    answer = await resp.read()
+                    status = str(resp.status)
+                    if resp.status == 200:
+                        cards_seen += len(simplejson.loads(answer)["cards"])
+            except aiohttp.ClientError as exc:
+                status = type(exc).__name__
+            latencies.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+
+        gc.disable()
+        try:
+            await asyncio.gather(*(one(i) for i in range(total)))
+        finally:
+            gc.enable()
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "target_rps": rate,
+        "seconds": seconds,
+        "requests": total,
+        "achieved_rps": round(total / elapsed, 1),
+        "p50_ms": _ms(percentile(latencies, 50)),
+        "p99_ms": _ms(percentile(latencies, 99)),
+        "max_ms": _ms(latencies[-1] if latencies else None),
+        "statuses": statuses,
+        "cards": cards_seen,
+    }
+
+
 async def _post_orders(url: str, token: str, known: list[str], n: int, rate: float) -> set[str]:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
     traces: set[str] = set()
@@ -341,7 +433,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "command": (
             f"mrhub bench check --patients {args.patients} --rate {args.rate:g} "
             f"--seconds {args.seconds:g} --orders {args.orders} "
-            f"--order-rate {args.order_rate:g} --recognition-workers {workers}"
+            f"--order-rate {args.order_rate:g} --recognition-workers {workers} "
+            f"--hook-rate {float(getattr(args, 'hook_rate', 0.0) or 0.0):g}"
         ),
         "cpu_count": os.cpu_count(),
         "recognition_workers": workers,
@@ -379,6 +472,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "MRHUB_PATIENT_INDEX__PORT": str(ports["patient_index"]),
             "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{ports['patient_index']}",
             "MRHUB_RECOGNITION__PORT": str(ports["recognition"]),
+            "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{ports['recognition']}",
             "MRHUB_STATE_DIR": str(tmp / "state"),
             "MRHUB_LOG_LEVEL": "WARNING",
         }
@@ -446,6 +540,21 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         report["check"]["ratio_to_baseline"] = round(
             report["check"]["achieved_rps"] / report["baseline"]["decisions_per_s"], 4
         )
+        hook_rate = float(getattr(args, "hook_rate", 0.0) or 0.0)
+        if hook_rate > 0:
+            _log(f"CDS Hooks: order-select at {hook_rate:g}/s for {args.seconds:g} s (gateway)")
+            cpu0 = _cpu(labelled)
+            report["hooks"] = asyncio.run(
+                _hook_load(gateway, ask_token, known, unknown, hook_rate, args.seconds)
+            )
+            report["hooks"]["cpu_ms_per_call"] = _cpu_per(
+                cpu0, _cpu(labelled), report["hooks"]["requests"]
+            )
+            check_p99 = report["check"]["p99_ms"]
+            hook_p99 = report["hooks"]["p99_ms"]
+            report["hooks"]["p99_over_check_p99"] = (
+                round(hook_p99 / check_p99, 2) if hook_p99 and check_p99 else None
+            )
         _log(f"orders: {args.orders} at {args.order_rate:g}/s")
         cpu0, t_orders = _cpu(labelled), time.perf_counter()
         traces = asyncio.run(_post_orders(gateway, ask_token, known, args.orders, args.order_rate))
@@ -511,6 +620,7 @@ def format_report(r: dict[str, Any]) -> str:
             f"max {c['max_ms']} ms; statuses {c['statuses']}; outcomes {c['outcomes']}",
             f"  check rate / baseline: {c['ratio_to_baseline']}",
             f"  CPU ms per check: {_cpu_line(c['cpu_ms_per_check'])}",
+            *_hook_lines(r.get("hooks")),
             f"  order → decision at {o['rate_per_s']:g}/s: {o['decided']}/{o['accepted']} "
             f"decided, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, max {o['max_ms']} ms",
             f"  CPU ms per order: {_cpu_line(o['cpu_ms_per_order'])}",
@@ -520,6 +630,18 @@ def format_report(r: dict[str, Any]) -> str:
             f"{'met' if r['goals']['order_to_decision_p99_le_1s'] else 'NOT met'}",
         ]
     )
+
+
+def _hook_lines(h: dict[str, Any] | None) -> list[str]:
+    if not h:
+        return []
+    return [
+        f"  CDS Hooks order-select at {h['target_rps']:g}/s (gateway → recognition): achieved "
+        f"{h['achieved_rps']:,}/s, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max "
+        f"{h['max_ms']} ms; statuses {h['statuses']}; {h['cards']} cards; p99 / check p99: "
+        f"{h['p99_over_check_p99']}",
+        f"  CPU ms per hook call: {_cpu_line(h['cpu_ms_per_call'])}",
+    ]
 
 
 def _cpu_line(per: dict[str, float | None]) -> str:

@@ -1,6 +1,6 @@
 """A third-party FHIR client (smart-on-fhir's ``fhirclient``) searches the shared record,
-follows ``next`` links and reads by id — against the suite's real hub (the recognition
-service's FHIR base on 8081; the gateway proxies the same paths)."""
+follows ``next`` links and reads by id — against the suite's real hub, on the same FHIR base
+the hospitals write to (the gateway, which hands reads to the recognition service)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_fhirclient_searches_follows_next_links_and_reads_by_id(
     master = check["master_patient_id"]
     assert master
 
-    srv = fhir_server.FHIRServer(None, base_uri=f"{hub.url('recognition')}/fhir/")
+    srv = fhir_server.FHIRServer(None, base_uri=f"{hub.gateway}/fhir/")
     srv.session.headers["Authorization"] = f"Bearer {hub.tokens[B]}"
     search = FHIRSearch(
         ClientObservation, {"patient": f"Patient/{master}", "code": CBC, "_count": "2"}
@@ -57,5 +57,5 @@ def test_fhirclient_searches_follows_next_links_and_reads_by_id(
     later = FHIRSearch(ClientObservation, {"patient": f"Patient/{master}", "date": f"ge{since}"})
     assert [p.total for p in later.perform_iter(srv)] == [0]
     # without the token the client gets 401
-    bare = httpx.get(f"{hub.url('recognition')}/fhir/Observation/{first.id}", timeout=10)
+    bare = httpx.get(f"{hub.gateway}/fhir/Observation/{first.id}", timeout=10)
     assert bare.status_code == 401
