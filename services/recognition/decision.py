@@ -343,7 +343,7 @@ def decide(
         (confirmed if result.link == "confirmed" else in_review).append(match)
 
     confirmed.sort(key=_preference, reverse=True)
-    matches = tuple(confirmed)
+    matches = one_per_study(confirmed)
     if matches and matches[0].recognisable:
         best = matches[0]
         return Decision(
@@ -387,6 +387,41 @@ def decide(
         matches=(),
         **base,
     )
+
+
+def one_per_study(matches: list[PriorMatch]) -> tuple[PriorMatch, ...]:
+    """One match per imaging study: a study and the reports on it (the same institution and
+    Study Instance UID — a report is its study's however the bundle linked them) are one
+    examination, shown once. The report stands for it (what a doctor reads: the impression),
+    the best of them by preference if there are several, with every image endpoint of the
+    group; a study without a report stands for itself. ``matches`` is in preference order,
+    and so is the answer (a group sits where its best member sat)."""
+    groups: dict[tuple[str, str], list[PriorMatch]] = {}
+    order: list[PriorMatch | tuple[str, str]] = []
+    for m in matches:
+        if m.study_uid is None:
+            order.append(m)
+            continue
+        key = (m.institution, m.study_uid)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(m)
+    out: list[PriorMatch] = []
+    for entry in order:
+        if isinstance(entry, PriorMatch):
+            out.append(entry)
+            continue
+        group = groups[entry]
+        reports = [m for m in group if m.resource_type == "DiagnosticReport"]
+        lead = reports[0] if reports else group[0]
+        endpoints = tuple(dict.fromkeys(e for m in group for e in m.image_endpoints))
+        out.append(
+            lead
+            if endpoints == lead.image_endpoints
+            else lead.model_copy(update={"image_endpoints": endpoints})
+        )
+    return tuple(out)
 
 
 def _preference(m: PriorMatch) -> tuple[int, float]:

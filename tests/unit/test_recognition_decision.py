@@ -867,3 +867,28 @@ def test_every_decision_renders_as_a_valid_detected_issue(shanxi: Catalog, scena
     assert issue.code.coding[0].code == d.reason
     assert issue.severity is None
     assert issue.detail == d.detail
+
+
+def test_a_study_and_its_report_are_one_match_the_report_leading(shanxi: Catalog) -> None:
+    """However the bundle linked them (contained, by identifier, or urn:uuid rewritten by the
+    gateway), a CT study and its report are one examination: one match, the report's (what
+    the doctor reads), with the study's images."""
+    study = ct(at="TY-L3A", performed=timedelta(days=3))
+    report = ct(
+        at="TY-L3A",
+        performed=timedelta(days=3),
+        issued=timedelta(days=3),
+        resource_type="DiagnosticReport",
+    )
+    report = report.model_copy(
+        update={"imaging": report.imaging.model_copy(update={"endpoints": ()})}  # type: ignore[union-attr]
+    )
+    other = ct(at="TY-L3B", performed=timedelta(days=5))  # the same UID at another hospital
+    d = run(ct_order(), [study, report, other], shanxi)
+    assert [m.record_id for m in d.matches] == [report.record_id, other.record_id]
+    lead = d.matches[0]
+    assert lead.resource_type == "DiagnosticReport"
+    assert lead.image_endpoints == ("https://pacs.example-hospital.cn/dicom-web",)
+    # a study alone stands for itself
+    alone = run(ct_order(), [study], shanxi)
+    assert [m.record_id for m in alone.matches] == [study.record_id]
