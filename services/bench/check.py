@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -221,16 +222,18 @@ def timeline(samples: list[tuple[float, float]]) -> list[dict[str, Any]]:
     return out
 
 
-async def _check_load(
-    urls: list[str], token: str, known: list[str], unknown: list[str], rate: float, seconds: float
-) -> dict[str, Any]:
-    rng = random.Random(7)  # noqa: S311
-    headers = {"Authorization": f"Bearer {token}"}
+async def _open_loop(
+    rate: float, seconds: float, call: Callable[[aiohttp.ClientSession, int], Awaitable[str]]
+) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    """``call(session, i)`` for ``i`` in ``range(rate * seconds)``, each started when the
+    schedule says (open loop: each request is timed from the moment it should have started,
+    so a hub that falls behind shows it in the latency rather than hiding it). ``call``
+    answers the status to count. Returns the summary and the ``(done, latency)`` samples of
+    the 200s since the start."""
     total = int(rate * seconds)
     latencies: list[float] = []
     samples: list[tuple[float, float]] = []
     statuses: dict[str, int] = {}
-    outcomes: dict[str, int] = {}
     conn = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=conn) as session:
         start = time.perf_counter() + 0.2
@@ -238,18 +241,8 @@ async def _check_load(
         async def one(i: int) -> None:
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
-            params = {"patient": f"{CARD}|{card}", "code": f"{LOINC}|2823-3"}
-            url = urls[i % len(urls)]
             try:
-                async with session.get(
-                    f"{url}/recognition/check", params=params, headers=headers
-                ) as resp:
-                    body = await resp.read()
-                    status = str(resp.status)
-                    if resp.status == 200:
-                        decision = simplejson.loads(body)["decision"]
-                        outcomes[decision] = outcomes.get(decision, 0) + 1
+                status = await call(session, i)
             except aiohttp.ClientError as exc:
                 status = type(exc).__name__
             done = time.perf_counter()
@@ -268,7 +261,7 @@ async def _check_load(
             gc.enable()
         elapsed = time.perf_counter() - start
     latencies.sort()
-    return {
+    summary = {
         "target_rps": rate,
         "seconds": seconds,
         "requests": total,
@@ -277,9 +270,30 @@ async def _check_load(
         "p99_ms": _ms(percentile(latencies, 99)),
         "max_ms": _ms(latencies[-1] if latencies else None),
         "statuses": statuses,
-        "outcomes": outcomes,
-        "timeline": timeline(samples),
     }
+    return summary, samples
+
+
+async def _check_load(
+    urls: list[str], token: str, known: list[str], unknown: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    rng = random.Random(7)  # noqa: S311
+    headers = {"Authorization": f"Bearer {token}"}
+    outcomes: dict[str, int] = {}
+
+    async def check(session: aiohttp.ClientSession, i: int) -> str:
+        card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
+        params = {"patient": f"{CARD}|{card}", "code": f"{LOINC}|2823-3"}
+        url = urls[i % len(urls)]
+        async with session.get(f"{url}/recognition/check", params=params, headers=headers) as resp:
+            body = await resp.read()
+            if resp.status == 200:
+                decision = simplejson.loads(body)["decision"]
+                outcomes[decision] = outcomes.get(decision, 0) + 1
+            return str(resp.status)
+
+    summary, samples = await _open_loop(rate, seconds, check)
+    return {**summary, "outcomes": outcomes, "timeline": timeline(samples)}
 
 
 def _hook_request(card: str, i: int) -> dict[str, Any]:
@@ -327,51 +341,21 @@ async def _hook_load(
     whole path a hospital's HIS takes (gateway → recognition → check → cards)."""
     rng = random.Random(13)  # noqa: S311
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
     cards_seen = 0
-    conn = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        start = time.perf_counter() + 0.2
 
-        async def one(i: int) -> None:
-            nonlocal cards_seen
-            due = start + i / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
-            body = _dumps(_hook_request(card, i))
-            try:
-                async with session.post(
-                    f"{gateway}/cds-services/mrhub-recognition-select", data=body, headers=headers
-                ) as resp:
-                    answer = await resp.read()
-                    status = str(resp.status)
-                    if resp.status == 200:
-                        cards_seen += len(simplejson.loads(answer)["cards"])
-            except aiohttp.ClientError as exc:
-                status = type(exc).__name__
-            latencies.append(time.perf_counter() - due)
-            statuses[status] = statuses.get(status, 0) + 1
+    async def hook(session: aiohttp.ClientSession, i: int) -> str:
+        nonlocal cards_seen
+        card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
+        body = _dumps(_hook_request(card, i))
+        url = f"{gateway}/cds-services/mrhub-recognition-select"
+        async with session.post(url, data=body, headers=headers) as resp:
+            answer = await resp.read()
+            if resp.status == 200:
+                cards_seen += len(simplejson.loads(answer)["cards"])
+            return str(resp.status)
 
-        gc.disable()
-        try:
-            await asyncio.gather(*(one(i) for i in range(total)))
-        finally:
-            gc.enable()
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "target_rps": rate,
-        "seconds": seconds,
-        "requests": total,
-        "achieved_rps": round(total / elapsed, 1),
-        "p50_ms": _ms(percentile(latencies, 50)),
-        "p99_ms": _ms(percentile(latencies, 99)),
-        "max_ms": _ms(latencies[-1] if latencies else None),
-        "statuses": statuses,
-        "cards": cards_seen,
-    }
+    summary, _ = await _open_loop(rate, seconds, hook)
+    return {**summary, "cards": cards_seen}
 
 
 async def _post_orders(url: str, token: str, known: list[str], n: int, rate: float) -> set[str]:

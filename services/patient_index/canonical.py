@@ -63,9 +63,8 @@ from typing import Any, Final, Literal, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from services.common.fhir import DICOM_UID_SYSTEM
 from services.common.records import CHINA_TZ as CHINA_TZ
-from services.common.records import business_key
+from services.common.records import business_key, study_uid
 from services.common.records import parse_fhir_datetime as parse_fhir_datetime
 from services.common.records import record_id_for as record_id_for
 
@@ -425,40 +424,17 @@ def _resolve_contained(
     return found if found is not None and found.get("resourceType") == rtype else None
 
 
-def _identifiers(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    for ident in _list(resource.get("identifier")):
-        if isinstance(ident, Mapping):
-            system, value = _str(ident.get("system")), _str(ident.get("value"))
-            if system is not None and value is not None and value.strip():
-                pairs.append((system, value.strip()))
-    return pairs
-
-
-def _uid(value: str) -> str:
-    value = value.strip()
-    return value[len("urn:oid:") :] if value.startswith("urn:oid:") else value
-
-
-def _study_uid(resource: Mapping[str, Any]) -> str | None:
-    """The Study Instance UID among ``resource.identifier`` (bare, no ``urn:oid:``)."""
-    for system, value in _identifiers(resource):
-        if system == DICOM_UID_SYSTEM:
-            return _uid(value)
-    return None
-
-
 def _report_study(
     resource: Mapping[str, Any], contained: Mapping[str, Mapping[str, Any]]
 ) -> tuple[str | None, Mapping[str, Any] | None]:
     """The study a DiagnosticReport reports on: its UID and, if contained, the study."""
     for ref in _list(resource.get("imagingStudy")):
         study = _resolve_contained(ref, contained, "ImagingStudy")
-        if study is not None and (uid := _study_uid(study)) is not None:
+        if study is not None and (uid := study_uid(study)) is not None:
             return uid, study
-        if isinstance(ref, Mapping) and (uid := _study_uid({"identifier": ref.get("identifier")})):
+        if isinstance(ref, Mapping) and (uid := study_uid({"identifier": ref.get("identifier")})):
             return uid, None
-    return _study_uid(resource), None
+    return study_uid(resource), None
 
 
 def _modality_codes(resource: Mapping[str, Any]) -> list[Code]:
@@ -518,7 +494,7 @@ def _study_summary(
         ]
         instance_count = sum(counts)
     return ImagingSummary(
-        study_uid=_study_uid(study),
+        study_uid=study_uid(study),
         modalities=tuple(sorted({c.code.strip().upper() for c in _modality_codes(study)})),
         body_sites=tuple(body_sites),
         contrast=_contrast(study, *also),
