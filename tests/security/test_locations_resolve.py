@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from tests.fhir_samples import gb11643
+from tests.fhir_samples import gb11643, org_ref
 from tests.security.conftest import A2, CARD_SYSTEM, B, C, SecurityHub
 from tests.security.test_cds_hooks import CT_CHEST, IMPRESSION, PROVINCIAL, _ct_with_report
-from tests.security.test_sharing_reads import _result
+from tests.security.test_sharing_reads import CBC, LOINC, _result
 
 _SEQ = iter(random.sample(range(1, 999, 2), 50))
 
@@ -104,3 +105,90 @@ def test_the_ct_and_its_report_are_one_match_in_the_check(security_hub: Security
     [match] = check["matches"]
     assert match["conclusion"] == IMPRESSION
     assert report_at.endswith(match["report"]["reference"])
+
+
+def test_a_report_brings_its_results_with_include(security_hub: SecurityHub) -> None:
+    """A blood-count report posted with its results in one transaction, linked by urn:uuid:
+    ``DiagnosticReport?_include=DiagnosticReport:result`` answers the report and, marked as
+    included, exactly its results — each of which reads back; C gets neither."""
+    hub = security_hub
+    card = _card()
+    results = [
+        _result(A2, card, hours_ago=7, value=v) for v in ("138", "142")
+    ]  # LOINC 58410-2, A2's lab
+    urls = [f"urn:uuid:{uuid.uuid4()}" for _ in results]
+    taken = datetime.now(UTC) - timedelta(hours=7)
+    report = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [
+            {
+                "system": "https://lis.xhl.example-hospital.cn/report",
+                "value": f"LAB-{uuid.uuid4().hex[:10]}",
+                "assigner": org_ref(A2),
+            }
+        ],
+        "status": "final",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+        ],
+        "code": {"coding": [{"system": LOINC, "code": CBC, "display": "血常规"}]},
+        "subject": {"identifier": {"system": CARD_SYSTEM, "value": card}},
+        "effectiveDateTime": taken.isoformat(),
+        "issued": (taken + timedelta(minutes=40)).isoformat(),
+        "performer": [org_ref(A2)],
+        "result": [{"reference": u} for u in urls],
+        "conclusion": "血常规未见明显异常",
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            *(
+                {"fullUrl": u, "resource": r, "request": {"method": "POST", "url": "Observation"}}
+                for u, r in zip(urls, results, strict=True)
+            ),
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": report,
+                "request": {"method": "POST", "url": "DiagnosticReport"},
+            },
+        ],
+    }
+    answer = hub.post(A2, "/fhir", bundle).json()
+    *result_at, report_at = (e["response"]["location"] for e in answer["entry"])
+    for loc in (*result_at, report_at):
+        _read_when_indexed(hub, B, _absolute(hub, loc))
+
+    def search(inst: str) -> dict[str, Any]:
+        got = httpx.post(
+            f"{hub.gateway}/fhir/DiagnosticReport/_search",
+            data={
+                "patient": f"{CARD_SYSTEM}|{card}",
+                "_include": "DiagnosticReport:result",
+            },
+            headers=hub.auth(inst),
+            timeout=30,
+        )
+        assert got.status_code == 200, got.text[:500]
+        doc: dict[str, Any] = got.json()
+        return doc
+
+    found = search(B)
+    modes = {
+        e["resource"]["resourceType"] + "/" + e["resource"]["id"]: e["search"]["mode"]
+        for e in found["entry"]
+    }
+    report_ref = report_at.split("/fhir/", 1)[1]
+    result_refs = {loc.split("/fhir/", 1)[1] for loc in result_at}
+    assert modes == {report_ref: "match", **dict.fromkeys(result_refs, "include")}
+    assert found["total"] == 1  # total counts the matches, not what was included
+    [served] = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "match"]
+    assert {r["reference"] for r in served["result"]} == result_refs
+    values = sorted(
+        e["resource"]["valueQuantity"]["value"]
+        for e in found["entry"]
+        if e["search"]["mode"] == "include"
+    )
+    assert values == [138, 142]
+    nothing = search(C)
+    assert nothing["total"] == 0 and not nothing.get("entry")
