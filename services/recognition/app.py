@@ -63,7 +63,7 @@ from services.common.topics import (
     dead_letter,
     partition_for,
 )
-from services.recognition import fhir_search, reads, web
+from services.recognition import cds, fhir_search, reads, web
 from services.recognition.catalog import Catalog, CatalogSet, load_catalogs
 from services.recognition.decision import (
     Decision,
@@ -779,5 +779,6 @@ def create_app(
     add_service_pages(app, metrics.registry)
     web.install(web_ctx)
     reads.install(web_ctx, reads.Store(items_of=items_of, find=find))
+    cds.install(web_ctx)
 
     return app

@@ -21,8 +21,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import simplejson
 from aiohttp.web import Request, Response
@@ -52,6 +51,7 @@ from services.recognition.cards import (
 from services.recognition.catalog import Catalog
 from services.recognition.check import JSON_TYPES, nesting_exceeds, parse_coded
 from services.recognition.feedback import Feedback, exception_reasons, parse_feedback
+from services.recognition.web import CheckRefused, Context
 
 __all__ = ["HOOK_DEADLINE_S", "install"]
 
@@ -76,21 +76,6 @@ _REASON: Final = {
     415: "unsupported-media-type",
     503: "not-ready",
 }
-
-
-class CheckFor(Protocol):
-    """Contract 5: the check answer for ``inst`` (audited with ``purpose``)."""
-
-    def __call__(
-        self,
-        inst: Institution,
-        patient: str,
-        code: str,
-        *,
-        base: str,
-        trace_id: str | None,
-        purpose: str,
-    ) -> Awaitable[dict[str, Any]]: ...
 
 
 class _Refused(Exception):
@@ -152,7 +137,7 @@ def _unknown_service(service_id: str) -> Response:
     return _outcome(404, "not-found", f"no CDS service with this id; the services are: {known}")
 
 
-def install(ctx: Any) -> None:
+def install(ctx: Context) -> None:
     """Register the CDS Hooks routes on ``ctx.app`` (the recognition web Context)."""
     app = ctx.app
     settings = ctx.settings
@@ -189,21 +174,17 @@ def install(ctx: Any) -> None:
         service_id: str,
         limit: asyncio.Semaphore,
     ) -> dict[str, Any] | None:
-        check_for: CheckFor | None = getattr(ctx, "check_for", None)
-        if check_for is None:
-            raise _Refused(_outcome(503, "transient", "checks are not available on this worker"))
         identifiers = [i for i in (order.subject, *hook.identifiers) if i is not None]
         identifiers = list(dict.fromkeys(identifiers))[:3]
         for code in order.codes:
             for ident in identifiers:
                 async with limit:
                     try:
-                        answer = await check_for(
+                        answer = await ctx.check_for(
                             inst, ident, code, base=base, trace_id=trace_id, purpose=PURPOSE
                         )
-                    except Exception as exc:
-                        status = getattr(getattr(exc, "response", None), "status", 500)
-                        if status in (400, 404, 422):
+                    except CheckRefused as refused:
+                        if refused.response.status in (400, 404, 422):
                             continue  # an identifier the hub cannot use; another may do
                         raise
                 if answer.get("item") is None:

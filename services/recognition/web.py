@@ -59,7 +59,6 @@ from services.common.patient_lookup import (
 from services.common.settings import Settings
 from services.common.topics import ACCESS_RECORDED, FEEDBACK_RECORDED
 from services.common.web_guard import CALLER_KEY, Caller, guard_for, page
-from services.recognition import cds
 from services.recognition.catalog import CatalogSet, Coding
 from services.recognition.check import (
     MAX_BODY_BYTES,
@@ -716,4 +715,3 @@ def install(ctx: Context) -> None:
     # institution only with a valid routing header; anything else is 401 in caller())
     page(app, "/recognition/check", "institution", "internal")(CheckView)
     page(app, "/recognition/feedback", "institution", "internal")(FeedbackView)
-    cds.install(ctx)  # CDS Hooks (helper CDS)
