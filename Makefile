@@ -38,7 +38,8 @@ RUNTIME_LOCK := requirements/runtime.txt
 UV_COMPILE   := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform linux \
                 --generate-hashes --quiet --custom-compile-command 'make lock'
 
-# exactly the versions (and hashes) of the lock, then mrhub itself without resolving again
+# exactly the versions (and hashes) of the lock (runtime + dev + tools: `mrhub bench`,
+# `mrhub simulate`), then mrhub itself without resolving again
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -49,8 +50,8 @@ $(STAMP): pyproject.toml $(LOCK)
 setup: system-deps $(STAMP) ## venv, Python packages and the Kafka jars (idempotent)
 	@$(BIN)/mrhub broker fetch
 
-lock: $(STAMP) ## regenerate requirements/lock.txt (runtime + dev) and runtime.txt (the image) from pyproject.toml
-	$(UV_COMPILE) --extra dev $(LOCK_ARGS) -o $(LOCK)
+lock: $(STAMP) ## regenerate requirements/lock.txt (runtime + dev + tools) and runtime.txt (the image: runtime only) from pyproject.toml
+	$(UV_COMPILE) --extra dev --extra tools $(LOCK_ARGS) -o $(LOCK)
 	$(UV_COMPILE) -c $(LOCK) -o $(RUNTIME_LOCK)
 	@echo "then: make setup, the compat tests (tests/unit/test_faust_compat.py, test_aiohttp_fix.py, test_lock.py) and decision 0006"
 
@@ -67,14 +68,14 @@ unit: setup ## unit tests only (no broker, no network)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: setup ## ruff lint and format check
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services mrhub_tools tests
+	$(BIN)/ruff format --check services mrhub_tools tests
 
 format: setup ## apply ruff's formatting and fixes
-	$(BIN)/ruff format services tests
-	$(BIN)/ruff check --fix services tests
+	$(BIN)/ruff format services mrhub_tools tests
+	$(BIN)/ruff check --fix services mrhub_tools tests
 
-types: setup ## mypy (strict on services/)
+types: setup ## mypy (strict on services/ and mrhub_tools/)
 	$(BIN)/mypy
 
 check: test ## the same as test: lint, types and the whole suite

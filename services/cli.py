@@ -16,14 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 
-from services.bench import pipeline as bench_pipeline
 from services.common.broker import LocalBroker, ensure_jars
 from services.common.errors import MrhubError
 from services.common.institutions import hash_token
@@ -32,7 +33,6 @@ from services.common.topics import ALL_TOPICS, max_message_bytes
 from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
 from services.recognition import report as recognition_report
-from services.simulate import cli as simulate_cli
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_institutions)
 
     catalog_cli.add_parser(sub)
-    simulate_cli.add_parser(sub)
     recognition_report.add_parser(sub)
     imaging_connector.add_parser(sub)
 
@@ -375,6 +374,61 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="action", required=True)
     ssub.add_parser("new-token", help="make a steward token; prints it and its hash once")
     p.set_defaults(func=cmd_stewards)
+
+    _add_tool_parsers(sub)
+    return parser
+
+
+# ---------------------------------------------------- the tools: `mrhub bench`, `mrhub simulate`
+# Their code is the package mrhub_tools (the `tools` extra, not in the image): the parsers are
+# here, so that `mrhub bench --help` works anywhere; the handlers import it only when run.
+
+
+@contextmanager
+def _tools(verb: str) -> Iterator[None]:
+    """Turn a missing module of the tools (mrhub_tools or a dependency it imports, lazily,
+    mid-run) into a :class:`MrhubError` (exit 2) that says how to install them."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise MrhubError(
+            f"`mrhub {verb}` needs the tools, which are not installed here (no module "
+            f"{exc.name!r}): pip install 'mrhub[tools]' (in a clone: make setup)"
+        ) from exc
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="a simulated hospital region: prepare its registry, run a stream through the hub",
+        description="``prepare`` writes a simulated region's institution registry (and its "
+        "hospitals' tokens) into a directory; start the hub against it "
+        "(MRHUB_INGEST__INSTITUTIONS_PATH and MRHUB_RECOGNITION__INSTITUTIONS_PATH); ``run`` "
+        "then posts a seeded stream of visits through the gateway and compares the hub's "
+        "decisions with the ground truth. docs/simulate.md; needs the tools extra.",
+    )
+    p.add_argument("action", choices=["prepare", "run"])
+    p.add_argument("--dir", type=Path, default=None, help="default: $MRHUB_STATE_DIR/simulate")
+    p.add_argument("--institutions", type=int, default=None, help="prepare: default 50")
+    p.add_argument("--patients", type=int, default=1000)
+    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="default: the simulator's")
+    p.add_argument("--url", default=None, help="the gateway (default from MRHUB_INGEST__*)")
+    p.add_argument("--bootstrap", default=None, help="Kafka (default: settings / local broker)")
+    p.add_argument("--rate", type=float, default=0.0, help="requests/s; 0 = as fast as possible")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    p.add_argument("--run-id", default=None, help="varies identifiers only (default: random)")
+    p.add_argument("--recognition-group", default="mrhub-recognition")
+    p.add_argument("--stall", type=float, default=180.0, help="give up waiting after N s idle")
+    p.add_argument("--min-agreement", type=float, default=0.995, help="exit 1 below this")
+    p.add_argument(
+        "--card-regions",
+        default=None,
+        help="comma-separated 6-digit regions of the 身份证 numbers (tests keep theirs apart)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
     p.add_argument("which", choices=["ingest", "match", "index", "check", "pipeline", "all"])
@@ -415,22 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="check: recognition worker processes (checks sent round-robin)",
     )
     p.add_argument(
-        "--visits",
-        type=int,
-        default=bench_pipeline.VISITS,
-        help="pipeline: patients, each with a hospital visit",
+        "--visits", type=int, default=None, help="pipeline: patients, each with a hospital visit"
     )
     p.add_argument(
         "--visit-rate",
         type=float,
-        default=bench_pipeline.VISIT_RATE,
+        default=None,
         help="pipeline: visit requests per second of the steady half",
     )
     p.add_argument(
-        "--posters",
-        type=int,
-        default=bench_pipeline.POSTERS,
-        help="pipeline: concurrent posters (flat-out half)",
+        "--posters", type=int, default=None, help="pipeline: concurrent posters (flat-out half)"
     )
     p.add_argument(
         "--hops",
@@ -446,14 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_bench)
-    return parser
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.order_rate is None:
-        args.order_rate = bench_pipeline.ORDER_RATE if args.which == "pipeline" else 50.0
-    module = importlib.import_module(f"services.bench.{args.which}")
-    code: int = module.main(args, settings)
+    with _tools("bench"):
+        pipeline = importlib.import_module("mrhub_tools.bench.pipeline")
+        if args.order_rate is None:
+            args.order_rate = pipeline.ORDER_RATE if args.which == "pipeline" else 50.0
+        for name in ("visits", "visit_rate", "posters"):  # their defaults live with the bench
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(pipeline, name.upper()))
+        module = importlib.import_module(f"mrhub_tools.bench.{args.which}")
+        code: int = module.main(args, settings)
+    return code
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    with _tools("simulate"):
+        module = importlib.import_module("mrhub_tools.simulate.cli")
+        code: int = module.main(args, settings)
     return code
 
 

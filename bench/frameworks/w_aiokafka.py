@@ -1,4 +1,4 @@
-"""(c) bare transactional consume -> produce loop on aiokafka: services/bench/pipeline.py's
+"""(c) bare transactional consume -> produce loop on aiokafka: mrhub_tools/bench/pipeline.py's
 ``transactional_loop`` (the loop of its ``bare_loop``), with the hop's work added.
 
 One consumer (read_committed, no auto commit) on the H input topics, one transactional
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project, for
 
 from common import Status, step, worker_args
 
-from services.bench.pipeline import (
+from mrhub_tools.bench.pipeline import (
     read_committed_consumer,
     transactional_loop,
     transactional_producer,

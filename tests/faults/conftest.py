@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from mrhub_tools.simulate.cli import prepare, simulate
+from mrhub_tools.simulate.runner import Options, Progress
 from services.recognition.catalog import CHINA_TZ
-from services.simulate.cli import prepare, simulate
-from services.simulate.runner import Options, Progress
 from tests.hub import Hub
 
 

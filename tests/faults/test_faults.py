@@ -17,9 +17,9 @@ import json
 import httpx
 import pytest
 
+from mrhub_tools.simulate.runner import end_offsets, read_topic
 from services.common.broker import LocalBroker
 from services.common.topics import ORDER_PLACED
-from services.simulate.runner import end_offsets, read_topic
 from tests.conftest import _cache_dir
 from tests.faults.conftest import (
     SimulationThread,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.bench import all as bench_all
-from services.bench.check import timeline
+from mrhub_tools.bench import all as bench_all
+from mrhub_tools.bench.check import timeline
 
 
 def _check(workers: int, achieved: float, p99: float, order_p99: float) -> dict[str, Any]:

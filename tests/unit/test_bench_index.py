@@ -1,4 +1,4 @@
-"""services.bench.index: the pure parts (persons, seeded table entries, partitions, the load's
+"""mrhub_tools.bench.index: the pure parts (persons, seeded table entries, partitions, the load's
 envelopes, the report). No Kafka, no timing here."""
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from aiokafka.partitioner import DefaultPartitioner as AioDefaultPartitioner
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from pydantic import SecretStr
 
-from services.bench.index import (
-    APP_ID,
+from mrhub_tools.bench.index import (
     Person,
     PersonGen,
     add_ratios,
-    block_value,
     bundle_of,
-    changelog_specs,
-    changelog_topic,
     combine_checks,
     combine_rounds,
     cpu_percent,
@@ -37,7 +33,6 @@ from services.bench.index import (
     plan_load,
     report_notes,
     run_figures,
-    seed_entries,
     service_source_digest,
     split_rounds,
 )
@@ -72,6 +67,16 @@ from services.patient_index.normalize import (
     person_from_subject,
     person_to_json,
 )
+from services.patient_index.seed import (
+    APP_ID,
+    SeedEntries,
+    SeedStats,
+    block_value,
+    changelog_specs,
+    changelog_topic,
+    seed_entries,
+    seed_messages,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"bench-test-hmac-key"
@@ -95,6 +100,11 @@ def persons(institutions: list[str]) -> list[Person]:
 
 def _hash(ident: Any) -> str:
     return keyed_hash(KEY, *ident.key())
+
+
+def _seed(p: Person) -> SeedEntries:
+    """The patient index's seeding API (services/patient_index/seed.py) for the bench's person."""
+    return seed_entries(patient_resource(p), p.institution, KEY)
 
 
 # ------------------------------------------------------------------- faust's own names
@@ -186,7 +196,7 @@ def test_the_patient_reads_back_as_the_person(persons: list[Person]) -> None:
 
 def test_seeded_identity_entries_are_the_service_s_identity_state(persons: list[Person]) -> None:
     p = persons[1]
-    entries = seed_entries(p, KEY)
+    entries = _seed(p)
     card_key = keyed_hash(KEY, ID_CARD_SYSTEM, p.card)
     mz_key = keyed_hash(KEY, f"{OUTPATIENT_NO_SYSTEM}@{p.institution}", p.mz)
     stored = {k.decode(): IdentityState.model_validate_json(v) for k, v in entries.identities}
@@ -207,9 +217,7 @@ def test_seeded_state_is_what_the_service_keeps_when_the_person_comes_back(
     """The resolve stage, given the seeded entries, finds the person and changes nothing:
     the entries are a fixed point of what the service writes for that Patient."""
     p = persons[2]
-    stored = {
-        k.decode(): IdentityState.model_validate_json(v) for k, v in seed_entries(p, KEY).identities
-    }
+    stored = {k.decode(): IdentityState.model_validate_json(v) for k, v in _seed(p).identities}
     # an Observation that names the patient only by the card (subject.identifier)
     subject = person_from_subject([{"system": ID_CARD_SYSTEM, "value": p.card}], p.institution)
     [anchor] = keyed_identifiers(subject, _hash)
@@ -227,7 +235,7 @@ def test_seeded_state_is_what_the_service_keeps_when_the_person_comes_back(
         claim = apply_claim(stored[alias.key], res.master_patient_id, alias, anchor.rank)
         assert (claim.state, claim.event) == (None, None)
     # a new person's anchor is not in the seeded state: it would be a new identity
-    other = seed_entries(persons[3], KEY)
+    other = _seed(persons[3])
     assert not set(stored) & {k.decode() for k, _ in other.identities}
     assert resolve_anchor(None, Keyed(anchor.key, 50, "id_card")).decision == "new"
 
@@ -237,7 +245,7 @@ def test_seeded_block_is_what_the_match_stage_stores(persons: list[Person]) -> N
     same_day = [p for p in persons if p.born == born]
     by_key: dict[bytes, list[bytes]] = {}
     for p in persons:
-        e = seed_entries(p, KEY)
+        e = _seed(p)
         by_key.setdefault(e.block_key, []).append(e.block_entry)
     block_key = keyed_hash(KEY, "block:birth_date", born.isoformat()).encode()
     entries = by_key[block_key]
@@ -253,6 +261,28 @@ def test_seeded_block_is_what_the_match_stage_stores(persons: list[Person]) -> N
         assert doc["person"] == simplejson.loads(simplejson.dumps(person_to_json(expected)))
         assert doc["anchor"] == keyed_hash(KEY, ID_CARD_SYSTEM, p.card)
         assert doc["master_patient_id"] == master_id_for(doc["anchor"])
+
+
+def test_seed_messages_write_each_identity_then_each_block_once(persons: list[Person]) -> None:
+    some = persons[:200]
+    stats = SeedStats()
+    messages = list(seed_messages(((patient_resource(p), p.institution) for p in some), KEY, stats))
+    idents = [(k, v) for t, k, v in messages if t == changelog_topic("identities")]
+    blocks = {k: v for t, k, v in messages if t == changelog_topic("blocks")}
+    assert len(idents) + len(blocks) == len(messages)  # no other table is seeded
+    assert idents == [entry for p in some for entry in _seed(p).identities]
+    # every person is in its birth date's block, each block written once
+    assert len(blocks) == len({p.born for p in some}) == stats.blocks
+    for p in some:
+        e = _seed(p)
+        assert e.block_entry in blocks[e.block_key]
+    assert stats.persons == len(some) and stats.identities == len(idents) == 2 * len(some)
+    assert stats.block_entries == len(some)
+
+
+def test_a_patient_without_a_usable_identifier_cannot_be_seeded() -> None:
+    with pytest.raises(ValueError, match="no usable identifier"):
+        seed_entries({"resourceType": "Patient", "gender": "female"}, "x", KEY)
 
 
 def test_a_block_keeps_only_the_last_block_limit_persons() -> None:
@@ -320,7 +350,7 @@ def test_the_load_s_records_are_distinct_and_name_the_seeded_person(
 ) -> None:
     p = persons[5]
     visit = make_visit(random.Random(3), p, known=True, number=7)
-    seeded_anchor = seed_entries(p, KEY).identities[0][0].decode()
+    seeded_anchor = _seed(p).identities[0][0].decode()
     record_ids = set()
     for _, value in gateway_messages(visit, KEY, datetime.now(UTC)):
         env = Envelope.from_bytes(value)

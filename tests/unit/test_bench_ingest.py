@@ -1,4 +1,4 @@
-"""services.bench.ingest: the pure parts (payloads, arithmetic, report). No timing here."""
+"""mrhub_tools.bench.ingest: the pure parts (payloads, arithmetic, report). No timing here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import simplejson
 from fhir.resources.R4B import get_fhir_model_class
 
-from services.bench.ingest import (
+from mrhub_tools.bench.ingest import (
     MODES,
     CpuProbe,
     LoadResult,

@@ -1,4 +1,4 @@
-"""Pure parts of ``mrhub bench match`` (services.bench.match), on small slices of FEBRL."""
+"""Pure parts of ``mrhub bench match`` (mrhub_tools.bench.match), on small slices of FEBRL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.bench import match
+from mrhub_tools.bench import match
 from services.patient_index.matching import load_rules
 from services.patient_index.normalize import make_person
 

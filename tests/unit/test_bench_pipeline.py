@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.bench import all as bench_all
-from services.bench import pipeline
-from services.bench._common import (
+from mrhub_tools.bench import all as bench_all
+from mrhub_tools.bench import pipeline
+from mrhub_tools.bench._common import (
     cpu_per_record_us,
     parse_proc_stat,
     percentile,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.bench.ingest import make_payloads
+from mrhub_tools.bench.ingest import make_payloads
 from services.common.envelope import Envelope
 from services.common.institutions import Institution, Registry
 from services.ingest.metrics import IngestMetrics

@@ -1,5 +1,5 @@
-"""requirements/lock.txt (runtime + dev, what `make setup` installs) and
-requirements/runtime.txt (what deploy/Dockerfile installs) against pyproject.toml and the
+"""requirements/lock.txt (runtime + dev + tools, what `make setup` installs) and
+requirements/runtime.txt (what deploy/Dockerfile installs: runtime only) against pyproject.toml and the
 installed packages. When one fails: `make lock`, then `make setup` (decision 0006)."""
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def test_every_locked_line_has_a_version_and_hashes() -> None:
                 assert "--hash=sha256:" in entry, f"{path.name}: no hash for {entry[:40]!r}"
 
 
-@pytest.mark.parametrize(("path", "extra"), [(LOCK, None), (LOCK, "dev"), (RUNTIME_LOCK, None)])
+@pytest.mark.parametrize(
+    ("path", "extra"), [(LOCK, None), (LOCK, "dev"), (LOCK, "tools"), (RUNTIME_LOCK, None)]
+)
 def test_each_direct_dependency_is_locked_within_pyprojects_range(
     path: Path, extra: str | None
 ) -> None:

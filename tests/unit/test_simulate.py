@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from mrhub_tools.simulate import fhir
+from mrhub_tools.simulate.population import PersonGen, card_is_valid, id_card, mistype_card
+from mrhub_tools.simulate.region import generate_region, new_tokens, uscc, write_region
+from mrhub_tools.simulate.runner import summarise
+from mrhub_tools.simulate.scenario import KINDS, Config, Scenario, build_scenario
+from mrhub_tools.simulate.truth import ResultFact, expect, judge
 from services.common.identifiers import is_valid_uscc, parse_id_card
 from services.common.institutions import Institution, Qualification, Registry
 from services.recognition.catalog import Catalog, load_catalogs
-from services.simulate import fhir
-from services.simulate.population import PersonGen, card_is_valid, id_card, mistype_card
-from services.simulate.region import generate_region, new_tokens, uscc, write_region
-from services.simulate.runner import summarise
-from services.simulate.scenario import KINDS, Config, Scenario, build_scenario
-from services.simulate.truth import ResultFact, expect, judge
 from tests.conftest import REPO
 from tests.fhir_samples import gb11643
 

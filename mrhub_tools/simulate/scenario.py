@@ -3,9 +3,9 @@
 A patient has one *episode* per simulated visit: earlier results at some hospital, then an
 order at another (or the same) one. Each episode is drawn as a **kind** — a situation a
 hospital region really produces — and realised with institutions, an item and times for
-which the kind holds; :func:`services.simulate.truth.judge` checks the realisation against
+which the kind holds; :func:`mrhub_tools.simulate.truth.judge` checks the realisation against
 the rules. Once every episode is drawn, each order's expected answer is computed by
-:func:`services.simulate.truth.expect` over *all* the results the hub will hold for that
+:func:`mrhub_tools.simulate.truth.expect` over *all* the results the hub will hold for that
 patient — which, by construction, is the kind's intended reason.
 
 The stream is posted in two phases, because results and orders travel on different topics
@@ -27,9 +27,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
-from services.common.institutions import Institution
-from services.recognition.catalog import Catalog, Item
-from services.simulate.population import (
+from mrhub_tools.simulate.population import (
     Person,
     PersonGen,
     mistype_card,
@@ -37,8 +35,10 @@ from services.simulate.population import (
     typo_name,
     typo_phone,
 )
-from services.simulate.region import SimInstitution
-from services.simulate.truth import Expectation, ResultFact, expect, judge
+from mrhub_tools.simulate.region import SimInstitution
+from mrhub_tools.simulate.truth import Expectation, ResultFact, expect, judge
+from services.common.institutions import Institution
+from services.recognition.catalog import Catalog, Item
 
 #: Lab items with windows of days (inside-window kinds need room), then the hour-window ones.
 LAB_ITEMS: Final = ("K", "NA", "GLU", "HBA1C", "ALT", "CREA", "TC", "TSH", "AFP", "PT")

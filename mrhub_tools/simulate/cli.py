@@ -4,6 +4,9 @@
 a directory; start the hub against it (``MRHUB_INGEST__INSTITUTIONS_PATH`` and
 ``MRHUB_RECOGNITION__INSTITUTIONS_PATH``); ``run`` then posts a seeded stream of visits through
 the gateway and compares the hub's decisions with the ground truth. docs/simulate.md.
+
+The parser of the verb is in services/cli.py (so that ``mrhub simulate --help`` works where the
+tools are not installed); :func:`main` is its handler.
 """
 
 from __future__ import annotations
@@ -20,41 +23,10 @@ from services.common.errors import ConfigError, MrhubError
 from services.common.settings import Settings
 
 if TYPE_CHECKING:
-    from services.simulate.region import SimInstitution
-    from services.simulate.runner import Options
+    from mrhub_tools.simulate.region import SimInstitution
+    from mrhub_tools.simulate.runner import Options
 
 DEFAULT_SEED = 20261122
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "simulate",
-        help="a simulated hospital region: prepare its registry, run a stream through the hub",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("action", choices=["prepare", "run"])
-    p.add_argument("--dir", type=Path, default=None, help="default: $MRHUB_STATE_DIR/simulate")
-    p.add_argument("--institutions", type=int, default=None, help="prepare: default 50")
-    p.add_argument("--patients", type=int, default=1000)
-    p.add_argument("--days", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
-    p.add_argument("--url", default=None, help="the gateway (default from MRHUB_INGEST__*)")
-    p.add_argument("--bootstrap", default=None, help="Kafka (default: settings / local broker)")
-    p.add_argument("--rate", type=float, default=0.0, help="requests/s; 0 = as fast as possible")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--run-id", default=None, help="varies identifiers only (default: random)")
-    p.add_argument("--recognition-group", default="mrhub-recognition")
-    p.add_argument("--stall", type=float, default=180.0, help="give up waiting after N s idle")
-    p.add_argument("--min-agreement", type=float, default=0.995, help="exit 1 below this")
-    p.add_argument(
-        "--card-regions",
-        default=None,
-        help="comma-separated 6-digit regions of the 身份证 numbers (tests keep theirs apart)",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=main)
 
 
 def _dir(args: argparse.Namespace, settings: Settings) -> Path:
@@ -64,8 +36,8 @@ def _dir(args: argparse.Namespace, settings: Settings) -> Path:
 def load_region(directory: Path) -> tuple[list[SimInstitution], dict[str, Any]]:
     """The region ``prepare`` wrote: regenerated from its parameters and checked against the
     registry file (which the hub reads)."""
+    from mrhub_tools.simulate.region import REGISTRY_FILE, generate_region, read_params
     from services.common.institutions import Registry
-    from services.simulate.region import REGISTRY_FILE, generate_region, read_params
 
     params = read_params(directory)
     today = date.fromisoformat(params["today"])
@@ -83,7 +55,7 @@ def load_region(directory: Path) -> tuple[list[SimInstitution], dict[str, Any]]:
 
 def prepare(directory: Path, institutions: int, seed: int, today: date) -> Path:
     """Write the region's registry, tokens and parameters into ``directory``."""
-    from services.simulate.region import generate_region, new_tokens, write_region
+    from mrhub_tools.simulate.region import generate_region, new_tokens, write_region
 
     region = generate_region(institutions, seed, today)
     tokens = new_tokens([s.id for s in region])
@@ -122,10 +94,10 @@ def simulate(
     catalog_path: Path = Path("config/catalog"),
 ) -> dict[str, Any]:
     """Build the scenario for the region in ``directory`` and run it (what ``run`` does)."""
+    from mrhub_tools.simulate.region import read_tokens
+    from mrhub_tools.simulate.runner import run
+    from mrhub_tools.simulate.scenario import Config, build_scenario
     from services.recognition.catalog import load_catalogs
-    from services.simulate.region import read_tokens
-    from services.simulate.runner import run
-    from services.simulate.scenario import Config, build_scenario
 
     region, params = load_region(directory)
     tokens = read_tokens(directory)
@@ -149,9 +121,9 @@ def simulate(
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from mrhub_tools.simulate.region import read_params
+    from mrhub_tools.simulate.runner import Options, format_report
     from services.recognition.catalog import CHINA_TZ
-    from services.simulate.region import read_params
-    from services.simulate.runner import Options, format_report
 
     directory = _dir(args, settings)
     if args.action == "prepare":

@@ -53,9 +53,10 @@ import aiohttp
 import httpx
 import simplejson
 
-from services.bench._common import machine_busy_s as _machine_busy_s
-from services.bench._common import percentile as percentile  # re-exported (bench check)
-from services.bench._common import proc_cpu_s as _proc_cpu_s
+import services
+from mrhub_tools.bench._common import machine_busy_s as _machine_busy_s
+from mrhub_tools.bench._common import percentile as percentile  # re-exported (bench check)
+from mrhub_tools.bench._common import proc_cpu_s as _proc_cpu_s
 from services.common.errors import MrhubError
 from services.common.fhir import FHIR_JSON, INSTITUTION_SYSTEM
 from services.common.identifiers import (
@@ -1053,7 +1054,7 @@ def _registry_source(settings: Settings) -> Path:
 def gateway_source_digest() -> str:
     """A short SHA-256 of the gateway's source files, to tell which code a report measured."""
     h = hashlib.sha256()
-    src = Path(__file__).resolve().parents[1] / "ingest"
+    src = Path(services.__file__).resolve().parent / "ingest"
     for path in sorted(src.glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:12]

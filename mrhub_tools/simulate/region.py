@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from ruamel.yaml import YAML
 
+from mrhub_tools.simulate.population import PREFECTURES
 from services.common.errors import ConfigError
 from services.common.identifiers import is_valid_uscc
 from services.common.institutions import (
@@ -31,7 +32,6 @@ from services.common.institutions import (
     Registry,
     hash_token,
 )
-from services.simulate.population import PREFECTURES
 
 _USCC_ALPHABET: Final = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_WEIGHTS: Final = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)

@@ -3,8 +3,8 @@
 Starts what it measures in a temporary directory: a Kafka broker (unless
 ``MRHUB_KAFKA__BOOTSTRAP_SERVERS`` names one), the gateway, the patient index and the
 recognition worker (``mrhub serve NAME``, one process each), against a simulated region's
-institution registry (:mod:`services.simulate.region`). The stream is the simulator's
-(:func:`services.simulate.scenario.build_scenario`, no malformed requests, no resends):
+institution registry (:mod:`mrhub_tools.simulate.region`). The stream is the simulator's
+(:func:`mrhub_tools.simulate.scenario.build_scenario`, no malformed requests, no resends):
 ``--visits`` patients, each with a hospital visit — a transaction bundle of the Patient and a
 lab panel with its report, or an imaging study with its report — and then orders whose
 expected decisions depend on those results. Then, in order:
@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from services.bench._common import (
+from mrhub_tools.bench._common import (
     cpu_per_record_us,
     percentile,
     start_service,
@@ -717,12 +717,9 @@ def command(args: argparse.Namespace) -> str:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from services.common.broker import LocalBroker, free_port
-    from services.common.kafka_admin import create_topics
-    from services.recognition.catalog import CHINA_TZ, load_catalogs
-    from services.simulate import fhir
-    from services.simulate.region import generate_region, new_tokens, write_region
-    from services.simulate.runner import (
+    from mrhub_tools.simulate import fhir
+    from mrhub_tools.simulate.region import generate_region, new_tokens, write_region
+    from mrhub_tools.simulate.runner import (
         RECOGNITION_GROUP,
         Options,
         post_phase,
@@ -730,7 +727,10 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         trace_id,
         wait_committed,
     )
-    from services.simulate.scenario import Config, build_scenario
+    from mrhub_tools.simulate.scenario import Config, build_scenario
+    from services.common.broker import LocalBroker, free_port
+    from services.common.kafka_admin import create_topics
+    from services.recognition.catalog import CHINA_TZ, load_catalogs
 
     tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-pipeline-"))
     broker: LocalBroker | None = None
@@ -989,8 +989,8 @@ def probe_hops(
     trace id crossed on the way to the recognition worker's input."""
     import httpx
 
+    from mrhub_tools.simulate import fhir
     from services.common.fhir import FHIR_JSON
-    from services.simulate import fhir
 
     r = next(r for r in scn.results if r.category == "lab" and r.view.card)
     obs = fhir.observation(scn, r, r.target, 0, fhir.subject_identifier(r.view))

@@ -36,11 +36,11 @@ import simplejson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
+from mrhub_tools.simulate import fhir
+from mrhub_tools.simulate.scenario import Request, Scenario, expected_saving, identity_of
 from services.common.fhir import FHIR_JSON
 from services.common.kafka_security import kafka_python_options
 from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
-from services.simulate import fhir
-from services.simulate.scenario import Request, Scenario, expected_saving, identity_of
 
 RECOGNITION_GROUP: Final = "mrhub-recognition"
 DEAD_LETTERS: Final = (dead_letter("patient_index").name, dead_letter("recognition").name)

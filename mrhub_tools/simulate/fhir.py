@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import simplejson
 
+from mrhub_tools.simulate.scenario import OrderSpec, Request, ResultSpec, Scenario, View, _hash
 from services.common.fhir import DICOM_UID_SYSTEM, INSTITUTION_SYSTEM
 from services.common.identifiers import (
     DOCUMENT_TYPE_SYSTEM,
@@ -22,7 +23,6 @@ from services.common.identifiers import (
     OUTPATIENT_NO_SYSTEM,
 )
 from services.recognition.catalog import Catalog, Item
-from services.simulate.scenario import OrderSpec, Request, ResultSpec, Scenario, View, _hash
 
 LOINC: Final = "http://loinc.org"
 SNOMED: Final = "http://snomed.info/sct"

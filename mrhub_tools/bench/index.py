@@ -3,35 +3,14 @@
 
 For each population ``N`` (``--populations``, smallest first), on a fresh Kafka broker:
 
-1. **Seed** ``N`` known persons *as the service's own state*: the bench writes, straight onto
-   the changelog topics of the patient index's faust tables, exactly the entries the service
-   itself would have written after seeing one visit of each person (a ``Patient`` with a
-   verified 身份证 and a hospital 门诊号):
-
-   - ``mrhub-patient-index-identities-changelog`` — per identifier, key = its keyed hash
-     (``keyed_hash(MRHUB_IDENTITY__HMAC_KEY, *Ident.key())``), value = the
-     ``IdentityState`` JSON: for the 身份证 (the anchor) what ``resolve_anchor`` stores for a
-     new anchor (master ``master_id_for(key)``, rank 50) with the 门诊号 in its ``claimed``
-     list (``claims_to_send``: the anchor has claimed it once), for the 门诊号 what
-     ``apply_claim`` stores for that claim (same master, rank 50);
-   - ``mrhub-patient-index-blocks-changelog`` — per birth date, key =
-     ``keyed_hash(key, "block:birth_date", date)``, value = the JSON list the ``match`` stage
-     keeps: ``{"anchor", "master_patient_id", "person"}`` per person (``person_to_json`` of
-     the Patient as ``person_from_fhir`` reads it), the last ``BLOCK_LIMIT`` of them.
-
-   The values are built with the service's own pure functions (``keyed_identifiers``,
-   ``resolve_anchor``, ``apply_claim``, ``person_from_fhir``) and serialised the way the
-   agents serialise them. Each entry goes to the partition the service will look it up in:
-   faust writes a table change to the partition of the event being processed (tables are
-   co-partitioned with the stage's input topic), and the stage's input is keyed by the very
-   same key and partitioned by the producer's default partitioner —
-   ``(murmur2(key) & 0x7fffffff) % partitions`` (aiokafka's ``DefaultPartitioner``, which
-   faust uses; Kafka's Java default too). So an entry lands where the owner of its key reads.
-   The tables that follow *records* rather than persons — ``masters`` and
-   ``master_records`` (master id → its records), ``seen`` (record id → dedup state and what
-   was published) — and
-   ``reviews`` start empty: a seeded person is one whose Patient the index has seen, and
-   every measured record is new to it.
+1. **Seed** ``N`` known persons *as the service's own state*, through the patient index's
+   seeding API (:mod:`services.patient_index.seed`, docs/patient-index.md "Seeding"): it
+   makes, with the service's own functions and codec, exactly the ``identities`` and
+   ``blocks`` changelog entries the service itself would have written after one visit of
+   each person (a ``Patient`` with a verified 身份证 and a hospital 门诊号); the bench
+   creates those changelog topics and produces each entry to ``partition_for(key,
+   partitions)``, the partition the service looks it up in. The tables that follow
+   *records* rather than persons start empty: every measured record is new to the index.
 2. **Recover.** Start the service (``python -m services.cli serve patient_index``, as
    ``mrhub up`` and the tests do) with a fresh state directory, and time it until
    ``GET /readyz`` answers 200: faust has read the changelogs back into RocksDB.
@@ -86,10 +65,10 @@ from types import FrameType
 from typing import Any, Final
 
 import httpx
-import simplejson
 
-from services.bench._common import clock_ticks, machine_busy_s
-from services.bench.ingest import (
+import services
+from mrhub_tools.bench._common import clock_ticks, machine_busy_s
+from mrhub_tools.bench.ingest import (
     ID_CARD_REGIONS,
     PANELS,
     LabTest,
@@ -112,19 +91,11 @@ from services.common.topics import (
     ALL_TOPICS,
     RESOURCE_ACCEPTED,
     RESULT_INDEXED,
-    TopicSpec,
     partition_for,
 )
 from services.ingest.validation import business_id
 from services.ingest.views import EVENT_TYPE, patient_identifiers
-from services.patient_index.app import BLOCK_LIMIT, SERVICE
-from services.patient_index.identity import (
-    apply_claim,
-    claims_to_send,
-    keyed_identifiers,
-    resolve_anchor,
-)
-from services.patient_index.normalize import person_from_fhir, person_to_json
+from services.patient_index.seed import SeedStats, changelog_specs, seed_messages
 
 SEED: Final = 20260312
 DEFAULT_POPULATIONS: Final = (10_000, 100_000, 1_000_000)
@@ -135,8 +106,6 @@ KNOWN_SHARE: Final = 0.5
 INSTITUTIONS: Final = 3  # the registry's first institutions post the visits
 HOST: Final = "127.0.0.1"
 #: The faust app id of the patient index (``services.common.faust_app.make_app``).
-APP_ID: Final = f"mrhub-{SERVICE.replace('_', '-')}"
-SEEDED_TABLES: Final = ("identities", "blocks")
 #: No new record for this long while waiting for the load's records: the run failed.
 STALL_S: Final = 90.0
 #: "other" CPU (% of one core) above which a round is reported as disturbed.
@@ -147,17 +116,6 @@ _BORN_FROM: Final = date(1940, 1, 1)
 _BORN_DAYS: Final = (date(2015, 12, 31) - _BORN_FROM).days + 1
 _SURNAMES: Final = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧程曹袁邓许"
 _GIVEN: Final = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰建国志红文辉宇浩然欣怡子轩"
-
-
-def changelog_topic(table: str) -> str:
-    """The changelog topic faust keeps for one of the patient index's tables."""
-    return f"{APP_ID}-{table}-changelog"
-
-
-def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON, the way the patient index's agents serialise what they store."""
-    text: str = simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, separators=(",", ":"))
-    return text.encode()
 
 
 def parse_populations(text: str) -> list[int]:
@@ -275,50 +233,6 @@ def patient_resource(p: Person) -> dict[str, Any]:
         "gender": p.sex,
         "birthDate": p.born.isoformat(),
     }
-
-
-# ------------------------------------------------------------------------ table entries
-
-
-@dataclass(frozen=True, slots=True)
-class SeedEntries:
-    """What the patient index stores after one visit of a person: its identity entries
-    (identifier hash → ``IdentityState`` JSON) and its entry in its birth date's block."""
-
-    identities: tuple[tuple[bytes, bytes], ...]
-    block_key: bytes
-    block_entry: bytes  # one element of the block's JSON list
-    master_patient_id: str
-
-
-def seed_entries(p: Person, hmac_key: bytes) -> SeedEntries:
-    """The state the service writes for ``p``'s Patient, built with its own functions:
-    ``route`` (``person_from_fhir``, ``keyed_identifiers``), ``resolve`` (``resolve_anchor``
-    for the anchor, ``apply_claim`` for each weaker identifier) and ``match`` (the block)."""
-    person = person_from_fhir(patient_resource(p), p.institution)
-    idents = keyed_identifiers(person, lambda i: keyed_hash(hmac_key, *i.key()))
-    if not idents:  # pragma: no cover - every generated person has a verified card
-        raise ValueError("the person has no usable identifier")
-    anchor, aliases = idents[0], idents[1:]
-    res = resolve_anchor(None, anchor)
-    _, anchor_state = claims_to_send(res.state, aliases)
-    entries = [(anchor.key.encode(), anchor_state.model_dump_json().encode())]
-    for alias in aliases:
-        claimed = apply_claim(None, res.master_patient_id, alias, anchor.rank).state
-        if claimed is not None:
-            entries.append((alias.key.encode(), claimed.model_dump_json().encode()))
-    person_json = person_to_json(person)
-    block_key = keyed_hash(hmac_key, "block:birth_date", person_json["birth_date"]).encode()
-    entry = dumps(
-        {"anchor": anchor.key, "master_patient_id": res.master_patient_id, "person": person_json}
-    )
-    return SeedEntries(tuple(entries), block_key, entry, res.master_patient_id)
-
-
-def block_value(entries: Sequence[bytes]) -> bytes:
-    """A block's stored value from its entries in arrival order: the JSON list of the last
-    ``BLOCK_LIMIT`` (byte for byte what ``match`` writes with ``kept[-BLOCK_LIMIT:]``)."""
-    return b"[" + b",".join(entries[-BLOCK_LIMIT:]) + b"]"
 
 
 # -------------------------------------------------------------------------------- load
@@ -879,20 +793,6 @@ def _consumer(bootstrap: str) -> Any:
     )
 
 
-def changelog_specs(partitions: int) -> list[TopicSpec]:
-    """The seeded tables' changelog topics, as faust would create them (compacted)."""
-    return [
-        TopicSpec(
-            changelog_topic(t),
-            key="table key",
-            description=f"faust changelog of the patient index's {t} table",
-            partitions=partitions,
-            config={"cleanup.policy": "compact"},
-        )
-        for t in SEEDED_TABLES
-    ]
-
-
 @dataclass
 class Seeded:
     stats: dict[str, Any]
@@ -910,47 +810,39 @@ def seed_population(
     keep: set[int],
     seed: int,
 ) -> Seeded:
-    """Write ``population`` persons' identity and block entries to the changelog topics."""
+    """Write ``population`` persons' identity and block entries to the changelog topics, as
+    :mod:`services.patient_index.seed` (the index's seeding API) makes them."""
     started = time.perf_counter()
     gen = PersonGen(seed, institutions)
-    blocks: dict[bytes, list[bytes]] = {}
     known: dict[int, Person] = {}
-    counts = {"identities": 0}
+    seeded = SeedStats()
 
-    def messages() -> Iterator[tuple[str, bytes, bytes]]:
-        ident_topic = changelog_topic("identities")
+    def patients() -> Iterator[tuple[dict[str, Any], str]]:
         step = max(1, population // 10)
         for _ in range(population):
             p = next(gen)
             if p.index in keep:
                 known[p.index] = p
-            entries = seed_entries(p, hmac_key)
-            for key, value in entries.identities:
-                counts["identities"] += 1
-                yield ident_topic, key, value
-            blocks.setdefault(entries.block_key, []).append(entries.block_entry)
+            yield patient_resource(p), p.institution
             if (p.index + 1) % step == 0 and population >= 50_000:
                 _log(f"  seeded {p.index + 1:,} of {population:,} persons")
-        block_topic = changelog_topic("blocks")
-        for key, members in blocks.items():
-            yield block_topic, key, block_value(members)
 
+    messages = seed_messages(patients(), hmac_key, seeded)
     # right after the topics are created their leaders may still be moving: aiokafka retries
     # (NotLeaderForPartition) and says so at WARNING; only errors are worth printing here
     aiokafka_log = logging.getLogger("aiokafka")
     level = aiokafka_log.level
     aiokafka_log.setLevel(logging.ERROR)
     try:
-        asyncio.run(produce_to_partitions(bootstrap, messages(), partitions))
+        asyncio.run(produce_to_partitions(bootstrap, messages, partitions))
     finally:
         aiokafka_log.setLevel(level)
-    sizes = [min(len(m), BLOCK_LIMIT) for m in blocks.values()]
     stats = {
-        "persons": population,
-        "identities": counts["identities"],
-        "blocks": len(blocks),
-        "block_entries": sum(sizes),
-        "largest_block": max(sizes, default=0),
+        "persons": seeded.persons,
+        "identities": seeded.identities,
+        "blocks": seeded.blocks,
+        "block_entries": seeded.block_entries,
+        "largest_block": seeded.largest_block,
         "seconds": round(time.perf_counter() - started, 2),
     }
     return Seeded(stats, known, gen)
@@ -1095,7 +987,7 @@ def _trace_id(value: bytes | None) -> str:
 def service_source_digest() -> str:
     """A short SHA-256 of the patient index's source (and the faust settings it runs with),
     to tell which code a population measured: the service starts anew for each one."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(services.__file__).resolve().parent
     h = hashlib.sha256()
     for path in [*sorted((root / "patient_index").glob("*.py")), root / "common" / "faust_app.py"]:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")

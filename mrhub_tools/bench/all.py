@@ -513,7 +513,7 @@ def _step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> dict[str, dict[str, Any]]:
-    from services.bench import check, ingest, match, pipeline
+    from mrhub_tools.bench import check, ingest, match, pipeline
     from services.patient_index.matching import DEFAULT_RULES_PATH, load_rules
 
     def do_match() -> dict[str, Any]:
@@ -553,7 +553,7 @@ def commands() -> list[str]:
 
 
 def pipeline_command() -> str:
-    from services.bench import pipeline
+    from mrhub_tools.bench import pipeline
 
     return pipeline.command(pipeline.defaults())
 

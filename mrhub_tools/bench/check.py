@@ -51,8 +51,8 @@ import aiohttp
 import httpx
 import simplejson
 
-from services.bench._common import wait_ready
-from services.bench.ingest import PANELS, gb11643, lab_observation, percentile
+from mrhub_tools.bench._common import wait_ready
+from mrhub_tools.bench.ingest import PANELS, gb11643, lab_observation, percentile
 from services.common.envelope import Envelope
 from services.common.fhir import INSTITUTION_SYSTEM
 from services.common.identifiers import ID_CARD_SYSTEM
