@@ -1,0 +1,1 @@
+"""`mrhub simulate`: a hospital region in a box (docs/simulate.md)."""
