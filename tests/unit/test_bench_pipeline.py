@@ -302,7 +302,12 @@ def test_the_cli_runs_it_with_its_defaults(monkeypatch: pytest.MonkeyPatch) -> N
     from services.cli import main
 
     seen: list[argparse.Namespace] = []
-    monkeypatch.setattr(pipeline, "main", lambda args, _settings: seen.append(args) or 0)
+
+    def fake_main(args: argparse.Namespace, _settings: Any) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(pipeline, "main", fake_main)
     assert main(["bench", "pipeline", "--json"]) == 0
     [args] = seen
     assert (args.which, args.visits, args.visit_rate, args.posters, args.hops) == (

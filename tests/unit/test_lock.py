@@ -1,6 +1,7 @@
 """requirements/lock.txt (runtime + dev + tools, what `make setup` installs) and
-requirements/runtime.txt (what deploy/Dockerfile installs: runtime only) against pyproject.toml and the
-installed packages. When one fails: `make lock`, then `make setup` (decision 0006)."""
+requirements/runtime.txt (what deploy/Dockerfile installs: runtime only) against
+pyproject.toml and the installed packages. When one fails: `make lock`, then `make setup`
+(decision 0006)."""
 
 from __future__ import annotations
 
