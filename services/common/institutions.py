@@ -1,6 +1,6 @@
 """The institution registry: who may post, as whom, with which HR qualifications.
 
-Loaded from ``config/institutions.yaml`` (path in ``MRHUB_INGEST__INSTITUTIONS_PATH``).
+Loaded from ``config/institutions.yaml`` (path in ``MRHUB_INSTITUTIONS_PATH``).
 Credentials are stored only as hashes; a token is printed once, when it is issued.
 """
 
@@ -181,6 +181,12 @@ def is_valid_institution_id(value: str) -> bool:
     return is_registration_no(value)
 
 
+def _lookup_prefix(token_hash: str) -> str:
+    """The part of a credential hash the registry indexes by (``sha256:`` and 16 hex digits):
+    it only narrows the candidates; :meth:`Registry.authenticate` compares the whole hash."""
+    return token_hash[:23]
+
+
 def hash_token(token: str) -> str:
     """``sha256:<hex>`` of a bearer token: the only form in which a token is stored."""
     return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -245,7 +251,8 @@ class Registry:
         self.source = source
         self._by_id: dict[str, Institution] = {}
         first_index: dict[str, int] = {}
-        self._by_token: dict[str, tuple[str, Institution]] = {}
+        # credentials by the lookup prefix of their hash: (full stored hash, institution)
+        self._by_token: dict[str, list[tuple[str, Institution]]] = {}
         self._by_alliance: dict[str, list[Institution]] = {}
         problems: list[str] = []
         for index, inst in enumerate(institutions):
@@ -258,10 +265,12 @@ class Registry:
             self._by_id[inst.id] = inst
             first_index[inst.id] = index
             for cred in inst.credentials:
-                other = self._by_token.get(cred.token_hash)
-                if other is not None and other[1].id != inst.id:
-                    problems.append(f"{label}: a credential hash is also {other[1].id}'s")
-                self._by_token.setdefault(cred.token_hash, (cred.token_hash, inst))
+                same = self._by_token.setdefault(_lookup_prefix(cred.token_hash), [])
+                for stored, other in same:
+                    if stored == cred.token_hash and other.id != inst.id:
+                        problems.append(f"{label}: a credential hash is also {other.id}'s")
+                if all(stored != cred.token_hash for stored, _ in same):
+                    same.append((cred.token_hash, inst))
             for alliance in dict.fromkeys(inst.alliances):
                 self._by_alliance.setdefault(alliance, []).append(inst)
         if problems:
@@ -340,17 +349,19 @@ class Registry:
     def authenticate(self, token: str) -> Institution | None:
         """The institution a bearer token belongs to, or None.
 
-        The token is hashed and looked up in a dict (no scan over institutions); the final
-        comparison is constant-time. Empty or whitespace-only tokens match nothing.
+        The token is hashed; the credentials whose stored hash starts like it are found in a
+        dict (no scan over institutions), and the whole presented hash is then compared with
+        each one's stored hash in constant time: that comparison decides. Empty or
+        whitespace-only tokens match nothing.
         """
         if not isinstance(token, str) or not token.strip():
             return None
         presented = hash_token(token)
-        found = self._by_token.get(presented)
-        if found is None:
-            return None
-        stored, inst = found
-        return inst if hmac.compare_digest(stored, presented) else None
+        found = None
+        for stored, inst in self._by_token.get(_lookup_prefix(presented), ()):
+            if hmac.compare_digest(stored, presented):
+                found = inst
+        return found
 
     def __repr__(self) -> str:
         return f"Registry({self.source!r}, {len(self)} institutions)"

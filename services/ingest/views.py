@@ -51,6 +51,7 @@ from services.common.institutions import Institution, Registry, ReloadingRegistr
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.common.records import RECORD_TYPES, business_identifier, business_key, record_id_for
+from services.common.topics import RESOURCE_ACCEPTED
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
 from services.ingest.proxy import READ_TYPES, Proxy, not_readable, read_body, unauthenticated
@@ -120,7 +121,7 @@ def _dismantle(value: Any) -> None:
             node.clear()
 
 
-EVENT_TYPE = "mrhub.ingest.resource-accepted"
+EVENT_TYPE = RESOURCE_ACCEPTED.event_type
 _EVENT_TYPE_BYTES = EVENT_TYPE.encode()
 _SCHEMA_VERSION_BYTES = str(SCHEMA_VERSION).encode()
 JSON_TYPES = frozenset({FHIR_JSON, "application/json"})

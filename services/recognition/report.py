@@ -174,7 +174,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     if not bootstrap:
         raise ConfigError("give --bootstrap or set MRHUB_KAFKA__BOOTSTRAP_SERVERS")
-    registry = Registry.load(settings.recognition.institutions_path)
+    registry = Registry.load(settings.institutions_path)
     since = date.fromisoformat(args.since) if args.since else None
     until = date.fromisoformat(args.until) if args.until else None
     rows = summarise(

@@ -569,7 +569,7 @@ def _feedback_reaches_the_topic_and_the_report(
     assert [p["feedback_id"] for p in again] == [ct["feedback_id"]]
 
     # … and `mrhub report` counts the override under its reason
-    env = {**os.environ, "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(hub.registry)}
+    env = {**os.environ, "MRHUB_INSTITUTIONS_PATH": str(hub.registry)}
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "report", "--json", "--bootstrap", hub.bootstrap],
         env=env,

@@ -37,7 +37,7 @@ def _as_envelope_writes_it(msg: OutMessage) -> Envelope:
     env = Envelope.from_bytes(msg.value)
     rebuilt = Envelope(**{name: getattr(env, name) for name in Envelope.model_fields})
     assert rebuilt.to_bytes() == msg.value
-    assert msg.headers == (*rebuilt.headers(), ("source", env.source.encode()))
+    assert msg.headers == tuple(rebuilt.headers())
     return env
 
 
