@@ -24,10 +24,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
+from ruamel.yaml.error import CommentMark
 from ruamel.yaml.tokens import CommentToken
 
 from services.common.cds_auth import jwks_problems
+from services.common.config_yaml import ConfigYamlError, load_mapping
 from services.common.errors import ConfigError
 from services.common.identifiers import PROVINCE_CODES, is_valid_uscc
 
@@ -181,6 +182,9 @@ def is_valid_institution_id(value: str) -> bool:
     return is_registration_no(value)
 
 
+_WHAT = "institution registry"
+
+
 def _lookup_prefix(token_hash: str) -> str:
     """The part of a credential hash the registry indexes by (``sha256:`` and 16 hex digits):
     it only narrows the candidates; :meth:`Registry.authenticate` compares the whole hash."""
@@ -280,18 +284,10 @@ class Registry:
     def load(cls, path: Path) -> Registry:
         """Read and validate ``path``; ``ConfigError`` lists every problem found."""
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read the institution registry: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{source}: not UTF-8 text: {exc}") from exc
-        try:
-            data = YAML(typ="safe").load(text)
-        except YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {_yaml_reason(exc)}") from exc
-        if not isinstance(data, dict) or "institutions" not in data:
-            raise ConfigError(f"{source}: expected a mapping with the key 'institutions:'")
+        shape = "a mapping with the key 'institutions:'"
+        data = load_mapping(path, what=_WHAT, expected=shape)
+        if "institutions" not in data:
+            raise ConfigYamlError(source, _WHAT, f"expected {shape}, found no 'institutions:'")
         extra = sorted(str(k) for k in data if k != "institutions")
         if extra:
             raise ConfigError(f"{source}: unknown top-level keys: {', '.join(extra)}")
@@ -475,15 +471,6 @@ def _report(source: str, problems: list[str]) -> str:
     head = f"{source}: invalid institution registry ({len(problems)} problem"
     head += "s):" if len(problems) > 1 else "):"
     return "\n  - ".join([head, *problems])
-
-
-def _yaml_reason(exc: YAMLError) -> str:
-    if isinstance(exc, MarkedYAMLError) and exc.problem:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({exc.context})" if exc.context else ""
-        return f"{exc.problem}{where}{context}"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # ── issuing and revoking tokens (the file is edited in place, comments kept) ─────────────
