@@ -20,8 +20,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import simplejson
-
+from services.common import codec
 from services.common.envelope import Envelope
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
@@ -193,7 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "recognisable": sum(r.recognisable for r in rows),
             "saving_yuan": sum((r.saving_yuan for r in rows), Decimal(0)),
         }
-        print(simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, indent=2))
+        print(codec.pretty(doc))
     else:
         print(_table(rows))
     return 0
