@@ -239,8 +239,9 @@ class Settings(BaseSettings):
     def _one_registry_path(cls, data: Any) -> Any:
         """Transition only: the per-service names this setting replaced
         (``MRHUB_INGEST__INSTITUTIONS_PATH``, ``…RECOGNITION__…``, ``…IMAGING__…``) still set
-        it while test harnesses and deployments move to ``MRHUB_INSTITUTIONS_PATH``; they
-        must then all name one file. Remove once nothing sets them (issue 17)."""
+        it while test harnesses and deployments move to ``MRHUB_INSTITUTIONS_PATH``, which
+        wins when set; two of them naming different files are refused. Remove once nothing
+        sets them (issue 17)."""
         if not isinstance(data, dict):
             return data
         legacy: set[str] = set()
@@ -250,11 +251,9 @@ class Settings(BaseSettings):
                 rest = dict(sub)
                 legacy.add(str(rest.pop("institutions_path")))
                 data = {**data, section: rest}
-        if not legacy:
+        if not legacy or "institutions_path" in data:
             return data
-        if len(legacy) > 1 or (
-            "institutions_path" in data and {str(data["institutions_path"])} != legacy
-        ):
+        if len(legacy) > 1:
             raise ValueError(
                 "the institution registry is one file: set MRHUB_INSTITUTIONS_PATH only"
             )

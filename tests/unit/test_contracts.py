@@ -95,7 +95,8 @@ def test_each_payload_table_of_events_md_lists_exactly_its_schemas_fields() -> N
     assert {a: d for a, d in differences.items() if d} == {}
 
 
-def _valid(ev: EventSpec, env: Envelope) -> None:
+def valid(ev: EventSpec, env: Envelope) -> None:
+    """``env`` is an ``ev`` event whose payload, as a consumer reads it, fits the schema."""
     assert env.event_type == ev.event_type
     payload = json.loads(env.to_bytes())["payload"]  # as a consumer reads it
     jsonschema.Draft202012Validator(
@@ -116,41 +117,8 @@ def test_a_read_audit_event_fits_the_access_recorded_schema() -> None:
         query={"item": "210300001"},
         at=datetime(2026, 11, 20, 2, 0, tzinfo=UTC),
     )
-    _valid(ev, env)
+    valid(ev, env)
     assert env.payload["shown_institutions"] == ["12140100405128360L"]
-
-
-def test_the_gateways_resource_accepted_event_fits_its_schema() -> None:
-    from services.common.institutions import Registry
-    from services.ingest.metrics import IngestMetrics
-    from services.ingest.validation import check_resource
-    from services.ingest.views import Gateway
-
-    registry = Registry.load(REPO / "config" / "institutions.yaml")
-    who = next(iter(registry))
-    gw = Gateway(
-        registry,
-        None,  # type: ignore[arg-type]  # no Kafka: messages are only built
-        IngestMetrics(),
-        hmac_key=b"k" * 32,
-        max_body_bytes=1 << 20,
-    )
-    obs = {
-        "resourceType": "Observation",
-        "id": "obs-k-1",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
-        "subject": {"identifier": {"system": "urn:oid:1.3.6.1.4.1.32473.14.1.5", "value": "M1"}},
-        "effectiveDateTime": "2026-11-20T08:30:00+08:00",
-        "issued": "2026-11-20T10:02:00+08:00",
-        "valueQuantity": {"value": 4.2, "unit": "mmol/L"},
-    }
-    checked = check_resource(obs, who, expected_type="Observation")
-    assert checked.ok, checked
-    msg, _ = gw.message(who, checked, received_at=datetime.now(UTC), trace_id="trace-0001")
-    [ev] = [e for e in ALL_EVENTS if e.event_type == "mrhub.ingest.resource-accepted"]
-    _valid(ev, Envelope.from_bytes(msg.value))
-    assert dict(msg.headers)["source"] == who.id.encode()
 
 
 @pytest.mark.parametrize("source", ["12140000405001730E", "steward"])

@@ -26,6 +26,12 @@ def test_the_replaced_per_service_names_still_set_it_while_they_agree(
     assert Settings().institutions_path == Path("/a.yaml")
 
 
+def test_the_one_variable_wins_over_a_replaced_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRHUB_INGEST__INSTITUTIONS_PATH", "/old.yaml")
+    monkeypatch.setenv("MRHUB_INSTITUTIONS_PATH", "/new.yaml")
+    assert Settings().institutions_path == Path("/new.yaml")
+
+
 def test_two_registry_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MRHUB_INGEST__INSTITUTIONS_PATH", "/a.yaml")
     monkeypatch.setenv("MRHUB_RECOGNITION__INSTITUTIONS_PATH", "/b.yaml")
