@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.topics import RESOURCE_ACCEPTED
+
 
 def _default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "mrhub"
@@ -85,7 +87,7 @@ class IngestSettings(ServiceSettings):
         "share the next one (group commit). Fewer slots, bigger transactions.",
     )
     topic: str = Field(
-        default="mrhub.ingest.resource-accepted.v1",
+        default=RESOURCE_ACCEPTED.name,
         description="Where accepted resources go; only tests and staging change it.",
     )
     public_base_url: str | None = Field(
