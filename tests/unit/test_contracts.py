@@ -8,12 +8,12 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
 
-from services.common.audit import access_event
+from services.common.audit import Purpose, access_event
 from services.common.envelope import Envelope
 from services.common.topics import (
     ALL_EVENTS,
@@ -119,6 +119,11 @@ def test_a_read_audit_event_fits_the_access_recorded_schema() -> None:
     )
     valid(ev, env)
     assert env.payload["shown_institutions"] == ["12140100405128360L"]
+
+
+def test_the_access_recorded_schema_lists_every_purpose_the_code_may_write() -> None:
+    [ev] = [e for e in ALL_EVENTS if e.event_type == "mrhub.audit.access-recorded"]
+    assert _schema(ev)["properties"]["purpose"]["enum"] == list(get_args(Purpose))
 
 
 @pytest.mark.parametrize("source", ["12140000405001730E", "steward"])
