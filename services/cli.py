@@ -140,7 +140,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_institutions(args: argparse.Namespace, settings: Settings) -> int:
     from services.common import institutions as inst
 
-    path = settings.ingest.institutions_path
+    path = settings.institutions_path
     if args.action == "list":
         registry = inst.Registry.load(path)
         if args.json:

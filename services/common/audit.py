@@ -17,10 +17,11 @@ from datetime import datetime
 from typing import Literal
 
 from services.common.envelope import Envelope, utcnow
+from services.common.topics import ACCESS_RECORDED
 
 __all__ = ["EVENT_TYPE", "Purpose", "access_event"]
 
-EVENT_TYPE = "mrhub.audit.access-recorded"
+EVENT_TYPE = ACCESS_RECORDED.event_type
 
 Purpose = Literal[
     "recognition-check",

@@ -52,10 +52,12 @@ class Envelope(BaseModel):
         return cls.model_validate(codec.loads(data))
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers: ids for tracing and routing, never identity data."""
+        """Kafka headers (docs/events.md): ids for tracing and routing and the ``source``
+        institution, never identity data. The gateway writes the same five itself."""
         return [
             ("event_type", self.event_type.encode()),
             ("event_id", self.event_id.encode()),
             ("trace_id", self.trace_id.encode()),
             ("schema_version", str(self.schema_version).encode()),
+            ("source", self.source.encode()),
         ]

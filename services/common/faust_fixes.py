@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -189,6 +188,7 @@ def apply_aiohttp() -> None:
         response = original(self, request, status, exc, message)
         if status >= 500:
             return response
+        from services.common import codec
         from services.common.fhir import Issue, operation_outcome
 
         if status in (413, 414, 431):
@@ -198,7 +198,7 @@ def apply_aiohttp() -> None:
         doc = operation_outcome([Issue("error", "structure", text, (), "invalid-parameter")])
         fixed = Response(
             status=status,
-            body=json.dumps(doc).encode(),
+            body=codec.dumps(doc),
             content_type="application/fhir+json",
         )
         fixed.force_close()

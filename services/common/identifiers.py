@@ -74,12 +74,19 @@ class IdCard:
         return f"IdCard(region={self.region_code}, ***)"
 
 
+def with_check_character(body17: str) -> str:
+    """An 18-character 身份证 number: ``body17`` (17 digits) and its GB 11643 check character
+    (ISO 7064 MOD 11-2, from python-stdnum: the hub's one implementation)."""
+    if len(body17) != 17 or not body17.isdigit():
+        raise IdentifierError("the first 17 characters of a 身份证 number must be 17 digits")
+    return body17 + ric.calc_check_digit(body17 + "0")
+
+
 def _upgrade_15(number: str) -> str:
     """A 15-digit card (before 1999: 2-digit year, no check character) as its 18-digit form."""
     if not number.isdigit():
         raise IdentifierError("a 15-character 身份证 number must be all digits")
-    body = number[:6] + "19" + number[6:]
-    return body + ric.calc_check_digit(body + "0")
+    return with_check_character(number[:6] + "19" + number[6:])
 
 
 def parse_id_card(value: str) -> IdCard:

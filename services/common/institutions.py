@@ -1,6 +1,6 @@
 """The institution registry: who may post, as whom, with which HR qualifications.
 
-Loaded from ``config/institutions.yaml`` (path in ``MRHUB_INGEST__INSTITUTIONS_PATH``).
+Loaded from ``config/institutions.yaml`` (path in ``MRHUB_INSTITUTIONS_PATH``).
 Credentials are stored only as hashes; a token is printed once, when it is issued.
 """
 
@@ -24,10 +24,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
+from ruamel.yaml.error import CommentMark
 from ruamel.yaml.tokens import CommentToken
 
 from services.common.cds_auth import jwks_problems
+from services.common.config_yaml import ConfigYamlError, load_mapping
 from services.common.errors import ConfigError
 from services.common.identifiers import PROVINCE_CODES, is_valid_uscc
 
@@ -181,6 +182,15 @@ def is_valid_institution_id(value: str) -> bool:
     return is_registration_no(value)
 
 
+_WHAT = "institution registry"
+
+
+def _lookup_prefix(token_hash: str) -> str:
+    """The part of a credential hash the registry indexes by (``sha256:`` and 16 hex digits):
+    it only narrows the candidates; :meth:`Registry.authenticate` compares the whole hash."""
+    return token_hash[:23]
+
+
 def hash_token(token: str) -> str:
     """``sha256:<hex>`` of a bearer token: the only form in which a token is stored."""
     return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -245,7 +255,8 @@ class Registry:
         self.source = source
         self._by_id: dict[str, Institution] = {}
         first_index: dict[str, int] = {}
-        self._by_token: dict[str, tuple[str, Institution]] = {}
+        # credentials by the lookup prefix of their hash: (full stored hash, institution)
+        self._by_token: dict[str, list[tuple[str, Institution]]] = {}
         self._by_alliance: dict[str, list[Institution]] = {}
         problems: list[str] = []
         for index, inst in enumerate(institutions):
@@ -258,10 +269,12 @@ class Registry:
             self._by_id[inst.id] = inst
             first_index[inst.id] = index
             for cred in inst.credentials:
-                other = self._by_token.get(cred.token_hash)
-                if other is not None and other[1].id != inst.id:
-                    problems.append(f"{label}: a credential hash is also {other[1].id}'s")
-                self._by_token.setdefault(cred.token_hash, (cred.token_hash, inst))
+                same = self._by_token.setdefault(_lookup_prefix(cred.token_hash), [])
+                for stored, other in same:
+                    if stored == cred.token_hash and other.id != inst.id:
+                        problems.append(f"{label}: a credential hash is also {other.id}'s")
+                if all(stored != cred.token_hash for stored, _ in same):
+                    same.append((cred.token_hash, inst))
             for alliance in dict.fromkeys(inst.alliances):
                 self._by_alliance.setdefault(alliance, []).append(inst)
         if problems:
@@ -271,18 +284,10 @@ class Registry:
     def load(cls, path: Path) -> Registry:
         """Read and validate ``path``; ``ConfigError`` lists every problem found."""
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read the institution registry: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{source}: not UTF-8 text: {exc}") from exc
-        try:
-            data = YAML(typ="safe").load(text)
-        except YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {_yaml_reason(exc)}") from exc
-        if not isinstance(data, dict) or "institutions" not in data:
-            raise ConfigError(f"{source}: expected a mapping with the key 'institutions:'")
+        shape = "a mapping with the key 'institutions:'"
+        data = load_mapping(path, what=_WHAT, expected=shape)
+        if "institutions" not in data:
+            raise ConfigYamlError(source, _WHAT, f"expected {shape}, found no 'institutions:'")
         extra = sorted(str(k) for k in data if k != "institutions")
         if extra:
             raise ConfigError(f"{source}: unknown top-level keys: {', '.join(extra)}")
@@ -340,17 +345,19 @@ class Registry:
     def authenticate(self, token: str) -> Institution | None:
         """The institution a bearer token belongs to, or None.
 
-        The token is hashed and looked up in a dict (no scan over institutions); the final
-        comparison is constant-time. Empty or whitespace-only tokens match nothing.
+        The token is hashed; the credentials whose stored hash starts like it are found in a
+        dict (no scan over institutions), and the whole presented hash is then compared with
+        each one's stored hash in constant time: that comparison decides. Empty or
+        whitespace-only tokens match nothing.
         """
         if not isinstance(token, str) or not token.strip():
             return None
         presented = hash_token(token)
-        found = self._by_token.get(presented)
-        if found is None:
-            return None
-        stored, inst = found
-        return inst if hmac.compare_digest(stored, presented) else None
+        found = None
+        for stored, inst in self._by_token.get(_lookup_prefix(presented), ()):
+            if hmac.compare_digest(stored, presented):
+                found = inst
+        return found
 
     def __repr__(self) -> str:
         return f"Registry({self.source!r}, {len(self)} institutions)"
@@ -464,15 +471,6 @@ def _report(source: str, problems: list[str]) -> str:
     head = f"{source}: invalid institution registry ({len(problems)} problem"
     head += "s):" if len(problems) > 1 else "):"
     return "\n  - ".join([head, *problems])
-
-
-def _yaml_reason(exc: YAMLError) -> str:
-    if isinstance(exc, MarkedYAMLError) and exc.problem:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({exc.context})" if exc.context else ""
-        return f"{exc.problem}{where}{context}"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # ── issuing and revoking tokens (the file is edited in place, comments kept) ─────────────

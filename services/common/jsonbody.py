@@ -35,6 +35,26 @@ def depth(doc: Any) -> int:
     return deepest
 
 
+def is_text(doc: Any) -> bool:
+    """Whether every string (and member name) in parsed JSON ``doc`` is Unicode text.
+    ``"\\ud800"`` is valid JSON but a lone surrogate, which can be neither logged nor sent on
+    as UTF-8: an endpoint refuses such a body with 400."""
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
 def parse(raw: bytes, *, max_depth: int = MAX_DEPTH, decimals: bool = False) -> Any:
     """The JSON value of ``raw`` (numbers with a fraction as ``Decimal`` with ``decimals``),
     or :class:`JsonBodyError`."""

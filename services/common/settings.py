@@ -8,10 +8,12 @@ Read once at the entry point and passed down; nothing below reads the environmen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.topics import RESOURCE_ACCEPTED
 
 
 def _default_state_dir() -> Path:
@@ -76,7 +78,6 @@ class ServiceSettings(_Frozen):
 class IngestSettings(ServiceSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    institutions_path: Path = Path("config/institutions.yaml")
     publish_timeout_s: float = Field(default=10.0, gt=0)
     transaction_slots: int = Field(
         default=1,
@@ -86,7 +87,7 @@ class IngestSettings(ServiceSettings):
         "share the next one (group commit). Fewer slots, bigger transactions.",
     )
     topic: str = Field(
-        default="mrhub.ingest.resource-accepted.v1",
+        default=RESOURCE_ACCEPTED.name,
         description="Where accepted resources go; only tests and staging change it.",
     )
     public_base_url: str | None = Field(
@@ -148,18 +149,10 @@ class RecognitionSettings(ServiceSettings):
         default=Path("config/catalog"),
         description="The recognition catalogue: one YAML file or a directory of them.",
     )
-    institutions_path: Path = Field(
-        default=Path("config/institutions.yaml"),
-        description="The institution registry (levels, regions, 医联体, HR qualifications).",
-    )
 
 
 class ImagingSettings(ServiceSettings):
     port: int = Field(default=8082, ge=0, le=65535)
-    institutions_path: Path = Field(
-        default=Path("config/institutions.yaml"),
-        description="The institution registry (tokens, read scope, each one's dicomweb_base).",
-    )
     check_endpoints: bool = Field(
         default=False,
         description="Ask each study's DICOMweb endpoint (QIDO-RS) whether it holds the study, "
@@ -229,6 +222,12 @@ class Settings(BaseSettings):
     patient_index: PatientIndexSettings = PatientIndexSettings()
     identity: IdentitySettings = IdentitySettings()
 
+    institutions_path: Path = Field(
+        default=Path("config/institutions.yaml"),
+        description="The institution registry every service reads (tokens, levels, regions, "
+        "医联体, HR qualifications, read scope, each one's dicomweb_base); reloaded when it "
+        "changes. ``MRHUB_INSTITUTIONS_PATH``.",
+    )
     state_dir: Path = Field(default_factory=_default_state_dir)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -236,6 +235,31 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of the hub's main topics when it creates them."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_registry_path(cls, data: Any) -> Any:
+        """Transition only: the per-service names this setting replaced
+        (``MRHUB_INGEST__INSTITUTIONS_PATH``, ``…RECOGNITION__…``, ``…IMAGING__…``) still set
+        it while test harnesses and deployments move to ``MRHUB_INSTITUTIONS_PATH``, which
+        wins when set; two of them naming different files are refused. Remove once nothing
+        sets them (issue 17)."""
+        if not isinstance(data, dict):
+            return data
+        legacy: set[str] = set()
+        for section in ("ingest", "recognition", "imaging"):
+            sub = data.get(section)
+            if isinstance(sub, dict) and "institutions_path" in sub:
+                rest = dict(sub)
+                legacy.add(str(rest.pop("institutions_path")))
+                data = {**data, section: rest}
+        if not legacy or "institutions_path" in data:
+            return data
+        if len(legacy) > 1:
+            raise ValueError(
+                "the institution registry is one file: set MRHUB_INSTITUTIONS_PATH only"
+            )
+        return {**data, "institutions_path": legacy.pop()}
 
 
 def load_settings() -> Settings:

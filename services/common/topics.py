@@ -1,13 +1,22 @@
-"""Every Kafka topic the hub declares: the contract downstream consumers rely on.
+"""Every Kafka topic and event type the hub declares: the contract downstream consumers rely on.
 
-Names follow ``mrhub.<producing service>.<past-tense event>.v<N>``. Topics whose records are
-keyed by master patient id share one partition count so that faust tables built from them
-are co-partitioned. ``mrhub topics create`` creates exactly this list.
+This module is the one home of each contract: a topic's name, its event type (the envelope's
+and the header's ``event_type``), its key and the JSON Schema of its payload
+(``docs/schemas/<file>``). Producers take ``event_type`` from here; the overview table of
+docs/events.md is generated from :data:`ALL_EVENTS` (``python -m services.common.topics``) and
+a unit test checks it, the schemas and the payload tables against these definitions.
+
+Names follow ``mrhub.<producing service>.<past-tense event>.v<N>``; the event type is the name
+without ``.v<N>``. Topics whose records are keyed by master patient id share one partition
+count so that faust tables built from them are co-partitioned. ``mrhub topics create`` creates
+exactly :data:`ALL_TOPICS`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -41,6 +50,9 @@ def max_message_bytes(settings: Settings) -> int:
 DEFAULT_MAX_MESSAGE_BYTES: Final = message_limit(DEFAULT_MAX_BODY_BYTES)
 
 
+_VERSION_RE = re.compile(r"\.v[0-9]+$")
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
@@ -48,6 +60,13 @@ class TopicSpec:
     description: str
     partitions: int | None = None  # None: the hub's configured main partition count
     config: dict[str, str] = field(default_factory=dict)
+    #: The JSON Schema (2020-12) of the payload of its event, a file in docs/schemas/.
+    schema: str | None = None
+
+    @property
+    def event_type(self) -> str:
+        """The ``event_type`` of the events on this topic: its name without ``.v<N>``."""
+        return _VERSION_RE.sub("", self.name)
 
     def partition_count(self, default: int) -> int:
         return self.partitions if self.partitions is not None else default
@@ -64,42 +83,50 @@ RESOURCE_ACCEPTED = TopicSpec(
     "mrhub.ingest.resource-accepted.v1",
     key="institution + resource type + keyed hash of the business id",
     description="Each validated FHIR resource as received, in the event envelope.",
+    schema="resource-accepted.v1.json",
 )
 IDENTITY_LINKED = TopicSpec(
     "mrhub.patient.identity-linked.v1",
     key="master patient id",
     description="Link / unlink / merge events with evidence and score.",
+    schema="identity-linked.v1.json",
 )
 RESULT_INDEXED = TopicSpec(
     "mrhub.results.result-indexed.v1",
     key="master patient id",
     description="Canonical results (lab and imaging) keyed by master patient id.",
+    schema="result-indexed.v1.json",
 )
 ORDER_PLACED = TopicSpec(
     "mrhub.results.order-placed.v1",
     key="master patient id",
     description="Canonical orders (ServiceRequest) keyed by master patient id.",
+    schema="order-placed.v1.json",
 )
 DECISION_MADE = TopicSpec(
     "mrhub.recognition.decision-made.v1",
     key="master patient id",
     description="Recognition decision for an order.",
+    schema="decision-made.v1.json",
 )
 FEEDBACK_RECORDED = TopicSpec(
     "mrhub.recognition.feedback-recorded.v1",
     key="master patient id",
     description="The ordering doctor's choice: recognised, or re-ordered with a reason.",
+    schema="feedback-recorded.v1.json",
 )
 STUDY_INDEXED = TopicSpec(
     "mrhub.imaging.study-indexed.v1",
     key="master patient id",
     description="Imaging study indexed, with its DICOMweb endpoints.",
+    schema="study-indexed.v1.json",
 )
 ACCESS_RECORDED = TopicSpec(
     "mrhub.audit.access-recorded.v1",
     key="institution",
     description="Audit: who read what about which master patient id, when, why; and every "
     "write refused because the record belongs to another institution.",
+    schema="access-recorded.v1.json",
 )
 
 
@@ -129,9 +156,67 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One kind of event: its ``event_type``, the topic it travels on (which gives its key)
+    and the JSON Schema of its payload."""
+
+    event_type: str
+    topic: TopicSpec
+    schema: str
+    description: str
+
+
+#: A write refused because the record belongs to another institution: on the audit topic,
+#: keyed by the refused institution (docs/events.md, "Refused writes").
+WRITE_REFUSED = EventSpec(
+    "mrhub.audit.write-refused",
+    ACCESS_RECORDED,
+    schema="write-refused.v1.json",
+    description="A write refused because the record belongs to another institution.",
+)
+
+#: Every event type the hub publishes, in the order docs/events.md lists them.
+ALL_EVENTS: tuple[EventSpec, ...] = (
+    *(EventSpec(t.event_type, t, t.schema, t.description) for t in ALL_TOPICS if t.schema),
+    WRITE_REFUSED,
+)
+
+#: Where the JSON Schemas live, and where docs/events.md is, in a source checkout.
+DOCS_DIR: Final = Path(__file__).resolve().parents[2] / "docs"
+EVENTS_TABLE_BEGIN: Final = "<!-- generated by python -m services.common.topics: begin -->"
+EVENTS_TABLE_END: Final = "<!-- generated by python -m services.common.topics: end -->"
+
+
+def events_table() -> str:
+    """The overview table of docs/events.md: one row per event type."""
+    rows = [
+        "| event type | topic | key | payload schema |",
+        "|---|---|---|---|",
+    ]
+    for ev in ALL_EVENTS:
+        rows.append(
+            f"| `{ev.event_type}` | `{ev.topic.name}` | {ev.topic.key} "
+            f"| [{ev.schema}](schemas/{ev.schema}) |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def with_events_table(doc: str) -> str:
+    """``doc`` (docs/events.md) with its generated block replaced by :func:`events_table`."""
+    start = doc.index(EVENTS_TABLE_BEGIN) + len(EVENTS_TABLE_BEGIN)
+    end = doc.index(EVENTS_TABLE_END)
+    return doc[:start] + "\n" + events_table() + doc[end:]
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
     that faust's producer and the gateway use) gives ``key`` on a topic of ``partitions``."""
     from aiokafka.partitioner import murmur2
 
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates docs/events.md's overview table
+    events_md = DOCS_DIR / "events.md"
+    events_md.write_text(with_events_table(events_md.read_text("utf-8")), "utf-8")

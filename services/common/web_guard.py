@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import weakref
@@ -38,6 +37,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from services.common import codec
 from services.common.cds_auth import JwtRefused, looks_like_jwt
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, hash_token
@@ -98,7 +98,7 @@ def outcome(
     """A one-issue OperationOutcome answer."""
     doc = operation_outcome([Issue("error", code, message, (), reason)])
     return web.Response(
-        body=json.dumps(doc, ensure_ascii=False).encode(),
+        body=codec.dumps(doc),
         status=status,
         content_type=FHIR_JSON,
         headers=headers,

@@ -70,7 +70,7 @@ from services.imaging_index.studies import (
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = dead_letter(SERVICE)
-EVENT_TYPE = STUDY_INDEXED.name.rsplit(".", 1)[0]
+EVENT_TYPE = STUDY_INDEXED.event_type
 #: Endpoint checks waiting at most (more are dropped and counted: checks are best effort).
 CHECK_QUEUE = 1000
 
@@ -85,7 +85,7 @@ def create_app(
     port = img.port if web_port is None else web_port
     app = make_app(SERVICE, settings, web_port=port, web_host=img.host)
     metrics = Metrics()
-    registry = ReloadingRegistry(img.institutions_path)
+    registry = ReloadingRegistry(settings.institutions_path)
     partitions = settings.topic_partitions
 
     def registry_base(institution: str) -> str | None:

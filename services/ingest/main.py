@@ -62,7 +62,7 @@ def run(settings: Settings) -> None:
         raise ConfigError("MRHUB_KAFKA__BOOTSTRAP_SERVERS must name the Kafka cluster")
     if settings.identity.hmac_key is None:
         raise ConfigError("MRHUB_IDENTITY__HMAC_KEY must be set (it keys identifier hashes)")
-    registry = Registry.load(settings.ingest.institutions_path)
+    registry = Registry.load(settings.institutions_path)
     app = build_app(
         registry,
         bootstrap=bootstrap,
@@ -71,7 +71,7 @@ def run(settings: Settings) -> None:
         publish_timeout_s=settings.ingest.publish_timeout_s,
         topic=settings.ingest.topic,
         transaction_slots=settings.ingest.transaction_slots,
-        institutions_path=settings.ingest.institutions_path,
+        institutions_path=settings.institutions_path,
         max_message_bytes=max_message_bytes(settings),
         body_timeout_s=settings.ingest.body_timeout_s,
         min_body_rate=settings.ingest.min_body_rate,

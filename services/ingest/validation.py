@@ -174,7 +174,6 @@ def parse_json(
 
 _BOM: Final = b"\xef\xbb\xbf"
 _DECODER: Final = msgspec.json.Decoder(float_hook=Decimal)
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 #: Every byte but the four brackets and the quote (for :meth:`bytes.translate`'s
 #: ``delete``): what is left of a body is its brackets, and its strings' quotes and brackets.
 _NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
@@ -192,7 +191,7 @@ def _no_duplicates_seen(raw: bytes, value: Any) -> bool:
     sequence)."""
     if b"\\u003" in raw:
         return False
-    return raw.count(b":") == _ENCODER.encode(value).count(b":")
+    return raw.count(b":") == codec.dumps(value).count(b":")
 
 
 def _nesting_within(raw: bytes, limit: int) -> bool | None:
@@ -1027,12 +1026,12 @@ def _validate_bundle_shell(raw: dict[str, Any], entries_raw: Any, issues: list[I
             if isinstance(e, dict) and isinstance(e.get("fullUrl"), str):
                 urls.append(e["fullUrl"])
                 e = {**e, "fullUrl": ""}
-            shape = _ENCODER.encode(e)
+            shape = codec.dumps(e)
             if shape not in _VALID_SHAPES:
                 shapes.setdefault(shape, e)
         _full_urls().validate_python(urls)
         head = {k: v for k, v in raw.items() if k != "entry"}
-        head_shape = b"Bundle:" + _ENCODER.encode(head)
+        head_shape = b"Bundle:" + codec.dumps(head)
         if shapes or head_shape not in _VALID_SHAPES:
             if shapes:
                 head["entry"] = list(shapes.values())

@@ -51,6 +51,7 @@ from services.common.institutions import Institution, Registry, ReloadingRegistr
 from services.common.logging import trace
 from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.common.records import RECORD_TYPES, business_identifier, business_key, record_id_for
+from services.common.topics import RESOURCE_ACCEPTED
 from services.ingest.capability import capability_statement
 from services.ingest.metrics import IngestMetrics, type_label
 from services.ingest.proxy import READ_TYPES, Proxy, not_readable, read_body, unauthenticated
@@ -120,7 +121,7 @@ def _dismantle(value: Any) -> None:
             node.clear()
 
 
-EVENT_TYPE = "mrhub.ingest.resource-accepted"
+EVENT_TYPE = RESOURCE_ACCEPTED.event_type
 _EVENT_TYPE_BYTES = EVENT_TYPE.encode()
 _SCHEMA_VERSION_BYTES = str(SCHEMA_VERSION).encode()
 JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
@@ -146,16 +147,11 @@ _REASONS_HTTP = {
 STATE_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
-def _dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON; a ``Decimal`` keeps its digits (an echoed ``6.30`` stays ``6.30``)."""
-    return codec.dumps(doc)
-
-
 def fhir_response(
     doc: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=_dumps(doc),
+        body=codec.dumps(doc),
         status=status,
         content_type=FHIR_JSON,
         charset="utf-8",
@@ -725,7 +721,7 @@ def _prepare_resource(
             who, checked, received_at=received_at, trace_id=trace_id, record_id=rid
         )
         if gw.fits(msg):
-            ready = _ResourceReady(checked, msg, event_id, _dumps(checked.resource), rid)
+            ready = _ResourceReady(checked, msg, event_id, codec.dumps(checked.resource), rid)
             if big:
                 _dismantle(raw)
             return ready
@@ -894,7 +890,7 @@ def _bundle_answer(gw: Gateway, ready: _BundleReady) -> bytes:
         "type": "transaction-response" if ready.transaction else "batch-response",
         "entry": entries,
     }
-    answer = _dumps(doc)
+    answer = codec.dumps(doc)
     if ready.big:
         _dismantle(entries)  # in the worker thread, not when the event loop drops it
     return answer

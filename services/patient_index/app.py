@@ -67,6 +67,7 @@ from services.common.topics import (
     ORDER_PLACED,
     RESOURCE_ACCEPTED,
     RESULT_INDEXED,
+    WRITE_REFUSED,
     dead_letter,
     partition_for,
 )
@@ -102,8 +103,6 @@ SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
 #: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
 BLOCK_LIMIT = 500
-#: The audit event of a write refused because the record is another institution's.
-WRITE_REFUSED = "mrhub.audit.write-refused"
 
 
 def record_entry(master: bytes, record_id: str) -> bytes:
@@ -262,7 +261,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     async def publish_link(event: Any, link: Any, trace_id: str, source: str) -> None:
         metrics.link_events.labels(link.kind).inc()
         env = Envelope(
-            event_type="mrhub.patient.identity-linked",
+            event_type=IDENTITY_LINKED.event_type,
             source=source,
             trace_id=trace_id,
             payload=link.payload(),
@@ -419,7 +418,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     async def publish_steward(event: Any, link: stewardship.StewardEvent) -> None:
         metrics.link_events.labels(link.kind).inc()
         env = Envelope(
-            event_type="mrhub.patient.identity-linked",
+            event_type=IDENTITY_LINKED.event_type,
             source=link.command.actor or "steward",
             payload=link.payload(),
         )
@@ -685,7 +684,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             (results, RESULT_INDEXED) if record.kind == "result" else (orders, ORDER_PLACED)
         )
         env = Envelope(
-            event_type=spec.name.rsplit(".", 1)[0],
+            event_type=spec.event_type,
             source=source,
             trace_id=record.trace_id,
             received_at=record.source.received_at,
@@ -733,7 +732,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             },
         )
         env = Envelope(
-            event_type=WRITE_REFUSED,
+            event_type=WRITE_REFUSED.event_type,
             source=msg["institution"],
             received_at=msg.get("received_at"),
             payload={

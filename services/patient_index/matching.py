@@ -29,8 +29,8 @@ from typing import Any, Final, Literal
 import jellyfish
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from ruamel.yaml import YAML
 
+from services.common.config_yaml import load_mapping
 from services.common.errors import ConfigError
 from services.patient_index.normalize import Ident, IdentKind, Person
 
@@ -243,14 +243,7 @@ class Rules(_Frozen):
 def load_rules(path: Path | str = DEFAULT_RULES_PATH) -> Rules:
     """Read and check a rules file; ``ConfigError`` names what is wrong."""
     path = Path(path)
-    try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read matching rules {path}: {exc}") from exc
-    except Exception as exc:  # ruamel's parser errors share no useful base
-        raise ConfigError(f"matching rules {path} are not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"matching rules {path}: expected a mapping at the top")
+    data = load_mapping(path, what="matching rules", expected="a mapping at the top")
     try:
         return Rules.model_validate(data)
     except ValueError as exc:

@@ -276,7 +276,7 @@ def create_app(
     app = make_app(SERVICE, settings, web_port=port, web_host=settings.recognition.host)
     metrics = Metrics()
     catalogs: CatalogSet = load_catalogs(settings.recognition.catalog_path)
-    registry = ReloadingRegistry(settings.recognition.institutions_path)
+    registry = ReloadingRegistry(settings.institutions_path)
 
     results_topic = app.topic(RESULT_INDEXED.name, key_type=bytes, value_type=bytes)
     orders_topic = app.topic(ORDER_PLACED.name, key_type=bytes, value_type=bytes)
@@ -536,7 +536,7 @@ def create_app(
         body = decision_body(decision, decision_id, previous=previous, cause=cause)
         out = Envelope(
             event_id=decision_id,
-            event_type=DECISION_MADE.name.rsplit(".", 1)[0],
+            event_type=DECISION_MADE.event_type,
             source=decision.ordering_institution,
             trace_id=trace_id,
             received_at=received_at,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from services.common import codec
 from services.recognition.decision import HUB_FHIR_BASE
 from services.recognition.feedback import NOTE_MAX
 
@@ -407,7 +408,7 @@ class CardSigner:
 
     def sign(self, claims: CardClaims) -> str:
         doc = {short: getattr(claims, name) for short, name in _CLAIM_KEYS}
-        body = _b64(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+        body = _b64(codec.dumps(doc))
         return f"{self.PREFIX}{body}.{self._mac(body)}"
 
     def open(self, token: Any, now: datetime) -> CardClaims | None:

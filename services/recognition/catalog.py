@@ -38,9 +38,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
+from services.common.config_yaml import ConfigYamlError, load_mapping
 from services.common.errors import ConfigError
 from services.common.identifiers import PROVINCE_CODES
 
@@ -627,16 +626,14 @@ def _loc(loc: Sequence[int | str], data: Any) -> str:
     return head or field or "(catalogue)"
 
 
-def _yaml_reason(exc: YAMLError) -> str:
-    text = str(exc).strip()
-    return " ".join(text.split()) if text else type(exc).__name__
+_TOP = "a mapping at the top (catalog:, version:, items:)"
 
 
 def parse_catalog(data: Any, *, source: str = "<memory>") -> Catalog:
     """Validate already-parsed catalogue data (a mapping); :class:`CatalogError` lists
     every problem, naming ``source``, the item and the field."""
     if not isinstance(data, dict):
-        raise CatalogError(source, ["expected a mapping at the top (catalog:, version:, items:)"])
+        raise CatalogError(source, [f"expected {_TOP}"])
     for name in ("items", "local_codes"):
         entries = data.get(name)
         if entries is not None and not isinstance(entries, list):
@@ -654,18 +651,11 @@ def parse_catalog(data: Any, *, source: str = "<memory>") -> Catalog:
 def load_catalog(path: Path | str) -> Catalog:
     """Read and check one catalogue file."""
     path = Path(path)
-    source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogError(source, [f"cannot read the file: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise CatalogError(source, [f"not UTF-8 text: {exc}"]) from exc
-    try:
-        data = YAML(typ="safe").load(text)
-    except YAMLError as exc:
-        raise CatalogError(source, [f"not valid YAML: {_yaml_reason(exc)}"]) from exc
-    return parse_catalog(data, source=source)
+        data = load_mapping(path, what="recognition catalogue", expected=_TOP)
+    except ConfigYamlError as exc:  # one problem of a catalogue (a directory lists them all)
+        raise CatalogError(exc.source, [exc.reason]) from exc
+    return parse_catalog(data, source=str(path))
 
 
 class CatalogSet:

@@ -21,8 +21,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import simplejson
-
+from services.common import codec
 from services.recognition.catalog import (
     CHINA_TZ,
     DEFAULT_CATALOG_PATH,
@@ -153,7 +152,7 @@ def list_items(
         return 1
     rows = [item_row(c, item) for c, item in catalogs.items_in_force(when)]
     if as_json:
-        print(simplejson.dumps(rows, ensure_ascii=False, indent=2, use_decimal=True), file=out)
+        print(codec.pretty(rows), file=out)
         return 0
     if not rows:
         print(f"no catalogue item is in force at {when.isoformat()}", file=err)

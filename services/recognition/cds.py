@@ -27,6 +27,7 @@ import simplejson
 from aiohttp.web import Request, Response
 from faust.web import View
 
+from services.common import jsonbody
 from services.common.cds_auth import JwtVerifier
 from services.common.codec import dumps as _dumps
 from services.common.envelope import Envelope
@@ -124,9 +125,10 @@ async def _read_json(request: Request) -> dict[str, Any]:
         )
     try:
         doc = simplejson.loads(raw)
-        simplejson.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError, UnicodeEncodeError):
+    except (ValueError, RecursionError):
         raise _Refused(_outcome(400, "structure", "the body is not JSON text", "$body")) from None
+    if not jsonbody.is_text(doc):
+        raise _Refused(_outcome(400, "structure", "the body is not JSON text", "$body"))
     if not isinstance(doc, dict):
         raise _Refused(_outcome(400, "structure", "the body must be a JSON object", "$body"))
     return doc
@@ -293,7 +295,7 @@ def install(ctx: Context) -> None:
         }
         env = Envelope(
             event_id=feedback_id,
-            event_type=FEEDBACK_RECORDED.name.rsplit(".", 1)[0],
+            event_type=FEEDBACK_RECORDED.event_type,
             source=inst.id,
             payload=payload,
         )

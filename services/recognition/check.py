@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 import simplejson
 
+from services.common import jsonbody
 from services.common.institutions import Institution, may_read
 from services.recognition.decision import REASONS, Decision, InstitutionDirectory, PriorMatch
 
@@ -128,10 +129,8 @@ def parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
         raise BadInput(400, "the body is not JSON", "$body") from None
     if not isinstance(doc, dict):
         raise BadInput(400, "the body must be a JSON object", "$body")
-    try:  # "\ud800" is valid JSON but no text: it could be neither logged nor sent on
-        simplejson.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, ValueError):
-        raise BadInput(400, "the body holds an escape that is not Unicode text", "$body") from None
+    if not jsonbody.is_text(doc):
+        raise BadInput(400, "the body holds an escape that is not Unicode text", "$body")
     return doc
 
 

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import simplejson
 
+from services.common import codec
 from services.common.institutions import Institution
 
 __all__ = [
@@ -478,7 +479,7 @@ def _unb64(text: str) -> bytes:
 
 def sign_cursor(cursor: Cursor, key: bytes) -> str:
     """The opaque token: base64url(JSON) ``.`` base64url(HMAC-SHA256)."""
-    body = simplejson.dumps(
+    body = codec.dumps(
         {
             "t": cursor.type,
             "m": cursor.master,
@@ -486,9 +487,8 @@ def sign_cursor(cursor: Cursor, key: bytes) -> str:
             "p": [list(p) for p in cursor.params],
             "o": cursor.offset,
             "x": int(cursor.expires.timestamp()),
-        },
-        separators=(",", ":"),
-    ).encode()
+        }
+    )
     mac = hmac.new(key, b"mrhub-cursor-v1|" + body, hashlib.sha256).digest()
     return f"{_b64(body)}.{_b64(mac)}"
 

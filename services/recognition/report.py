@@ -20,8 +20,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import simplejson
-
+from services.common import codec
 from services.common.envelope import Envelope
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
@@ -174,7 +173,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     if not bootstrap:
         raise ConfigError("give --bootstrap or set MRHUB_KAFKA__BOOTSTRAP_SERVERS")
-    registry = Registry.load(settings.recognition.institutions_path)
+    registry = Registry.load(settings.institutions_path)
     since = date.fromisoformat(args.since) if args.since else None
     until = date.fromisoformat(args.until) if args.until else None
     rows = summarise(
@@ -193,7 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "recognisable": sum(r.recognisable for r in rows),
             "saving_yuan": sum((r.saving_yuan for r in rows), Decimal(0)),
         }
-        print(simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, indent=2))
+        print(codec.pretty(doc))
     else:
         print(_table(rows))
     return 0

@@ -701,7 +701,7 @@ def install(ctx: Context) -> None:
                 }
                 env = Envelope(
                     event_id=feedback_id,
-                    event_type=FEEDBACK_RECORDED.name.rsplit(".", 1)[0],
+                    event_type=FEEDBACK_RECORDED.event_type,
                     source=inst.id,
                     payload=payload,
                 )

@@ -127,7 +127,7 @@ def hub(bootstrap: str, upstream: str, tmp_path_factory: pytest.TempPathFactory)
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
         "MRHUB_INGEST__PORT": str(gw_port),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__PUBLIC_BASE_URL": "https://hub.example",
         "MRHUB_PATIENT_INDEX__PORT": str(pi_port),
         "MRHUB_RECOGNITION__URL": upstream,

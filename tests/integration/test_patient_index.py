@@ -26,7 +26,7 @@ from services.common.envelope import Envelope
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
-from services.common.topics import ALL_TOPICS, partition_for
+from services.common.topics import ALL_TOPICS, RESULT_INDEXED, partition_for
 from tests.conftest import REPO
 from tests.fhir_samples import bundle, dumps, gb11643, observation
 from tests.support import consume_all, produce, run_module, stop_process, wait_ready
@@ -90,7 +90,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
         "MRHUB_INGEST__PORT": str(gw_port),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_PATIENT_INDEX__PORT": str(pi_port),
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
@@ -218,6 +218,15 @@ def test_resend_is_dropped_amendment_updates_withdrawal_retracts(hub: Hub) -> No
         if e.payload["record_id"] == record_id
     ]
     assert all_of_record == ["new", "update", "retraction"]
+    # docs/events.md: each record's Kafka headers name its event type and posting institution
+    headers = [
+        dict(r.headers)
+        for r in consume_all(hub.bootstrap, RESULT_INDEXED.name)
+        if Envelope.from_bytes(r.value).payload["record_id"] == record_id
+    ]
+    assert [(h["event_type"], h["source"]) for h in headers] == [
+        (RESULT_INDEXED.event_type.encode(), a.encode())
+    ] * 3
 
 
 def test_a_failing_checksum_is_not_used_to_link(hub: Hub) -> None:

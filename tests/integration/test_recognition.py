@@ -124,8 +124,7 @@ def hub(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
         "MRHUB_INGEST__PORT": str(ports["ingest"]),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
-        "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_PATIENT_INDEX__PORT": str(ports["patient_index"]),
         "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{ports['patient_index']}",
         "MRHUB_RECOGNITION__PORT": str(ports["recognition"]),
@@ -543,7 +542,7 @@ def test_mrhub_report_prints_recognitions_and_savings_per_region(hub: Hub) -> No
     import subprocess
     import sys
 
-    env = {**os.environ, "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(hub.registry)}
+    env = {**os.environ, "MRHUB_INSTITUTIONS_PATH": str(hub.registry)}
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "report", "--json", "--bootstrap", hub.bootstrap],
         env=env,

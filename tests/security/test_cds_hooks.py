@@ -172,6 +172,10 @@ def test_bad_hook_calls_are_operation_outcomes_naming_the_member(cds: SecurityHu
     headers["Authorization"] = f"Bearer {_jwt(url)}"
     _outcome(httpx.post(url, content=b"{not json", headers=headers, timeout=30), 400)
     headers["Authorization"] = f"Bearer {_jwt(url)}"
+    lone_surrogate = b'{"hook": "order-sign", "x": "\\ud800"}'  # JSON, but no text
+    refused = _outcome(httpx.post(url, content=lone_surrogate, headers=headers, timeout=30), 400)
+    assert "not JSON text" in refused["issue"][0]["diagnostics"]
+    headers["Authorization"] = f"Bearer {_jwt(url)}"
     _outcome(httpx.post(url, content=b"x" * 600_000, headers=headers, timeout=30), 413)
 
 
@@ -569,7 +573,7 @@ def _feedback_reaches_the_topic_and_the_report(
     assert [p["feedback_id"] for p in again] == [ct["feedback_id"]]
 
     # … and `mrhub report` counts the override under its reason
-    env = {**os.environ, "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(hub.registry)}
+    env = {**os.environ, "MRHUB_INSTITUTIONS_PATH": str(hub.registry)}
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "report", "--json", "--bootstrap", hub.bootstrap],
         env=env,

@@ -90,7 +90,7 @@ def slow_gateway(
     env = {
         **security_hub.env("ingest"),
         "MRHUB_INGEST__PORT": str(port),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__BODY_TIMEOUT_S": "1",
         "MRHUB_INGEST__MIN_BODY_RATE": "2000",
         "MRHUB_INGEST__HEADER_TIMEOUT_S": "1",

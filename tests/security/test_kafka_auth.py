@@ -120,7 +120,7 @@ def test_the_hub_publishes_and_indexes_through_an_authenticated_cluster(
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": sasl_broker,
         "MRHUB_IDENTITY__HMAC_KEY": "sasl-test-hmac-key",
         "MRHUB_INGEST__PORT": str(ports["ingest"]),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_PATIENT_INDEX__PORT": str(ports["patient_index"]),
         "MRHUB_TOPIC_PARTITIONS": "1",
         "MRHUB_STATE_DIR": str(tmp_path / "state"),

@@ -28,8 +28,10 @@ import httpx
 
 from services.common.envelope import Envelope
 from services.common.identifiers import OUTPATIENT_NO_SYSTEM
+from services.common.topics import WRITE_REFUSED
 from tests.fhir_samples import gb11643, org_ref
 from tests.security.conftest import A2, CARD_SYSTEM, A, B, C, SecurityHub
+from tests.unit.test_contracts import valid
 
 RESULTS = "mrhub.results.result-indexed.v1"
 STUDIES = "mrhub.imaging.study-indexed.v1"
@@ -149,8 +151,9 @@ def _refusal(hub: SecurityHub, trace_id: str) -> Envelope:
     """The audit event of the refused write posted with ``trace_id``."""
     [env] = hub.wait_for(
         AUDIT,
-        lambda e: e.event_type == "mrhub.audit.write-refused" and e.trace_id == trace_id,
+        lambda e: e.event_type == WRITE_REFUSED.event_type and e.trace_id == trace_id,
     )
+    valid(WRITE_REFUSED, env)  # its payload fits docs/schemas/write-refused.v1.json
     return env
 
 

@@ -45,9 +45,7 @@ def _settings(hub: SecurityHub) -> Settings:
             "kafka": {"bootstrap_servers": hub.bootstrap},
             "identity": {"hmac_key": env["MRHUB_IDENTITY__HMAC_KEY"]},
             "state_dir": str(hub.tmp / "walk-state"),
-            "recognition": {"institutions_path": str(hub.registry)},
-            "imaging": {"institutions_path": str(hub.registry)},
-            "ingest": {"institutions_path": str(hub.registry)},
+            "institutions_path": str(hub.registry),
             "patient_index": {
                 "rules_path": str(REPO / "config" / "matching" / "rules-v1.yaml"),
             },
@@ -63,7 +61,7 @@ def registered_routes(service: str, settings: Settings) -> list[tuple[str, str]]
         from services.ingest.app import build_app
 
         app = build_app(
-            Registry.load(settings.ingest.institutions_path),
+            Registry.load(settings.institutions_path),
             bootstrap=settings.kafka.bootstrap_servers or "",
             hmac_key=b"walk",
             max_body_bytes=settings.ingest.max_body_bytes,

@@ -56,3 +56,17 @@ def test_an_envelope_round_trips_with_exact_decimals() -> None:
 def test_a_decode_error_is_a_value_error_as_json_loads_raises() -> None:
     with pytest.raises(ValueError, match="malformed"):
         Envelope.from_bytes(b"{not json")
+
+
+def test_pretty_is_indented_utf8_json_with_exact_decimals() -> None:
+    text = codec.pretty({"name": "县医院", "saving_yuan": Decimal("12.50"), "rows": []})
+    assert text == '{\n  "name": "县医院",\n  "saving_yuan": 12.50,\n  "rows": []\n}'
+    assert codec.loads(text) == {"name": "县医院", "saving_yuan": Decimal("12.50"), "rows": []}
+
+
+def test_is_text_refuses_a_lone_surrogate_anywhere() -> None:
+    from services.common.jsonbody import is_text
+
+    assert is_text({"a": ["县医院", 1, 2.5, None, {"b": True}]})
+    assert not is_text({"a": [{"b": "\ud800"}]})
+    assert not is_text({"\udfff": 1})

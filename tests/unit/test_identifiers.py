@@ -14,7 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import IdentifierError
-from services.common.identifiers import IdCard, is_valid_uscc, keyed_hash, parse_id_card
+from services.common.identifiers import (
+    IdCard,
+    is_valid_uscc,
+    keyed_hash,
+    parse_id_card,
+    with_check_character,
+)
 
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 CHECK_CHARS = "10X98765432"  # indexed by the weighted sum % 11
@@ -162,6 +168,17 @@ def test_property_any_valid_body_with_its_check_character_parses(
     assert card.birth_date == born
     assert card.region_code == region
     assert card.sex == ("male" if seq % 2 else "female")
+
+
+@given(body=st.text(alphabet="0123456789", min_size=17, max_size=17))
+def test_property_the_check_character_from_stdnum_is_the_independent_one(body: str) -> None:
+    assert with_check_character(body) == body + check_char(body)
+
+
+@pytest.mark.parametrize("body", ["1101051949100100", "11010519491001001X", "11010519491001a01"])
+def test_a_body_that_is_not_17_digits_gets_no_check_character(body: str) -> None:
+    with pytest.raises(IdentifierError):
+        with_check_character(body)
 
 
 @given(

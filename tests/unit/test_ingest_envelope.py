@@ -10,10 +10,12 @@ from pathlib import Path
 from mrhub_tools.bench.ingest import make_payloads
 from services.common.envelope import Envelope
 from services.common.institutions import Institution, Registry
+from services.common.topics import ALL_EVENTS
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutMessage
 from services.ingest.validation import check_bundle, check_resource, parse_json
 from services.ingest.views import EVENT_TYPE, Gateway, bundle_patients
+from tests.unit.test_contracts import valid
 
 REPO = Path(__file__).resolve().parents[2]
 RECEIVED = datetime(2026, 3, 2, 7, 30, 0, 123456, tzinfo=UTC)
@@ -37,7 +39,7 @@ def _as_envelope_writes_it(msg: OutMessage) -> Envelope:
     env = Envelope.from_bytes(msg.value)
     rebuilt = Envelope(**{name: getattr(env, name) for name in Envelope.model_fields})
     assert rebuilt.to_bytes() == msg.value
-    assert msg.headers == (*rebuilt.headers(), ("source", env.source.encode()))
+    assert msg.headers == tuple(rebuilt.headers())
     return env
 
 
@@ -80,3 +82,13 @@ def test_bundle_entry_envelopes_keep_decimals_exact() -> None:
             assert f'"value":{posted}'.encode() in msg.value
             assert str(env.payload["resource"]["valueQuantity"]["value"]) == str(posted)
             assert env.payload["patient_identifiers"]  # from the bundle's Patient
+
+
+def test_the_gateways_resource_accepted_event_fits_its_schema() -> None:
+    gw, who = _gateway()
+    body = make_payloads(who.id, who.name, n_single=1, n_bundles=0).single[0].body
+    checked = check_resource(parse_json(body)[0], who, expected_type="Observation")
+    msg, _ = gw.message(who, checked, received_at=RECEIVED, trace_id="trace-0001")
+    [ev] = [e for e in ALL_EVENTS if e.event_type == EVENT_TYPE]
+    valid(ev, Envelope.from_bytes(msg.value))
+    assert dict(msg.headers)["source"] == who.id.encode()

@@ -254,6 +254,30 @@ def test_authenticate_compares_in_constant_time(
     assert calls == [(hash_token(token), hash_token(token))]
 
 
+def test_a_wrong_token_whose_hash_starts_like_a_stored_one_is_refused_by_the_compare() -> None:
+    """The registry finds candidates by the start of the hash only; the comparison of the
+    whole hash is what refuses a token that is not the stored one."""
+    presented = hash_token("mrh_presented")
+    last = presented[-1]
+    stored = presented[:-1] + ("0" if last != "0" else "1")  # same start, another hash
+    registry = Registry(
+        [
+            Institution.model_validate(
+                entry(credentials=[Credential(token_hash=stored, created=TODAY)])
+            )
+        ]
+    )
+    assert registry.authenticate("mrh_presented") is None
+    right = Registry(
+        [
+            Institution.model_validate(
+                entry(credentials=[Credential(token_hash=presented, created=TODAY)])
+            )
+        ]
+    )
+    assert right.authenticate("mrh_presented") is not None
+
+
 def test_revoke_makes_tokens_fail(registry_file: Path) -> None:
     ids = ids_of(registry_file)
     first = issue_token(registry_file, ids[3], label="one")
