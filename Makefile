@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 LOCK_ARGS   ?= # e.g. --upgrade-package aiohttp (make lock keeps every other pin)
 
-.PHONY: help setup system-deps lock run test suite unit check lint format types clean
+.PHONY: help setup system-deps lock run shell check test suite unit lint format types clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,8 +58,14 @@ lock: $(STAMP) ## regenerate requirements/lock.txt (runtime + dev + tools) and r
 run: setup ## start Kafka (unless MRHUB_KAFKA__BOOTSTRAP_SERVERS is set) and every service
 	$(BIN)/mrhub up
 
-test: setup lint types ## the whole check: lint, types, then every test (starts and stops its own Kafka)
+check: setup lint types ## what CI (.ci/run) runs: lint, types, then every test (starts and stops its own Kafka)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: check ## the same as check
+
+shell: setup ## a subshell with the venv activated: `mrhub …` without .venv/bin/ (exit to leave)
+	@echo "mrhub is on PATH in this shell ($(VENV) activated); exit (or Ctrl-D) leaves it"
+	@bash --rcfile <(echo '[ -f ~/.bashrc ] && . ~/.bashrc; . "$(CURDIR)/$(BIN)/activate"') -i
 
 suite: setup ## the tests only, without lint and types
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -77,8 +83,6 @@ format: setup ## apply ruff's formatting and fixes
 
 types: setup ## mypy (strict on services/ and mrhub_tools/)
 	$(BIN)/mypy
-
-check: test ## the same as test: lint, types and the whole suite
 
 clean: ## remove the venv and caches (not the Kafka jars in ~/.cache/mrhub)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

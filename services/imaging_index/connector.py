@@ -230,26 +230,32 @@ class Gateway:
         self.http.close()
 
     def post(self, resource: dict[str, Any]) -> int:
-        """Post ``resource``; the final status. Retries what may succeed later."""
+        """Post ``resource``; the final status (0: the gateway never answered). Retries what
+        may succeed later, at most ``max_attempts`` posts in all, waiting only between two of
+        them — never after the last."""
         body = json.dumps(resource, ensure_ascii=False).encode()
-        for attempt in retry_delays(self.opts.max_attempts):
+        delays = retry_delays(max(self.opts.max_attempts, 1) - 1)
+        while True:
             try:
                 answer = self.http.post("/fhir/ImagingStudy", content=body)
             except httpx.TransportError as exc:
                 log.warning("gateway unreachable", extra={"error": type(exc).__name__})
-                status, wait = 0, attempt
+                status, asked = 0, 0.0
             else:
                 status = answer.status_code
                 if status not in RETRY_STATUSES:
                     return status
-                wait = max(attempt, _retry_after(answer))
+                asked = _retry_after(answer)
+            delay = next(delays, None)
+            if delay is None:
+                return status
             self.metrics.retries.inc()
-            self.sleep(wait)
-        return status
+            self.sleep(max(delay, asked))
 
 
 def retry_delays(attempts: int, first: float = 0.5, top: float = 30.0) -> Iterator[float]:
-    """The wait after each failed attempt: 0.5, 1, 2 … seconds, at most ``top``."""
+    """``attempts`` waits, one after each failed attempt that another attempt follows: 0.5,
+    1, 2 … seconds, at most ``top``."""
     delay = first
     for _ in range(attempts):
         yield delay

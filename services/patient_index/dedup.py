@@ -2,7 +2,7 @@
 
 Pure functions, no faust, Kafka or I/O. For each :class:`CanonicalRecord` the patient-index
 agent reads the :class:`Seen` stored for the record's key, calls :func:`decide`, publishes
-the record when ``outcome.emit`` (with ``change=outcome.change``) and writes
+the record when ``outcome.published_change`` is not ``None`` (as that change) and writes
 ``outcome.seen`` when ``outcome.store`` — the write and the publish in the same Kafka
 transaction, which is what makes a redelivered message safe. Key the table by
 ``record.record_id`` (it reveals no identifier, the business key may).
@@ -47,8 +47,6 @@ from services.common.codec import dumps, loads
 from services.patient_index.canonical import CanonicalRecord, PublishedChange
 
 Change = Literal["new", "duplicate", "update", "retraction", "stale"]
-#: Changes that are published; ``duplicate`` and ``stale`` are dropped (and counted).
-EMITTED: Final[frozenset[Change]] = frozenset({"new", "update", "retraction"})
 
 #: The record fields that make up its content (see :func:`content_hash`).
 _CONTENT_FIELDS: Final = frozenset(
@@ -118,13 +116,9 @@ class Outcome:
     previous_master_patient_id: str | None = None
 
     @property
-    def emit(self) -> bool:
-        """Publish the record (``new``, ``update`` or ``retraction``)."""
-        return self.change in EMITTED
-
-    @property
     def published_change(self) -> PublishedChange | None:
-        """``change`` when it is published, else ``None``."""
+        """``change`` when the record is published (``new``, ``update`` or ``retraction``),
+        else ``None`` (``duplicate`` and ``stale`` are dropped, and counted)."""
         if self.change == "new" or self.change == "update" or self.change == "retraction":
             return self.change
         return None

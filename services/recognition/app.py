@@ -686,8 +686,6 @@ def create_app(
             return
         if key is None:
             raise ValueError("forget without a master patient id key")
-        if isinstance(doc, str):  # written by an earlier version: a result's record id
-            doc = {"kind": "result", "record_id": doc}
         rid = str(doc["record_id"])
         if doc["kind"] == "order":
             orders = patient_orders(key)

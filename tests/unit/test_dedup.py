@@ -55,8 +55,8 @@ def apply(seen: Seen | None, record: CanonicalRecord) -> Outcome:
     """decide(), checking on the way that applying the same record again publishes nothing."""
     out = decide(seen, record)
     again = decide(out.seen, record)
-    assert not again.emit and not again.store and again.seen is out.seen
-    if out.emit:
+    assert again.published_change is None and not again.store and again.seen is out.seen
+    if out.published_change is not None:
         assert again.change == "duplicate"
     return out
 
@@ -67,7 +67,7 @@ def apply(seen: Seen | None, record: CanonicalRecord) -> Outcome:
 def test_the_first_arrival_is_new() -> None:
     record = k()
     out = apply(None, record)
-    assert (out.change, out.emit, out.store, out.published_change) == ("new", True, True, "new")
+    assert (out.change, out.store, out.published_change) == ("new", True, "new")
     assert out.seen == Seen(
         content_hash=content_hash(record),
         status="final",
@@ -103,12 +103,7 @@ def test_an_exact_resend_is_a_duplicate() -> None:
     seen = decide(None, k()).seen
     resend = k(event="2", trace_id="other", received_at=datetime(2026, 11, 21, tzinfo=UTC))
     out = decide(seen, resend)
-    assert (out.change, out.emit, out.store, out.published_change) == (
-        "duplicate",
-        False,
-        False,
-        None,
-    )
+    assert (out.change, out.store, out.published_change) == ("duplicate", False, None)
     assert out.seen is seen
 
 
@@ -160,7 +155,7 @@ def test_other_content_without_an_issue_time_is_an_update() -> None:
 def test_an_older_version_arriving_late_is_stale() -> None:
     seen = decide(None, k(status="final", issued=T1)).seen
     out = apply(seen, k(status="preliminary", issued=T0, event="2"))
-    assert (out.change, out.emit, out.store) == ("stale", False, False)
+    assert (out.change, out.store, out.published_change) == ("stale", False, None)
     assert out.seen is seen
 
 
@@ -175,12 +170,7 @@ def test_a_newer_version_arriving_late_is_not_stale() -> None:
 def test_entered_in_error_retracts_once() -> None:
     seen = decide(None, k()).seen
     out = apply(seen, k(status="entered-in-error", event="2"))
-    assert (out.change, out.emit, out.store, out.published_change) == (
-        "retraction",
-        True,
-        True,
-        "retraction",
-    )
+    assert (out.change, out.store, out.published_change) == ("retraction", True, "retraction")
     assert out.seen.retracted
     again = decide(out.seen, k(status="entered-in-error", value="4.3", issued=T1, event="3"))
     assert again.change == "duplicate"  # a second, even different, retraction
@@ -202,7 +192,7 @@ def test_a_revoked_order_is_a_retraction() -> None:
 
 def test_a_first_arrival_already_retracted_is_stale_but_remembered() -> None:
     out = apply(None, k(status="entered-in-error", issued=T0))
-    assert (out.change, out.emit, out.store) == ("stale", False, True)
+    assert (out.change, out.store, out.published_change) == ("stale", True, None)
     assert out.seen.retracted
     # a late copy of the original it withdrew is not indexed afterwards…
     assert apply(out.seen, k(status="final", issued=T0, event="2")).change == "stale"
@@ -215,7 +205,7 @@ def test_a_new_final_after_entered_in_error_is_new_again() -> None:
     seen = decide(None, k()).seen
     seen = decide(seen, k(status="entered-in-error", event="2")).seen
     out = apply(seen, k(status="final", value="4.4", issued=T1, event="3"))
-    assert (out.change, out.emit) == ("new", True)
+    assert (out.change, out.published_change) == ("new", "new")
     assert not out.seen.retracted and out.seen.status == "final"
 
 
@@ -239,7 +229,7 @@ def test_after_a_retraction_an_unknown_issue_time_counts_as_new() -> None:
 def test_same_content_under_another_master_is_an_update() -> None:
     seen = decide(None, k(master="mp-0001")).seen
     out = apply(seen, k(master="mp-0009", event="2"))
-    assert (out.change, out.emit) == ("update", True)
+    assert (out.change, out.published_change) == ("update", "update")
     assert out.previous_master_patient_id == "mp-0001"
     assert out.seen.master_patient_id == "mp-0009"
     assert out.seen.content_hash == seen.content_hash
@@ -328,7 +318,7 @@ def test_decide_is_idempotent_and_total_on_any_sequence(
     for n, version in enumerate(versions):
         record = _record(version, n)
         out = apply(seen, record)  # never raises; a second application publishes nothing
-        if out.emit:
+        if out.published_change is not None:
             published.append(out.change)
         if not out.store:
             assert out.seen is seen
@@ -342,7 +332,7 @@ def test_decide_is_idempotent_and_total_on_any_sequence(
         # replaying any earlier version never publishes it twice in a row
         earlier = data.draw(st.sampled_from(versions[: n + 1]))
         replay = decide(seen, _record(earlier, 999))
-        if replay.emit:
+        if replay.published_change is not None:
             assert decide(replay.seen, _record(earlier, 999)).change == "duplicate"
     # what consumers see is coherent: it starts with "new", a retraction is followed only
     # by "new" (never a second retraction or an update of a withdrawn record)

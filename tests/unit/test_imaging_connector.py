@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 
@@ -14,6 +15,9 @@ from services.common.identifiers import ID_CARD_SYSTEM
 from services.imaging_index import dicom
 from services.imaging_index.connector import (
     ConnectorError,
+    Gateway,
+    Metrics,
+    Options,
     State,
     load_state,
     retry_delays,
@@ -119,3 +123,44 @@ def test_a_state_file_of_another_server_or_institution_is_refused(tmp_path: Path
 
 def test_retries_back_off_up_to_a_ceiling() -> None:
     assert list(retry_delays(8)) == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+def _gateway(
+    tmp_path: Path, answers: list[int], **opts: Any
+) -> tuple[Gateway, list[float], list[int]]:
+    """A connector's gateway client whose posts get ``answers`` in turn (the last repeats);
+    returns it, the waits it slept and the statuses it was given."""
+    slept: list[float] = []
+    given: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        status = answers[min(len(given), len(answers) - 1)]
+        given.append(status)
+        return httpx.Response(status, headers={"Retry-After": "0"})
+
+    options = Options("http://orthanc", "X", "http://gateway", "t", tmp_path / "s.json", **opts)
+    gw = Gateway(options, Metrics(), slept.append)
+    gw.http = httpx.Client(base_url="http://gateway", transport=httpx.MockTransport(answer))
+    return gw, slept, given
+
+
+def test_a_post_that_keeps_failing_waits_between_attempts_and_never_after_the_last(
+    tmp_path: Path,
+) -> None:
+    gw, slept, given = _gateway(tmp_path, [503], max_attempts=4)
+    assert gw.post({"resourceType": "ImagingStudy"}) == 503
+    assert len(given) == 4
+    assert slept == [0.5, 1, 2]  # three waits between four posts, none after the last
+    assert gw.metrics.registry.get_sample_value("mrhub_imaging_connector_retries_total") == 3
+
+
+def test_a_post_that_succeeds_on_a_retry_stops_there(tmp_path: Path) -> None:
+    gw, slept, given = _gateway(tmp_path, [503, 502, 201], max_attempts=8)
+    assert gw.post({"resourceType": "ImagingStudy"}) == 201
+    assert (given, slept) == ([503, 502, 201], [0.5, 1])
+
+
+def test_one_attempt_never_sleeps(tmp_path: Path) -> None:
+    gw, slept, given = _gateway(tmp_path, [429], max_attempts=1)
+    assert gw.post({"resourceType": "ImagingStudy"}) == 429
+    assert (given, slept) == ([429], [])
