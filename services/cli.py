@@ -403,7 +403,7 @@ def _add_tool_parsers(sub: Any) -> None:
         help="a simulated hospital region: prepare its registry, run a stream through the hub",
         description="``prepare`` writes a simulated region's institution registry (and its "
         "hospitals' tokens) into a directory; start the hub against it "
-        "(MRHUB_INGEST__INSTITUTIONS_PATH and MRHUB_RECOGNITION__INSTITUTIONS_PATH); ``run`` "
+        "(MRHUB_INSTITUTIONS_PATH); ``run`` "
         "then posts a seeded stream of visits through the gateway and compares the hub's "
         "decisions with the ground truth. docs/simulate.md; needs the tools extra.",
     )

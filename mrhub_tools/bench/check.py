@@ -49,10 +49,10 @@ from typing import Any
 
 import aiohttp
 import httpx
-import simplejson
 
 from mrhub_tools.bench._common import wait_ready
 from mrhub_tools.bench.ingest import PANELS, gb11643, lab_observation, percentile
+from services.common.codec import dumps, loads, pretty
 from services.common.envelope import Envelope
 from services.common.fhir import INSTITUTION_SYSTEM
 from services.common.identifiers import ID_CARD_SYSTEM
@@ -114,10 +114,6 @@ def _order(card: str, n: int) -> dict[str, Any]:
     }
 
 
-def _dumps(doc: Any) -> bytes:
-    return simplejson.dumps(doc, use_decimal=True, ensure_ascii=False).encode()
-
-
 def _metric(url: str, name: str) -> float:
     text = httpx.get(url, timeout=10).text
     return sum(
@@ -156,7 +152,7 @@ def baseline(settings: Settings, seconds: float) -> dict[str, Any]:
     from services.recognition.decision import Order, PriorResult, decide
 
     now = datetime.now(UTC)
-    registry = Registry.load(settings.recognition.institutions_path)
+    registry = Registry.load(settings.institutions_path)
     catalog = load_catalogs(settings.recognition.catalog_path).catalog_for("140110", now)
     if catalog is None:
         raise RuntimeError("no catalogue is in force for Taiyuan")
@@ -188,7 +184,7 @@ async def _post_population(url: str, token: str, known: list[str]) -> int:
 
     async def one(session: aiohttp.ClientSession, first: int) -> None:
         nonlocal failed
-        body = _dumps(_potassium_bundle(known[first : first + BATCH], now, first))
+        body = dumps(_potassium_bundle(known[first : first + BATCH], now, first))
         async with sem:
             for _ in range(5):
                 async with session.post(f"{url}/fhir", data=body, headers=headers) as resp:
@@ -288,7 +284,7 @@ async def _check_load(
         async with session.get(f"{url}/recognition/check", params=params, headers=headers) as resp:
             body = await resp.read()
             if resp.status == 200:
-                decision = simplejson.loads(body)["decision"]
+                decision = loads(body)["decision"]
                 outcomes[decision] = outcomes.get(decision, 0) + 1
             return str(resp.status)
 
@@ -346,12 +342,12 @@ async def _hook_load(
     async def hook(session: aiohttp.ClientSession, i: int) -> str:
         nonlocal cards_seen
         card = rng.choice(unknown) if i % 10 == 9 else rng.choice(known)
-        body = _dumps(_hook_request(card, i))
+        body = dumps(_hook_request(card, i))
         url = f"{gateway}/cds-services/mrhub-recognition-select"
         async with session.post(url, data=body, headers=headers) as resp:
             answer = await resp.read()
             if resp.status == 200:
-                cards_seen += len(simplejson.loads(answer)["cards"])
+                cards_seen += len(loads(answer)["cards"])
             return str(resp.status)
 
     summary, _ = await _open_loop(rate, seconds, hook)
@@ -367,7 +363,7 @@ async def _post_orders(url: str, token: str, known: list[str], n: int, rate: flo
 
         async def one(i: int) -> None:
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            body = _dumps(_order(rng.choice(known), i))
+            body = dumps(_order(rng.choice(known), i))
             async with session.post(
                 f"{url}/fhir/ServiceRequest", data=body, headers=headers
             ) as resp:
@@ -428,7 +424,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         registry = tmp / "institutions.yaml"
-        shutil.copyfile(settings.recognition.institutions_path, registry)
+        shutil.copyfile(settings.institutions_path, registry)
         post_token = issue_token(registry, PERFORMER, label="bench check")
         ask_token = issue_token(registry, ORDERER, label="bench check")
         _log(f"baseline: pure decide() for {args.seconds:g} s")
@@ -635,7 +631,7 @@ def _cpu_line(per: dict[str, float | None]) -> str:
 def main(args: argparse.Namespace, settings: Settings) -> int:
     report = run(settings, args)
     if args.json:
-        print(simplejson.dumps(report, indent=2, ensure_ascii=False))
+        print(pretty(report))
     else:
         print(format_report(report))
     return 0

@@ -997,7 +997,7 @@ def service_source_digest() -> str:
 def _institutions(settings: Settings) -> list[str]:
     from services.common.institutions import Registry
 
-    path = settings.ingest.institutions_path
+    path = settings.institutions_path
     if not path.exists():
         path = Path(__file__).resolve().parents[2] / "config" / "institutions.yaml"
     return list(Registry.load(path).ids[:INSTITUTIONS])

@@ -51,12 +51,12 @@ from typing import Any, Final
 
 import aiohttp
 import httpx
-import simplejson
 
 import services
 from mrhub_tools.bench._common import machine_busy_s as _machine_busy_s
 from mrhub_tools.bench._common import percentile as percentile  # re-exported (bench check)
 from mrhub_tools.bench._common import proc_cpu_s as _proc_cpu_s
+from services.common.codec import dumps
 from services.common.errors import MrhubError
 from services.common.fhir import FHIR_JSON, INSTITUTION_SYSTEM
 from services.common.identifiers import (
@@ -64,6 +64,7 @@ from services.common.identifiers import (
     ID_CARD_SYSTEM,
     LAB_REPORT_NO_SYSTEM,
     OUTPATIENT_NO_SYSTEM,
+    with_check_character,
 )
 from services.common.settings import Settings
 from services.common.topics import ALL_TOPICS, RESOURCE_ACCEPTED
@@ -183,21 +184,11 @@ PANELS: Final = (
 
 #: 行政区划代码 that python-stdnum accepts in a 身份证 for every birth year used here.
 ID_CARD_REGIONS: Final = ("140100", "140121", "140122", "140123", "140200")
-_GB11643_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _SURNAMES: Final = "王李张刘陈杨赵黄周吴徐孙马朱胡郭何高林罗"
 _GIVEN: Final = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰"
 
 
-def gb11643(body17: str) -> str:
-    """An 18-character 身份证 number: ``body17`` and its ISO 7064 MOD 11-2 check character."""
-    total = sum(int(c) * w for c, w in zip(body17, _GB11643_WEIGHTS, strict=True))
-    return body17 + "10X98765432"[total % 11]
-
-
-def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON; ``Decimal`` keeps the precision it was made with (6.30 stays 6.30)."""
-    text: str = simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, separators=(",", ":"))
-    return text.encode()
+gb11643 = with_check_character  # the hub's one GB 11643 implementation (python-stdnum)
 
 
 def lab_observation(
@@ -1045,7 +1036,7 @@ def _log(msg: str) -> None:
 
 
 def _registry_source(settings: Settings) -> Path:
-    configured = settings.ingest.institutions_path
+    configured = settings.institutions_path
     if configured.exists():
         return configured
     return Path(__file__).resolve().parents[2] / "config" / "institutions.yaml"

@@ -61,6 +61,7 @@ from mrhub_tools.bench._common import (
     tree_cpu_s,
     wait_ready,
 )
+from services.common.codec import dumps
 from services.common.envelope import Envelope
 from services.common.settings import Settings
 from services.common.topics import (
@@ -998,7 +999,7 @@ def probe_hops(
     trace = f"bench-pipeline-hops-{secrets.token_hex(4)}"
     resp = httpx.post(
         f"{gateway}/fhir/Observation",
-        content=fhir.dumps(obs),
+        content=dumps(obs),
         headers={
             "Authorization": f"Bearer {tokens[r.institution]}",
             "Content-Type": FHIR_JSON,

@@ -11,9 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-import simplejson
-
 from mrhub_tools.simulate.scenario import OrderSpec, Request, ResultSpec, Scenario, View, _hash
+from services.common.codec import dumps
 from services.common.fhir import DICOM_UID_SYSTEM, INSTITUTION_SYSTEM
 from services.common.identifiers import (
     DOCUMENT_TYPE_SYSTEM,
@@ -351,12 +350,6 @@ def _malformed(scn: Scenario, kind: str, n: int) -> tuple[str, bytes]:
         "entry": [_entry(p_url, patient(view)), _entry(_url("bad-obs", salt, n), obs)],
     }
     return "/fhir", dumps(bundle)
-
-
-def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON; decimals keep their digits (``4.10`` stays ``4.10``)."""
-    text: str = simplejson.dumps(doc, use_decimal=True, ensure_ascii=False, separators=(",", ":"))
-    return text.encode()
 
 
 def build(scn: Scenario, req: Request) -> tuple[str, bytes]:

@@ -14,9 +14,7 @@ from typing import Final
 
 from pypinyin import lazy_pinyin
 
-#: GB 11643 weights of the first 17 characters.
-WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-CHECK_CHARS: Final = "10X98765432"
+from services.common.identifiers import with_check_character
 
 #: County-level codes of the two simulated prefectures (太原 1401xx, 大同 1402xx), by name.
 TAIYUAN: Final = {
@@ -81,16 +79,9 @@ _STREETS: Final = [
 ]
 
 
-def check_char(body17: str) -> str:
-    """The GB 11643 check character of the first 17 digits."""
-    total = sum(int(c) * w for c, w in zip(body17, WEIGHTS, strict=True))
-    return CHECK_CHARS[total % 11]
-
-
 def id_card(region: str, born: date, sequence: int) -> str:
     """An 18-character 身份证 number (the sequence's parity is the sex: odd = male)."""
-    body = f"{region}{born:%Y%m%d}{sequence:03d}"
-    return body + check_char(body)
+    return with_check_character(f"{region}{born:%Y%m%d}{sequence:03d}")
 
 
 def card_is_valid(number: str) -> bool:
@@ -98,7 +89,7 @@ def card_is_valid(number: str) -> bool:
     number = number.upper()
     if len(number) != 18 or not number[:17].isdigit():
         return False
-    return number[17] == check_char(number[:17])
+    return with_check_character(number[:17]) == number
 
 
 def mistype_card(number: str, rng: random.Random) -> str:

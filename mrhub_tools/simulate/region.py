@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ruamel.yaml import YAML
+from stdnum.cn import uscc as stdnum_uscc
 
 from mrhub_tools.simulate.population import PREFECTURES
 from services.common.errors import ConfigError
@@ -33,8 +34,6 @@ from services.common.institutions import (
     hash_token,
 )
 
-_USCC_ALPHABET: Final = "0123456789ABCDEFGHJKLMNPQRTUWXY"
-_USCC_WEIGHTS: Final = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 _ORG_WEIGHTS: Final = (3, 7, 9, 10, 5, 8, 4, 2)
 _BRANDS: Final = [
     "康华",
@@ -85,8 +84,7 @@ def _org_code(digits8: str) -> str:
 def uscc(prefix2: str, region: str, digits8: str) -> str:
     """A 统一社会信用代码 with valid GB 11714 and GB 32100 check characters."""
     body = prefix2 + region + _org_code(digits8)
-    total = sum(_USCC_ALPHABET.index(c) * w for c, w in zip(body, _USCC_WEIGHTS, strict=True))
-    return body + _USCC_ALPHABET[(31 - total) % 31]
+    return body + stdnum_uscc.calc_check_digit(body)
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from decimal import Decimal
 from typing import Any, Final
 
 import httpx
-import simplejson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from mrhub_tools.simulate import fhir
 from mrhub_tools.simulate.scenario import Request, Scenario, expected_saving, identity_of
+from services.common.codec import loads
 from services.common.fhir import FHIR_JSON
 from services.common.kafka_security import kafka_python_options
 from services.common.topics import DECISION_MADE, ORDER_PLACED, RESULT_INDEXED, dead_letter
@@ -461,7 +461,7 @@ def run(scn: Scenario, tokens: dict[str, str], opts: Options) -> dict[str, Any]:
 
 
 def _payload(record: Any) -> dict[str, Any]:
-    doc = simplejson.loads(record.value, use_decimal=True)
+    doc = loads(record.value)
     payload: dict[str, Any] = doc["payload"]
     return payload
 

@@ -117,7 +117,7 @@ def test_the_quickstart_runs_as_written(hub: SecurityHub, tmp_path: Path) -> Non
         **{k: v for k, v in os.environ.items() if k not in ("TOKEN_A", "TOKEN_B")},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         # where `mrhub institutions issue-token` writes: the registry this hub reads
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(hub.registry),
+        "MRHUB_INSTITUTIONS_PATH": str(hub.registry),
     }
     env_out = tmp_path / "env"
     issued: set[str] = set()
