@@ -28,7 +28,7 @@ import pytest
 
 from services.common.broker import LocalBroker, free_port
 from services.common.envelope import Envelope
-from services.common.harness import wait_until
+from services.common.harness import answers_ready, still_running, wait_until
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
@@ -119,6 +119,18 @@ class SecurityHub:
 
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
         wait_ready(f"{self.url(name)}/readyz", self.procs[name], self.log(name), timeout_s)
+
+    def wait_all_ready(
+        self, urls: list[str], proc: subprocess.Popen[bytes], name: str, timeout_s: float = 180
+    ) -> None:
+        """Wait until every one of ``urls`` answers ready (workers that share partitions
+        have settled); fail at once if ``proc`` (started as ``name``) exits."""
+        wait_until(
+            lambda: all(answers_ready(f"{url}/readyz") for url in urls),
+            deadline_s=timeout_s,
+            what=f"{', '.join(urls)} to answer ready",
+            alive=still_running(proc, name, self.log(name)),
+        )
 
     def stop(self, name: str) -> int:
         return stop_process(self.procs[name])
