@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import secrets
@@ -23,9 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
-
-from services.common.broker import LocalBroker, ensure_jars
+from services.common import harness
+from services.common.broker import LocalBroker, data_dir_of, ensure_jars
 from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
@@ -40,18 +38,12 @@ class ServiceSpec:
     name: str
     module: str  # has a ``main.run(settings)``
 
-    def exists(self) -> bool:
-        try:
-            return importlib.util.find_spec(f"{self.module}.main") is not None
-        except ModuleNotFoundError:  # the service's package itself is not there
-            return False
-
     def settings(self, settings: Settings) -> ServiceSettings:
         section: ServiceSettings = getattr(settings, self.name)
         return section
 
 
-#: Every service the hub has, in start order; `up` starts those whose code exists.
+#: Every service the hub has, in start order.
 SERVICES = (
     ServiceSpec("ingest", "services.ingest"),
     ServiceSpec("patient_index", "services.patient_index"),
@@ -63,7 +55,7 @@ SERVICES = (
 def _broker(settings: Settings, data_dir: Path | None = None) -> LocalBroker:
     b = settings.broker
     return LocalBroker(
-        data_dir or b.data_dir,
+        data_dir or data_dir_of(settings),
         settings.cache_dir,
         kafka_version=b.kafka_version,
         port=b.port,
@@ -175,8 +167,6 @@ def cmd_stewards(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     spec = next(s for s in SERVICES if s.name == args.service)
-    if not spec.exists():
-        raise MrhubError(f"the {spec.name} service does not exist yet")
     module = importlib.import_module(f"{spec.module}.main")
     module.run(settings)
     return 0
@@ -200,18 +190,16 @@ def _local_hmac_key(settings: Settings) -> str:
 #: and resumes from its last committed transaction), up to this many times in the window.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+#: How long `up` waits for every service to answer ready, by default.
+READY_TIMEOUT_S = 180.0
 
 
 def _spawn(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    with open(log_dir / f"{name}.log", "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", name],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return harness.start(
+        [sys.executable, "-m", "services.cli", "serve", name],
+        env=env,
+        log_path=log_dir / f"{name}.log",
+    )
 
 
 class _Stop:
@@ -222,29 +210,56 @@ class _Stop:
         self.requested = True
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while `up` waited for the services."""
 
 
-def _terminate(procs: Sequence[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
-    for _, p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for _, p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+def _how_to_call() -> str:
+    """Where this ``mrhub`` is, as the user can type it."""
+    exe = Path(sys.executable).parent / "mrhub"
+    try:
+        shown = exe.relative_to(Path.cwd())
+    except ValueError:
+        shown = exe
+    return f"`make shell` opens a shell with mrhub on PATH, or use {shown}"
+
+
+def _wait_all_ready(
+    procs: Sequence[tuple[str, subprocess.Popen[bytes]]],
+    bases: dict[str, str],
+    log_dir: Path,
+    deadline_s: float,
+    stop: _Stop,
+) -> str | None:
+    """Wait until every service answers ``/readyz`` 200 within one shared deadline; None,
+    or what went wrong (naming the service)."""
+
+    def alive() -> None:
+        if stop.requested:
+            raise _Interrupted
+        for name, proc in procs:
+            harness.still_running(proc, name, log_dir / f"{name}.log")()
+
+    def not_ready() -> list[str]:
+        return [name for name, _ in procs if not harness.answers_ready(f"{bases[name]}/readyz")]
+
+    waiting: list[str] = [name for name, _ in procs]
+
+    def all_ready() -> bool:
+        waiting[:] = not_ready()
+        return not waiting
+
+    try:
+        harness.wait_until(
+            all_ready, deadline_s=deadline_s, what="every service to answer ready", alive=alive
+        )
+    except harness.ProcessExitedError as exc:
+        return f"{exc.name} exited with code {exc.returncode} while starting; see {exc.log_path}"
+    except TimeoutError:
+        names = ", ".join(waiting)
+        logs = ", ".join(str(log_dir / f"{n}.log") for n in waiting)
+        return f"not ready after {deadline_s:.0f} s: {names} (answers 503 or nothing); see {logs}"
+    return None
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -285,23 +300,26 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             env["MRHUB_RECOGNITION__URL"] = f"http://{rc.host}:{rc.port}"
         log_dir = settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
+        bases: dict[str, str] = {}
         for spec in SERVICES:
-            if not spec.exists() or stop.requested:
-                continue
             svc = spec.settings(settings)
-            proc = _spawn(spec.name, env, log_dir)
-            procs.append((spec.name, proc))
-            base = f"http://{svc.host}:{svc.port}"
-            if not _wait_healthy(f"{base}/healthz", proc, 30):
-                print(f"{spec.name} did not start; see {log_dir / (spec.name + '.log')}")
-                return 1
-            rows.append((spec.name, base, proc.pid))
-        print("mrhub is up:")
-        for name, base, pid in rows:
-            print(f"  {name:<14} {base}   (metrics {base}/metrics, pid {pid})")
+            bases[spec.name] = f"http://{svc.host}:{svc.port}"
+            procs.append((spec.name, _spawn(spec.name, env, log_dir)))
+        print(f"waiting for {len(procs)} services to answer ready …", flush=True)
+        try:
+            failed = _wait_all_ready(procs, bases, log_dir, args.ready_timeout, stop)
+        except _Interrupted:
+            return 130
+        if failed is not None:
+            print(f"mrhub did not come up: {failed}", flush=True)
+            return 1
+        print("mrhub is up (every service answers ready):")
+        for name, proc in procs:
+            base = bases[name]
+            print(f"  {name:<14} {base}   (metrics {base}/metrics, pid {proc.pid})")
         print(f"  {'kafka':<14} {bootstrap}")
-        print(f"logs in {log_dir}; Ctrl-C stops everything", flush=True)
+        print(f"logs in {log_dir}; Ctrl-C stops everything")
+        print(f"to call mrhub: {_how_to_call()}", flush=True)
         restarts: dict[str, list[float]] = {}
         while not stop.requested:
             for i, (name, proc) in enumerate(procs):
@@ -320,11 +338,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{name} exited with code {proc.returncode}; starting it again", flush=True)
                 restarts[name] = [*recent, time.monotonic()]
                 procs[i] = (name, _spawn(name, env, log_dir))
-            time.sleep(0.3)
+            time.sleep(0.3)  # how often the supervisor looks, not a wait for a condition
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _terminate(procs, grace_s=15)
+        harness.stop_all([p for _, p in procs], grace_s=15)
         if broker is not None:
             broker.stop()
             print("Kafka stopped")
@@ -341,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="the local single-node Kafka (KRaft) broker")
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
-    p.add_argument("--data-dir", type=Path, default=None, help="default: MRHUB_BROKER__DATA_DIR")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: MRHUB_BROKER__DATA_DIR, else broker/ under MRHUB_STATE_DIR",
+    )
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="the hub's Kafka topics")
@@ -349,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("up", help="start Kafka (unless configured) and every service")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        help="seconds every service has to answer ready (default %(default)s)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("serve", help="run one service in the foreground")

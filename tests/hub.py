@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import harness
 from services.common.broker import free_port
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
-from tests.support import run_module, stop_process, wait_ready
+from tests.support import run_module, wait_ready
 
 PARTITIONS = 3
 
@@ -102,8 +103,7 @@ class Hub:
         proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            stop_process(proc)
+        harness.stop_all(list(self.procs.values()))
 
 
 def start_hub(

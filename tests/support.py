@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,9 +10,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+
+from services.common import harness
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,11 +76,15 @@ def consume_all(
         consumer_timeout_ms=500,
     )
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + timeout_s
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic) or set()
+        try:
+            parts: set[int] = harness.wait_until(
+                lambda: consumer.partitions_for_topic(topic) or set(),
+                deadline_s=timeout_s,
+                what=f"the partitions of {topic}",
+            )
+        except TimeoutError:  # no such topic: nothing on it
+            parts = set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -106,39 +110,14 @@ def run_module(
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m …`` in its own session, output to ``log_path``."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return harness.start([sys.executable, *args], env=full_env, log_path=log_path, cwd=REPO)
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
+    return harness.stop(proc, grace_s=timeout_s)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
     """Wait until ``url`` answers 200; fail with the log's tail if ``proc`` dies or time
     runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not ready: {url}\n{log.read_text()[-3000:]}")
+    harness.wait_ready(proc, url, deadline_s=timeout_s, log_path=log)

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from services.common.errors import BrokerError, PortInUseError
+from services.common.harness import ProcessExitedError, still_running, wait_until
+from services.common.settings import Settings
 from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,15 @@ def ensure_jars(cache_dir: Path, kafka_version: str) -> Path:
     tmp.rename(jars)
     marker.write_text(kafka_version, encoding="utf-8")
     return jars
+
+
+def data_dir_of(settings: Settings) -> Path:
+    """The local broker's data directory: ``MRHUB_BROKER__DATA_DIR`` when it is set, else
+    ``broker/`` under ``MRHUB_STATE_DIR`` (so that moving the state moves the broker's data
+    and logs with it)."""
+    if "data_dir" in settings.broker.model_fields_set:
+        return settings.broker.data_dir
+    return settings.state_dir / "broker"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -374,16 +385,21 @@ class LocalBroker:
     ) -> None:
         from services.common.kafka_admin import cluster_answers
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BrokerError(
-                    f"the broker exited with code {proc.returncode}; see {self.log_path}"
-                )
-            if cluster_answers(info.bootstrap, timeout_s=2.0):
-                return
-            time.sleep(0.3)
-        raise BrokerError(f"the broker did not answer within {timeout_s:.0f}s; see {self.log_path}")
+        try:
+            wait_until(
+                lambda: cluster_answers(info.bootstrap, timeout_s=2.0),
+                deadline_s=timeout_s,
+                what=f"the broker at {info.bootstrap}",
+                alive=still_running(proc, "the broker"),
+            )
+        except ProcessExitedError as exc:
+            raise BrokerError(
+                f"the broker exited with code {exc.returncode}; see {self.log_path}"
+            ) from None
+        except TimeoutError:
+            raise BrokerError(
+                f"the broker did not answer within {timeout_s:.0f}s; see {self.log_path}"
+            ) from None
 
     def stop(self, *, grace_s: float = 20.0) -> BrokerInfo | None:
         """Stop exactly the broker this data directory started; None if none was running."""
@@ -399,15 +415,20 @@ class LocalBroker:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
+
+        def gone() -> bool:
             try:
-                if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                    return
-            except ChildProcessError:  # not our child: poll for it
-                if not _pid_alive(pid):
-                    return
-            time.sleep(0.1)
+                return os.waitpid(pid, os.WNOHANG) != (0, 0)
+            except ChildProcessError:  # not our child: look for it
+                return not _pid_alive(pid)
+
+        try:
+            wait_until(
+                gone, deadline_s=grace_s, what=f"the broker (pid {pid}) to exit", interval_s=0.1
+            )
+            return
+        except TimeoutError:
+            pass
         try:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

@@ -4,7 +4,6 @@ through it, and a fault injected in the middle of the stream."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from mrhub_tools.simulate.cli import prepare, simulate
 from mrhub_tools.simulate.runner import Options, Progress
+from services.common.harness import wait_until
 from services.recognition.catalog import CHINA_TZ
 from tests.hub import Hub
 
@@ -99,12 +99,12 @@ class SimulationThread:
 def wait_for(
     cond: Callable[[], bool], timeout_s: float, what: str, sim: SimulationThread | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
+
+    def alive() -> None:
         if sim is not None and sim.error is not None:
             raise sim.error
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+
+    wait_until(cond, deadline_s=timeout_s, what=what, interval_s=0.1, alive=alive)
 
 
 def assert_exactly_one_decision_each(summary: dict[str, Any], hub: Hub | None = None) -> None:

@@ -1,19 +1,17 @@
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.common.broker import free_port
 from services.common.institutions import Registry, issue_token
 from tests.conftest import REPO
-from tests.support import create_topic, run_module, stop_process
+from tests.support import create_topic, run_module, stop_process, wait_ready
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,16 +54,7 @@ def gateway_process(
     proc = run_module(["-m", "services.cli", "serve", "ingest"], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_ready(f"{url}/readyz", proc, log)
         yield GatewayProcess(url, token, institution, topic, log)
     finally:
         stop_process(proc)

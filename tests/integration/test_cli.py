@@ -8,14 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from services.common.broker import free_port, port_is_free
-from tests.conftest import REPO
+from services.common.harness import still_running, wait_until
+from tests.conftest import REPO, _cache_dir
 
 
 def mrhub(
@@ -115,15 +115,20 @@ def test_up_prints_addresses_and_sigterm_leaves_nothing_behind(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 120
-        while "mrhub is up" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.3)
+        wait_until(
+            lambda: "mrhub is up" in log.read_text(),
+            deadline_s=300,
+            what="`mrhub up` to say it is up",
+            alive=still_running(proc, "mrhub up", log),
+        )
         text = log.read_text()
         assert f"http://127.0.0.1:{ingest_port}" in text, text
         assert f"127.0.0.1:{broker_env['MRHUB_BROKER__PORT']}" in text
-        ready = httpx.get(f"http://127.0.0.1:{ingest_port}/readyz", timeout=10)
-        assert ready.status_code == 200
+        assert "mrhub on PATH" in text and "bin/mrhub" in text, text
+        # "up" means every service answers ready, not just that its process answers
+        for port in re.findall(r"(http://127\.0\.0\.1:\d+)   \(metrics", text):
+            ready = httpx.get(f"{port}/readyz", timeout=10)
+            assert ready.status_code == 200, (port, ready.text)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
@@ -140,3 +145,51 @@ def test_up_prints_addresses_and_sigterm_leaves_nothing_behind(
     assert service_pids, log.read_text()
     for pid in service_pids:
         assert not Path(f"/proc/{pid}").exists(), f"service process {pid} is still there"
+
+
+def test_up_names_a_service_that_cannot_start_and_stops_everything(
+    broker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **broker_env,
+        "MRHUB_INGEST__PORT": str(free_port()),
+        # the gateway refuses to start without its institution registry
+        "MRHUB_INGEST__INSTITUTIONS_PATH": str(tmp_path / "no-such-registry.yaml"),
+    }
+    result = mrhub("up", env=env, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "mrhub did not come up: ingest" in result.stdout, result.stdout
+    assert "mrhub is up" not in result.stdout
+    assert "mrhub stopped" in result.stdout
+    assert _pids_with(broker_env["MRHUB_BROKER__DATA_DIR"]) == []
+    assert port_is_free(int(broker_env["MRHUB_BROKER__PORT"]))
+
+
+def test_the_state_dir_holds_the_brokers_data_and_logs(tmp_path: Path) -> None:
+    """With only MRHUB_STATE_DIR set, the local broker keeps everything under it, and
+    nothing in the old default place (~/.local/state/mrhub)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    state = tmp_path / "state"
+    env = {
+        "HOME": str(home),
+        "MRHUB_CACHE_DIR": str(_cache_dir()),  # the Kafka jars, fetched once
+        "MRHUB_STATE_DIR": str(state),
+        "MRHUB_BROKER__PORT": str(free_port()),
+        "MRHUB_BROKER__CONTROLLER_PORT": str(free_port()),
+    }
+    for var in ("MRHUB_KAFKA__BOOTSTRAP_SERVERS", "MRHUB_BROKER__DATA_DIR"):
+        os.environ.pop(var, None)
+    try:
+        started = mrhub("broker", "start", env=env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        status = mrhub("broker", "status", env=env)
+        assert f"data {state / 'broker'}" in status.stdout, status.stdout
+    finally:
+        stopped = mrhub("broker", "stop", env=env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
+    broker = state / "broker"
+    assert (broker / "kraft" / "meta.properties").exists()
+    assert (broker / "logs" / "server.log").exists()
+    assert (broker / "broker.json").exists()
+    assert not (home / ".local" / "state" / "mrhub").exists()

@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,9 @@ from kafka import KafkaProducer
 from services.cli import SERVICES
 from services.common.broker import free_port
 from services.common.envelope import Envelope
+from services.common.harness import json_when_ready, still_running, stop_all, wait_until
+from services.common.harness import start as start_process
+from services.common.harness import wait_ready as harness_wait_ready
 from services.common.institutions import Registry, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.metrics import hub_version
@@ -154,13 +156,7 @@ def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 
 def wait_for(what: str, check: Any, timeout_s: float = 180) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.5)
+    return wait_until(check, deadline_s=timeout_s, what=what, interval_s=0.5)
 
 
 _SEQ = iter(range(random.randint(100, 400) | 1, 999, 2))
@@ -201,7 +197,7 @@ def hub(
     assert {A, B} <= set(Registry.load(registry).ids)
     tokens = {i: issue_token(registry, i) for i in (A, B)}
     create_topics(bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=1)
-    names = [s.name for s in SERVICES if s.exists() and s.name not in catalogue.pending]
+    names = [s.name for s in SERVICES if s.name not in catalogue.pending]
     ports = {name: free_port() for name in names}
     env = {
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -230,8 +226,7 @@ def hub(
         _send_traffic(hub)
         yield hub
     finally:
-        for proc in procs.values():
-            stop_process(proc)
+        stop_all(list(procs.values()))
 
 
 def _send_traffic(hub: Hub) -> None:
@@ -420,33 +415,44 @@ def test_prometheus_scrapes_the_hub_and_answers_for_ingest_and_recognition(hub: 
     conf_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()
     log = hub.tmp / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={conf_path}",
-                f"--storage.tsdb.path={hub.tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_process(
+        [
+            str(PROMETHEUS),
+            f"--config.file={conf_path}",
+            f"--storage.tsdb.path={hub.tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        log_path=log,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
+    alive = still_running(proc, "prometheus", log)
+
+    def get(path: str, **params: str) -> Any:
+        """The answer's data; None while Prometheus starts (refused, 503, not JSON)."""
+        alive()
+        body = json_when_ready(f"{api}/{path}", params=params)
+        if body is None:
+            return None
+        assert body["status"] == "success", body
+        return body["data"]
 
     def query(promql: str) -> list[dict[str, Any]]:
-        try:
-            resp = httpx.get(f"{api}/query", params={"query": promql}, timeout=5)
-        except httpx.HTTPError:
-            assert proc.poll() is None, log.read_text()
-            return []
-        body = resp.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        data = get("query", query=promql)
+        return [] if data is None else list(data["result"])
+
+    def rules() -> list[dict[str, Any]]:
+        data = get("rules")
+        return [] if data is None else [r for g in data["groups"] for r in g["rules"]]
 
     try:
+        # /-/ready answers 503 "Service Unavailable" until the server has started
+        harness_wait_ready(
+            proc,
+            f"http://127.0.0.1:{port}/-/ready",
+            deadline_s=120,
+            name="prometheus",
+            log_path=log,
+        )
         up = wait_for(
             "Prometheus scrapes every running service",
             lambda: (
@@ -478,16 +484,11 @@ def test_prometheus_scrapes_the_hub_and_answers_for_ingest_and_recognition(hub: 
             lambda: query('mrhub_consumer_lag_messages{job="mrhub-patient-index"}'),
         )
         assert {r["metric"]["service"] for r in lag} == {"patient_index"}
-        rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
-        loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        loaded = {r["name"] for r in wait_for("the alert rules are loaded", rules)}
         assert "MrhubServiceDown" in loaded and "MrhubConsumerLagGrowing" in loaded
         wait_for(
             "every alert rule evaluates without error",
-            lambda: all(
-                r["health"] == "ok"
-                for g in httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
-                for r in g["rules"]
-            ),
+            lambda: all(r["health"] == "ok" for r in rules() or [{"health": "not yet"}]),
         )
     finally:
         stop_process(proc)

@@ -23,6 +23,7 @@ from kafka import KafkaProducer
 
 from services.common.broker import free_port
 from services.common.envelope import Envelope
+from services.common.harness import wait_until
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
@@ -401,13 +402,9 @@ def test_hanzi_and_pinyin_with_same_birth_date_and_phone_are_auto_linked(hub: Hu
 def test_twins_are_not_linked(hub: Hub) -> None:
     a, _, _ = hub.tokens
     birth, phone = new_birth_date(), f"137{random.randint(10_000_000, 99_999_999)}"
-    m1 = master(
-        hub,
-        trace(
-            hub.post(a, "/fhir", patient_bundle(a, "T-1", {"text": "李明"}, "male", birth, phone))
-        ),
-    )
-    time.sleep(2)
+    first = patient_bundle(a, "T-1", {"text": "李明"}, "male", birth, phone)
+    m1 = master(hub, trace(hub.post(a, "/fhir", first)))
+    wait_in_block(hub, m1, first)  # so that the second twin is compared with the first
     m2 = master(
         hub,
         trace(
@@ -429,6 +426,24 @@ def test_twins_are_not_linked(hub: Hub) -> None:
 
 
 # ------------------------------------------------------------------------ data stewards
+
+
+def _matched(hub: Hub, patient: dict[str, Any], master_id: str) -> dict[str, Any] | None:
+    """The steward's ``$match`` answer for ``patient`` once it names ``master_id``."""
+    resp = steward(hub, "POST", "/fhir/Patient/$match", patient)
+    if resp.status_code != 200:
+        return None
+    doc: dict[str, Any] = resp.json()
+    return doc if master_id in [e["resource"]["id"] for e in doc.get("entry", [])] else None
+
+
+def wait_in_block(hub: Hub, master_id: str, posted: dict[str, Any]) -> None:
+    """Wait until the patient index's block (birth date) holds the Patient of the bundle
+    ``posted`` under ``master_id``: a steward's ``$match`` on her demographics finds her."""
+    patient = {k: v for k, v in posted["entry"][0]["resource"].items() if k != "identifier"}
+    wait_until(
+        lambda: _matched(hub, patient, master_id), deadline_s=120, what=f"{master_id} in its block"
+    )
 
 
 def steward(
@@ -587,8 +602,9 @@ def _review_pair(
             "山西省大同市平城区永泰街 5 号",
         )
 
-    m_a = master(hub, trace(hub.post(a, "/fhir", doc_a())))
-    time.sleep(1)  # A's record reaches its block first
+    first = doc_a()
+    m_a = master(hub, trace(hub.post(a, "/fhir", first)))
+    wait_in_block(hub, m_a, first)  # A's record reaches its block first
     m_b = master(hub, trace(hub.post(b, "/fhir", doc_b())))
     return m_a, m_b, {m_a: (a, doc_a), m_b: (b, doc_b)}
 
@@ -701,7 +717,6 @@ def test_match_lookup_finds_the_master_by_card_and_by_demographics(hub: Hub) -> 
             hub.post(a, "/fhir", patient_bundle(a, "M-1", {"text": "孙悦"}, "female", birth, phone))
         ),
     )
-    time.sleep(2)  # her block has her by now
     by_demographics = {
         "resourceType": "Patient",
         "name": [{"family": "Sun", "given": ["Yue"]}],
@@ -709,7 +724,9 @@ def test_match_lookup_finds_the_master_by_card_and_by_demographics(hub: Hub) -> 
         "birthDate": birth,
         "telecom": [{"system": "phone", "value": phone}],
     }
-    doc = steward(hub, "POST", "/fhir/Patient/$match", by_demographics).json()
+    doc = wait_until(  # her block has her once the match stage has taken her in
+        lambda: _matched(hub, by_demographics, m_p), deadline_s=120, what=f"{m_p} in its block"
+    )
     assert [e["resource"]["id"] for e in doc["entry"]] == [m_p]
     assert doc["entry"][0]["search"]["extension"][0]["valueCode"] in ("probable", "possible")
     # nobody with another birth date

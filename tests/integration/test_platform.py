@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.support import (
     produce_aborted,
     run_module,
     stop_process,
+    wait_ready,
 )
 
 
@@ -51,7 +51,7 @@ def test_cluster_answers_is_false_for_a_dead_address() -> None:
 
 
 def _wait_counts(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
-    records = consume_all(bootstrap, topic, expect=n, timeout_s=90)
+    records = consume_all(bootstrap, topic, expect=n, timeout_s=180)
     return [json.loads(r.value) for r in records]
 
 
@@ -63,12 +63,14 @@ def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
     create_topic(bootstrap, src, partitions)
     create_topic(bootstrap, out, 1)
     state = tmp_path / "state"
+    web_port = free_port()
+    ready = f"http://127.0.0.1:{web_port}/readyz"
     env = {
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_STATE_DIR": str(state),
         "MRHUB_TOPIC_PARTITIONS": str(partitions),
         "MRHUB_TEST_SUFFIX": unique,
-        "MRHUB_TEST_WEB_PORT": str(free_port()),
+        "MRHUB_TEST_WEB_PORT": str(web_port),
     }
     args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
     log = tmp_path / "worker.log"
@@ -77,6 +79,7 @@ def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
     produce_aborted(bootstrap, src, [(b"patient-a", b"aborted")] * 2)
     worker = run_module(args, env, log)
     try:
+        wait_ready(ready, worker, log)
         produce(bootstrap, src, [(b"patient-a", b"x")] * 3 + [(b"patient-b", b"x")])
         first = _wait_counts(bootstrap, out, 4)
     finally:
@@ -95,7 +98,8 @@ def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
 
     worker = run_module(args, env, log)
     try:
-        time.sleep(1)
+        # ready: it has its partitions and has rebuilt the table from the changelog
+        wait_ready(ready, worker, log)
         produce(bootstrap, src, [(b"patient-a", b"x")])
         after = _wait_counts(bootstrap, out, 5)
     finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 
 from services.common.broker import LocalBroker, free_port
 from services.common.envelope import Envelope
+from services.common.harness import answers_ready, still_running, wait_until
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.topics import ALL_TOPICS
@@ -120,6 +120,18 @@ class SecurityHub:
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
         wait_ready(f"{self.url(name)}/readyz", self.procs[name], self.log(name), timeout_s)
 
+    def wait_all_ready(
+        self, urls: list[str], proc: subprocess.Popen[bytes], name: str, timeout_s: float = 180
+    ) -> None:
+        """Wait until every one of ``urls`` answers ready (workers that share partitions
+        have settled); fail at once if ``proc`` (started as ``name``) exits."""
+        wait_until(
+            lambda: all(answers_ready(f"{url}/readyz") for url in urls),
+            deadline_s=timeout_s,
+            what=f"{', '.join(urls)} to answer ready",
+            alive=still_running(proc, name, self.log(name)),
+        )
+
     def stop(self, name: str) -> int:
         return stop_process(self.procs[name])
 
@@ -179,14 +191,19 @@ class SecurityHub:
         self, topic: str, pick: Callable[[Envelope], bool], *, count: int = 1, timeout_s: float = 90
     ) -> list[Envelope]:
         """The events of ``topic`` that ``pick`` selects, once there are ``count`` of them."""
-        deadline = time.monotonic() + timeout_s
         found: list[Envelope] = []
-        while time.monotonic() < deadline:
-            found = [e for e in self.events(topic) if pick(e)]
-            if len(found) >= count:
-                return found
-            time.sleep(0.5)
-        raise AssertionError(f"{len(found)} of {count} events on {topic} in {timeout_s} s")
+
+        def enough() -> list[Envelope] | None:
+            found[:] = [e for e in self.events(topic) if pick(e)]
+            return list(found) if len(found) >= count else None
+
+        try:
+            events: list[Envelope] = wait_until(
+                enough, deadline_s=timeout_s, what=f"{count} events on {topic}", interval_s=0.5
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"{len(found)} of {count} events on {topic}: {exc}") from None
+        return events
 
     def metric(self, name: str, service: str, **labels: str) -> float:
         """The sum of the samples of ``name`` on ``service``'s /metrics whose labels include

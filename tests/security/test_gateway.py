@@ -33,7 +33,7 @@ from services.common.topics import (
 )
 from tests.fhir_samples import ID_CARD, dumps, observation, org_ref
 from tests.security.conftest import FHIR, A, C, SecurityHub
-from tests.support import run_module, stop_process
+from tests.support import run_module, stop_process, wait_ready
 
 NDJSON = "application/fhir+ndjson"
 #: a wait, not a threshold: how long anything here may take on a loaded machine
@@ -101,16 +101,7 @@ def slow_gateway(
     proc = run_module(["-m", "services.cli", "serve", "ingest"], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_ready(f"{url}/readyz", proc, log)
         yield OwnGateway(url, port, security_hub.tokens[A], log)
     finally:
         stop_process(proc)

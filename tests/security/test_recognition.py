@@ -302,11 +302,7 @@ def test_a_second_worker_forwards_to_the_owner_and_a_forged_routing_header_chang
     second = run_module(["-m", "services.cli", "serve", "recognition"], env, hub.log(name))
     workers = [hub.url("recognition"), f"http://127.0.0.1:{port}"]
     try:
-        deadline = time.monotonic() + 180
-        while not all(_ready(url) for url in workers):
-            assert second.poll() is None, hub.log(name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "the two workers never settled"
-            time.sleep(0.5)
+        hub.wait_all_ready(workers, second, name)
         forwarded = [
             _metric_at(url, "mrhub_recognition_check_seconds_count", outcome="forwarded")
             for url in workers
@@ -344,13 +340,6 @@ def _settled(hub: SecurityHub, cards: list[str], timeout_s: float = 180) -> None
             pending.pop(0)
         else:
             time.sleep(0.5)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _metric_at(url: str, name: str, **labels: str) -> float:

@@ -293,7 +293,6 @@ def test_with_two_workers_every_search_and_read_by_id_answers_from_either(
     the other one. A search is forwarded to the owner. A forged routing or on-behalf-of
     header from a hospital changes nothing."""
     from services.common.broker import free_port
-    from tests.security.test_recognition import _ready
     from tests.support import run_module, stop_process
 
     hub = security_hub
@@ -317,11 +316,7 @@ def test_with_two_workers_every_search_and_read_by_id_answers_from_either(
     second = run_module(["-m", "services.cli", "serve", "recognition"], env, hub.log(name))
     workers = [hub.url("recognition"), f"http://127.0.0.1:{port}"]
     try:
-        deadline = time.monotonic() + 180
-        while not all(_ready(url) for url in workers):
-            assert second.poll() is None, hub.log(name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "the two workers never settled"
-            time.sleep(0.5)
+        hub.wait_all_ready(workers, second, name)
         forged = {"X-Mrhub-Routed": "1", "X-Mrhub-On-Behalf-Of": A2}
         for card in cards:
             for url in workers:

@@ -10,8 +10,11 @@ import json
 import os
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from services.common.faust_app import make_app
 from services.common.settings import load_settings
+from services.common.stages import add_service_pages
 
 SUFFIX = os.environ["MRHUB_TEST_SUFFIX"]
 settings = load_settings()
@@ -23,6 +26,8 @@ app = make_app(
 source = app.topic(f"test.counter.in.{SUFFIX}", key_type=bytes, value_type=bytes)
 sink = app.topic(f"test.counter.out.{SUFFIX}", key_type=bytes, value_type=bytes)
 counts = app.Table("counts", default=int, partitions=settings.topic_partitions)
+# /readyz answers 200 once the table is recovered: the test waits for it, not for a time
+add_service_pages(app, CollectorRegistry())
 
 
 @app.agent(source, concurrency=1)
