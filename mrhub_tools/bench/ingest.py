@@ -1196,7 +1196,7 @@ def _run(settings: Settings, *, seconds: float, concurrency: int) -> dict[str, A
             "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "MRHUB_IDENTITY__HMAC_KEY": secrets.token_urlsafe(32),
             "MRHUB_INGEST__HOST": HOST,
-            "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry_path),
+            "MRHUB_INSTITUTIONS_PATH": str(registry_path),
             "MRHUB_LOG_LEVEL": "WARNING",
         }
         headers = {

@@ -1,9 +1,9 @@
 """``mrhub simulate prepare|run``: a hospital region in a box.
 
 ``prepare`` writes a simulated region's institution registry (and its hospitals' tokens) into
-a directory; start the hub against it (``MRHUB_INGEST__INSTITUTIONS_PATH`` and
-``MRHUB_RECOGNITION__INSTITUTIONS_PATH``); ``run`` then posts a seeded stream of visits through
-the gateway and compares the hub's decisions with the ground truth. docs/simulate.md.
+a directory; start the hub against it (``MRHUB_INSTITUTIONS_PATH``); ``run`` then posts a seeded
+stream of visits through the gateway and compares the hub's decisions with the ground truth.
+docs/simulate.md.
 
 The parser of the verb is in services/cli.py (so that ``mrhub simulate --help`` works where the
 tools are not installed); :func:`main` is its handler.
@@ -131,8 +131,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         path = prepare(directory, args.institutions or 50, args.seed or DEFAULT_SEED, today)
         print(f"simulated region of {args.institutions or 50} institutions written to {path}")
         print("start the hub against it, e.g.:")
-        print(f"  export MRHUB_INGEST__INSTITUTIONS_PATH={path}")
-        print(f"  export MRHUB_RECOGNITION__INSTITUTIONS_PATH={path}")
+        print(f"  export MRHUB_INSTITUTIONS_PATH={path}")
         print("  mrhub up")
         print(f"then: mrhub simulate run --dir {directory} --patients N --days N")
         return 0

@@ -239,27 +239,19 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _one_registry_path(cls, data: Any) -> Any:
-        """Transition only: the per-service names this setting replaced
-        (``MRHUB_INGEST__INSTITUTIONS_PATH``, ``…RECOGNITION__…``, ``…IMAGING__…``) still set
-        it while test harnesses and deployments move to ``MRHUB_INSTITUTIONS_PATH``, which
-        wins when set; two of them naming different files are refused. Remove once nothing
-        sets them (issue 17)."""
-        if not isinstance(data, dict):
-            return data
-        legacy: set[str] = set()
-        for section in ("ingest", "recognition", "imaging"):
-            sub = data.get(section)
-            if isinstance(sub, dict) and "institutions_path" in sub:
-                rest = dict(sub)
-                legacy.add(str(rest.pop("institutions_path")))
-                data = {**data, section: rest}
-        if not legacy or "institutions_path" in data:
-            return data
-        if len(legacy) > 1:
-            raise ValueError(
-                "the institution registry is one file: set MRHUB_INSTITUTIONS_PATH only"
-            )
-        return {**data, "institutions_path": legacy.pop()}
+        """The registry is one setting, ``MRHUB_INSTITUTIONS_PATH``. The per-service names it
+        replaced (``MRHUB_INGEST__INSTITUTIONS_PATH`` and the like) are refused by name rather
+        than ignored, so a deployment still setting one does not silently read the default."""
+        if isinstance(data, dict):
+            for section in ("ingest", "recognition", "imaging"):
+                sub = data.get(section)
+                if isinstance(sub, dict) and "institutions_path" in sub:
+                    raise ValueError(
+                        f"MRHUB_{section.upper()}__INSTITUTIONS_PATH is no longer read: the "
+                        "institution registry is one file for every service, "
+                        "MRHUB_INSTITUTIONS_PATH"
+                    )
+        return data
 
 
 def load_settings() -> Settings:

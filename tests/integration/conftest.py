@@ -46,7 +46,7 @@ def gateway_process(
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
         "MRHUB_INGEST__PORT": str(port),
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_INGEST__TOPIC": topic,
         "MRHUB_LOG_LEVEL": "WARNING",
     }

@@ -154,7 +154,7 @@ def test_up_names_a_service_that_cannot_start_and_stops_everything(
         **broker_env,
         "MRHUB_INGEST__PORT": str(free_port()),
         # the gateway refuses to start without its institution registry
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(tmp_path / "no-such-registry.yaml"),
+        "MRHUB_INSTITUTIONS_PATH": str(tmp_path / "no-such-registry.yaml"),
     }
     result = mrhub("up", env=env, timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr

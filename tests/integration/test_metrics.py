@@ -202,9 +202,7 @@ def hub(
     env = {
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
-        "MRHUB_INGEST__INSTITUTIONS_PATH": str(registry),
-        "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(registry),
-        "MRHUB_IMAGING__INSTITUTIONS_PATH": str(registry),
+        "MRHUB_INSTITUTIONS_PATH": str(registry),
         "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "MRHUB_STATE_DIR": str(tmp / "state"),
         "MRHUB_LOG_LEVEL": "INFO",

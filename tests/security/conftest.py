@@ -95,9 +95,7 @@ class SecurityHub:
         env = {
             "MRHUB_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
             "MRHUB_IDENTITY__HMAC_KEY": "security-suite-hmac-key",
-            "MRHUB_INGEST__INSTITUTIONS_PATH": str(self.registry),
-            "MRHUB_RECOGNITION__INSTITUTIONS_PATH": str(self.registry),
-            "MRHUB_IMAGING__INSTITUTIONS_PATH": str(self.registry),
+            "MRHUB_INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_PATIENT_INDEX__URL": f"http://127.0.0.1:{self.ports['patient_index']}",
             "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{self.ports['recognition']}",
             "MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES": json.dumps([hash_token(STEWARD_TOKEN)]),
