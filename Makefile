@@ -15,10 +15,10 @@ LOCK_ARGS   ?= # e.g. --upgrade-package aiohttp (make lock keeps every other pin
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-DEBIAN_NEEDS := java:openjdk-17-jre-headless mvn:maven promtool:prometheus \
+DEBIAN_NEEDS := java:openjdk-17-jre-headless mvn:maven promtool:prometheus curl:curl \
                 /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
-system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb
+system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb, curl (the quickstart test)
 	@missing=""; for need in $(DEBIAN_NEEDS); do \
 	  probe=$${need%%:*}; pkg=$${need#*:}; \
 	  if [ "$${probe#/}" != "$$probe" ]; then test -e "$$probe" || missing="$$missing $$pkg"; \

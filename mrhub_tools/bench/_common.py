@@ -12,12 +12,11 @@ import math
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
+from services.common import harness
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -140,40 +139,15 @@ def start_service(
     service: str, env: Mapping[str, str], log: Path, *, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """``python -m services.cli serve SERVICE`` in its own session, output to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", service],
-            env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=cwd,
-        )
+    argv = [sys.executable, "-m", "services.cli", "serve", service]
+    return harness.start(argv, log_path=log, env=env, cwd=cwd)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    """Poll ``url`` until it answers 200; raise if ``proc`` exits or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early; see {log}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"not ready after {timeout_s:.0f} s: {url}; see {log}")
+    """``url`` answers 200 (harness.wait_ready); raises if ``proc`` exits or at the deadline."""
+    harness.wait_ready(proc, url, deadline_s=timeout_s, log_path=log)
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
-    """SIGTERM each process still running, wait up to ``grace_s``, then SIGKILL."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM each process still running, one shared grace, then SIGKILL (harness.stop_all)."""
+    harness.stop_all(procs, grace_s=grace_s)

@@ -67,7 +67,7 @@ from typing import Any, Final
 import httpx
 
 import services
-from mrhub_tools.bench._common import clock_ticks, machine_busy_s
+from mrhub_tools.bench._common import clock_ticks, machine_busy_s, start_service
 from mrhub_tools.bench.ingest import (
     ID_CARD_REGIONS,
     PANELS,
@@ -77,6 +77,7 @@ from mrhub_tools.bench.ingest import (
     lab_observation,
     lab_report,
 )
+from services.common import harness
 from services.common.envelope import Envelope
 from services.common.errors import MrhubError
 from services.common.fhir import INSTITUTION_SYSTEM
@@ -708,32 +709,22 @@ class Service:
     def start(self, timeout_s: float) -> float:
         """Start it and wait for ``/readyz`` 200; the seconds that took."""
         started = time.perf_counter()
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", "patient_index"],
-                env={**self.env, "MRHUB_PATIENT_INDEX__PORT": str(self.port)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = started + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"the patient index exited with code {self.proc.returncode}:\n{self.tail()}"
-                )
-            if self._ready():
-                return time.perf_counter() - started
-            if time.perf_counter() > deadline:
-                raise BenchError(f"the patient index was not ready in {timeout_s:.0f}s")
-            time.sleep(0.2)
-
-    def _ready(self) -> bool:
+        self.proc = start_service(
+            "patient_index",
+            {**self.env, "MRHUB_PATIENT_INDEX__PORT": str(self.port)},
+            self.log_path,
+        )
         try:
-            return httpx.get(f"{self.base}/readyz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+            harness.wait_ready(
+                self.proc,
+                f"{self.base}/readyz",
+                deadline_s=timeout_s,
+                name="the patient index",
+                log_path=self.log_path,
+            )
+        except (harness.ProcessExitedError, TimeoutError) as exc:
+            raise BenchError(str(exc)) from None
+        return time.perf_counter() - started
 
     def metrics(self) -> str:
         return httpx.get(f"{self.base}/metrics", timeout=10.0).text
@@ -751,13 +742,7 @@ class Service:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        harness.stop(proc, grace_s=grace_s)
 
 
 # ---------------------------------------------------------------------------- Kafka

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -56,6 +57,8 @@ import services
 from mrhub_tools.bench._common import machine_busy_s as _machine_busy_s
 from mrhub_tools.bench._common import percentile as percentile  # re-exported (bench check)
 from mrhub_tools.bench._common import proc_cpu_s as _proc_cpu_s
+from mrhub_tools.bench._common import start_service
+from services.common import harness
 from services.common.codec import dumps
 from services.common.errors import MrhubError
 from services.common.fhir import FHIR_JSON, INSTITUTION_SYSTEM
@@ -810,35 +813,24 @@ class Gateways:
     def start(self, timeout_s: float = 60.0) -> None:
         env = {**self.env, "MRHUB_INGEST__PORT": str(self.port)}
         for i in range(self.count):
-            with open(self.log_path(i), "ab") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "services.cli", "serve", "ingest"],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
+            self.procs.append(start_service("ingest", env, self.log_path(i)))
         deadline = time.monotonic() + timeout_s
         for i, proc in enumerate(self.procs):
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(
-                        f"gateway {i} exited with code {proc.returncode}:\n{self.tail(i)}"
-                    )
-                if _listens(proc.pid, self.port) is not False and self._ready():
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchError(f"gateway {i} not ready in {timeout_s:.0f}s:\n{self.tail(i)}")
-                time.sleep(0.2)
+            try:
+                harness.wait_until(
+                    functools.partial(self._serving, proc),
+                    deadline_s=max(0.1, deadline - time.monotonic()),
+                    what=f"gateway {i} to answer ready",
+                    alive=harness.still_running(proc, f"gateway {i}", self.log_path(i)),
+                )
+            except (harness.ProcessExitedError, TimeoutError) as exc:
+                raise BenchError(f"{exc}:\n{self.tail(i)}") from None
 
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def _serving(self, proc: subprocess.Popen[bytes]) -> bool:
+        """This process listens on the port (not only its sibling) and the port answers ready."""
+        return _listens(proc.pid, self.port) is not False and harness.answers_ready(
+            f"{self.base}/readyz"
+        )
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -850,16 +842,7 @@ class Gateways:
             return "(no log)"
 
     def stop(self, grace_s: float = 15.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        harness.stop_all(self.procs, grace_s=grace_s)
         self.procs = []
 
 

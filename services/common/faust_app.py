@@ -121,6 +121,11 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()]
 
 
+def app_id_of(service: str) -> str:
+    """The faust app id (consumer group, changelog topic prefix) of ``service``."""
+    return f"mrhub-{service.replace('_', '-')}"
+
+
 def make_app(
     service: str,
     settings: Settings,
@@ -137,7 +142,7 @@ def make_app(
     datadir.mkdir(parents=True, exist_ok=True)
     faust_fixes.apply()
     faust_fixes.apply_aiohttp()
-    app_id = f"mrhub-{service.replace('_', '-')}"
+    app_id = app_id_of(service)
     # every route of the worker's web server passes the guard (deny by default)
     guard = new_guard(
         steward_hashes=settings.patient_index.steward_token_hashes,

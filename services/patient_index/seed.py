@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.common.codec import dumps
+from services.common.faust_app import app_id_of
 from services.common.identifiers import keyed_hash
 from services.common.topics import TopicSpec
 from services.patient_index.app import BLOCK_LIMIT, SERVICE
@@ -57,8 +58,8 @@ __all__ = [
     "seed_messages",
 ]
 
-#: the faust app id of the patient index (services/common/faust_app.make_app names it so)
-APP_ID: Final = f"mrhub-{SERVICE.replace('_', '-')}"
+#: the faust app id of the patient index
+APP_ID: Final = app_id_of(SERVICE)
 #: the tables a seeded person has entries in
 SEEDED_TABLES: Final = ("identities", "blocks")
 
