@@ -124,6 +124,10 @@ class Publisher:
         self._probe: AIOKafkaClient | None = None
         self._ready = False
         self._ready_at = 0.0
+        # set by stop(): the slots leave their loop on it, not only on cancellation (Python
+        # 3.11's asyncio.wait_for returns the inner result and drops a cancel that arrives as
+        # its inner future completes, so a cancelled slot could wait for work forever)
+        self._closing = False
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -133,11 +137,17 @@ class Publisher:
         ]
 
     async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
         for t in self._tasks:
             t.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=self.timeout_s + 5)
+            for t in stuck:  # not seen so far; say so rather than hang the shutdown
+                log.error("a publishing slot did not stop", extra={"slot": t.get_name()})
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.warning("a publishing slot failed", extra={"err": repr(t.exception())})
         self._tasks = []
         err = KafkaUnavailableError("the gateway is shutting down")
         while self._queue:
@@ -165,6 +175,8 @@ class Publisher:
         acknowledge, ``MessageTooLargeError`` when it refused a message as too large."""
         if not msgs:
             return
+        if self._closing:
+            raise KafkaUnavailableError("the gateway is shutting down")
         pending = _Pending(msgs)
         pending.fut.add_done_callback(_consume_exception)
         self._queue.append(pending)
@@ -193,10 +205,12 @@ class Publisher:
     async def _slot(self, slot: int) -> None:
         with contextlib.suppress(KafkaUnavailableError):
             await self._producer(slot)  # connect early; failures are retried on demand
-        while True:
-            while not self._queue:
+        while not self._closing:
+            while not self._queue and not self._closing:
                 self._wake.clear()
                 await self._wake.wait()
+            if self._closing:
+                break  # stop() fails what is still queued
             batch = self._take()
             if not batch:
                 continue
