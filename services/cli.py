@@ -23,7 +23,14 @@ from types import FrameType
 from typing import Any
 
 from services.common import harness
-from services.common.broker import LocalBroker, data_dir_of, ensure_jars
+from services.common.broker import (
+    ClusterInfo,
+    LocalBroker,
+    LocalCluster,
+    cluster_replication,
+    data_dir_of,
+    ensure_jars,
+)
 from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
@@ -52,10 +59,28 @@ SERVICES = (
 )
 
 
-def _broker(settings: Settings, data_dir: Path | None = None) -> LocalBroker:
+def _broker(
+    settings: Settings, data_dir: Path | None = None, nodes: int | None = None
+) -> LocalBroker | LocalCluster:
+    """The local Kafka: one broker, or a cluster of ``nodes`` (default: the settings'; a data
+    directory that holds a cluster is that cluster whatever the setting says, so that
+    ``mrhub broker stop`` stops what ``start --nodes 3`` started)."""
     b = settings.broker
+    where = data_dir or data_dir_of(settings)
+    size = nodes or LocalCluster.size_in(where) or b.nodes
+    if size > 1:
+        return LocalCluster(
+            where,
+            settings.cache_dir,
+            nodes=size,
+            kafka_version=b.kafka_version,
+            port=b.port,
+            controller_port=b.controller_port,
+            heap=b.heap,
+            max_message_bytes=max_message_bytes(settings),
+        )
     return LocalBroker(
-        data_dir or data_dir_of(settings),
+        where,
         settings.cache_dir,
         kafka_version=b.kafka_version,
         port=b.port,
@@ -63,6 +88,17 @@ def _broker(settings: Settings, data_dir: Path | None = None) -> LocalBroker:
         heap=b.heap,
         max_message_bytes=max_message_bytes(settings),
     )
+
+
+def _replication_env(settings: Settings, broker: LocalBroker | LocalCluster) -> dict[str, str]:
+    """On a local cluster, the services create their topics and changelogs with the
+    cluster's replication unless MRHUB_KAFKA__REPLICATION_FACTOR says otherwise."""
+    if not isinstance(broker, LocalCluster) or "replication_factor" in (
+        settings.kafka.model_fields_set
+    ):
+        return {}
+    factor, _ = cluster_replication(broker.size)
+    return {"MRHUB_KAFKA__REPLICATION_FACTOR": str(factor)}
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -81,7 +117,7 @@ def _bootstrap(settings: Settings) -> str:
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    broker = _broker(settings, args.data_dir)
+    broker = _broker(settings, args.data_dir, args.nodes)
     if args.action == "fetch":
         jars = ensure_jars(settings.cache_dir, settings.broker.kafka_version)
         print(f"Kafka {settings.broker.kafka_version} jars in {jars}")
@@ -97,17 +133,40 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         started_at = time.monotonic()
         info, _ = broker.start(timeout_s=settings.broker.start_timeout_s)
         took = time.monotonic() - started_at
-        print(f"Kafka {info.kafka_version} ready at {info.bootstrap} (pid {info.pid}, {took:.1f}s)")
+        if isinstance(info, ClusterInfo):
+            factor, min_isr = cluster_replication(info.size)
+            print(
+                f"Kafka {info.kafka_version} cluster of {info.size} ready at {info.bootstrap} "
+                f"({took:.1f}s; pids {' '.join(str(n.pid) for n in info.nodes)})"
+            )
+            print(
+                f"topics: replication factor {factor}, min.insync.replicas {min_isr} "
+                "(offsets and transaction state too)"
+            )
+            print(f"export MRHUB_KAFKA__REPLICATION_FACTOR={factor}")
+        else:
+            print(
+                f"Kafka {info.kafka_version} ready at {info.bootstrap} "
+                f"(pid {info.pid}, {took:.1f}s)"
+            )
         print(f"export MRHUB_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap}")
         return 0
     if args.action == "stop":
         stopped = broker.stop()
-        print(f"stopped the broker (pid {stopped.pid})" if stopped else "no broker was running")
+        if isinstance(stopped, ClusterInfo):
+            print(f"stopped the cluster's {len(stopped.nodes)} running node(s)")
+        else:
+            print(f"stopped the broker (pid {stopped.pid})" if stopped else "no broker was running")
         return 0
     status = broker.status()
     if status is None:
         print(f"not running (data directory {broker.data_dir})")
         return 3
+    if isinstance(status, ClusterInfo):
+        print(f"{len(status.nodes)} of {status.size} nodes running (data {status.data_dir}):")
+        for n in status.nodes:
+            print(f"  {Path(n.data_dir).name} at {n.bootstrap} (pid {n.pid})")
+        return 0 if len(status.nodes) == status.size else 4
     print(f"running at {status.bootstrap} (pid {status.pid}, data {status.data_dir})")
     return 0
 
@@ -121,6 +180,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         ALL_TOPICS,
         default_partitions=settings.topic_partitions,
         replication_factor=settings.kafka.replication_factor,
+        min_insync_replicas=settings.kafka.min_insync_replicas,
         max_message_bytes=max_message_bytes(settings),
     )
     for r in results:
@@ -266,10 +326,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    broker: LocalBroker | None = None
+    broker: LocalBroker | LocalCluster | None = None
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     code = 0
     try:
+        replication: dict[str, str] = {}
         if settings.kafka.bootstrap_servers:
             bootstrap = settings.kafka.bootstrap_servers
             print(f"using Kafka at {bootstrap}")
@@ -278,18 +339,25 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             info, started = local.start(timeout_s=settings.broker.start_timeout_s)
             broker = local if started else None
             bootstrap = info.bootstrap
-            print(f"Kafka {'started' if started else 'already running'} at {bootstrap}")
+            kind = f"cluster of {local.size}" if isinstance(local, LocalCluster) else "broker"
+            print(f"Kafka {kind} {'started' if started else 'already running'} at {bootstrap}")
+            replication = _replication_env(settings, local)
         from services.common.kafka_admin import create_topics
 
         create_topics(
             bootstrap,
             ALL_TOPICS,
             default_partitions=settings.topic_partitions,
-            replication_factor=settings.kafka.replication_factor,
+            replication_factor=int(
+                replication.get(
+                    "MRHUB_KAFKA__REPLICATION_FACTOR", settings.kafka.replication_factor
+                )
+            ),
+            min_insync_replicas=settings.kafka.min_insync_replicas,
             max_message_bytes=max_message_bytes(settings),
         )
         print(f"topics ready ({len(ALL_TOPICS)})")
-        env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
+        env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap, **replication}
         if settings.identity.hmac_key is None:
             env["MRHUB_IDENTITY__HMAC_KEY"] = _local_hmac_key(settings)
         if "MRHUB_PATIENT_INDEX__URL" not in os.environ:  # follow a configured port
@@ -357,8 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrhub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="the local single-node Kafka (KRaft) broker")
+    p = sub.add_parser("broker", help="the local Kafka (KRaft): one broker or a cluster")
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        choices=range(1, 10),
+        metavar="N",
+        help="brokers (default: MRHUB_BROKER__NODES, 1); 3: a cluster with replication "
+        "factor 3 and min.insync.replicas 2; stop and status find a cluster by its data "
+        "directory",
+    )
     p.add_argument(
         "--data-dir",
         type=Path,

@@ -1,9 +1,16 @@
-"""A genuine single-node Apache Kafka (KRaft, broker + controller) run from Maven Central jars.
+"""Genuine Apache Kafka (KRaft) run from Maven Central jars: one node, or a cluster of several.
 
 No Docker: the jars are fetched once with Maven into the cache directory (outside the work
 tree), after which starting needs no network. State (the KRaft log, the generated
 ``server.properties``, the broker's own log and a ``broker.json`` with its pid and ports) lives
 in one data directory, so several brokers (a developer's and a test session's) never meet.
+
+:class:`LocalBroker` is one process that is both broker and KRaft controller. A
+:class:`LocalCluster` is several of them (``node-1/``, ``node-2/`` … under its data directory)
+forming one KRaft quorum: every node a controller voter and a broker, the hub's topics, the
+consumer offsets and the transaction state log replicated to three of them with
+``min.insync.replicas=2`` — a cluster that keeps taking ``acks=all`` writes with one node down
+and refuses them (rather than keep a single copy) with two down.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.errors import BrokerError, PortInUseError
 from services.common.harness import ProcessExitedError, still_running, wait_until
@@ -187,6 +195,40 @@ def _sasl_plain(port: int, controller_port: int, users: dict[str, str]) -> dict[
     }
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id (16 random bytes, URL-safe base64, as ``kafka-storage random-uuid``)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def cluster_replication(nodes: int) -> tuple[int, int]:
+    """(replication factor, ``min.insync.replicas``) for a cluster of ``nodes`` brokers: three
+    copies and two in sync once there are three nodes, so that ``acks=all`` survives one lost
+    broker and is refused rather than kept as a single copy after a second."""
+    factor = min(3, max(1, nodes))
+    return factor, (2 if factor >= 3 else 1)
+
+
+def replication_properties(nodes: int) -> dict[str, str]:
+    """Broker properties for the replication of a cluster of ``nodes``: the defaults of new
+    topics, the consumer offsets and the transaction state log (every worker commits its
+    offsets and outputs through it)."""
+    factor, min_isr = cluster_replication(nodes)
+    props = {
+        "default.replication.factor": str(factor),
+        "min.insync.replicas": str(min_isr),
+        "offsets.topic.replication.factor": str(factor),
+        "transaction.state.log.replication.factor": str(factor),
+        "transaction.state.log.min.isr": str(min_isr),
+        "unclean.leader.election.enable": "false",
+    }
+    if nodes > 1:
+        # a crashed node is fenced (its partitions get new leaders, it leaves their ISR)
+        # after this long without a heartbeat; Kafka's default is 9 s
+        props["broker.heartbeat.interval.ms"] = "1000"
+        props["broker.session.timeout.ms"] = "6000"
+    return props
+
+
 class LocalBroker:
     """Manage one broker whose whole state lives in ``data_dir``."""
 
@@ -201,6 +243,10 @@ class LocalBroker:
         heap: str = "512m",
         sasl_plain_users: dict[str, str] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
     ) -> None:
         """``sasl_plain_users`` (user → password): clients must authenticate with SASL/PLAIN
         on the broker's listener (``SASL_PLAINTEXT``), the first user being the broker's own
@@ -216,6 +262,12 @@ class LocalBroker:
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        # a node of a LocalCluster: its id, the quorum's voters ("1@host:port,2@…"), the id
+        # every node is formatted with, and the replication the cluster's internal topics get
+        self.node_id = node_id
+        self.voters = voters
+        self.cluster_id = cluster_id
+        self.replication = replication
 
     @property
     def info_path(self) -> Path:
@@ -242,10 +294,11 @@ class LocalBroker:
     def _write_config(self, port: int, controller_port: int) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         kraft = self.data_dir / "kraft"
+        voters = self.voters or f"{self.node_id}@127.0.0.1:{controller_port}"
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -254,12 +307,9 @@ class LocalBroker:
             "log.dirs": str(kraft),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
-            "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "6",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
-            "min.insync.replicas": "1",
+            **replication_properties(self.replication),
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
             "num.network.threads": "2",
@@ -305,7 +355,7 @@ class LocalBroker:
     def _format(self, jars: Path) -> None:
         if (self.data_dir / "kraft" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.cluster_id or new_cluster_id()
         proc = subprocess.run(
             self._java(
                 jars,
@@ -330,9 +380,19 @@ class LocalBroker:
         Returns the broker and whether this call started it. Raises ``PortInUseError``
         naming the port when a port it needs is taken by something else.
         """
+        info, proc = self.launch()
+        if proc is None:
+            return info, False
+        self.wait_started(info, proc, timeout_s)
+        return info, True
+
+    def launch(self) -> tuple[BrokerInfo, subprocess.Popen[bytes] | None]:
+        """Start the broker's process without waiting for it to answer (the nodes of a
+        cluster must all be starting before any of them can: a KRaft quorum needs a
+        majority). The process is None when this data directory's broker runs already."""
         running = self.status()
         if running is not None:
-            return running, False
+            return running, None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or self._remembered("port") or free_port()
         cport = self.controller_port or self._remembered("controller_port") or free_port()
@@ -367,12 +427,17 @@ class LocalBroker:
             started_at=time.time(),
         )
         self.info_path.write_text(json.dumps(asdict(info)), encoding="utf-8")
+        return info, proc
+
+    def wait_started(
+        self, info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: float
+    ) -> None:
+        """Wait until the launched broker answers; stop it and raise when it does not."""
         try:
             self._wait_ready(info, proc, timeout_s)
         except BaseException:
             self._terminate(proc.pid, grace_s=5)
             raise
-        return info, True
 
     def _remembered(self, field: str) -> int:
         try:
@@ -409,6 +474,27 @@ class LocalBroker:
         self._terminate(info.pid, grace_s=grace_s)
         return info
 
+    def kill(self) -> BrokerInfo | None:
+        """SIGKILL the broker (a crash: no controlled shutdown, nothing flushed); None if
+        none was running."""
+        info = self.status()
+        if info is None:
+            return None
+        try:
+            os.kill(info.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return info
+        try:
+            os.waitpid(info.pid, 0)
+        except ChildProcessError:  # not our child: wait until it is gone
+            wait_until(
+                lambda: not _pid_alive(info.pid),
+                deadline_s=30,
+                what=f"the broker (pid {info.pid}) to die",
+                interval_s=0.05,
+            )
+        return info
+
     @staticmethod
     def _terminate(pid: int, *, grace_s: float) -> None:
         try:
@@ -434,3 +520,168 @@ class LocalBroker:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The running nodes of a :class:`LocalCluster` (all of them when it is whole)."""
+
+    nodes: tuple[BrokerInfo, ...]
+    size: int
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def pid(self) -> int:
+        return self.nodes[0].pid
+
+    @property
+    def kafka_version(self) -> str:
+        return self.nodes[0].kafka_version
+
+    @property
+    def data_dir(self) -> str:
+        return str(Path(self.nodes[0].data_dir).parent)
+
+
+class LocalCluster:
+    """Several KRaft nodes on this machine, from the same jars, forming one cluster.
+
+    Node ``i`` (1-based, its ``node.id``) keeps its state in ``data_dir/node-i`` and listens
+    on ``port + 2*(i-1)`` (controller: ``controller_port + 2*(i-1)``): 9092/9093, 9094/9095,
+    9096/9097 by default. With ports 0 every node gets free ports, remembered in
+    ``cluster.json`` with the cluster id, so that a node restarted later rejoins at the same
+    address. Each node is a controller voter and a broker: the quorum survives one node lost.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        cache_dir: Path,
+        *,
+        nodes: int = 3,
+        kafka_version: str = "3.9.1",
+        port: int = 9092,
+        controller_port: int = 9093,
+        heap: str = "512m",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if nodes < 2:
+            raise BrokerError("a cluster has two nodes or more; one is a LocalBroker")
+        self.data_dir = data_dir.resolve()
+        self.cache_dir = cache_dir
+        self.size = nodes
+        self.kafka_version = kafka_version
+        self.port = port
+        self.controller_port = controller_port
+        self.heap = heap
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def plan_path(self) -> Path:
+        return self.data_dir / "cluster.json"
+
+    @staticmethod
+    def size_in(data_dir: Path) -> int:
+        """The number of nodes of the cluster whose data directory this is (0: none)."""
+        try:
+            return len(json.loads((data_dir / "cluster.json").read_text(encoding="utf-8"))["ports"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _plan(self) -> dict[str, Any]:
+        """The cluster id and every node's (port, controller port), fixed at first start."""
+        try:
+            known: dict[str, Any] = json.loads(self.plan_path.read_text(encoding="utf-8"))
+            if isinstance(known["ports"], list) and len(known["ports"]) == self.size:
+                return known
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        ports: list[list[int]] = []
+        taken: set[int] = set()
+        for i in range(self.size):
+            pair = []
+            for base in (self.port, self.controller_port):
+                p = base + 2 * i if base else free_port()
+                while p in taken:  # a free port may be handed out twice before anyone binds
+                    p = free_port()
+                taken.add(p)
+                pair.append(p)
+            ports.append(pair)
+        plan = {"cluster_id": new_cluster_id(), "ports": ports}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.plan_path.write_text(json.dumps(plan), encoding="utf-8")
+        return plan
+
+    def node(self, node_id: int) -> LocalBroker:
+        """Node ``node_id`` (1 … size) of the cluster."""
+        if not 1 <= node_id <= self.size:
+            raise BrokerError(f"the cluster has nodes 1 to {self.size}, not {node_id}")
+        plan = self._plan()
+        ports: list[list[int]] = plan["ports"]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        port, cport = ports[node_id - 1]
+        return LocalBroker(
+            self.data_dir / f"node-{node_id}",
+            self.cache_dir,
+            kafka_version=self.kafka_version,
+            port=port,
+            controller_port=cport,
+            heap=self.heap,
+            max_message_bytes=self.max_message_bytes,
+            node_id=node_id,
+            voters=voters,
+            cluster_id=str(plan["cluster_id"]),
+            replication=self.size,
+        )
+
+    @property
+    def nodes(self) -> list[LocalBroker]:
+        return [self.node(i) for i in range(1, self.size + 1)]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's address, running or not (clients find the live ones)."""
+        ports: list[list[int]] = self._plan()["ports"]
+        return ",".join(f"127.0.0.1:{p}" for p, _ in ports)
+
+    def status(self) -> ClusterInfo | None:
+        """The nodes that run, or None when none does."""
+        running = tuple(i for i in (n.status() for n in self.nodes) if i is not None)
+        return ClusterInfo(running, self.size) if running else None
+
+    def start(self, *, timeout_s: float = 90.0) -> tuple[ClusterInfo, bool]:
+        """Start every node that is not running and wait until the cluster has them all as
+        live brokers. Returns the cluster and whether this call started any node."""
+        from services.common.kafka_admin import live_brokers
+
+        launched: list[tuple[LocalBroker, BrokerInfo, subprocess.Popen[bytes]]] = []
+        try:
+            for node in self.nodes:
+                info, proc = node.launch()
+                if proc is not None:
+                    launched.append((node, info, proc))
+            for node, info, proc in launched:
+                node.wait_started(info, proc, timeout_s)
+            wait_until(
+                lambda: live_brokers(self.bootstrap) >= self.size,
+                deadline_s=timeout_s,
+                what=f"all {self.size} brokers of the cluster at {self.bootstrap}",
+            )
+        except BaseException:
+            for node, _, _ in launched:
+                node.stop(grace_s=5)
+            raise
+        status = self.status()
+        if status is None:
+            raise BrokerError(f"the cluster's nodes exited after starting; see {self.data_dir}")
+        return status, bool(launched)
+
+    def stop(self, *, grace_s: float = 30.0) -> ClusterInfo | None:
+        """Stop every node (SIGTERM: a controlled shutdown each); None if none was running."""
+        status = self.status()
+        for node in reversed(self.nodes):
+            node.stop(grace_s=grace_s)
+        return status

@@ -248,6 +248,7 @@ def run_worker(app: faust.App, settings: Settings) -> None:
         own_topics(app),
         default_partitions=settings.topic_partitions,
         replication_factor=settings.kafka.replication_factor,
+        min_insync_replicas=settings.kafka.min_insync_replicas,
         max_message_bytes=max_message_bytes(settings),
     )
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)

@@ -35,7 +35,20 @@ class KafkaSettings(_Frozen):
         default=None,
         description="Comma-separated host:port list. Unset: `mrhub up` starts the local broker.",
     )
-    replication_factor: int = Field(default=1, ge=1, description="For topics the hub creates.")
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Copies of each topic the hub creates (its topics, internal topics and "
+        "table changelogs). Production: 3. `mrhub up` on a local cluster uses the cluster's "
+        "(3 from three nodes) unless this is set.",
+    )
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="`min.insync.replicas` of the topics the hub creates: how many copies an "
+        "acks=all write needs before it is acknowledged. Unset: the brokers' default "
+        "(a local cluster's is 2). Production: 2 with a replication factor of 3.",
+    )
     request_timeout_ms: int = Field(default=15_000, ge=1_000)
     commit_interval_s: float = Field(
         default=1.0,
@@ -60,9 +73,16 @@ class KafkaSettings(_Frozen):
 
 
 class BrokerSettings(_Frozen):
-    """The local single-node KRaft broker that `mrhub broker start` manages."""
+    """The local KRaft broker (or cluster) that `mrhub broker start` and `mrhub up` manage."""
 
     kafka_version: str = "3.9.1"
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Brokers of the local Kafka: 1, or a cluster (3: replication factor 3, "
+        "min.insync.replicas 2). Node i listens on port + 2*(i-1).",
+    )
     port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
     controller_port: int = Field(default=9093, ge=0, le=65535, description="0 picks a free port.")
     data_dir: Path = Field(default_factory=lambda: _default_state_dir() / "broker")
