@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.broker import BrokerInfo, LocalBroker
+from services.common.broker import BrokerInfo, LocalBroker, LocalCluster
 from services.common.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,3 +47,18 @@ def bootstrap(broker_info: BrokerInfo) -> str:
 def unique() -> str:
     """A suffix that gives a test its own topics and app ids."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A genuine three-node KRaft cluster (replication factor 3, min.insync.replicas 2) on
+    free ports, started when a test first asks for it. A test that stops or kills a node
+    starts it again before it ends (:func:`tests.cluster.whole_again`)."""
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), _cache_dir(), nodes=3, port=0, controller_port=0
+    )
+    try:
+        cluster.start(timeout_s=180)
+        yield cluster
+    finally:
+        cluster.stop()

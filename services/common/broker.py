@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -682,6 +683,8 @@ class LocalCluster:
     def stop(self, *, grace_s: float = 30.0) -> ClusterInfo | None:
         """Stop every node (SIGTERM: a controlled shutdown each); None if none was running."""
         status = self.status()
-        for node in reversed(self.nodes):
-            node.stop(grace_s=grace_s)
+        # all at once: stopped one by one, the last nodes wait out their controlled shutdown
+        # for a quorum that has already gone
+        with ThreadPoolExecutor(max_workers=self.size) as pool:
+            list(pool.map(lambda node: node.stop(grace_s=grace_s), self.nodes))
         return status
