@@ -26,6 +26,7 @@ class Hub:
     bootstrap: str
     tmp: Path
     registry: Path
+    replication: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -40,6 +41,7 @@ class Hub:
             "MRHUB_RECOGNITION__PORT": str(self.ports.get(name, self.ports.get("recognition", 0))),
             "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{self.ports.get('recognition', 0)}",
             "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
+            "MRHUB_KAFKA__REPLICATION_FACTOR": str(self.replication),
             # a worker's RocksDB state is its own: a second worker or a restart after kill -9
             # must rebuild from the changelog, as on another machine
             "MRHUB_STATE_DIR": str(self.tmp / "state" / f"{name}-{time.monotonic_ns()}"),
@@ -110,9 +112,13 @@ def start_hub(
     registry: Path,
     *,
     recognition_workers: tuple[str, ...] = ("recognition",),
+    replication: int = 1,
 ) -> Hub:
-    create_topics(bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=1)
-    hub = Hub(bootstrap, tmp, registry)
+    """``replication``: of every topic and changelog (3 on :class:`LocalCluster`)."""
+    create_topics(
+        bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=replication
+    )
+    hub = Hub(bootstrap, tmp, registry, replication)
     for name in ("ingest", "patient_index", *recognition_workers):
         hub.ports[name] = free_port()
     try:
