@@ -137,6 +137,12 @@ def format_scale(r: Mapping[str, Any]) -> str:
         "processes cannot add cores here. Records/s per core is the figure that carries to "
         "a bigger machine; records/s scales with workers only where cores are free.",
     ]
+    for run in r.get("runs") or ():
+        if run.get("restarted_at_start"):
+            lines.append(
+                f"  NOTE: {run['workers']} workers: exited while the group rebalanced at start "
+                f"and restarted once (faust table recovery): {', '.join(run['restarted_at_start'])}"
+            )
     for text in r.get("problems") or ():
         lines.append(f"  PROBLEM: {text}")
     return "\n".join(lines)
@@ -155,16 +161,20 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         for n in counts:
             pipeline._log(f"scaling: {n} worker(s) per service")
             run_args = argparse.Namespace(**{**vars(args), "workers": str(n)})
-            reports.append(
-                pipeline.run_hub(
-                    hub_settings,
-                    run_args,
-                    kafka,
-                    tmp / f"workers-{n}",
-                    workers=n,
-                    ceiling_too=False,
+            try:
+                reports.append(
+                    pipeline.run_hub(
+                        hub_settings,
+                        run_args,
+                        kafka,
+                        tmp / f"workers-{n}",
+                        workers=n,
+                        ceiling_too=False,
+                    )
                 )
-            )
+            except Exception as exc:  # the other counts still run; this one is a problem
+                pipeline._log(f"{n} workers: the run failed: {exc!r}")
+                reports.append({"workers": n, "problems": [f"the run failed: {exc!r}"]})
         problems = [f"{r['workers']} workers: {p}" for r in reports for p in r["problems"]]
         ok = not problems
         return {

@@ -188,3 +188,16 @@ def test_a_bad_worker_count_is_an_error_message_not_a_traceback(
 
     assert main(["bench", "pipeline", "--workers", "1,0"]) == 2
     assert "--workers takes counts of 1 or more" in capsys.readouterr().err
+
+
+def test_a_failed_run_keeps_its_row_and_a_restarted_worker_is_noted() -> None:
+    restarted = _run(3, 1000, 5.0, (2.0, 8.0, 4.0))
+    restarted["restarted_at_start"] = ["recognition-1"]
+    failed = {"workers": 2, "problems": ["the run failed: ProcessExitedError()"]}
+    runs = [_run(1, 1000, 10.0, (2.0, 10.0, 4.0)), failed, restarted]
+    rows = scale.scale_rows(runs)
+    assert [r["workers"] for r in rows] == [1, 2, 3]
+    assert rows[1]["records_per_s"] is None and rows[1]["ratios"]["records_per_s"] is None
+    text = scale.format_scale({"rows": rows, "runs": runs, "cpu_count": 2})
+    assert "NOTE: 3 workers: exited while the group rebalanced at start" in text
+    assert "recognition-1" in text
