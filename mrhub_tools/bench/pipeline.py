@@ -869,16 +869,23 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             workers=parse_workers(args.workers)[0],
             ceiling_too=True,
         )
-        ok = not report["problems"]
+        # a worker restarted at start: its first log is kept too
+        ok = not report["problems"] and not report.get("restarted_at_start")
         return report
     finally:
-        if kafka is not None and kafka.stop is not None:
-            kafka.stop()
-        shutil.rmtree(tmp / "kafka", ignore_errors=True)
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            _log(f"kept the services' logs in {tmp}")
+        close_run(kafka, tmp, ok=ok)
+
+
+def close_run(kafka: Kafka | None, tmp: Path, *, ok: bool) -> None:
+    """Stop the brokers a run started and remove its temporary directory: all of it when
+    ``ok``, else all but the services' logs (whose place is printed)."""
+    if kafka is not None and kafka.stop is not None:
+        kafka.stop()
+    shutil.rmtree(tmp / "kafka", ignore_errors=True)
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _log(f"kept the services' logs in {tmp}")
 
 
 def run_hub(

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -176,7 +175,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 pipeline._log(f"{n} workers: the run failed: {exc!r}")
                 reports.append({"workers": n, "problems": [f"the run failed: {exc!r}"]})
         problems = [f"{r['workers']} workers: {p}" for r in reports for p in r["problems"]]
-        ok = not problems
+        # a worker restarted at start: its first log is kept too
+        ok = not problems and not any(r.get("restarted_at_start") for r in reports)
         return {
             "command": pipeline.command(args),
             "cpu_count": os.cpu_count(),
@@ -189,13 +189,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "problems": problems,
         }
     finally:
-        if kafka is not None and kafka.stop is not None:
-            kafka.stop()
-        shutil.rmtree(tmp / "kafka", ignore_errors=True)
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            pipeline._log(f"kept the services' logs in {tmp}")
+        pipeline.close_run(kafka, tmp, ok=ok)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
