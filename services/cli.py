@@ -594,6 +594,18 @@ def _add_tool_parsers(sub: Any) -> None:
         help="pipeline: stages of the bare Kafka loop (default: the hops a result makes)",
     )
     p.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="pipeline: Kafka nodes to start (3: a cluster, replication factor 3)",
+    )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="pipeline: processes per service; several counts (1,2,3): one run each on one "
+        "cluster, and how records/s and records/s per core scale",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("bench-report"),
@@ -608,9 +620,13 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         pipeline = importlib.import_module("mrhub_tools.bench.pipeline")
         if args.order_rate is None:
             args.order_rate = pipeline.ORDER_RATE if args.which == "pipeline" else 50.0
-        for name in ("visits", "visit_rate", "posters"):  # their defaults live with the bench
+        try:  # their defaults live with the bench (a scaling run has its own)
+            sizes = pipeline.default_sizes(args.workers)
+        except ValueError as exc:
+            raise MrhubError(str(exc)) from exc
+        for name, value in sizes.items():
             if getattr(args, name) is None:
-                setattr(args, name, getattr(pipeline, name.upper()))
+                setattr(args, name, value)
         module = importlib.import_module(f"mrhub_tools.bench.{args.which}")
         code: int = module.main(args, settings)
     return code

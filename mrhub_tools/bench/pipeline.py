@@ -63,6 +63,7 @@ from mrhub_tools.bench._common import (
 )
 from services.common.codec import dumps
 from services.common.envelope import Envelope
+from services.common.harness import ProcessExitedError
 from services.common.settings import Settings
 from services.common.topics import (
     ALL_TOPICS,
@@ -76,6 +77,12 @@ VISITS: Final = 400
 VISIT_RATE: Final = 20.0
 POSTERS: Final = 8
 ORDER_RATE: Final = 100.0
+#: A scaling run's sizes (``--workers 1,2,3``): about 10 minutes for three counts on a
+#: three-node cluster on 2 cores, flat-out halves long enough (≈850 records) that filling
+#: the pipeline is a small part of them.
+SCALE_VISITS: Final = 600
+SCALE_VISIT_RATE: Final = 30.0
+SCALE_POSTERS: Final = 16
 INSTITUTIONS: Final = 20
 SEED: Final = 20261122  # the `mrhub bench --seed` default
 #: The bare loop's latency run lasts at most this long at the order rate.
@@ -586,6 +593,69 @@ def hub_env(
     }
 
 
+def processes_text(workers: int) -> str:
+    """What a report says it ran: ``workers`` processes of each service."""
+    if workers == 1:
+        return "1 gateway, 1 patient index, 1 recognition worker"
+    return f"{workers} gateways, {workers} patient index workers, {workers} recognition workers"
+
+
+def worker_label(service: str, i: int) -> str:
+    """The name of worker ``i`` of ``service`` in logs and problems: the service's own name
+    for worker 0, ``service-i`` for the others."""
+    return service if i == 0 else f"{service}-{i}"
+
+
+def worker_ports(workers: int) -> dict[str, list[int]]:
+    """Per service, the port of each of its ``workers`` processes: the gateways share one
+    (it binds with ``SO_REUSEPORT``: the kernel spreads connections over them); every faust
+    worker has its own (its web server, which answers reads and forwards them to the worker
+    that owns the key)."""
+    from services.common.broker import free_port
+
+    gateway = free_port()
+    out: dict[str, list[int]] = {}
+    taken = {gateway}
+    for name in SERVICES:
+        if name == "ingest":
+            out[name] = [gateway] * workers
+            continue
+        out[name] = []
+        for _ in range(workers):
+            port = free_port()
+            while port in taken:  # a free port may be handed out twice before anyone binds
+                port = free_port()
+            taken.add(port)
+            out[name].append(port)
+    return out
+
+
+def worker_env(
+    env: Mapping[str, str], service: str, i: int, port: int, state_dir: Path
+) -> dict[str, str]:
+    """The environment of worker ``i`` of ``service``: ``env`` (whose service URLs point at
+    worker 0) with this worker's port and a state directory of its own (RocksDB)."""
+    return {
+        **env,
+        f"MRHUB_{service.upper()}__PORT": str(port),
+        "MRHUB_STATE_DIR": str(state_dir / worker_label(service, i)),
+    }
+
+
+def parse_workers(text: str | int) -> list[int]:
+    """``--workers``: a comma-separated list of worker counts per service (``1,2,3``), each
+    at least 1, none twice, in the order given."""
+    counts: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--workers takes counts of 1 or more, like 1,2,3 (not {text!r})")
+        if int(part) in counts:
+            raise ValueError(f"--workers names {part} twice")
+        counts.append(int(part))
+    return counts
+
+
 def resources_in(body: bytes) -> int:
     """Resources a request body carries: a bundle's entries, else 1."""
     doc = json.loads(body)
@@ -620,9 +690,25 @@ def decisions_by_order(
     }
 
 
-def cpu_sample(pids: Mapping[str, int]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+def cpu_sample(pids: Mapping[str, Sequence[int]]) -> dict[str, float | None]:
+    """CPU seconds per name, summed over its processes (None when one of them is gone),
+    and this process's as ``bench``."""
+    out: dict[str, float | None] = {}
+    for name, group in pids.items():
+        times = [tree_cpu_s(pid) for pid in group]
+        out[name] = None if None in times else sum(t or 0.0 for t in times)
     out["bench"] = time.process_time()
+    return out
+
+
+def cpu_seconds(
+    before: Mapping[str, float | None], after: Mapping[str, float | None]
+) -> dict[str, float | None]:
+    """Per name: CPU seconds spent between two samples (None when either is missing)."""
+    out: dict[str, float | None] = {}
+    for name, a in after.items():
+        b = before.get(name)
+        out[name] = None if a is None or b is None else round(a - b, 2)
     return out
 
 
@@ -655,6 +741,7 @@ def phase_report(
         "records_per_s": _rate(len(seen), e2e),
         "post_to_indexed": latency_summary(t - r for t, r in seen if r is not None),
         "cpu_us_per_record": cpu_per_record_us(cpu_before, cpu_after, len(seen)),
+        "cpu_seconds": cpu_seconds(cpu_before, cpu_after),
     }
 
 
@@ -703,8 +790,18 @@ def defaults() -> argparse.Namespace:
         order_rate=ORDER_RATE,
         hops=0,
         seed=SEED,
+        nodes=1,
+        workers="1",
         json=False,
     )
+
+
+def default_sizes(workers: str | int) -> dict[str, int | float]:
+    """``--visits``, ``--visit-rate`` and ``--posters`` when not given: a scaling run's (several
+    counts in ``workers``) or a single run's."""
+    if len(parse_workers(workers)) > 1:
+        return {"visits": SCALE_VISITS, "visit_rate": SCALE_VISIT_RATE, "posters": SCALE_POSTERS}
+    return {"visits": VISITS, "visit_rate": VISIT_RATE, "posters": POSTERS}
 
 
 def command(args: argparse.Namespace) -> str:
@@ -712,10 +809,97 @@ def command(args: argparse.Namespace) -> str:
         f"mrhub bench pipeline --visits {args.visits} --visit-rate {args.visit_rate:g} "
         f"--posters {args.posters} --order-rate {args.order_rate:g}"
     )
-    return cmd + (f" --hops {args.hops}" if args.hops else "")
+    cmd += f" --hops {args.hops}" if args.hops else ""
+    nodes = getattr(args, "nodes", 1)
+    workers = str(getattr(args, "workers", "1"))
+    cmd += f" --nodes {nodes}" if nodes != 1 else ""
+    return cmd + (f" --workers {workers}" if workers != "1" else "")
+
+
+@dataclass
+class Kafka:
+    """The Kafka a bench runs against: its bootstrap, the pids of the brokers it started
+    (whose CPU time it reports) and the replication factor of the topics it creates."""
+
+    bootstrap: str
+    pids: list[int]
+    replication_factor: int
+    stop: Callable[[], Any] | None = None
+
+
+def open_kafka(settings: Settings, nodes: int, data_dir: Path) -> Kafka:
+    """``MRHUB_KAFKA__BOOTSTRAP_SERVERS`` when set; else a broker (``nodes`` 1) or a KRaft
+    cluster of ``nodes`` (replication factor 3, ``min.insync.replicas`` 2 from three nodes)
+    started in ``data_dir``, with free ports."""
+    from services.common.broker import LocalBroker, LocalCluster, cluster_replication
+
+    if settings.kafka.bootstrap_servers:
+        return Kafka(settings.kafka.bootstrap_servers, [], settings.kafka.replication_factor)
+    if nodes <= 1:
+        _log("starting a Kafka broker in a temporary directory")
+        broker = LocalBroker(data_dir, settings.cache_dir, port=0, controller_port=0)
+        info = broker.start(timeout_s=90)[0]
+        return Kafka(info.bootstrap, [info.pid], 1, broker.stop)
+    _log(f"starting a {nodes}-node Kafka cluster in a temporary directory")
+    cluster = LocalCluster(data_dir, settings.cache_dir, nodes=nodes, port=0, controller_port=0)
+    cinfo = cluster.start(timeout_s=180)[0]
+    factor = cluster_replication(nodes)[0]
+    return Kafka(cluster.bootstrap, [n.pid for n in cinfo.nodes], factor, cluster.stop)
+
+
+def with_replication(settings: Settings, factor: int) -> Settings:
+    """``settings`` whose topics (the hub's and the bare loop's) get ``factor`` copies."""
+    kafka = settings.kafka.model_copy(update={"replication_factor": factor})
+    return settings.model_copy(update={"kafka": kafka})
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """One pipeline run on a broker (or cluster) of its own: ``args.workers`` processes of
+    each service, then the hops and the Kafka ceiling."""
+    tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-pipeline-"))
+    kafka: Kafka | None = None
+    ok = False
+    try:
+        kafka = open_kafka(settings, args.nodes, tmp / "kafka")
+        report = run_hub(
+            with_replication(settings, kafka.replication_factor),
+            args,
+            kafka,
+            tmp,
+            workers=parse_workers(args.workers)[0],
+            ceiling_too=True,
+        )
+        # a worker restarted at start: its first log is kept too
+        ok = not report["problems"] and not report.get("restarted_at_start")
+        return report
+    finally:
+        close_run(kafka, tmp, ok=ok)
+
+
+def close_run(kafka: Kafka | None, tmp: Path, *, ok: bool) -> None:
+    """Stop the brokers a run started and remove its temporary directory: all of it when
+    ``ok``, else all but the services' logs (whose place is printed)."""
+    if kafka is not None and kafka.stop is not None:
+        kafka.stop()
+    shutil.rmtree(tmp / "kafka", ignore_errors=True)
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _log(f"kept the services' logs in {tmp}")
+
+
+def run_hub(
+    settings: Settings,
+    args: argparse.Namespace,
+    kafka: Kafka,
+    tmp: Path,
+    *,
+    workers: int = 1,
+    ceiling_too: bool = True,
+) -> dict[str, Any]:
+    """The hub's part of a run on ``kafka``: ``workers`` processes of each service (logs in
+    ``tmp``), the visits, the orders, and with ``ceiling_too`` the hops and the bare loop.
+    Its services' state is removed at the end; their logs are kept when it had problems."""
     from mrhub_tools.simulate import fhir
     from mrhub_tools.simulate.region import generate_region, new_tokens, write_region
     from mrhub_tools.simulate.runner import (
@@ -727,18 +911,19 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         wait_committed,
     )
     from mrhub_tools.simulate.scenario import Config, build_scenario
-    from services.common.broker import LocalBroker, free_port
     from services.common.kafka_admin import create_topics
     from services.recognition.catalog import CHINA_TZ, load_catalogs
 
-    tmp = Path(tempfile.mkdtemp(prefix="mrhub-bench-pipeline-"))
-    broker: LocalBroker | None = None
+    tmp.mkdir(parents=True, exist_ok=True)
     procs: dict[str, Any] = {}
     tail: Tail | None = None
     report: dict[str, Any] = {
         "command": command(args),
         "cpu_count": os.cpu_count(),
-        "processes": "1 gateway, 1 patient index, 1 recognition worker",
+        "processes": processes_text(workers),
+        "workers": workers,
+        "brokers": len(kafka.pids) or None,
+        "replication_factor": settings.kafka.replication_factor,
         "commit_interval_s": settings.kafka.commit_interval_s,
         "topic_partitions": settings.topic_partitions,
     }
@@ -799,32 +984,50 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         steady_reqs, flat_reqs = split_chains(scn.chains(1))
         order_reqs = scn.phase(2)
 
-        if settings.kafka.bootstrap_servers:
-            bootstrap = settings.kafka.bootstrap_servers
-            kafka_pid = None
-        else:
-            _log("starting a Kafka broker in a temporary directory")
-            broker = LocalBroker(tmp / "kafka", settings.cache_dir, port=0, controller_port=0)
-            info = broker.start(timeout_s=90)[0]
-            bootstrap, kafka_pid = info.bootstrap, info.pid
+        bootstrap = kafka.bootstrap
         create_topics(
             bootstrap,
             ALL_TOPICS,
             default_partitions=settings.topic_partitions,
             replication_factor=settings.kafka.replication_factor,
         )
-        ports = {name: free_port() for name in SERVICES}
-        env = hub_env(bootstrap, registry, ports, tmp / "state")
-        for name in SERVICES:  # all at once; then wait for each
-            procs[name] = start_service(name, env, tmp / f"{name}.log")
-        for name in SERVICES:
-            wait_ready(
-                f"http://127.0.0.1:{ports[name]}/readyz", procs[name], tmp / f"{name}.log", 180
+        ports = worker_ports(workers)
+        env = {
+            **hub_env(bootstrap, registry, {n: ps[0] for n, ps in ports.items()}, tmp / "state"),
+            "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{ports['recognition'][0]}",
+            "MRHUB_KAFKA__REPLICATION_FACTOR": str(settings.kafka.replication_factor),
+        }
+        plan = [
+            (name, i, port, worker_env(env, name, i, port, tmp / "state"))
+            for name in SERVICES
+            for i, port in enumerate(ports[name])
+        ]
+        for name, i, _port, wenv in plan:  # all at once; then wait for each
+            procs[worker_label(name, i)] = start_service(
+                name, wenv, tmp / f"{worker_label(name, i)}.log"
             )
-        pids = {CPU_NAMES[n]: p.pid for n, p in procs.items()}
-        if kafka_pid is not None:
-            pids["kafka"] = kafka_pid
-        gateway = f"http://127.0.0.1:{ports['ingest']}"
+        restarted: list[str] = []
+        report["restarted_at_start"] = restarted
+        for name, i, port, wenv in plan:
+            label = worker_label(name, i)
+            url = f"http://127.0.0.1:{port}/readyz"
+            try:
+                wait_ready(url, procs[label], tmp / f"{label}.log", 300)
+            except ProcessExitedError:
+                if len(plan) == len(SERVICES):  # one process per service: nothing to race
+                    raise
+                # as a supervisor would: once, with its first log kept (and reported)
+                _log(f"{label} exited while the group rebalanced at start; restarting it once")
+                restarted.append(label)
+                log = tmp / f"{label}.restarted.log"
+                procs[label] = start_service(name, wenv, log)
+                wait_ready(url, procs[label], log, 300)
+        pids: dict[str, list[int]] = {CPU_NAMES[n]: [] for n in SERVICES}
+        for name, i, _port, _wenv in plan:
+            pids[CPU_NAMES[name]].append(procs[worker_label(name, i)].pid)
+        if kafka.pids:
+            pids["kafka"] = list(kafka.pids)
+        gateway = f"http://127.0.0.1:{ports['ingest'][0]}"
         tail = reader = Tail(bootstrap, [RESULT_INDEXED.name, DECISION_MADE.name])
         reader.start()
         lap("start")
@@ -942,6 +1145,14 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         if counts["lost"] or counts["doubled"]:
             problem(f"orders: {counts['lost']} lost, {counts['doubled']} doubled")
 
+        if not ceiling_too:
+            reader.stop()
+            tail = None
+            seconds["total"] = round(sum(seconds.values()), 1)
+            report["problems"] = problems
+            ok = not problems
+            return report
+
         _log("hops: one more result, looked for on every topic a result may cross")
         report["hops"] = probe_hops(scn, tokens, gateway, bootstrap, reader)
         reader.stop()
@@ -971,14 +1182,9 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         if tail is not None:
             tail.stop()
         stop_processes(list(procs.values()))
-        if broker is not None:
-            broker.stop()
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:  # keep the services' logs, not the broker's data
-            shutil.rmtree(tmp / "kafka", ignore_errors=True)
-            shutil.rmtree(tmp / "state", ignore_errors=True)
-            _log(f"kept the services' logs in {tmp}")
+        shutil.rmtree(tmp / "state", ignore_errors=True)  # the logs stay for run() to judge
+        if not ok:
+            _log(f"the services' logs are in {tmp}")
 
 
 def probe_hops(
@@ -1028,10 +1234,18 @@ def _cpu(cpu: Mapping[str, float | None]) -> str:
     return ", ".join(f"{k} {_v(v, ',.0f')}" for k, v in cpu.items())
 
 
+def _brokers(r: Mapping[str, Any]) -> str:
+    """``, 3 brokers (replication factor 3)`` for a cluster; nothing for one broker."""
+    n = r.get("brokers")
+    if not n or n == 1:
+        return ""
+    return f", {n} brokers (replication factor {r.get('replication_factor')})"
+
+
 def format_report(r: Mapping[str, Any]) -> str:
     lines = [
         f"mrhub bench pipeline — {r['cpu_count']} CPUs, {r['processes']}, commit every "
-        f"{r['commit_interval_s']:g} s, {r['topic_partitions']} partitions",
+        f"{r['commit_interval_s']:g} s, {r['topic_partitions']} partitions{_brokers(r)}",
     ]
     for phase in PHASES:
         p = r.get(phase)
@@ -1096,6 +1310,10 @@ def format_report(r: Mapping[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    if len(parse_workers(args.workers)) > 1:  # a scaling run: one cluster, several counts
+        from mrhub_tools.bench import scale
+
+        return scale.main(args, settings)
     report = run(settings, args)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
