@@ -32,6 +32,8 @@ Replacements of private methods, made by :func:`apply` (why: decision 0004):
 12. ``Consumer._commit_tps`` again (with patch 4) — a transactional commit runs only between
     events: it waits for the events the hub's agents are processing (:class:`CommitGate`,
     entered by ``services/common/stages.py``) and holds new ones back until it is done.
+13. ``Recovery._seek_offsets`` — a changelog whose start offset recovery computed as below
+    -1 is read from its beginning instead of crashing the worker.
 
 Each patch's comment names its upstream issue, or says that none was found.
 
@@ -66,6 +68,7 @@ from typing import Any, Final
 
 from aiokafka.errors import KafkaError
 from aiokafka.producer import sender as aiokafka_sender
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -110,6 +113,7 @@ UPSTREAM: Final[Mapping[str, Any]] = {
         faust_aiokafka.Producer.commit_transactions
     ),
     "aiokafka.producer.sender.Sender._find_coordinator": (aiokafka_sender.Sender._find_coordinator),
+    "faust.tables.recovery.Recovery._seek_offsets": faust_recovery.Recovery._seek_offsets,
 }
 
 
@@ -404,6 +408,25 @@ def apply() -> None:
         # same race on another path; no issue for the path with tables.
         self.stop_flow()
         await perform_seek(self)
+
+    seek_offsets = UPSTREAM["faust.tables.recovery.Recovery._seek_offsets"]
+
+    async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        # Patch 13. Recovery._build_offsets takes each changelog's earliest offset minus one
+        # ("to be consistent with the offset -1 logic"); an earliest offset the broker gave
+        # as -1 (the partition's leader moving: a worker joining during a rebalance on a
+        # cluster) becomes -2, and _seek_offsets maps only -1 to 0: aiokafka's seek then
+        # raised "Offset must be a positive integer" and the worker's recovery crashed.
+        # Reading such a changelog from its beginning restores the same state.
+        # Upstream: faust-streaming#176 (the same "- 1" of _build_offsets, for compacted
+        # changelogs; open); none for the negative seek.
+        fixed = type(offsets)(offsets)
+        for tp in tps:
+            if fixed[tp] < -1:
+                fixed[tp] = -1
+        await seek_offsets(self, consumer, tps, fixed, title)
+
+    faust_recovery.Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
 
     add_gap = UPSTREAM["faust.transport.consumer.Consumer._add_gap"]
 

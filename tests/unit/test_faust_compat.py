@@ -92,6 +92,16 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "patch 5 relies on this caller opening the flow again after perform_seek; does it "
         "still resume the partitions before seeking them?",
     ),
+    # patch 13: a changelog start offset below -1 is read from the beginning
+    "faust.tables.recovery.Recovery._seek_offsets": (
+        "19598ca63d94d250",
+        "patch 13 wraps it: does it still map only -1 to 0 before seeking?",
+    ),
+    "faust.tables.recovery.Recovery._build_offsets": (
+        "27eec86be06cb51f",
+        "patch 13: does it still subtract one from the earliest offsets (so that -1 from the "
+        "broker becomes -2)? If upstream stopped, patch 13 is dead: drop it",
+    ),
     # patch 6: a gap ends before the message about to be delivered
     "faust.transport.consumer.Consumer._add_gap": (
         "4df2573ded7c1c2c",
@@ -645,3 +655,25 @@ async def test_an_app_without_the_hubs_agents_commits_as_before() -> None:
     consumer = _committing_consumer(_App(), calls)
     assert await faust_consumer.Consumer._commit_tps(consumer, [], True) is False
     assert calls == ["flush", "offsets"]
+
+
+async def test_a_changelog_start_below_minus_one_is_read_from_the_beginning() -> None:
+    """A worker joining during a leader move crashed its recovery: the earliest offset the
+    broker gave as -1 became -2, and aiokafka refuses to seek to it."""
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+    from faust.types import TP
+
+    faust_fixes.apply()
+    sought: list[dict[Any, int]] = []
+
+    class _Consumer:
+        async def seek_wait(self, offsets: dict[Any, int]) -> None:
+            sought.append(dict(offsets))
+
+    a, b, c = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
+    offsets: Counter[Any] = Counter({a: -2, b: -1, c: 41})
+    await Recovery._seek_offsets(object(), _Consumer(), {a, b, c}, offsets, "active")
+    assert sought == [{a: 0, b: 0, c: 41}]
+    assert offsets[a] == -2  # the caller's offsets are left as they were
