@@ -100,18 +100,22 @@ def test_a_server_that_never_gets_ready_is_named_at_the_deadline(tmp_path: Path)
 def test_up_names_the_service_that_still_answers_503(tmp_path: Path) -> None:
     ready, ready_url, _ = _server(tmp_path, not_ready=0, name="ingest")
     stuck, stuck_url, _ = _server(tmp_path, not_ready=1_000_000, name="recognition")
-    procs = [("ingest", ready), ("recognition", stuck)]
-    bases = {
-        "ingest": ready_url.removesuffix("/readyz"),
-        "recognition": stuck_url.removesuffix("/readyz"),
-    }
+    procs = [
+        (_worker("ingest", ready_url), ready),
+        (_worker("recognition", stuck_url), stuck),
+    ]
     try:
-        failed = cli._wait_all_ready(procs, bases, tmp_path, 2, cli._Stop())
+        failed = cli._wait_all_ready(procs, tmp_path, 2, cli._Stop())
     finally:
         harness.stop_all([ready, stuck], grace_s=10)
     assert failed is not None
     assert "not ready after 2 s: recognition " in failed, failed
     assert "ingest" not in failed.split(";")[0]
+
+
+def _worker(service: str, ready_url: str) -> cli._Worker:
+    base = ready_url.removesuffix("/readyz")
+    return cli._Worker(service, service, base, {}, int(base.rsplit(":", 1)[1]))
 
 
 def test_a_process_that_exits_while_awaited_fails_at_once_with_its_log(tmp_path: Path) -> None:
