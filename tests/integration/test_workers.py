@@ -6,18 +6,26 @@ SIGTERM started again by `up` on its own."""
 from __future__ import annotations
 
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from services import cli
 from services.common.broker import free_port, port_is_free
 from services.common.harness import answers_ready, still_running, wait_until
+from services.common.institutions import issue_token
 from tests.conftest import REPO
+from tests.fhir_samples import dumps, gb11643, observation
+from tests.hub import start_hub
 
 
 def _base_port(taken: set[int]) -> int:
@@ -124,3 +132,83 @@ def test_up_with_two_workers_per_service(bootstrap: str, tmp_path: Path) -> None
     for _name, (_port, pid) in listed.items():
         assert not Path(f"/proc/{pid}").exists(), f"{_name} ({pid}) is still there"
     assert port_is_free(ports["INGEST"])
+
+
+# ------------------------------------------------------ three workers: any one answers for all
+
+CARD_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+#: 三甲, Taiyuan (lab qualification: national), and a level-2 hospital in the same city
+A, B = "12140000405001730E", "12140110405530210H"
+POTASSIUM = "http://loinc.org|2823-3"
+
+
+def _post(url: str, token: str, doc: dict[str, Any]) -> None:
+    resp = httpx.post(
+        f"{url}/fhir/Observation",
+        content=dumps(doc),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        timeout=30,
+    )
+    assert resp.status_code in (200, 201), resp.text
+
+
+def _check(base: str, token: str, card: str) -> Any:
+    resp = httpx.post(
+        f"{base}/recognition/check",
+        json={"patient": f"{CARD_SYSTEM}|{card}", "code": POTASSIUM},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    return resp.json() if resp.status_code == 200 else None
+
+
+@pytest.mark.timeout(900)
+def test_with_three_workers_each_answers_for_every_patient_and_a_dead_one_is_skipped(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    registry = tmp_path / "institutions.yaml"
+    shutil.copy(REPO / "config" / "institutions.yaml", registry)
+    tokens = {i: issue_token(registry, i) for i in (A, B)}
+    # patients of their own (Taiyuan, born 1991-02-03), spread over the partitions by key
+    seq = random.Random().randrange(100, 900, 12)
+    cards = [gb11643(f"14010519910203{seq + i:03d}") for i in range(6)]
+    hub = start_hub(bootstrap, tmp_path, registry, workers=3)
+    try:
+        taken = datetime.now(UTC) - timedelta(hours=2)
+        for card in cards:
+            doc = observation(A, subject={"identifier": {"system": CARD_SYSTEM, "value": card}})
+            doc["effectiveDateTime"] = taken.isoformat()
+            doc["issued"] = (taken + timedelta(hours=1)).isoformat()
+            _post(hub.url, tokens[A], doc)
+        workers = hub.names("recognition")
+        assert len(workers) == 3
+
+        def answers() -> dict[tuple[str, str], Any] | None:
+            got = {(w, c): _check(hub.base(w), tokens[B], c) for w in workers for c in cards}
+            known = all(a is not None and a["decision"] == "recognisable" for a in got.values())
+            return got if known else None
+
+        got = wait_until(answers, deadline_s=300, what="every worker to know every patient")
+        for (_worker, _card), answer in got.items():
+            [match] = answer["matches"]
+            assert match["institution"] == A
+        # the gateway reaches the recognition workers by the list; one of them dies
+        hub.kill9(workers[1])
+        for card in cards:
+            search = httpx.post(
+                f"{hub.url}/fhir/Observation/_search",
+                data={"patient": f"{CARD_SYSTEM}|{card}"},
+                headers={"Authorization": f"Bearer {tokens[B]}"},
+                timeout=30,
+            )
+            # 200 with the result, or 503 while the dead worker's partitions move (never a
+            # refused connection: the list's next worker is asked)
+            assert search.status_code in (200, 503), search.text
+    finally:
+        hub.stop()
+    proxied = [
+        line
+        for line in hub.log("ingest").read_text().splitlines()
+        if "recognition unreachable" in line
+    ]
+    assert proxied == [], proxied[:3]
