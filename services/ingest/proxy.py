@@ -167,16 +167,17 @@ class Proxy:
             except httpx.TimeoutException as exc:
                 if isinstance(exc, httpx.PoolTimeout):
                     return _unreachable(request, exc)
-                log.warning(
+                return _logged(
+                    request,
+                    exc,
                     "recognition did not answer in time; answered 504",
-                    extra={"route": _route(request), "error": type(exc).__name__},
-                )
-                return _outcome(
-                    504,
-                    "timeout",
-                    "timeout",
-                    f"the hub's read service did not answer within {self.timeout_s:g} s; "
-                    "retry later",
+                    _outcome(
+                        504,
+                        "timeout",
+                        "timeout",
+                        f"the hub's read service did not answer within {self.timeout_s:g} s; "
+                        "retry later",
+                    ),
                 )
             except httpx.TransportError as exc:
                 return _unreachable(request, exc)
@@ -203,17 +204,25 @@ def _outcome(
     )
 
 
+def _logged(request: web.Request, exc: Exception, what: str, answer: web.Response) -> web.Response:
+    """``answer``, once a line saying ``what`` (the route template and the error's class,
+    nothing of the request) is logged."""
+    log.warning(what, extra={"route": _route(request), "error": type(exc).__name__})
+    return answer
+
+
 def _unreachable(request: web.Request, exc: Exception) -> web.Response:
-    log.warning(
+    return _logged(
+        request,
+        exc,
         "recognition unreachable; answered 503",
-        extra={"route": _route(request), "error": type(exc).__name__},
-    )
-    return _outcome(
-        503,
-        "transient",
-        "not-ready",
-        f"the hub's read service cannot be reached just now; retry after {RETRY_AFTER_S} s",
-        {"Retry-After": str(RETRY_AFTER_S)},
+        _outcome(
+            503,
+            "transient",
+            "not-ready",
+            f"the hub's read service cannot be reached just now; retry after {RETRY_AFTER_S} s",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        ),
     )
 
 
