@@ -231,6 +231,11 @@ def _plan(settings: Settings, env: dict[str, str], workers: int) -> list[_Worker
     plan = []
     for spec in SERVICES:
         svc = spec.settings(settings)
+        if workers > 1 and svc.port == 0:
+            raise MrhubError(
+                f"--workers {workers} needs a fixed port for {spec.name} (worker i listens on "
+                f"its port + {WORKER_PORT_STEP}*i): MRHUB_{spec.name.upper()}__PORT is 0"
+            )
         for i in range(workers):
             name = spec.name if workers == 1 else f"{spec.name}-{i}"
             own = dict(env)
