@@ -299,8 +299,12 @@ def _how_to_call() -> str:
 
 
 def _ready(worker: _Worker, proc: subprocess.Popen[bytes]) -> bool:
-    if worker.service == "ingest" and not _listens(proc.pid, worker.port):
-        return False  # the shared port may answer from another gateway
+    """Whether ``worker`` answers ready; a gateway of several only once it listens itself
+    (the shared port may answer from another one; without /proc the port answering is all
+    that is known)."""
+    shared = worker.service == "ingest" and worker.name != "ingest"
+    if shared and Path("/proc/net/tcp").exists() and not _listens(proc.pid, worker.port):
+        return False
     return harness.answers_ready(f"{worker.base}/readyz")
 
 
