@@ -254,12 +254,86 @@ RESTART_WINDOW_S = 600.0
 READY_TIMEOUT_S = 180.0
 
 
-def _spawn(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    return harness.start(
-        [sys.executable, "-m", "services.cli", "serve", name],
-        env=env,
-        log_path=log_dir / f"{name}.log",
-    )
+#: Worker i of a streaming service listens on the service's port + WORKER_PORT_STEP * i.
+WORKER_PORT_STEP = 100
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """One process `up` runs: ``name`` (``recognition``, or ``recognition-1`` with several
+    workers; its log file's name), the service it serves, where it answers, its env."""
+
+    name: str
+    service: str
+    base: str
+    env: dict[str, str]
+    port: int
+
+    def spawn(self, log_dir: Path) -> subprocess.Popen[bytes]:
+        return harness.start(
+            [sys.executable, "-m", "services.cli", "serve", self.service],
+            env=self.env,
+            log_path=log_dir / f"{self.name}.log",
+        )
+
+
+def _worker_urls(settings: Settings, service: str, workers: int) -> str:
+    svc: ServiceSettings = getattr(settings, service)
+    return ",".join(f"http://{svc.host}:{svc.port + WORKER_PORT_STEP * i}" for i in range(workers))
+
+
+def _plan(settings: Settings, env: dict[str, str], workers: int) -> list[_Worker]:
+    """The processes of ``up --workers N``: N of each service. Worker i of a streaming
+    service listens on the service's port + 100*i and keeps its RocksDB state in a
+    directory of its own (worker 0 in the state directory itself, as with one worker;
+    worker i in ``workers/<service>-<i>`` under it): two processes never share one. The N
+    gateways share the gateway's port (SO_REUSEPORT: the kernel spreads connections)."""
+    plan = []
+    for spec in SERVICES:
+        svc = spec.settings(settings)
+        if workers > 1 and svc.port == 0:
+            raise MrhubError(
+                f"--workers {workers} needs a fixed port for {spec.name} (worker i listens on "
+                f"its port + {WORKER_PORT_STEP}*i): MRHUB_{spec.name.upper()}__PORT is 0"
+            )
+        for i in range(workers):
+            name = spec.name if workers == 1 else f"{spec.name}-{i}"
+            own = dict(env)
+            port = svc.port
+            if spec.name != "ingest":
+                port += WORKER_PORT_STEP * i
+                own[f"MRHUB_{spec.name.upper()}__PORT"] = str(port)
+                if i > 0:
+                    own["MRHUB_STATE_DIR"] = str(settings.state_dir / "workers" / name)
+            plan.append(_Worker(name, spec.name, f"http://{svc.host}:{port}", own, port))
+    return plan
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port`` (Linux /proc): with
+    several gateways on one port, the port answering says nothing of each one."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{inode}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class _Stop:
@@ -284,26 +358,35 @@ def _how_to_call() -> str:
     return f"`make shell` opens a shell with mrhub on PATH, or use {shown}"
 
 
+def _ready(worker: _Worker, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``worker`` answers ready; a gateway of several only once it listens itself
+    (the shared port may answer from another one; without /proc the port answering is all
+    that is known)."""
+    shared = worker.service == "ingest" and worker.name != "ingest"
+    if shared and Path("/proc/net/tcp").exists() and not _listens(proc.pid, worker.port):
+        return False
+    return harness.answers_ready(f"{worker.base}/readyz")
+
+
 def _wait_all_ready(
-    procs: Sequence[tuple[str, subprocess.Popen[bytes]]],
-    bases: dict[str, str],
+    procs: Sequence[tuple[_Worker, subprocess.Popen[bytes]]],
     log_dir: Path,
     deadline_s: float,
     stop: _Stop,
 ) -> str | None:
-    """Wait until every service answers ``/readyz`` 200 within one shared deadline; None,
-    or what went wrong (naming the service)."""
+    """Wait until every process answers ``/readyz`` 200 within one shared deadline; None,
+    or what went wrong (naming the process)."""
 
     def alive() -> None:
         if stop.requested:
             raise _Interrupted
-        for name, proc in procs:
-            harness.still_running(proc, name, log_dir / f"{name}.log")()
+        for w, proc in procs:
+            harness.still_running(proc, w.name, log_dir / f"{w.name}.log")()
 
     def not_ready() -> list[str]:
-        return [name for name, _ in procs if not harness.answers_ready(f"{bases[name]}/readyz")]
+        return [w.name for w, proc in procs if not _ready(w, proc)]
 
-    waiting: list[str] = [name for name, _ in procs]
+    waiting: list[str] = [w.name for w, _ in procs]
 
     def all_ready() -> bool:
         waiting[:] = not_ready()
@@ -327,7 +410,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     broker: LocalBroker | LocalCluster | None = None
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    procs: list[tuple[_Worker, subprocess.Popen[bytes]]] = []
+    workers: int = args.workers or settings.workers
     code = 0
     try:
         replication: dict[str, str] = {}
@@ -360,39 +444,36 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         env = {**os.environ, "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap, **replication}
         if settings.identity.hmac_key is None:
             env["MRHUB_IDENTITY__HMAC_KEY"] = _local_hmac_key(settings)
+        # every worker's address: any worker answers, a dead one is skipped (upstreams.py)
         if "MRHUB_PATIENT_INDEX__URL" not in os.environ:  # follow a configured port
-            pi = settings.patient_index
-            env["MRHUB_PATIENT_INDEX__URL"] = f"http://{pi.host}:{pi.port}"
+            env["MRHUB_PATIENT_INDEX__URL"] = _worker_urls(settings, "patient_index", workers)
         if "MRHUB_RECOGNITION__URL" not in os.environ:  # the gateway's reads and CDS Hooks
-            rc = settings.recognition
-            env["MRHUB_RECOGNITION__URL"] = f"http://{rc.host}:{rc.port}"
+            env["MRHUB_RECOGNITION__URL"] = _worker_urls(settings, "recognition", workers)
         log_dir = settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        bases: dict[str, str] = {}
-        for spec in SERVICES:
-            svc = spec.settings(settings)
-            bases[spec.name] = f"http://{svc.host}:{svc.port}"
-            procs.append((spec.name, _spawn(spec.name, env, log_dir)))
-        print(f"waiting for {len(procs)} services to answer ready …", flush=True)
+        for w in _plan(settings, env, workers):
+            procs.append((w, w.spawn(log_dir)))
+        what = "services" if workers == 1 else f"processes ({workers} per service)"
+        print(f"waiting for {len(procs)} {what} to answer ready …", flush=True)
         try:
-            failed = _wait_all_ready(procs, bases, log_dir, args.ready_timeout, stop)
+            failed = _wait_all_ready(procs, log_dir, args.ready_timeout, stop)
         except _Interrupted:
             return 130
         if failed is not None:
             print(f"mrhub did not come up: {failed}", flush=True)
             return 1
         print("mrhub is up (every service answers ready):")
-        for name, proc in procs:
-            base = bases[name]
-            print(f"  {name:<14} {base}   (metrics {base}/metrics, pid {proc.pid})")
-        print(f"  {'kafka':<14} {bootstrap}")
+        for w, proc in procs:
+            print(f"  {w.name:<16} {w.base}   (metrics {w.base}/metrics, pid {proc.pid})")
+        print(f"  {'kafka':<16} {bootstrap}")
         print(f"logs in {log_dir}; Ctrl-C stops everything")
         print(f"to call mrhub: {_how_to_call()}", flush=True)
         restarts: dict[str, list[float]] = {}
         while not stop.requested:
-            for i, (name, proc) in enumerate(procs):
+            for i, (w, proc) in enumerate(procs):
                 if proc.poll() is None or stop.requested:
                     continue
+                name = w.name  # each process is restarted on its own, with its own env
                 now = time.monotonic()
                 recent = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S]
                 if len(recent) >= MAX_RESTARTS:
@@ -405,7 +486,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                     break
                 print(f"{name} exited with code {proc.returncode}; starting it again", flush=True)
                 restarts[name] = [*recent, time.monotonic()]
-                procs[i] = (name, _spawn(name, env, log_dir))
+                procs[i] = (w, w.spawn(log_dir))
             time.sleep(0.3)  # how often the supervisor looks, not a wait for a condition
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -455,6 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=READY_TIMEOUT_S,
         help="seconds every service has to answer ready (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        choices=range(1, 17),
+        metavar="N",
+        help="processes per service (default: MRHUB_WORKERS, else 1); worker i of patient "
+        "index, recognition and imaging listens on the service's port + 100*i, the N "
+        "gateways share the gateway's port",
     )
     p.set_defaults(func=cmd_up)
 

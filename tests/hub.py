@@ -1,6 +1,14 @@
-"""A hub of real processes for the simulator's tests: gateway, patient index and recognition
-worker(s), each ``python -m services.cli serve NAME`` on its own port, against a simulated
-region's registry, on any broker. Faults are injected by killing processes by their pid."""
+"""A hub of real processes for the simulator's and the fault tests: gateway, patient index and
+recognition worker(s), each ``python -m services.cli serve SERVICE`` on its own port, against
+a simulated region's registry, on any broker (one node or a cluster). Faults are injected by
+signalling processes by their pid.
+
+Process names: with one worker per service, ``ingest``, ``patient_index``, ``recognition``;
+with ``workers=N`` (N > 1), ``patient_index-0`` … ``patient_index-<N-1>`` and
+``recognition-0`` … (the gateway stays ``ingest``, one process, unless ``gateways=``). The
+gateway's ``MRHUB_RECOGNITION__URL`` and every process's ``MRHUB_PATIENT_INDEX__URL`` list
+every worker of the service, as ``mrhub up --workers N`` does.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,52 +35,82 @@ class Hub:
     bootstrap: str
     tmp: Path
     registry: Path
-    replication: int = 1
+    #: the service each process name runs (``recognition-1`` → ``recognition``)
+    services: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    #: more ``MRHUB_*`` variables for every process (a cluster's replication factor …)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    partitions: int = PARTITIONS
+
+    def names(self, service: str) -> list[str]:
+        """The processes that run ``service``, in the order they were added."""
+        return [n for n, s in self.services.items() if s == service]
+
+    def urls(self, service: str) -> str:
+        """Every worker of ``service``, comma-separated (the ``MRHUB_*__URL`` value)."""
+        return ",".join(f"http://127.0.0.1:{self.ports[n]}" for n in self.names(service))
 
     def env(self, name: str) -> dict[str, str]:
-        return {
+        service = self.services[name]
+        env = {
             "MRHUB_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
             "MRHUB_IDENTITY__HMAC_KEY": "test-hmac-key",
-            "MRHUB_INGEST__PORT": str(self.ports.get("ingest", 0)),
             "MRHUB_INSTITUTIONS_PATH": str(self.registry),
             "MRHUB_INGEST__PUBLISH_TIMEOUT_S": "5",
-            "MRHUB_PATIENT_INDEX__PORT": str(self.ports.get("patient_index", 0)),
-            "MRHUB_RECOGNITION__PORT": str(self.ports.get(name, self.ports.get("recognition", 0))),
-            "MRHUB_RECOGNITION__URL": f"http://127.0.0.1:{self.ports.get('recognition', 0)}",
-            "MRHUB_TOPIC_PARTITIONS": str(PARTITIONS),
-            "MRHUB_KAFKA__REPLICATION_FACTOR": str(self.replication),
+            "MRHUB_RECOGNITION__URL": self.urls("recognition"),
+            "MRHUB_PATIENT_INDEX__URL": self.urls("patient_index"),
+            "MRHUB_TOPIC_PARTITIONS": str(self.partitions),
             # a worker's RocksDB state is its own: a second worker or a restart after kill -9
             # must rebuild from the changelog, as on another machine
             "MRHUB_STATE_DIR": str(self.tmp / "state" / f"{name}-{time.monotonic_ns()}"),
             "MRHUB_LOG_LEVEL": "INFO",
+            **self.extra_env,
         }
+        for svc in ("ingest", "patient_index", "recognition"):
+            others = self.names(svc)
+            port = self.ports[name] if svc == service else self.ports[others[0]] if others else 0
+            env[f"MRHUB_{svc.upper()}__PORT"] = str(port)
+        return env
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['ingest']}"
+        """The gateway (every gateway process shares its port)."""
+        return f"http://127.0.0.1:{self.ports[self.names('ingest')[0]]}"
+
+    def base(self, name: str) -> str:
+        """Where process ``name`` answers."""
+        return f"http://127.0.0.1:{self.ports[name]}"
 
     def log(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
 
+    def add(self, name: str, service: str) -> None:
+        """Name a process of ``service`` (a port of its own; the gateways share one) without
+        starting it; :meth:`start` starts it."""
+        self.services[name] = service
+        gateways = self.names("ingest")
+        if service == "ingest" and len(gateways) > 1:
+            self.ports[name] = self.ports[gateways[0]]  # SO_REUSEPORT
+        else:
+            self.ports.setdefault(name, free_port())
+
     def start(self, name: str, *, service: str | None = None, wait: bool = True) -> None:
-        """Start (or restart) process ``name`` running ``service`` (default: ``name``)."""
-        self.ports.setdefault(name, free_port())
+        """Start (or restart) process ``name``; a new name needs its ``service`` (a worker
+        added to a running hub; it starts from a fresh state directory)."""
+        if name not in self.services:
+            if service is None:
+                raise KeyError(f"no process {name!r}; give its service to add one")
+            self.add(name, service)
         proc = run_module(
-            ["-m", "services.cli", "serve", service or name], self.env(name), self.log(name)
+            ["-m", "services.cli", "serve", self.services[name]], self.env(name), self.log(name)
         )
         self.procs[name] = proc
         if wait:
             self.wait_ready(name)
 
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
-        wait_ready(
-            f"http://127.0.0.1:{self.ports[name]}/readyz",
-            self.procs[name],
-            self.log(name),
-            timeout_s,
-        )
+        wait_ready(f"{self.base(name)}/readyz", self.procs[name], self.log(name), timeout_s)
 
     def digest(self, lines: int = 12) -> str:
         """What each process logged at warning or above, and its recovery milestones (the
@@ -102,6 +141,20 @@ class Hub:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def sigterm(self, name: str, timeout_s: float = 90) -> int:
+        """SIGTERM to process ``name`` (a graceful stop, as Kubernetes or systemd sends),
+        and its exit code once it has exited; raises ``TimeoutError`` if it has not
+        within ``timeout_s`` (and leaves it running, for the test to look at)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{name} did not exit within {timeout_s:g} s of SIGTERM\n"
+                + harness.log_tail(self.log(name))
+            ) from None
+
     def stop(self) -> None:
         harness.stop_all(list(self.procs.values()))
 
@@ -111,21 +164,41 @@ def start_hub(
     tmp: Path,
     registry: Path,
     *,
-    recognition_workers: tuple[str, ...] = ("recognition",),
-    replication: int = 1,
+    workers: int = 1,
+    gateways: int = 1,
+    recognition_workers: tuple[str, ...] | None = None,
+    partitions: int = PARTITIONS,
+    replication_factor: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> Hub:
-    """``replication``: of every topic and changelog (3 on :class:`LocalCluster`)."""
+    """Start a hub and wait until every process answers ready.
+
+    ``workers``: processes of the patient index and of recognition each (names above);
+    ``gateways``: gateway processes on the one port (``ingest``, ``ingest-1`` …);
+    ``recognition_workers``: the recognition processes' names instead (``("rec-a",
+    "rec-b")``); ``replication_factor``: of the topics created here and of those the workers
+    create (a cluster); ``env``: more variables for every process."""
     create_topics(
-        bootstrap, ALL_TOPICS, default_partitions=PARTITIONS, replication_factor=replication
+        bootstrap, ALL_TOPICS, default_partitions=partitions, replication_factor=replication_factor
     )
-    hub = Hub(bootstrap, tmp, registry, replication)
-    for name in ("ingest", "patient_index", *recognition_workers):
-        hub.ports[name] = free_port()
+    hub = Hub(bootstrap, tmp, registry, partitions=partitions, extra_env=dict(env or {}))
+    hub.extra_env.setdefault("MRHUB_KAFKA__REPLICATION_FACTOR", str(replication_factor))
+
+    def named(service: str) -> tuple[str, ...]:
+        return (service,) if workers == 1 else tuple(f"{service}-{i}" for i in range(workers))
+
+    for i in range(gateways):
+        hub.add("ingest" if i == 0 else f"ingest-{i}", "ingest")
+    for name in named("patient_index"):
+        hub.add(name, "patient_index")
+    for name in recognition_workers or named("recognition"):
+        hub.add(name, "recognition")
     try:
-        hub.start("ingest")
-        hub.start("patient_index")
-        for name in recognition_workers:
-            hub.start(name, service="recognition")
+        # a gateway first, so that the workers' own topics meet a broker the hub already uses
+        for name in list(hub.services):
+            hub.start(name, wait=False)
+        for name in list(hub.services):
+            hub.wait_ready(name)
     except BaseException:
         hub.stop()
         raise

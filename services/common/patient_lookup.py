@@ -6,7 +6,10 @@ numbers are read in the caller's scope), or a bare 身份证 number. Only the pa
 normalise and key an identifier and knows which master it names, so the other services ask
 it: ``POST {MRHUB_PATIENT_INDEX__URL}/internal/resolve`` with the patient and the caller in a
 JSON body (never in a URL, which proxies and clients log), answered by
-any worker (it forwards to the owner of the identifier, then of the master).
+any worker (it forwards to the owner of the identifier, then of the master). The setting
+names one worker or a comma-separated list of every worker's base URL; a resolve is a read,
+so a worker that refuses the connection, does not accept it in time or drops it before
+answering is skipped for the next (:mod:`services.common.upstreams`).
 
 The call carries a service token derived from the hub's HMAC key (every service that handles
 identifiers holds that key already), so no further secret is configured and a hospital's
@@ -25,6 +28,7 @@ from typing import Any, Literal
 import aiohttp
 
 from services.common.settings import Settings
+from services.common.upstreams import Upstreams
 
 __all__ = [
     "LookupUnavailable",
@@ -35,6 +39,15 @@ __all__ = [
 ]
 
 Grade = Literal["certain", "probable"]
+
+#: Failures after which a resolve (a read) goes to the next worker: the connection was
+#: refused or not accepted in time, or dropped before an answer (a worker stopping). A
+#: worker that is merely slow to answer is not asked twice.
+_NEXT_WORKER = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerDisconnectedError,
+)
 
 
 def internal_token(settings: Settings) -> str:
@@ -76,11 +89,15 @@ class PatientLookup:
     of a recognition worker's CPU at 500 checks/s (issue 15).
     """
 
-    def __init__(self, settings: Settings, *, timeout_s: float = 5.0) -> None:
-        self._base = settings.patient_index.url.rstrip("/")
+    def __init__(
+        self, settings: Settings, *, timeout_s: float = 5.0, connect_timeout_s: float = 2.0
+    ) -> None:
+        self._upstreams = Upstreams(settings.patient_index.url)
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {internal_token(settings)}"},
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            timeout=aiohttp.ClientTimeout(
+                total=timeout_s, sock_connect=min(connect_timeout_s, timeout_s)
+            ),
             connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -92,17 +109,28 @@ class PatientLookup:
         Raises ``ValueError`` when ``patient`` cannot name anybody (an unknown shape, a
         failing 身份证 checksum), with the patient index's explanation.
         """
-        try:
-            # in the body, never in the URL: URLs end up in proxies' and clients' logs
-            async with self._session.post(
-                f"{self._base}/internal/resolve",
-                json={"patient": patient, "institution": institution},
-            ) as answer:
-                status = answer.status
-                body = await answer.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            why = f"the patient index did not answer ({type(exc).__name__})"
-            raise LookupUnavailable(why) from exc
+        failure: BaseException | None = None
+        for base in self._upstreams.order():
+            try:
+                # in the body, never in the URL: URLs end up in proxies' and clients' logs
+                async with self._session.post(
+                    f"{base}/internal/resolve",
+                    json={"patient": patient, "institution": institution},
+                ) as answer:
+                    status = answer.status
+                    body = await answer.read()
+            except _NEXT_WORKER as exc:  # a read: the next worker may answer it
+                self._upstreams.failed(base)
+                failure = exc
+                continue
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                why = f"the patient index did not answer ({type(exc).__name__})"
+                raise LookupUnavailable(why) from exc
+            self._upstreams.answered(base)
+            break
+        else:
+            why = f"no worker of the patient index answered ({type(failure).__name__})"
+            raise LookupUnavailable(why) from failure
         if status == 404:
             return None
         if status in (400, 422):

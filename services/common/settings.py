@@ -163,7 +163,9 @@ class RecognitionSettings(ServiceSettings):
     url: str = Field(
         default="http://127.0.0.1:8081",
         description="Where the gateway reaches the recognition service for FHIR reads, "
-        "decisions and CDS Hooks (any worker; it forwards to the patient's owner).",
+        "decisions and CDS Hooks: one worker's base URL or a comma-separated list of every "
+        "worker's (any worker answers, forwarding to the patient's owner; one that refuses "
+        "the connection is skipped). `mrhub up` sets it.",
     )
     catalog_path: Path = Field(
         default=Path("config/catalog"),
@@ -204,7 +206,9 @@ class PatientIndexSettings(ServiceSettings):
     url: str = Field(
         default="http://127.0.0.1:8083",
         description="Where the other services reach the patient index to resolve a patient "
-        "identifier to its master patient id (any worker; it forwards to the owner).",
+        "identifier to its master patient id: one worker's base URL or a comma-separated "
+        "list of every worker's (any worker answers, forwarding to the owner; one that "
+        "refuses the connection is skipped). `mrhub up` sets it.",
     )
     rules_path: Path = Field(
         default=Path("config/matching/rules-v1.yaml"),
@@ -252,6 +256,14 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="`mrhub up`: processes per service (gateway, patient index, recognition, "
+        "imaging); worker i of a streaming service listens on its port + 100*i, the gateways "
+        "share theirs (docs/operations.md). ``MRHUB_WORKERS``; `up --workers` wins.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of the hub's main topics when it creates them."
     )

@@ -41,7 +41,9 @@ def build_app(
     """``institutions_path``: when given, the registry is reloaded from it whenever the file
     changes (checked at most once a second), so an issued or revoked token counts at once.
     ``max_message_bytes``: the Kafka message limit (default: derived from
-    ``max_body_bytes``, as :func:`services.common.topics.max_message_bytes` does)."""
+    ``max_body_bytes``, as :func:`services.common.topics.max_message_bytes` does).
+    ``recognition_url``: one recognition worker's base URL or a comma-separated list of
+    every worker's (a worker that refuses the connection is skipped: services/ingest/proxy.py)."""
     metrics = IngestMetrics()
     proxy = (
         Proxy(

@@ -3,7 +3,8 @@
 The hospitals' one FHIR base is the gateway's (``<base>/fhir``): they write there, and they
 read there. Reads, searches and CDS Hooks calls are answered by the recognition service,
 which owns the data (partitioned by master patient id); the gateway forwards exactly these
-routes to ``MRHUB_RECOGNITION__URL``:
+routes to ``MRHUB_RECOGNITION__URL`` (one worker's base URL, or a comma-separated list of
+every worker's: :mod:`services.common.upstreams`):
 
 - ``GET /fhir/{type}`` (search) and ``GET /fhir/{type}/{id}`` (read), ``POST
   /fhir/{type}/_search`` (search with the parameters in the body, so no 身份证 is in a URL),
@@ -15,8 +16,11 @@ Method, path, query string, body, ``Content-Type``, ``Accept`` and the caller's
 client's JWT); the gateway adds :func:`services.common.forwarding.forwarded_headers` — the
 public base and the internal token that vouches for it, which only the upstream ever sees —
 and ``X-Trace-Id``. The gateway itself only refuses a call without an ``Authorization``
-header (401), a body over :data:`MAX_BODY_BYTES` (413), and answers 503 when recognition
-cannot be reached, 504 when it does not answer in time — each an OperationOutcome. Nothing
+header (401), a body over :data:`MAX_BODY_BYTES` (413), and answers 503 when no recognition
+worker can be reached, 504 when it does not answer in time — each an OperationOutcome. A
+worker that refuses the connection or does not accept it in time is skipped for the next in
+the list; a request that reached a worker is sent to another only when it is a read
+(:data:`READS`), never a CDS Hooks feedback (a write), so nothing is done twice. Nothing
 of a forwarded request (query, body, credential) is ever logged: a log line names the route
 template and the error's class only.
 """
@@ -33,6 +37,7 @@ from aiohttp import web
 
 from services.common.codec import dumps
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
+from services.common.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +78,22 @@ RESPONSE_HEADERS: Final = (
     "Vary",
 )
 RETRY_AFTER_S: Final = 5
+#: Failures of a request that reached a worker: moved to the next worker only for a read.
+_AFTER_SENDING: Final = (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)
+
+
+def is_read(method: str, path: str) -> bool:
+    """Whether a forwarded request only reads (may be sent to a second worker): every GET,
+    a ``_search`` and a CDS Hooks service call (``order-select``/``order-sign`` answer
+    cards); not a CDS Hooks feedback, which records the clinician's choice."""
+    if method in ("GET", "HEAD"):
+        return True
+    return method == "POST" and not path.rstrip("/").endswith("/feedback")
 
 
 class Proxy:
-    """One pooled :class:`httpx.AsyncClient` to recognition, opened with the application."""
+    """One pooled :class:`httpx.AsyncClient` to recognition's workers, opened with the
+    application; ``upstream`` is one base URL or a comma-separated list."""
 
     def __init__(
         self,
@@ -88,7 +105,7 @@ class Proxy:
         max_body_bytes: int = MAX_BODY_BYTES,
         max_connections: int = 100,
     ) -> None:
-        self.upstream = upstream.rstrip("/")
+        self.upstreams = Upstreams(upstream)
         self._headers = dict(headers)
         self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
@@ -125,30 +142,49 @@ class Proxy:
         headers.update(self._headers)  # never a caller's copy of the vouching headers
         headers["X-Trace-Id"] = trace_id
         raw_qs = request.rel_url.raw_query_string
-        url = self.upstream + request.rel_url.raw_path + (f"?{raw_qs}" if raw_qs else "")
+        target = request.rel_url.raw_path + (f"?{raw_qs}" if raw_qs else "")
         client = self._client_or_start()
-        try:
-            upstream = await client.request(
-                request.method,
-                url,
-                content=body if body or request.method != "GET" else None,
-                headers=headers,
-            )
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        resend = is_read(request.method, request.rel_url.path)
+        failure: Exception = httpx.ConnectError("no worker tried")
+        for base in self.upstreams.order():
+            try:
+                upstream = await client.request(
+                    request.method,
+                    base + target,
+                    content=body if body or request.method != "GET" else None,
+                    headers=headers,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self.upstreams.failed(base)  # never reached it: the next worker may answer
+                failure = exc
+                continue
+            except _AFTER_SENDING as exc:
+                if not resend:
+                    return _unreachable(request, exc)
+                self.upstreams.failed(base)
+                failure = exc
+                continue
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.PoolTimeout):
+                    return _unreachable(request, exc)
+                return _logged(
+                    request,
+                    exc,
+                    "recognition did not answer in time; answered 504",
+                    _outcome(
+                        504,
+                        "timeout",
+                        "timeout",
+                        f"the hub's read service did not answer within {self.timeout_s:g} s; "
+                        "retry later",
+                    ),
+                )
+            except httpx.TransportError as exc:
                 return _unreachable(request, exc)
-            log.warning(
-                "recognition did not answer in time; answered 504",
-                extra={"route": _route(request), "error": type(exc).__name__},
-            )
-            return _outcome(
-                504,
-                "timeout",
-                "timeout",
-                f"the hub's read service did not answer within {self.timeout_s:g} s; retry later",
-            )
-        except httpx.TransportError as exc:
-            return _unreachable(request, exc)
+            self.upstreams.answered(base)
+            break
+        else:  # every worker refused, or failed a read
+            return _unreachable(request, failure)
         out = {h: v for h in RESPONSE_HEADERS if (v := upstream.headers.get(h)) is not None}
         out["X-Trace-Id"] = trace_id
         return web.Response(body=upstream.content, status=upstream.status_code, headers=out)
@@ -168,17 +204,25 @@ def _outcome(
     )
 
 
+def _logged(request: web.Request, exc: Exception, what: str, answer: web.Response) -> web.Response:
+    """``answer``, once a line saying ``what`` (the route template and the error's class,
+    nothing of the request) is logged."""
+    log.warning(what, extra={"route": _route(request), "error": type(exc).__name__})
+    return answer
+
+
 def _unreachable(request: web.Request, exc: Exception) -> web.Response:
-    log.warning(
+    return _logged(
+        request,
+        exc,
         "recognition unreachable; answered 503",
-        extra={"route": _route(request), "error": type(exc).__name__},
-    )
-    return _outcome(
-        503,
-        "transient",
-        "not-ready",
-        f"the hub's read service cannot be reached just now; retry after {RETRY_AFTER_S} s",
-        {"Retry-After": str(RETRY_AFTER_S)},
+        _outcome(
+            503,
+            "transient",
+            "not-ready",
+            f"the hub's read service cannot be reached just now; retry after {RETRY_AFTER_S} s",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        ),
     )
 
 

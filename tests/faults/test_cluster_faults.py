@@ -1,6 +1,6 @@
 """Brokers lost in the middle of a simulated day, on the three-node cluster.
 
-The hub runs as real processes (the gateway, the patient index and two recognition workers)
+The hub runs as real processes (the gateway, two patient-index and two recognition workers)
 on :func:`tests.conftest.kafka_cluster`, every topic and changelog with three copies and
 ``min.insync.replicas=2``. The simulator posts a day of visits and orders through the
 gateway while brokers are killed and restarted; every order must still get exactly one
@@ -26,6 +26,9 @@ from tests.hub import start_hub
 
 PATIENTS = 150
 HUB_TOPICS = [t.name for t in ALL_TOPICS]
+#: the gateway's publish timeout in production (10 s; the other fault tests use 5), above the
+#: cluster's fencing of a lost broker (6 s)
+CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "10"}
 
 
 @pytest.mark.timeout(1200)
@@ -39,12 +42,13 @@ def test_the_leader_broker_killed_mid_stream_loses_and_doubles_nothing(
         bootstrap,
         tmp,
         region / "institutions.yaml",
-        recognition_workers=("rec-a", "rec-b"),
-        replication=3,
+        workers=2,
+        replication_factor=3,
+        env=CLUSTER_ENV,
     )
     try:
         sim = SimulationThread(
-            region, url=hub.url, bootstrap=bootstrap, patients=PATIENTS, card_region="140295",
+            region, url=hub.url, bootstrap=bootstrap, patients=PATIENTS, card_region="140296",
             rate=30,
         )  # fmt: skip
         sim.at("results", 0.25)

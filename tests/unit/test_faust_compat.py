@@ -674,6 +674,7 @@ async def test_a_changelog_start_below_minus_one_is_read_from_the_beginning() ->
 
     a, b, c = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
     offsets: Counter[Any] = Counter({a: -2, b: -1, c: 41})
-    await Recovery._seek_offsets(object(), _Consumer(), {a, b, c}, offsets, "active")
+    seek: Any = Recovery._seek_offsets
+    await seek(object(), _Consumer(), {a, b, c}, offsets, "active")
     assert sought == [{a: 0, b: 0, c: 41}]
     assert offsets[a] == -2  # the caller's offsets are left as they were

@@ -13,6 +13,7 @@ import pytest
 from services import cli
 from services.common import harness
 from services.common.broker import data_dir_of, free_port
+from services.common.errors import MrhubError
 from services.common.settings import BrokerSettings, Settings
 
 SERVER = """
@@ -100,18 +101,22 @@ def test_a_server_that_never_gets_ready_is_named_at_the_deadline(tmp_path: Path)
 def test_up_names_the_service_that_still_answers_503(tmp_path: Path) -> None:
     ready, ready_url, _ = _server(tmp_path, not_ready=0, name="ingest")
     stuck, stuck_url, _ = _server(tmp_path, not_ready=1_000_000, name="recognition")
-    procs = [("ingest", ready), ("recognition", stuck)]
-    bases = {
-        "ingest": ready_url.removesuffix("/readyz"),
-        "recognition": stuck_url.removesuffix("/readyz"),
-    }
+    procs = [
+        (_worker("ingest", ready_url), ready),
+        (_worker("recognition", stuck_url), stuck),
+    ]
     try:
-        failed = cli._wait_all_ready(procs, bases, tmp_path, 2, cli._Stop())
+        failed = cli._wait_all_ready(procs, tmp_path, 2, cli._Stop())
     finally:
         harness.stop_all([ready, stuck], grace_s=10)
     assert failed is not None
     assert "not ready after 2 s: recognition " in failed, failed
     assert "ingest" not in failed.split(";")[0]
+
+
+def _worker(service: str, ready_url: str) -> cli._Worker:
+    base = ready_url.removesuffix("/readyz")
+    return cli._Worker(service, service, base, {}, int(base.rsplit(":", 1)[1]))
 
 
 def test_a_process_that_exits_while_awaited_fails_at_once_with_its_log(tmp_path: Path) -> None:
@@ -170,3 +175,30 @@ def test_the_brokers_data_lives_under_the_state_dir_unless_set(tmp_path: Path) -
     assert data_dir_of(Settings(state_dir=tmp_path)) == tmp_path / "broker"
     moved = Settings(state_dir=tmp_path, broker=BrokerSettings(data_dir=tmp_path / "elsewhere"))
     assert data_dir_of(moved) == tmp_path / "elsewhere"
+
+
+def test_up_plans_n_processes_per_service_each_with_its_port_and_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MRHUB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MRHUB_RECOGNITION__PORT", "9081")
+    settings = Settings()
+    plan = {w.name: w for w in cli._plan(settings, {"X": "1"}, 3)}
+    assert [w.port for n, w in plan.items() if n.startswith("recognition")] == [9081, 9181, 9281]
+    assert {plan[f"ingest-{i}"].port for i in range(3)} == {settings.ingest.port}
+    assert plan["recognition-2"].env["MRHUB_RECOGNITION__PORT"] == "9281"
+    assert plan["recognition-2"].env["X"] == "1"
+    assert "MRHUB_STATE_DIR" not in plan["recognition-0"].env  # the state directory itself
+    # worker 0 of each service keeps the state directory itself (None: not overridden), as
+    # with one worker (each service has its own directory under it); the others their own
+    dirs = [w.env.get("MRHUB_STATE_DIR") for n, w in plan.items() if not n.startswith("ingest")]
+    assert dirs.count(None) == 3 and len(set(dirs)) == 1 + 3 * 2
+    assert plan["imaging-1"].env["MRHUB_STATE_DIR"] == str(tmp_path / "workers" / "imaging-1")
+    assert cli._worker_urls(settings, "recognition", 3) == (
+        "http://127.0.0.1:9081,http://127.0.0.1:9181,http://127.0.0.1:9281"
+    )
+    one = [w.name for w in cli._plan(settings, {}, 1)]
+    assert one == ["ingest", "patient_index", "recognition", "imaging"]  # as before issue 18
+    monkeypatch.setenv("MRHUB_IMAGING__PORT", "0")
+    with pytest.raises(MrhubError, match="MRHUB_IMAGING__PORT is 0"):
+        cli._plan(Settings(), {}, 2)

@@ -1,0 +1,131 @@
+"""Rolling restarts and a changing set of workers under load, on the three-node cluster.
+
+Heavier than the rest of ``tests/faults`` (several minutes each on two cores), so marked
+``heavy``: ``make check`` leaves them out, ``make heavy`` runs them (docs/operations.md).
+
+- every broker restarted in turn (SIGTERM, a controlled shutdown, then back in sync), then
+  every worker and the gateway (SIGTERM, each leaves its group, then started again), while
+  a simulated day is posted: every order decided exactly once, as the ground truth says;
+- a third recognition worker added and one of the first two removed mid-stream: the decisions
+  are the same, every worker's lag returns to its baseline (0) and the worker that took the
+  removed one's patients answers their checks with the results they have.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from services.common.broker import LocalCluster
+from services.common.harness import wait_until
+from services.common.topics import ALL_TOPICS
+from tests.cluster import fully_replicated, whole_again
+from tests.faults.conftest import (
+    SimulationThread,
+    assert_exactly_one_decision_each,
+    prepare_region,
+)
+from tests.hub import Hub, start_hub
+
+pytestmark = pytest.mark.heavy
+
+HUB_TOPICS = [t.name for t in ALL_TOPICS]
+#: the gateway's publish timeout in production (10 s), above the cluster's fencing (6 s)
+CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "10"}
+
+
+def _cluster_hub(cluster: LocalCluster, tmp_factory: pytest.TempPathFactory, name: str) -> Hub:
+    tmp = tmp_factory.mktemp(name)
+    region = prepare_region(tmp)
+    hub = start_hub(
+        cluster.bootstrap,
+        tmp,
+        region / "institutions.yaml",
+        workers=2,
+        replication_factor=3,
+        env=CLUSTER_ENV,
+    )
+    hub.region = region  # type: ignore[attr-defined]
+    return hub
+
+
+@pytest.mark.timeout(1800)
+def test_a_rolling_restart_of_every_broker_then_every_worker_loses_and_doubles_nothing(
+    kafka_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    hub = _cluster_hub(kafka_cluster, tmp_path_factory, "rolling")
+    try:
+        sim = SimulationThread(
+            hub.region, url=hub.url, bootstrap=kafka_cluster.bootstrap, patients=400,  # type: ignore[attr-defined]
+            card_region="140297", rate=15,
+        )  # fmt: skip
+        sim.at("results", 0.1)
+        for node in kafka_cluster.nodes:
+            node.stop()  # SIGTERM: a controlled shutdown moves its leaderships first
+            node.start(timeout_s=120)
+            wait_until(
+                lambda: fully_replicated(kafka_cluster, HUB_TOPICS),
+                deadline_s=180,
+                what="every replica back in sync before the next broker",
+                interval_s=0.5,
+            )
+        for name in list(hub.procs):
+            assert hub.sigterm(name) == 0, hub.log(name).read_text()[-3000:]
+            hub.start(name)
+        still_posting = sim.thread.is_alive()
+        summary = sim.result(timeout_s=1500)
+    finally:
+        hub.stop()
+        whole_again(kafka_cluster, HUB_TOPICS)
+    assert still_posting, "the stream ended before the restarts did: no load to restart under"
+    assert summary["requests"]["unexpected"] == 0, summary["requests"]["unexpected_samples"]
+    assert_exactly_one_decision_each(summary, hub)
+    assert summary["agreement"] == 1.0, summary["disagreements"][:5]
+
+
+def _lag(hub: Hub, names: list[str]) -> float:
+    """The sum of ``mrhub_consumer_lag_messages`` the workers ``names`` report."""
+    total = 0.0
+    for name in names:
+        text = httpx.get(f"{hub.base(name)}/metrics", timeout=10).text
+        total += sum(
+            float(v) for v in re.findall(r"^mrhub_consumer_lag_messages\{.*\} (\S+)$", text, re.M)
+        )
+    return total
+
+
+@pytest.mark.timeout(1800)
+def test_a_worker_added_and_one_removed_under_load_moves_the_state_with_the_partitions(
+    kafka_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    hub = _cluster_hub(kafka_cluster, tmp_path_factory, "add-remove")
+    workers = ["recognition-0", "recognition-1"]
+    try:
+        baseline = _lag(hub, workers + hub.names("patient_index"))
+        sim = SimulationThread(
+            hub.region, url=hub.url, bootstrap=kafka_cluster.bootstrap, patients=300,  # type: ignore[attr-defined]
+            card_region="140298", rate=20,
+        )  # fmt: skip
+        sim.at("results", 0.3)
+        hub.start("recognition-2", service="recognition")  # added: the group spreads over 3
+        sim.at("results", 0.7)
+        assert hub.sigterm("recognition-0") == 0  # removed: its partitions move to the others
+        summary = sim.result(timeout_s=1500)
+        remaining = ["recognition-1", "recognition-2", *hub.names("patient_index")]
+        wait_until(
+            lambda: _lag(hub, remaining) <= baseline,
+            deadline_s=300,
+            what="every worker's lag back to its baseline",
+            interval_s=1.0,
+        )
+    finally:
+        hub.stop()
+        whole_again(kafka_cluster, HUB_TOPICS)
+    assert baseline == 0
+    assert summary["requests"]["unexpected"] == 0, summary["requests"]["unexpected_samples"]
+    # every decision after the move was made from the state that moved with the partitions:
+    # an order whose results were indexed by the removed worker is decided as the truth says
+    assert_exactly_one_decision_each(summary, hub)
+    assert summary["agreement"] == 1.0, summary["disagreements"][:5]
