@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 LOCK_ARGS   ?= # e.g. --upgrade-package aiohttp (make lock keeps every other pin)
 
-.PHONY: help setup system-deps lock run shell check test suite unit lint format types clean
+.PHONY: help setup system-deps lock run shell check test suite unit heavy lint format types clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,9 @@ shell: setup ## a subshell with the venv activated: `mrhub …` without .venv/bi
 
 suite: setup ## the tests only, without lint and types
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+heavy: setup ## the heavy cluster tests make check leaves out: rolling restarts, workers added and removed (three brokers; ~15 min)
+	$(BIN)/pytest -m heavy tests/faults $(PYTEST_ARGS)
 
 unit: setup ## unit tests only (no broker, no network)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
