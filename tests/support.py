@@ -121,3 +121,29 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: fl
     """Wait until ``url`` answers 200; fail with the log's tail if ``proc`` dies or time
     runs out."""
     harness.wait_ready(proc, url, deadline_s=timeout_s, log_path=log)
+
+
+def start_up(
+    args: list[str], env: Mapping[str, str], log: Path, *, deadline_s: float
+) -> subprocess.Popen[bytes]:
+    """``mrhub up ARGS`` as a process with its output in ``log``, once it has said it is up
+    (every service answers ready); the caller stops it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", *args],
+            cwd=REPO,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        harness.wait_until(
+            lambda: "mrhub is up" in log.read_text(),
+            deadline_s=deadline_s,
+            what=f"`mrhub up {' '.join(args)}` to say it is up",
+            alive=harness.still_running(proc, "mrhub up", log),
+        )
+    except BaseException:
+        harness.stop_all([proc])
+        raise
+    return proc

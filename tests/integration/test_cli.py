@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from services.common.broker import free_port, port_is_free
-from services.common.harness import still_running, wait_until
 from tests.conftest import REPO, _cache_dir
+from tests.support import start_up
 
 
 def mrhub(
@@ -106,21 +106,8 @@ def test_up_prints_addresses_and_sigterm_leaves_nothing_behind(
     }
     env.pop("MRHUB_KAFKA__BOOTSTRAP_SERVERS", None)
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up([], env, log, deadline_s=300)
     try:
-        wait_until(
-            lambda: "mrhub is up" in log.read_text(),
-            deadline_s=300,
-            what="`mrhub up` to say it is up",
-            alive=still_running(proc, "mrhub up", log),
-        )
         text = log.read_text()
         assert f"http://127.0.0.1:{ingest_port}" in text, text
         assert f"127.0.0.1:{broker_env['MRHUB_BROKER__PORT']}" in text

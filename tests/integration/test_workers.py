@@ -10,8 +10,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from services.common.institutions import issue_token
 from tests.conftest import REPO
 from tests.fhir_samples import dumps, gb11643, observation
 from tests.hub import start_hub
+from tests.support import start_up
 
 
 def _base_port(taken: set[int]) -> int:
@@ -66,21 +65,8 @@ def test_up_with_two_workers_per_service(bootstrap: str, tmp_path: Path) -> None
     for var in ("MRHUB_RECOGNITION__URL", "MRHUB_PATIENT_INDEX__URL", "MRHUB_WORKERS"):
         env.pop(var, None)
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--workers", "2"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    up = start_up(["--workers", "2"], env, log, deadline_s=420)
     try:
-        wait_until(
-            lambda: "mrhub is up" in log.read_text(),
-            deadline_s=420,
-            what="`mrhub up --workers 2` to say it is up",
-            alive=still_running(up, "mrhub up", log),
-        )
         text = log.read_text()
         listed = {
             name: (int(port), int(pid))
