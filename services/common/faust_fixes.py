@@ -422,7 +422,8 @@ def apply() -> None:
         # changelogs; open); none for the negative seek.
         fixed = type(offsets)(offsets)
         for tp in tps:
-            if fixed[tp] < -1:
+            offset = fixed[tp]
+            if offset is not None and offset < -1:  # None (not known) passes on as upstream's
                 fixed[tp] = -1
         await seek_offsets(self, consumer, tps, fixed, title)
 

@@ -672,9 +672,9 @@ async def test_a_changelog_start_below_minus_one_is_read_from_the_beginning() ->
         async def seek_wait(self, offsets: dict[Any, int]) -> None:
             sought.append(dict(offsets))
 
-    a, b, c = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
-    offsets: Counter[Any] = Counter({a: -2, b: -1, c: 41})
+    a, b, c, d = (TP("t-changelog", p) for p in range(4))
+    offsets: Counter[Any] = Counter({a: -2, b: -1, c: 41, d: None})
     seek: Any = Recovery._seek_offsets
-    await seek(object(), _Consumer(), {a, b, c}, offsets, "active")
-    assert sought == [{a: 0, b: 0, c: 41}]
+    await seek(object(), _Consumer(), {a, b, c, d}, offsets, "active")
+    assert sought == [{a: 0, b: 0, c: 41, d: None}]
     assert offsets[a] == -2  # the caller's offsets are left as they were
