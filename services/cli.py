@@ -90,15 +90,24 @@ def _broker(
     )
 
 
+#: The gateway's publish timeout on a local cluster: above a lost broker's fencing, the leader
+#: election and the clients' metadata refresh (docs/operations.md, "A cluster of three brokers").
+CLUSTER_PUBLISH_TIMEOUT_S = 30
+
+
 def _replication_env(settings: Settings, broker: LocalBroker | LocalCluster) -> dict[str, str]:
     """On a local cluster, the services create their topics and changelogs with the
-    cluster's replication unless MRHUB_KAFKA__REPLICATION_FACTOR says otherwise."""
-    if not isinstance(broker, LocalCluster) or "replication_factor" in (
-        settings.kafka.model_fields_set
-    ):
+    cluster's replication unless MRHUB_KAFKA__REPLICATION_FACTOR says otherwise, and the
+    gateway waits out a broker's failover unless MRHUB_INGEST__PUBLISH_TIMEOUT_S is set."""
+    if not isinstance(broker, LocalCluster):
         return {}
-    factor, _ = cluster_replication(broker.size)
-    return {"MRHUB_KAFKA__REPLICATION_FACTOR": str(factor)}
+    env = {}
+    if "replication_factor" not in settings.kafka.model_fields_set:
+        factor, _ = cluster_replication(broker.size)
+        env["MRHUB_KAFKA__REPLICATION_FACTOR"] = str(factor)
+    if "publish_timeout_s" not in settings.ingest.model_fields_set:
+        env["MRHUB_INGEST__PUBLISH_TIMEOUT_S"] = str(CLUSTER_PUBLISH_TIMEOUT_S)
+    return env
 
 
 def _bootstrap(settings: Settings) -> str:

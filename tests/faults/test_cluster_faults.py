@@ -26,9 +26,9 @@ from tests.hub import start_hub
 
 PATIENTS = 150
 HUB_TOPICS = [t.name for t in ALL_TOPICS]
-#: the gateway's publish timeout in production (10 s; the other fault tests use 5), above the
-#: cluster's fencing of a lost broker (6 s)
-CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "10"}
+#: what docs/operations.md advises for a cluster: the gateway waits out a lost broker's fencing
+#: (6 s here) and the leader election that follows, which took over 10 s on a loaded CI machine
+CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "30"}
 
 
 @pytest.mark.timeout(1200)

@@ -41,8 +41,9 @@ from tests.hub import Hub, start_hub
 pytestmark = pytest.mark.heavy
 
 HUB_TOPICS = [t.name for t in ALL_TOPICS]
-#: the gateway's publish timeout in production (10 s), above the cluster's fencing (6 s)
-CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "10"}
+#: what docs/operations.md advises for a cluster: the gateway waits out a lost broker's fencing
+#: (6 s here) and the leader election that follows, which took over 10 s on a loaded CI machine
+CLUSTER_ENV = {"MRHUB_INGEST__PUBLISH_TIMEOUT_S": "30"}
 
 
 def _cluster_hub(
