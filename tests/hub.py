@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,14 @@ class Hub:
     #: more ``MRHUB_*`` variables for every process (a cluster's replication factor …)
     extra_env: dict[str, str] = field(default_factory=dict)
     partitions: int = PARTITIONS
+    #: (name, exit code) of each process that exited on its own and was started again, as
+    #: `mrhub up` (or systemd, or Kubernetes) does: a worker stops itself when a write fails
+    #: or faust crashes in a rebalance, and resumes from its last committed transaction
+    restarts: list[tuple[str, int]] = field(default_factory=list)
+    _down: set[str] = field(default_factory=set)  # stopped by the test: not restarted
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
 
     def names(self, service: str) -> list[str]:
         """The processes that run ``service``, in the order they were added."""
@@ -102,12 +111,32 @@ class Hub:
             if service is None:
                 raise KeyError(f"no process {name!r}; give its service to add one")
             self.add(name, service)
-        proc = run_module(
-            ["-m", "services.cli", "serve", self.services[name]], self.env(name), self.log(name)
-        )
-        self.procs[name] = proc
+        with self._lock:
+            self._spawn(name)
+            self._down.discard(name)
+            if self._supervisor is None:
+                self._supervisor = threading.Thread(
+                    target=self._supervise, name="hub-supervisor", daemon=True
+                )
+                self._supervisor.start()
         if wait:
             self.wait_ready(name)
+
+    def _spawn(self, name: str) -> None:
+        self.procs[name] = run_module(
+            ["-m", "services.cli", "serve", self.services[name]], self.env(name), self.log(name)
+        )
+
+    def _supervise(self) -> None:
+        """Start again each process that exited without the test stopping it."""
+        while not self._stopping.wait(0.5):  # how often it looks, not a wait for a condition
+            with self._lock:
+                for name, proc in list(self.procs.items()):
+                    code = proc.poll()
+                    if code is None or name in self._down or self._stopping.is_set():
+                        continue
+                    self.restarts.append((name, code))
+                    self._spawn(name)
 
     def wait_ready(self, name: str, timeout_s: float = 120) -> None:
         wait_ready(f"{self.base(name)}/readyz", self.procs[name], self.log(name), timeout_s)
@@ -133,11 +162,15 @@ class Hub:
                 if notable or "Worker ready" in msg or "Executing _on_partitions_assigned" in msg:
                     picked.append(f"{rec.get('ts', '')[11:23]} {rec.get('level')} {msg[:240]}")
             out.append(f"--- {name} ---\n" + "\n".join(picked[-lines:]))
+        if self.restarts:
+            out.append(f"--- restarted (name, exit code): {self.restarts}")
         return "\n".join(out)
 
     def kill9(self, name: str) -> None:
         """SIGKILL the process (and its process group) we started as ``name``."""
-        proc = self.procs[name]
+        with self._lock:
+            self._down.add(name)
+            proc = self.procs[name]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -145,7 +178,9 @@ class Hub:
         """SIGTERM to process ``name`` (a graceful stop, as Kubernetes or systemd sends),
         and its exit code once it has exited; raises ``TimeoutError`` if it has not
         within ``timeout_s`` (and leaves it running, for the test to look at)."""
-        proc = self.procs[name]
+        with self._lock:
+            self._down.add(name)
+            proc = self.procs[name]
         proc.send_signal(signal.SIGTERM)
         try:
             return proc.wait(timeout=timeout_s)
@@ -156,7 +191,11 @@ class Hub:
             ) from None
 
     def stop(self) -> None:
-        harness.stop_all(list(self.procs.values()))
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(10)
+        with self._lock:
+            harness.stop_all(list(self.procs.values()))
 
 
 def start_hub(

@@ -73,6 +73,7 @@ def test_the_leader_broker_killed_mid_stream_loses_and_doubles_nothing(
         summary = sim.result()
         for name, proc in hub.procs.items():
             assert proc.poll() is None, f"{name} exited: {hub.log(name).read_text()[-2000:]}"
+        assert hub.restarts == [], hub.digest()  # none exited and was started again
     finally:
         hub.stop()
         whole_again(kafka_cluster, HUB_TOPICS)

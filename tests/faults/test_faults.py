@@ -90,6 +90,7 @@ def test_a_broker_restart_during_ingest_is_answered_503_and_retried_without_loss
         summary = sim.result()
         for name, proc in hub.procs.items():
             assert proc.poll() is None, f"{name} exited: {hub.log(name).read_text()[-2000:]}"
+        assert hub.restarts == [], hub.digest()  # none exited and was started again
     finally:
         hub.stop()
         broker.stop()
