@@ -211,7 +211,7 @@ class PatientIndexSettings(ServiceSettings):
         "refuses the connection is skipped). `mrhub up` sets it.",
     )
     rules_path: Path = Field(
-        default=Path("config/matching/rules-v1.yaml"),
+        default=Path("config/matching/rules-v2.yaml"),
         description="Matching rules (versioned data): fields, weights, blocking, thresholds.",
     )
     steward_token_hashes: tuple[str, ...] = Field(

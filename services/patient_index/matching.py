@@ -1,6 +1,6 @@
 """Patient matching: deterministic on verified identifiers, Fellegi–Sunter otherwise (pure).
 
-The rules are data (``config/matching/rules-v1.yaml``, loaded by :func:`load_rules`): the
+The rules are data (``config/matching/rules-v2.yaml``, loaded by :func:`load_rules`): the
 fields compared, each with a comparator that sorts a pair into *levels* (from "different"
 to "same") and the probabilities ``m`` (of each level among true matches) and ``u`` (among
 non-matches); the blocking recipes; the prior probability that a compared pair is a match;
@@ -35,7 +35,7 @@ from services.common.errors import ConfigError
 from services.patient_index.normalize import Ident, IdentKind, Person
 
 DEFAULT_RULES_PATH: Final = (
-    Path(__file__).resolve().parents[2] / "config" / "matching" / "rules-v1.yaml"
+    Path(__file__).resolve().parents[2] / "config" / "matching" / "rules-v2.yaml"
 )
 
 ComparatorName = Literal["exact", "jaro_winkler", "name", "date", "phone", "address", "identifier"]

@@ -47,7 +47,7 @@ def _settings(hub: SecurityHub) -> Settings:
             "state_dir": str(hub.tmp / "walk-state"),
             "institutions_path": str(hub.registry),
             "patient_index": {
-                "rules_path": str(REPO / "config" / "matching" / "rules-v1.yaml"),
+                "rules_path": str(REPO / "config" / "matching" / "rules-v2.yaml"),
             },
         }
     )

@@ -136,7 +136,7 @@ def _slice(data: match.Dataset, n: int) -> match.Dataset:
 def test_rules_and_baseline_on_a_slice(febrl4: match.Dataset) -> None:
     data = _slice(febrl4, 400)
     ours = match.run_rules(data, RULES, n_random=5_000)
-    assert ours["rules_version"] == "rules-v1"
+    assert ours["rules_version"] == "rules-v2"
     assert ours["false_auto_links"] == 0
     assert ours["precision"] == 1.0
     assert ours["recall_with_review"] >= ours["recall"] > 0.9
@@ -152,7 +152,7 @@ def test_rules_and_baseline_on_a_slice(febrl4: match.Dataset) -> None:
         assert isinstance(report[key], float)
     assert report["records"] == 800 and report["mode"] == "linkage"
     text = match.format_report(report)
-    assert "rules-v1" in text and "baseline" in text and "review band" in text
+    assert "rules-v2" in text and "baseline" in text and "review band" in text
 
 
 def test_report_goals() -> None:

@@ -86,7 +86,7 @@ def card(value: str) -> dict[str, str]:
 
 
 def test_shipped_rules_load_with_a_version_and_ordered_thresholds() -> None:
-    assert RULES.version == "rules-v1"
+    assert RULES.version == "rules-v2"
     assert 0 < RULES.lower < RULES.upper < 1
     assert RULES.lower_weight < RULES.upper_weight
     names = [f.name for f in RULES.fields]
