@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from services.common.config_yaml import load_mapping
 from services.common.errors import ConfigError
+from services.patient_index.frequencies import NameFrequencies, load_frequencies
 from services.patient_index.normalize import Ident, IdentKind, Person
 
 DEFAULT_RULES_PATH: Final = (
@@ -106,6 +107,10 @@ class FieldRule(_Frozen):
     m: tuple[float, ...] | None = None
     u: tuple[float, ...] | None = None
     weights: tuple[float, ...] | None = None
+    #: Term-frequency adjustment of the ``same`` level of a ``name`` field: its ``u`` is the
+    #: share of the population holding the agreeing name (from the rules' name-frequency
+    #: table) instead of the average ``u`` — 王 = 王 weighs little, 欧阳 = 欧阳 much.
+    frequency: Literal["surname", "given"] | None = None
     note: str = ""
 
     _weights: tuple[float, ...] = PrivateAttr()
@@ -124,6 +129,8 @@ class FieldRule(_Frozen):
             raise ValueError(f"field {self.name}: comparator name needs part: family|given")
         if c == "identifier" and not self.kinds:
             raise ValueError(f"field {self.name}: comparator identifier needs kinds")
+        if self.frequency is not None and c != "name":
+            raise ValueError(f"field {self.name}: frequency applies to comparator name only")
         if len(self.cutoffs) != _CUTOFFS[c]:
             raise ValueError(f"field {self.name}: {c} takes {_CUTOFFS[c]} cut-off(s)")
         if list(self.cutoffs) != sorted(self.cutoffs) or not all(
@@ -166,6 +173,20 @@ class Guard(_Frozen):
     why: str = ""
 
 
+class Namesake(_Frozen):
+    """Namesakes: a common full name agreeing is no proof of one person.
+
+    When the family and given names are both ``same``, the full name's frequency (surname
+    share × given-name share) is at least ``min_frequency``, and none of the ``personal``
+    fields (identifiers, phone) agrees at its best level, the pair is never auto-linked:
+    at most it goes to review (guard ``namesake``).
+    """
+
+    min_frequency: float = Field(gt=0.0, lt=1.0)
+    personal: tuple[str, ...]
+    why: str = ""
+
+
 class Rules(_Frozen):
     """Versioned matching rules; see the module docstring and ``docs/matching.md``."""
 
@@ -177,6 +198,12 @@ class Rules(_Frozen):
     fields: tuple[FieldRule, ...]
     blocking: tuple[tuple[BlockPart, ...], ...]
     guards: tuple[Guard, ...] = ()
+    #: The name-frequency table (see :mod:`services.patient_index.frequencies`); a relative
+    #: path is read relative to the rules file. Without one, no adjustment is made.
+    name_frequencies: str | None = None
+    #: A full-name frequency at or below which an estimate counts as this rare.
+    frequency_floor: float = Field(default=1e-7, gt=0.0, lt=1.0)
+    namesake: Namesake | None = None
 
     _by_name: dict[str, FieldRule] = PrivateAttr()
     _guards: tuple[tuple[str, tuple[tuple[int, frozenset[int]], ...]], ...] = PrivateAttr()
@@ -212,7 +239,18 @@ class Rules(_Frozen):
                 )
             guards.append((g.name, tuple(sorted(conds, key=lambda c: c[0]))))
         self._guards = tuple(guards)
+        if self.namesake is not None:
+            unknown = [f for f in self.namesake.personal if f not in self._by_name]
+            if unknown:
+                raise ValueError(f"namesake: no field(s) {unknown}")
         return self
+
+    @property
+    def frequencies(self) -> NameFrequencies | None:
+        """The name-frequency table, read once per path (None when the rules name none)."""
+        if self.name_frequencies is None:
+            return None
+        return load_frequencies(Path(self.name_frequencies))
 
     @property
     def prior_weight(self) -> float:
@@ -244,10 +282,15 @@ def load_rules(path: Path | str = DEFAULT_RULES_PATH) -> Rules:
     """Read and check a rules file; ``ConfigError`` names what is wrong."""
     path = Path(path)
     data = load_mapping(path, what="matching rules", expected="a mapping at the top")
+    freq = data.get("name_frequencies")
+    if isinstance(freq, str):
+        data = {**data, "name_frequencies": str((path.parent / freq).resolve())}
     try:
-        return Rules.model_validate(data)
+        rules = Rules.model_validate(data)
     except ValueError as exc:
         raise ConfigError(f"matching rules {path}: {exc}") from exc
+    _ = rules.frequencies  # a missing or broken table fails here, at start-up
+    return rules
 
 
 # ----------------------------------------------------------------------------- blocking
@@ -480,13 +523,25 @@ class Score:
 
 
 def score_levels(
-    levels: Sequence[int | None], rules: Rules, *, card_conflict: bool = False
+    levels: Sequence[int | None],
+    rules: Rules,
+    *,
+    card_conflict: bool = False,
+    adjusted: Mapping[str, float] | None = None,
+    namesake: bool = False,
 ) -> Score:
-    """Weigh a comparison vector (see :func:`compare`) and classify it."""
+    """Weigh a comparison vector (see :func:`compare`) and classify it.
+
+    ``adjusted`` replaces the weight of a field (by name): the term-frequency-adjusted
+    weight of an agreeing name (:func:`score` computes it). ``namesake`` caps the outcome at
+    review (guard ``namesake``, see :class:`Namesake`).
+    """
     parts: dict[str, float] = {}
     for rule, level in zip(rules.fields, levels, strict=True):
         if level is not None:
             parts[rule.name] = rule.weight(level)
+    if adjusted:
+        parts.update(adjusted)
     if card_conflict:
         parts["card_conflict"] = rules.card_conflict_weight
     total = sum(parts.values())
@@ -502,15 +557,89 @@ def score_levels(
     if hit is not None and _OUTCOME_RANK[hit[1]] < _OUTCOME_RANK[outcome]:
         guard = hit[0]
         outcome = "none" if hit[1] == "none" else "review"
+    if namesake and outcome == "auto":
+        guard, outcome = "namesake", "review"
     log_odds = total + rules.prior_weight
     probability = 1.0 / (1.0 + 2.0 ** (-log_odds)) if log_odds > -1000 else 0.0
     return Score(total, parts, outcome, probability, guard)
 
 
+_SAME: Final = 3  # the ``same`` level of the name comparator
+
+
+def _agreeing_name(a: Person, b: Person, part: str) -> tuple[str | None, str | None]:
+    """(hanzi, pinyin) to look up for a name part both records agree on: the hanzi when both
+    have the same hanzi; else the pinyin of a side written in hanzi (a Latin spelling such as
+    "Cheung" agreeing with 张 is looked up as zhang); else the first record's pinyin."""
+    ah, apy = (a.family, a.family_py) if part == "surname" else (a.given, a.given_py)
+    bh, bpy = (b.family, b.family_py) if part == "surname" else (b.given, b.given_py)
+    if ah and bh and ah == bh:
+        return ah, None
+    if ah:
+        return None, apy
+    if bh:
+        return None, bpy
+    return None, apy
+
+
+def _name_frequency(a: Person, b: Person, part: str, freq: NameFrequencies) -> float | None:
+    hanzi, pinyin = _agreeing_name(a, b, part)
+    if part == "surname":
+        return freq.surname_of(hanzi, pinyin)
+    return freq.given_of(hanzi, pinyin)
+
+
+def name_evidence(
+    a: Person, b: Person, levels: Sequence[int | None], rules: Rules
+) -> tuple[dict[str, float], bool]:
+    """The term-frequency-adjusted weights of agreeing names, and whether the pair is a
+    possible namesake pair (see :class:`Namesake`).
+
+    A name field marked ``frequency`` whose level is ``same`` weighs ``log2(m_same / f)``,
+    ``f`` the share of the population holding the name (never below the rules'
+    ``frequency_floor``). A name the table does not know keeps the field's own weight.
+    """
+    freq = rules.frequencies
+    if freq is None:
+        return {}, False
+    adjusted: dict[str, float] = {}
+    shares: dict[str, float | None] = {}
+    for i, rule in enumerate(rules.fields):
+        if rule.frequency is None or levels[i] != _SAME:
+            continue
+        f = _name_frequency(a, b, rule.frequency, freq)
+        shares[rule.frequency] = f
+        if f is not None and rule.m is not None:
+            adjusted[rule.name] = math.log2(rule.m[_SAME] / max(f, rules.frequency_floor))
+    namesake = False
+    rule_ns = rules.namesake
+    surname, given = shares.get("surname"), shares.get("given")
+    if (
+        rule_ns is not None
+        and surname is not None
+        and given is not None
+        and surname * given >= rule_ns.min_frequency
+    ):
+        agreeing = [
+            f.name
+            for i, f in enumerate(rules.fields)
+            if f.name in rule_ns.personal and levels[i] == len(f.levels) - 1
+        ]
+        namesake = not agreeing
+    return adjusted, namesake
+
+
 def score(a: Person, b: Person, rules: Rules) -> Score:
-    """Fellegi–Sunter score of a pair: log2(m/u) per field summed, with the outcome."""
+    """Fellegi–Sunter score of a pair: log2(m/u) per field summed (agreeing names weighed by
+    their frequency), with the outcome."""
+    levels = compare(a, b, rules)
+    adjusted, namesake = name_evidence(a, b, levels, rules)
     return score_levels(
-        compare(a, b, rules), rules, card_conflict=a.card_conflict or b.card_conflict
+        levels,
+        rules,
+        card_conflict=a.card_conflict or b.card_conflict,
+        adjusted=adjusted,
+        namesake=namesake,
     )
 
 
@@ -757,6 +886,7 @@ __all__ = [
     "EmFit",
     "FieldRule",
     "Guard",
+    "Namesake",
     "Rules",
     "Score",
     "blocking_keys",
@@ -767,6 +897,7 @@ __all__ = [
     "fit_em",
     "level_names",
     "load_rules",
+    "name_evidence",
     "score",
     "score_levels",
 ]

@@ -1,6 +1,6 @@
 """Patient matching (services.patient_index.matching): scenarios named by their outcome.
 
-The scenarios use the shipped rules (config/matching/rules-v1.yaml) as they are: the
+The scenarios use the shipped rules (config/matching/rules-v2.yaml) as they are: the
 production m/u values, the population prior and the posterior thresholds.
 """
 
@@ -32,6 +32,7 @@ from services.patient_index.matching import (
     fit_em,
     level_names,
     load_rules,
+    name_evidence,
     score,
     score_levels,
 )
@@ -489,8 +490,13 @@ def test_em_with_random_pairs_gives_a_population_prior() -> None:
 
 
 def test_score_levels_matches_score() -> None:
+    """score = the comparison vector weighed, with the names' frequency evidence on top."""
     a, b = person(A), person(B, name="Wang Fang")
-    assert score_levels(compare(a, b, RULES), RULES) == score(a, b, RULES)
+    levels = compare(a, b, RULES)
+    adjusted, namesake = name_evidence(a, b, levels, RULES)
+    assert adjusted  # 王 and 芳 are in the table: their agreement is frequency-weighed
+    assert score_levels(levels, RULES, adjusted=adjusted, namesake=namesake) == score(a, b, RULES)
+    assert score_levels(levels, RULES) != score(a, b, RULES)
 
 
 def test_dates_are_compared_as_dates() -> None:
