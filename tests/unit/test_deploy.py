@@ -394,3 +394,26 @@ def test_config_files_and_state_are_mounted_where_the_settings_point() -> None:
         if w["kind"] == "StatefulSet":
             state = env["MRHUB_STATE_DIR"]
             assert mounts.get(state) in claims, f"{w['metadata']['name']}: state not on a volume"
+
+
+def test_the_matching_rules_in_kubernetes_find_their_name_frequency_table(tmp_path: Path) -> None:
+    """The patient index reads the rules from the mounted ConfigMap; rules-v2 reads
+    data/name-frequencies.tsv next to them. Lay the volume out as Kubernetes would (its
+    items) and load the rules from there."""
+    from services.patient_index.matching import load_rules
+
+    maps = generated_configmaps()["mrhub-matching"]
+    [w] = [w for w in workloads() if w["metadata"]["name"] == "patient-index"]
+    pod = w["spec"]["template"]["spec"]
+    [vol] = [v for v in pod["volumes"] if v["name"] == "matching"]
+    for item in vol["configMap"]["items"]:
+        target = tmp_path / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(maps[item["key"]].read_bytes())
+    [c] = pod["containers"]
+    env, _ = container_env(c)
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "matching")["mountPath"]
+    rules_path = env["MRHUB_PATIENT_INDEX__RULES_PATH"]
+    assert rules_path.startswith(mount + "/")
+    rules = load_rules(tmp_path / rules_path.removeprefix(mount + "/"))
+    assert rules.frequencies is not None and rules.frequencies.surname["王"] > 0.05
