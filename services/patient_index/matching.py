@@ -206,6 +206,7 @@ class Rules(_Frozen):
     namesake: Namesake | None = None
 
     _by_name: dict[str, FieldRule] = PrivateAttr()
+    _freq: NameFrequencies | None = PrivateAttr(default=None)
     _guards: tuple[tuple[str, tuple[tuple[int, frozenset[int]], ...]], ...] = PrivateAttr()
 
     @model_validator(mode="after")
@@ -250,7 +251,9 @@ class Rules(_Frozen):
         """The name-frequency table, read once per path (None when the rules name none)."""
         if self.name_frequencies is None:
             return None
-        return load_frequencies(Path(self.name_frequencies))
+        if self._freq is None:
+            self._freq = load_frequencies(Path(self.name_frequencies))
+        return self._freq
 
     @property
     def prior_weight(self) -> float:
