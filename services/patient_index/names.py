@@ -35,10 +35,11 @@ import csv
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice, product
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import jellyfish
 import opencc
@@ -123,15 +124,15 @@ def _toneless(reading: str) -> str:
 @lru_cache(maxsize=1)
 def _cantonese() -> Mapping[str, list[str]]:
     """Character (traditional) -> Hong Kong Government romanisations."""
-    from cantoroman import Cantonese  # type: ignore[import-untyped]
+    from cantoroman import Cantonese
 
     table: Mapping[str, list[str]] = Cantonese().charToRoman
     return table
 
 
 @lru_cache(maxsize=1)
-def _shapes() -> object:
-    from char_similar_z import CharSimilarity  # type: ignore[import-untyped]
+def _shapes() -> Any:
+    from char_similar_z import CharSimilarity
 
     return CharSimilarity()
 
@@ -141,6 +142,7 @@ def _shapes() -> object:
 _LYU: Final = re.compile(r"lyu")
 
 
+@lru_cache(maxsize=65536)
 def fold(latin: str) -> str:
     """ü however written (v, u:, ü already made v by ``latin_name``; yu after l) as u:
     lv, lyu, lu -> lu. ``nyu`` is folded only at the start (xinyu is xin-yu)."""
@@ -223,7 +225,20 @@ def lookalike(a: str, b: str) -> bool:
         return False
     if b < a:
         return lookalike(b, a)
-    score: float = _shapes().std_cal_sim(a, b, kind="shape")  # type: ignore[attr-defined]
+    shapes = _shapes()
+    # The score is a weighted mean (weights 35 in all) of seven similarities, three of
+    # them cheap: structure (8), four-corner code (7), stroke count (6); the other four
+    # weigh 14. A pair that cannot reach the cut-off even with those four at 1 is not a
+    # look-alike (most pairs: a different structure alone caps the score at 27/35).
+    bound = (
+        8 * shapes._sim_struct(a, b)
+        + 7 * shapes._sim_fourangle(a, b)
+        + 6 * shapes._sim_number(a, b)
+        + 14
+    ) / 35
+    if bound < LOOKALIKE_CUTOFF - 1e-4:  # std_cal_sim rounds to 4 places
+        return False
+    score: float = shapes.std_cal_sim(a, b, kind="shape")
     return score >= LOOKALIKE_CUTOFF
 
 
@@ -242,98 +257,125 @@ def _part(p: Person, part: Part) -> tuple[str | None, str | None]:
     return (p.family, p.family_py) if part == "family" else (p.given, p.given_py)
 
 
-def _spellings(p: Person, part: Part) -> frozenset[str]:
-    """The Latin forms of one part: a hanzi part's spellings, or a Latin part folded."""
-    hanzi, latin = _part(p, part)
-    if hanzi:
-        return hanzi_spellings(hanzi, part == "family")
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What comparing needs of one name, worked out once per distinct name."""
+
+    latin: bool  # no hanzi at all
+    family: frozenset[str]  # Latin forms (folded): a hanzi part's spellings, or the Latin
+    given: frozenset[str]
+    lengths: frozenset[int]  # of the whole name in its forms (family + given)
+    forms: frozenset[str]  # a Latin name: the whole name in both orders
+    surname: str  # a Latin name: its surname as pinyin (hsu -> xu)
+
+
+def _latin_forms(latin: str | None) -> frozenset[str]:
     return frozenset({fold(latin)}) if latin else frozenset()
 
 
-def _is_latin(p: Person) -> bool:
-    return p.family is None and p.given is None
+@lru_cache(maxsize=65536)
+def _view(family: str | None, given: str | None, fpy: str | None, gpy: str | None) -> _View:
+    fam = hanzi_spellings(family, True) if family else _latin_forms(fpy)
+    giv = hanzi_spellings(given, False) if given else _latin_forms(gpy)
+    latin = family is None and given is None
+    forms: frozenset[str] = frozenset()
+    surname = ""
+    if latin:
+        fa, ga = fold(fpy or ""), fold(gpy or "")
+        forms = frozenset({fa + ga, ga + fa})
+        surname = _canonical_surname(fa)
+    family_lengths = {len(f) for f in fam} or {0}
+    lengths = frozenset(f + len(g) for f in family_lengths for g in giv)
+    return _View(latin, fam, giv, lengths, forms, surname)
 
 
-def _rot(text: str, k: int) -> str:
-    return text[k:] + text[:k]
+def _view_of(p: Person) -> _View:
+    return _view(p.family, p.given, p.family_py, p.given_py)
 
 
-def _whole_same(a: Person, b: Person) -> bool:
-    """The whole name, in either order, exactly (a swap is not a typo)."""
-    if _is_latin(b) and not _is_latin(a):
+def _whole_same(a: _View, b: _View) -> bool:
+    """A Latin name against another name, whole, in either order, exactly (a swap is not
+    a typo): "Fang Wang" = "Wang Fang" = 王芳; "Maimaiti Ayiguli" = 阿依古丽·买买提."""
+    if b.latin and not a.latin:
         a, b = b, a
-    if not _is_latin(a):  # hanzi against hanzi: only a name without a family name
-        ga, gb = a.given or "", b.given or ""
-        return (
-            not a.family and not b.family and len(ga) == len(gb) > 1 and gb in ga + ga
-        )
-    fa, ga = fold(a.family_py or ""), fold(a.given_py or "")
-    whole = fa + ga
-    forms = {whole, _rot(whole, len(fa))}
-    if _is_latin(b):
-        fb, gb = fold(b.family_py or ""), fold(b.given_py or "")
-        return fb + gb in forms or _rot(fb + gb, len(fb)) in forms
-    family, given = _spellings(b, "family"), _spellings(b, "given")
+    if not a.latin:
+        return False
+    if b.latin:
+        return bool(a.forms & b.forms)
+    family, given = b.family, b.given
     if not family:
-        return bool(forms & given)
-    for w in forms:
+        return bool(a.forms & given)
+    for w in a.forms:
+        n = len(w)
+        if n not in b.lengths:
+            return False  # both forms have the same length
         for f in family:
             if w.startswith(f) and w[len(f) :] in given:
                 return True
-            if w.endswith(f) and w[: len(w) - len(f)] in given:
+            if w.endswith(f) and w[: n - len(f)] in given:
                 return True
     return False
+
+
+def _rotated(a: str | None, b: str | None) -> bool:
+    """Hanzi names without a family name (阿依古丽·买买提), one the other in another order."""
+    return bool(a and b and len(a) == len(b) > 1 and b in a + a)
 
 
 def _jw(a: str, b: str) -> float:
     return float(jellyfish.jaro_winkler_similarity(a, b))
 
 
-def _swapped_close(a: Person, b: Person, part: Part, cutoff: float) -> bool:
+def _swapped_close(apy: str, bpy: str, ao: str | None, bo: str | None, cutoff: float) -> bool:
     """Family and given each close to the other record's other part."""
-    other: Part = "given" if part == "family" else "family"
-    _, apy = _part(a, part)
-    _, bpy = _part(b, part)
-    _, ao = _part(a, other)
-    _, bo = _part(b, other)
-    if not (apy and bpy and ao and bo):
+    if not (ao and bo):
         return False
     return _jw(apy, bo) >= cutoff and _jw(ao, bpy) >= cutoff
 
 
-def compare_name(
-    a: Person, b: Person, part: Part, cutoff: float = DEFAULT_CUTOFF
-) -> int | None:
+def compare_name(a: Person, b: Person, part: Part, cutoff: float = DEFAULT_CUTOFF) -> int | None:
     """The level (index into :data:`NAME_LEVELS`) of one part of a pair's names; None when
     a side has no value for that part. ``cutoff``: the pinyin Jaro–Winkler for "similar".
     """
-    ah, apy = _part(a, part)
-    bh, bpy = _part(b, part)
+    surname = part == "family"
+    if surname:
+        ah, apy, ao, bh, bpy, bo = (
+            a.family,
+            a.family_py,
+            a.given_py,
+            b.family,
+            b.family_py,
+            b.given_py,
+        )
+    else:
+        ah, apy, ao, bh, bpy, bo = (
+            a.given,
+            a.given_py,
+            a.family_py,
+            b.given,
+            b.given_py,
+            b.family_py,
+        )
     if not apy or not bpy:
         return None
     if ah and bh:
         if ah == bh:
             return SAME
-        if _whole_same(a, b):
+        if not surname and not a.family and not b.family and _rotated(ah, bh):
             return SAME
-        surname = part == "family"
         if hanzi_readings(ah, surname) & hanzi_readings(bh, surname):
             return HOMOPHONE
         if _one_lookalike(ah, bh):
             return SIMILAR
     else:
-        if _spellings(a, part) & _spellings(b, part):
+        va, vb = _view_of(a), _view_of(b)
+        if (va.family & vb.family) if surname else (va.given & vb.given):
             return SAME
-        if (
-            part == "family"
-            and not ah
-            and not bh
-            and _canonical_surname(fold(apy)) == _canonical_surname(fold(bpy))
-        ):
+        if surname and va.latin and vb.latin and va.surname == vb.surname:
             return SAME  # two spellings of one surname (Wong, Wang)
-        if _whole_same(a, b):
+        if _whole_same(va, vb):
             return SAME
-    if _jw(apy, bpy) >= cutoff or _swapped_close(a, b, part, cutoff):
+    if _jw(apy, bpy) >= cutoff or _swapped_close(apy, bpy, ao, bo, cutoff):
         return SIMILAR
     return DIFFERENT
 
