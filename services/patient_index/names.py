@@ -67,6 +67,8 @@ ROMANISATIONS_PATH: Final = (
 LOOKALIKE_CUTOFF: Final = 0.8
 #: The Jaro–Winkler cut-off when a caller gives none (the rules' value).
 DEFAULT_CUTOFF: Final = 0.85
+#: Distinct name parts whose readings and spellings stay cached (about 2 kB each).
+_NAMES_CACHED: Final = 16384
 #: At most this many spellings of one name part are tried (heteronyms multiply).
 _MAX_FORMS: Final = 64
 
@@ -180,7 +182,7 @@ def _joined(choices: Iterable[tuple[str, ...]]) -> frozenset[str]:
     return frozenset("".join(p) for p in islice(product(*choices), _MAX_FORMS))
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=_NAMES_CACHED)
 def hanzi_readings(hanzi: str, surname: bool = False) -> frozenset[str]:
     """Every pinyin reading of a hanzi name part (heteronyms combined), unfolded."""
     if surname and len(hanzi) > 1 and hanzi in SURNAME_READINGS:  # 尉迟, 万俟
@@ -191,7 +193,7 @@ def hanzi_readings(hanzi: str, surname: bool = False) -> frozenset[str]:
     return _joined(char_readings(c, surname=True) for c in hanzi)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=_NAMES_CACHED)
 def hanzi_spellings(hanzi: str, surname: bool = False) -> frozenset[str]:
     """Every Latin form a hanzi name part may be written as, folded: its pinyin readings,
     the Wade-Giles/Cantonese surname spellings of those readings, and its Hong Kong
@@ -273,7 +275,7 @@ def _latin_forms(latin: str | None) -> frozenset[str]:
     return frozenset({fold(latin)}) if latin else frozenset()
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=_NAMES_CACHED)
 def _view(family: str | None, given: str | None, fpy: str | None, gpy: str | None) -> _View:
     fam = hanzi_spellings(family, True) if family else _latin_forms(fpy)
     giv = hanzi_spellings(given, False) if given else _latin_forms(gpy)
