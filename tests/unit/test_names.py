@@ -36,183 +36,102 @@ def levels(a: str, b: str) -> tuple[str | None, str | None]:
     return out[0], out[1]
 
 
-SAME = ("same", "same")
-
-
-# ------------------------------------------------------------------------------------ ü
-
-
-@pytest.mark.parametrize("latin", ["Lu Fang", "Lv Fang", "Lyu Fang", "Lü Fang", "Lu: Fang"])
-def test_u_umlaut_however_written_is_the_same_surname(latin: str) -> None:
-    assert levels("吕芳", latin) == SAME
-
-
-def test_u_umlaut_in_latin_against_latin() -> None:
-    assert levels("Lyu Fang", "LV Fang") == SAME
-    assert levels("Lyu Fang", "Lü Fang") == SAME
-
-
-def test_u_umlaut_and_u_stay_apart_between_hanzi() -> None:
-    # 吕 lǚ and 卢 lú are different surnames even if Latin spellings cannot tell them apart
-    assert levels("吕芳", "卢芳") == ("different", "same")
-
-
-def test_yu_inside_a_given_name_is_not_u_umlaut() -> None:
-    # 心语 xin-yu: the n belongs to xin, so "nyu" there is not nü
-    assert levels("王心语", "Wang Xinyu") == SAME
-    assert levels("王心语", "Wang Xinu") == ("same", "similar")
-
-
-# ------------------------------------------------------------------ heteronym surnames
-
-
-@pytest.mark.parametrize(
-    ("hanzi", "readings"),
-    [
-        ("乐", ("Le", "Yue")),
-        ("曾", ("Zeng", "Ceng")),
-        ("单", ("Shan", "Dan")),
-        ("解", ("Xie", "Jie")),
-        ("区", ("Ou", "Qu")),
-    ],
-)
-def test_every_reading_of_a_heteronym_surname_counts(hanzi: str, readings: tuple[str, ...]) -> None:
-    for reading in readings:
-        assert levels(hanzi + "伟", f"{reading} Wei") == SAME, reading
-
-
-def test_heteronym_readings_make_homophones_between_hanzi() -> None:
-    assert levels("乐伟", "岳伟") == ("homophone", "same")  # yue
-    assert levels("乐伟", "勒伟") == ("different", "same")  # 勒 lei is not a reading of 乐
-
-
-def test_an_ordinary_surname_gets_no_obscure_reading() -> None:
-    # pypinyin also lists yù for 王; as a surname it is only wang
-    assert levels("王伟", "Yu Wei") == ("different", "same")
-
-
-# ---------------------------------------------------------- Wade-Giles and Cantonese
-
-
-@pytest.mark.parametrize(
-    ("hanzi", "latin"),
-    [
-        ("许明", "Hsu Ming"),
-        ("谢明", "Hsieh Ming"),
-        ("蔡明", "Tsai Ming"),
-        ("郭明", "Kuo Ming"),
-        ("张明", "Chang Ming"),
-        ("张明", "Cheung Ming"),
-        ("陈明", "Chan Ming"),
-        ("吴明", "Ng Ming"),
-        ("李明", "Lee Ming"),
-        ("王明", "Wong Ming"),
-        ("黄明", "Wong Ming"),
-        ("梁明", "Leung Ming"),
-    ],
-)
-def test_wade_giles_and_cantonese_surname_spellings(hanzi: str, latin: str) -> None:
-    assert levels(hanzi, latin) == SAME
-
-
-def test_cantonese_given_name() -> None:
-    assert levels("张伟", "Cheung Wai") == SAME
-    assert levels("陈大文", "Chan Tai Man") == SAME
-
-
-def test_a_spelling_shared_by_two_surnames_does_not_join_their_hanzi() -> None:
-    # 王 and 黄 are both "Wong" in Hong Kong, but hanzi against hanzi is not spelling
-    assert levels("王明", "黄明") == ("different", "same")
-
-
-def test_a_spelling_is_not_any_surname() -> None:
-    assert levels("许明", "Hsieh Ming")[0] == "different"
-    assert levels("王明", "Cheung Ming")[0] == "different"
-
-
-def test_two_spellings_of_one_surname_in_latin() -> None:
-    assert levels("Hsu Ming", "Xu Ming") == SAME
-    assert levels("Wong Ming", "Wang Ming") == SAME
-    assert levels("Hsu Ming", "Wang Ming")[0] == "different"
-
-
-# --------------------------------------------------------------- middle-dot names
-
-
-@pytest.mark.parametrize("dot", ["·", "•", "・", "."])
-def test_middle_dot_name_against_its_pinyin_in_either_order(dot: str) -> None:
-    hanzi = f"阿依古丽{dot}买买提"
-    for latin in ("Ayiguli Maimaiti", "Maimaiti Ayiguli", "AYIGULI MAIMAITI", "Ayiguli·Maimaiti"):
-        # the hanzi side has no family name: only the given part (the whole name) compares
-        assert levels(hanzi, latin) == (None, "same"), latin
-
-
-def test_middle_dot_name_in_the_other_order_in_hanzi() -> None:
-    assert levels("阿依古丽·买买提", "买买提·阿依古丽") == (None, "same")
-
-
-def test_middle_dot_name_that_differs() -> None:
-    assert levels("阿依古丽·买买提", "Ayiguli Aili")[1] != "same"
-    assert levels("阿依古丽·买买提", "阿依古丽·艾力")[1] != "same"
-
-
-# ------------------------------------------------------------------- order and case
-
-
-@pytest.mark.parametrize(
-    "latin", ["Fang Wang", "fang wang", "WANG Fang", "Fang WANG", "Wang, Fang", "wang fang"]
-)
-def test_name_order_and_case(latin: str) -> None:
-    assert levels("王芳", latin) == SAME
-
-
-def test_western_order_with_a_two_syllable_given_name() -> None:
-    assert levels("王晓明", "Xiao Ming Wang") == SAME
-    assert levels("王晓明", "Xiaoming Wang") == SAME
-
-
-def test_swap_between_latin_names_is_same() -> None:
-    assert levels("Fang Wang", "Wang Fang") == SAME
-    assert levels("Xiao Ming Wang", "Wang Xiaoming") == SAME
-
-
-def test_a_swap_with_a_slip_is_only_similar() -> None:
-    assert levels("王芳", "Fan Wang") == ("similar", "similar")
-
-
-def test_a_different_name_is_not_a_swap() -> None:
-    assert levels("王芳", "Fang Li") == ("different", "different")
-
-
-# ------------------------------------------------------------------------ scripts
-
-
-def test_traditional_characters_are_the_same() -> None:
-    assert levels("陳芳", "陈芳") == SAME
-    assert levels("歐陽震華", "欧阳震华") == SAME
-
-
-def test_homophone_hanzi() -> None:
-    assert levels("王芳", "汪芳") == ("homophone", "same")
-    assert levels("王芳", "王方") == ("same", "homophone")
-
-
-# ------------------------------------------------------------------------ look-alikes
-
-
-def test_look_alike_character_is_similar() -> None:
-    assert levels("王芳", "王芬") == ("same", "similar")
-    assert levels("王伟", "王传") == ("same", "similar")
-    assert levels("李己", "李已") == ("same", "similar")
-
-
-def test_unlike_characters_are_different() -> None:
-    assert levels("王芳", "王明") == ("same", "different")
-    assert levels("王明", "黄明") == ("different", "same")
-
-
-def test_look_alike_needs_only_one_character_changed() -> None:
-    assert levels("王芳华", "王芬毕")[1] == "different"
+S, SIM, H, D = "same", "similar", "homophone", "different"
+SAME = (S, S)
+
+
+def case(a: str, b: str, family: str | None, given: str | None, why: str) -> object:
+    return pytest.param(a, b, (family, given), id=f"{a}~{b}: {why}")
+
+
+CASES = [
+    # ü written u / v / yu / u: / ü
+    *(case("吕芳", latin, S, S, "u umlaut") for latin in ("Lu Fang", "Lv Fang", "Lyu Fang")),
+    case("吕芳", "Lü Fang", S, S, "u umlaut"),
+    case("吕芳", "Lu: Fang", S, S, "u umlaut"),
+    case("Lyu Fang", "LV Fang", S, S, "u umlaut, Latin both sides"),
+    case("吕芳", "卢芳", D, S, "lü and lu stay apart between hanzi"),
+    case("王心语", "Wang Xinyu", S, S, "xin-yu is not nü"),
+    case("王心语", "Wang Xinu", S, SIM, "xin-yu is not nü"),
+    # every reading of a heteronym surname
+    *(
+        case(hanzi + "伟", f"{reading} Wei", S, S, "heteronym surname")
+        for hanzi, readings in (
+            ("乐", ("Le", "Yue")),
+            ("曾", ("Zeng", "Ceng")),
+            ("单", ("Shan", "Dan")),
+            ("解", ("Xie", "Jie")),
+            ("区", ("Ou", "Qu")),
+        )
+        for reading in readings
+    ),
+    case("乐伟", "岳伟", H, S, "homophone through the reading yue"),
+    case("乐伟", "勒伟", D, S, "lei is not a reading of 乐"),
+    case("王伟", "Yu Wei", D, S, "no obscure reading for an ordinary surname"),
+    # Wade-Giles and Cantonese (Hong Kong) spellings
+    *(
+        case(hanzi + "明", f"{latin} Ming", S, S, "surname spelling")
+        for hanzi, latin in (
+            ("许", "Hsu"),
+            ("谢", "Hsieh"),
+            ("蔡", "Tsai"),
+            ("郭", "Kuo"),
+            ("张", "Chang"),
+            ("张", "Cheung"),
+            ("陈", "Chan"),
+            ("吴", "Ng"),
+            ("李", "Lee"),
+            ("王", "Wong"),
+            ("黄", "Wong"),
+            ("梁", "Leung"),
+        )
+    ),
+    case("张伟", "Cheung Wai", S, S, "Cantonese given name"),
+    case("陈大文", "Chan Tai Man", S, S, "Cantonese given name"),
+    case("王明", "黄明", D, S, "both Wong, but hanzi are not spellings"),
+    case("许明", "Hsieh Ming", D, S, "a spelling of another surname"),
+    case("王明", "Cheung Ming", D, S, "a spelling of another surname"),
+    case("Hsu Ming", "Xu Ming", S, S, "two spellings of one surname"),
+    case("Wong Ming", "Wang Ming", S, S, "two spellings of one surname"),
+    case("Hsu Ming", "Wang Ming", D, S, "spellings of two surnames"),
+    # middle-dot (minority) names: the hanzi has no family name, the whole name compares
+    *(
+        case(f"阿依古丽{dot}买买提", latin, None, S, "middle dot, either order")
+        for dot in ("·", "•", "・", ".")
+        for latin in ("Ayiguli Maimaiti", "Maimaiti Ayiguli", "AYIGULI MAIMAITI")
+    ),
+    case("阿依古丽·买买提", "Ayiguli·Maimaiti", None, S, "middle dot in Latin"),
+    case("阿依古丽·买买提", "买买提·阿依古丽", None, S, "middle dot, other order"),
+    case("阿依古丽·买买提", "Ayiguli Aili", None, D, "another name"),
+    case("阿依古丽·买买提", "阿依古丽·艾力", None, SIM, "one group shared: close pinyin"),
+    # name order and case: an exact swap is not a typo
+    *(
+        case("王芳", latin, S, S, "order and case")
+        for latin in ("Fang Wang", "fang wang", "WANG Fang", "Fang WANG", "Wang, Fang")
+    ),
+    case("王晓明", "Xiao Ming Wang", S, S, "Western order"),
+    case("王晓明", "Xiaoming Wang", S, S, "Western order"),
+    case("Fang Wang", "Wang Fang", S, S, "swap between Latin names"),
+    case("Xiao Ming Wang", "Wang Xiaoming", S, S, "swap between Latin names"),
+    case("王芳", "Fan Wang", SIM, SIM, "a swap with a slip"),
+    case("王芳", "Fang Li", D, D, "not a swap"),
+    # scripts and homophones
+    case("陳芳", "陈芳", S, S, "traditional"),
+    case("歐陽震華", "欧阳震华", S, S, "traditional"),
+    case("王芳", "汪芳", H, S, "homophone"),
+    case("王芳", "王方", S, H, "homophone"),
+    # look-alike characters (形近字), one character of the part
+    case("王芳", "王芬", S, SIM, "look-alike"),
+    case("王伟", "王传", S, SIM, "look-alike"),
+    case("李己", "李已", S, SIM, "look-alike"),
+    case("王芳", "王明", S, D, "not alike"),
+    case("王芳华", "王芬毕", S, D, "two characters changed"),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), CASES)
+def test_name_levels(a: str, b: str, expected: tuple[str | None, str | None]) -> None:
+    assert levels(a, b) == expected
 
 
 # -------------------------------------------------------------------------- missing
