@@ -45,6 +45,7 @@ import jellyfish
 import opencc
 from pypinyin import Style, pinyin
 
+from services.common.errors import ConfigError
 from services.patient_index.normalize import (
     SURNAME_READINGS,
     Person,
@@ -56,11 +57,10 @@ from services.patient_index.normalize import (
 NAME_LEVELS: Final = ("different", "similar", "homophone", "same")
 DIFFERENT, SIMILAR, HOMOPHONE, SAME = range(4)
 
-#: Wade-Giles / Cantonese / other spellings of Mandarin surnames (sinonym, Apache-2.0).
-ROMANISATIONS_PATH: Final = (
-    Path(__file__).resolve().parents[2] / "config" / "matching" / "data"
-    / "surname-romanisations.csv"
-)  # fmt: skip
+#: Wade-Giles / Cantonese / other spellings of Mandarin surnames (sinonym, Apache-2.0),
+#: relative to the checkout (a development install) or to the working directory (the
+#: image runs from /opt/mrhub, where config/ is copied; compose mounts config/ there).
+ROMANISATIONS_FILE: Final = Path("config", "matching", "data", "surname-romanisations.csv")
 #: char-similar-z shape similarity from which two characters count as look-alikes. Over
 #: 20,000 random pairs of the 600 commonest given-name characters, 0.26 % reach it; 芳/芬
 #: 0.92, 伟/传 0.84, 己/已 0.97, 未/末 0.98 do, 芳/明 0.39 and 王/黄 0.31 do not.
@@ -79,10 +79,19 @@ _S2T: Final = opencc.OpenCC("s2t")
 # ------------------------------------------------------------------------------ data
 
 
+def romanisations_path() -> Path:
+    """The romanisations table: beside the code's checkout, else under the working dir."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (base / ROMANISATIONS_FILE).is_file():
+            return base / ROMANISATIONS_FILE
+    raise ConfigError(f"{ROMANISATIONS_FILE} not found beside the code nor in {Path.cwd()}")
+
+
 @lru_cache(maxsize=1)
 def surname_spellings() -> Mapping[str, str]:
     """``spelling -> pinyin surname`` from the romanisations table (e.g. hsu -> xu)."""
-    with ROMANISATIONS_PATH.open(encoding="utf-8", newline="") as f:
+    path = romanisations_path()
+    with path.open(encoding="utf-8", newline="") as f:
         return {
             row["spelling"].strip(): row["mandarin_target"].strip()
             for row in csv.DictReader(f)

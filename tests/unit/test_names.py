@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from services.common.errors import ConfigError
+from services.patient_index import names
 from services.patient_index.names import (
     NAME_LEVELS,
     Part,
@@ -185,3 +189,18 @@ def test_block_key_keeps_different_names_apart() -> None:
 
 def test_block_key_without_a_name() -> None:
     assert name_block_key(make_person(HOSPITAL)) is None
+
+
+def test_romanisations_table_found_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an installed (non-editable) mrhub finds config/ under the working directory, as the
+    # image does (WORKDIR /opt/mrhub); nowhere, it says what is missing
+    missing = Path("config", "matching", "data", "no-such-table.csv")
+    monkeypatch.setattr(names, "ROMANISATIONS_FILE", missing)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no-such-table.csv"):
+        names.romanisations_path()
+    (tmp_path / missing).parent.mkdir(parents=True)
+    (tmp_path / missing).write_text("spelling,mandarin_target\n", encoding="utf-8")
+    assert names.romanisations_path() == tmp_path / missing
