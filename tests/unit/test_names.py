@@ -199,7 +199,7 @@ def test_romanisations_table_found_from_the_working_directory(
     missing = Path("config", "matching", "data", "no-such-table.csv")
     monkeypatch.setattr(names, "ROMANISATIONS_FILE", missing)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="no-such-table.csv"):
+    with pytest.raises(ConfigError, match=r"no-such-table\.csv"):
         names.romanisations_path()
     (tmp_path / missing).parent.mkdir(parents=True)
     (tmp_path / missing).write_text("spelling,mandarin_target\n", encoding="utf-8")
