@@ -10,8 +10,9 @@ comparator, ``("different", "similar", "homophone", "same")``:
   surname, only characters with a known surname reading get their other readings), ü
   written u / v / yu / u: / ü (吕 = Lu, Lv, Lyu, Lü), the Wade-Giles and Cantonese surname
   spellings of ``config/matching/data/surname-romanisations.csv`` (张 = Chang, Cheung;
-  许 = Hsu), and the Hong Kong Government Cantonese romanisation of each character
-  (package ``cantonese-romanisation``: 张伟 = "Cheung Wai", 王 = 黄 = "Wong"); two Latin
+  许 = Hsu), pypinyin's Wade-Giles of every character (许晓明 = "Hsu Hsiao-ming"), and the
+  Hong Kong Government Cantonese romanisation of each character (package
+  ``cantonese-romanisation``: 张伟 = "Cheung Wai", 王 = 黄 = "Wong"); two Latin
   sides that are equal once ü is folded, or that spell the same surname (Wong = Wang);
   or the whole name in the other order, exactly ("Fang Wang", "WANG Fang", "Wang, Fang"
   against 王芳; "Maimaiti Ayiguli" against 阿依古丽·买买提; 买买提·阿依古丽 against
@@ -151,6 +152,7 @@ def _shapes() -> Any:
 # ------------------------------------------------------------------------- spellings
 
 _LYU: Final = re.compile(r"lyu")
+_LATIN: Final = re.compile(r"[a-z]+")
 
 
 @lru_cache(maxsize=65536)
@@ -187,6 +189,18 @@ def _cantonese_char(char: str) -> tuple[str, ...]:
     return ()
 
 
+@lru_cache(maxsize=65536)
+def _wade_giles_char(char: str, surname: bool = False) -> tuple[str, ...]:
+    """Wade-Giles of one character (pypinyin's, apostrophes dropped, ü as v): 晓 hsiao,
+    陈 chen (ch'en). A surname character that is not a known heteronym surname gets one."""
+    found = pinyin(char, style=Style.WADEGILES, heteronym=True)
+    readings = ["".join(_LATIN.findall(r.lower())) for r in (found[0] if found else ())]
+    readings = [r for r in readings if r]
+    if surname and char not in SURNAME_READINGS:
+        readings = readings[:1]
+    return tuple(dict.fromkeys(readings))
+
+
 def _joined(choices: Iterable[tuple[str, ...]]) -> frozenset[str]:
     return frozenset("".join(p) for p in islice(product(*choices), _MAX_FORMS))
 
@@ -205,14 +219,19 @@ def hanzi_readings(hanzi: str, surname: bool = False) -> frozenset[str]:
 @lru_cache(maxsize=_NAMES_CACHED)
 def hanzi_spellings(hanzi: str, surname: bool = False) -> frozenset[str]:
     """Every Latin form a hanzi name part may be written as, folded: its pinyin readings,
-    the Wade-Giles/Cantonese surname spellings of those readings, and its Hong Kong
-    Cantonese romanisation."""
+    the Wade-Giles/Cantonese surname spellings of those readings, its Wade-Giles (Taiwan:
+    许晓明 = "Hsu Hsiao-ming") and its Hong Kong Cantonese romanisation. The systems are
+    not mixed within one part."""
     readings = hanzi_readings(hanzi, surname)
     out = {fold(r) for r in readings}
     if surname:
         others = _spellings_of_surname()
         for r in readings:
             out.update(fold(s) for s in others.get(r, ()))
+    if not (surname and len(hanzi) > 1 and hanzi in SURNAME_READINGS):
+        wade_giles = [_wade_giles_char(c, surname) for c in hanzi]
+        if all(wade_giles):
+            out.update(fold(w) for w in _joined(wade_giles))
     cantonese = [_cantonese_char(c) for c in hanzi]
     if all(cantonese):
         out.update(_joined(cantonese))

@@ -90,6 +90,9 @@ CASES = [
             ("梁", "Leung"),
         )
     ),
+    case("许晓明", "Hsu Hsiao-ming", S, S, "Wade-Giles given name"),
+    case("陈志强", "Chen Chih-chiang", S, S, "Wade-Giles given name"),
+    case("许晓明", "Hsu Chih-chiang", S, D, "Wade-Giles, another given name"),
     case("张伟", "Cheung Wai", S, S, "Cantonese given name"),
     case("陈大文", "Chan Tai Man", S, S, "Cantonese given name"),
     case("王明", "黄明", D, S, "both Wong, but hanzi are not spellings"),
