@@ -77,6 +77,7 @@ _T2S: Final = opencc.OpenCC("t2s")
 _HANZI = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _NAME_SEPARATORS = re.compile(r"[·•・.\-\s]+")
 _LATIN_WORD = re.compile(r"[a-z]+")
+_LATIN_SEPARATORS = re.compile(r"[\s,·•・]+")
 _MOBILE = re.compile(r"1[3-9]\d{9}")
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
@@ -322,9 +323,10 @@ def _split_latin(text: str) -> tuple[str, str] | None:
     """Family and given of a whole Latin name.
 
     An all-capitals word among mixed-case ones is the family name ("Fang WANG"); otherwise
-    the Chinese order, family first ("Wang Fang", "wang xiao ming").
+    the Chinese order, family first ("Wang Fang", "wang xiao ming"). A middle dot separates
+    words as a space does ("Ayiguli·Maimaiti", the pinyin of a minority name).
     """
-    words = [w for w in re.split(r"[\s,]+", text.strip()) if latin_name(w)]
+    words = [w for w in _LATIN_SEPARATORS.split(text.strip()) if latin_name(w)]
     if not words:
         return None
     if len(words) == 1:

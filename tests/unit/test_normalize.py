@@ -223,6 +223,12 @@ def test_latin_names() -> None:
     assert (n.family_py, n.given_py) == ("wang", "xiaoming")
 
 
+def test_latin_minority_name_splits_at_its_middle_dot() -> None:
+    for text in ("Ayiguli·Maimaiti", "Ayiguli • Maimaiti", "Ayiguli Maimaiti"):
+        n = normalize_name(text)
+        assert (n.family_py, n.given_py) == ("ayiguli", "maimaiti"), text
+
+
 def test_latin_name_drops_tones_and_writes_u_umlaut_as_v() -> None:
     assert latin_name("Lǚ Xiǎo-Míng") == "lvxiaoming"
     assert latin_name("LÜ") == "lv"
