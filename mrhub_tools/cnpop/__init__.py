@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["COLUMNS", "REPORT_SEED", "TUNING_SEED", "CnDataset", "load"]
 
-#: The seed of the reported figures. Never used while tuning the matcher.
+#: The seed of the reported figures. Never used while tuning the matcher: with
+#: ``MRHUB_CNPOP_TUNING=1`` in the environment, :func:`load` refuses it.
 REPORT_SEED = 20261206
 #: The seed the matcher is tuned on (a different draw of the same generator).
 TUNING_SEED = 7
@@ -72,7 +73,8 @@ def cache_dir() -> Path:
 
 
 def load(name: str, *, seed: int | None = None) -> CnDataset:
-    """``name`` in {"cn-10k", "cn-1m"} or "cn-<N>"; ``seed`` defaults to REPORT_SEED.
+    """``name`` in {"cn-10k", "cn-1m"} or "cn-<N>"; ``seed`` defaults to REPORT_SEED (refused
+    when ``MRHUB_CNPOP_TUNING=1``: tune with ``seed=TUNING_SEED``).
 
     Generated once per (size, seed, generator version) and cached as gzip CSV.
     """
@@ -86,6 +88,10 @@ def load_frame(name: str, *, seed: int | None = None) -> pandas.DataFrame:
 
     n = size_of(name)
     seed = REPORT_SEED if seed is None else seed
+    if seed == REPORT_SEED and os.environ.get("MRHUB_CNPOP_TUNING") == "1":
+        raise ValueError(
+            "MRHUB_CNPOP_TUNING=1: the report seed is not used while tuning (use TUNING_SEED)"
+        )
     path = cache_dir() / f"cn-{n}-seed{seed}-v{GENERATOR_VERSION}.csv.gz"
     if not path.exists():
         frame = build_frame(n, seed)

@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = time.process_time() - t0
     out = stats(draw)
     records = int(str(out["records"]))
-    errors = out["errors"]
-    assert isinstance(errors, dict)
+    errors: dict[str, int] = out["errors"]  # type: ignore[assignment]
     out["error_rates_per_record"] = {k: round(v / records, 5) for k, v in errors.items()}
     out["generate_cpu_seconds"] = round(cpu, 1)
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

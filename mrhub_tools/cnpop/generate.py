@@ -29,15 +29,18 @@ RATES: Final[dict[str, float]] = {
     # population (per person)
     "namesake": 0.010,  # a second person with the same name, sex, birth date and district
     "twin": 0.006,  # per child: born with a twin
-    "minority": 0.020,
-    "head_name": 0.25,  # given name drawn from the head list of very common names (Zipf)  # a Uyghur-style name with a middle dot
+    "minority": 0.020,  # a Uyghur-style name with a middle dot
+    "head_name": 0.25,  # given name drawn from the head list of very common names (Zipf)
     "insurance_holder": 0.70,  # has a 医保卡 number
     "born_elsewhere": 0.15,  # 身份证 region code outside the prefecture
     "phone_changed_person": 0.10,  # has a second mobile number used at later visits
     "moved_person": 0.06,  # has an earlier address some hospitals still hold
     # hanzi names (per hanzi record)
     "homophone": 0.020,  # 同音字: a character replaced by one read the same
-    "lookalike": 0.006,  # 形近字: a character replaced by a look-alike
+    # 形近字: a character replaced by a look-alike, where the name has a character in the
+    # look-alike list (about 3 names in 5): about 1 % of hanzi records, so that homophones
+    # are about 65 % of character slips, as in the studies (docs/cn-dataset.md)
+    "lookalike": 0.016,
     "traditional": 0.008,  # written in traditional characters (outside the trad hospital)
     "newborn_placeholder": 0.30,  # per record of a baby under 1: "<mother>之子/之女"
     # Latin names (per Latin record; the share of Latin records is the hospital's)
@@ -85,14 +88,13 @@ OTHER_REGIONS: Final = (
     "320102", "510104", "140202", "140402", "140702", "141002",
 )  # fmt: skip
 MINORITY_REGION: Final = "650102"
-STREETS: Final = (
+STREETS: Final = (  # noqa: SIM905
     "长风街 并州路 解放路 迎泽大街 府西街 府东街 五一路 建设路 平阳路 体育路 南内环街 "
     "北大街 胜利街 和平路 千峰路 滨河东路 滨河西路 学府街 坞城路 亲贤街 许坦东街 "
     "漪汾街 兴华街 晋祠路 新建路 桃园路 双塔街 朝阳街 劲松路 恒山路 柏杨树街 南中环街 "
     "龙城大街 太榆路 真武路 大马路 九院路 西矿街 后北屯路 新兰路"
 ).split()
-ESTATES: Final = "阳光 锦绣 华府 花园 幸福 和平 金色 龙湖 恒大 万科 绿地 富力".split()
-MOBILE_PREFIXES: Final = (
+MOBILE_PREFIXES: Final = (  # noqa: SIM905
     "130 131 132 133 134 135 136 137 138 139 150 151 152 153 155 156 157 158 159 "
     "166 176 177 180 181 182 183 185 186 187 188 189 198 199"
 ).split()
@@ -178,7 +180,7 @@ def _surname_homophones() -> dict[str, list[str]]:
 
 class Generator:
     def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - made-up people
         self.pid = 0
         self.ids: set[str] = set()
         self.surname_homophones = _surname_homophones()
@@ -237,7 +239,8 @@ class Generator:
         number = rng.randint(1, 400)
         flat = ""
         if rng.random() < 0.6:
-            flat = f"{rng.randint(1, 30)}号楼{rng.randint(1, 6)}单元{rng.randint(1, 30)}0{rng.randint(1, 4)}"
+            building, unit = rng.randint(1, 30), rng.randint(1, 6)
+            flat = f"{building}号楼{unit}单元{rng.randint(1, 30)}0{rng.randint(1, 4)}"
         return district, street, number, flat
 
     def _person(
@@ -256,8 +259,8 @@ class Generator:
         district, street, number, flat = home
         minority = minority_parts = None
         if given is None and rng.random() < RATES["minority"]:
-            own = rng.choice([m for m in nm.MINORITY_NAMES if m[2] == sex[0]])
-            father = rng.choice([m for m in nm.MINORITY_NAMES if m[2] == "m"])
+            own = rng.choice([m for m in nm.MINORITY_NAMES if m[2] == sex])
+            father = rng.choice([m for m in nm.MINORITY_NAMES if m[2] == "male"])
             surname, given = "", f"{own[0]}·{father[0]}"
             minority, minority_parts = (own[1], father[1]), (own[0], father[0])
         elif given is None:
@@ -376,47 +379,58 @@ class Generator:
         name, family, given = self._name(p, h, errors)
         sex: str | None = p.sex
         if self._chance("sex_missing"):
-            sex, _ = None, errors.append("sex_missing")
+            sex = None
+            errors.append("sex_missing")
         elif self._chance("sex_wrong"):
             sex = "female" if p.sex == "male" else "male"
             errors.append("sex_wrong")
         birth: str | None = p.birth.isoformat()
         if self._chance("birth_missing"):
-            birth, _ = None, errors.append("birth_missing")
+            birth = None
+            errors.append("birth_missing")
         elif self._chance("birth_day_month_swap"):
             swapped = _swap_day_month(p.birth)
             if swapped is not None:
-                birth, _ = swapped, errors.append("birth_day_month_swap")
+                birth = swapped
+                errors.append("birth_day_month_swap")
         elif self._chance("birth_digit_typo"):
-            birth, _ = self._digit_typo_date(p.birth), errors.append("birth_digit_typo")
+            birth = self._digit_typo_date(p.birth)
+            errors.append("birth_digit_typo")
         phone: str | None = None
         if rng.random() < h.phone_capture and p.phone is not None:
             phone = p.phone
             if p.phone2 is not None and j > 0 and self._chance("phone_changed"):
-                phone, _ = p.phone2, errors.append("phone_changed")
+                phone = p.phone2
+                errors.append("phone_changed")
             if self._chance("phone_missing"):
-                phone, _ = None, errors.append("phone_missing")
+                phone = None
+                errors.append("phone_missing")
             elif self._chance("phone_typo"):
-                phone, _ = _digit_typo(rng, phone, 3), errors.append("phone_typo")
+                phone = _digit_typo(rng, phone, 3)
+                errors.append("phone_typo")
         district, street, number, flat = p.district, p.street, p.number, p.flat
         if p.old_address is not None and j > 0 and self._chance("address_moved"):
             district, street, number, flat = p.old_address
             errors.append("address_moved")
         address: str | None = self._address_text(district, street, number, flat, errors)
         if self._chance("address_missing"):
-            address, _ = None, errors.append("address_missing")
+            address = None
+            errors.append("address_missing")
         postcode = DISTRICTS[district][2] if rng.random() < h.postcode_capture else None
         id_card: str | None = None
         if rng.random() < h.id_capture:
             id_card = p.id_card
             age_days = (REFERENCE_DATE - p.birth).days
             if p.guardian is not None and age_days < 3 * 365 and self._chance("id_guardian"):
-                id_card, _ = p.guardian.id_card, errors.append("id_guardian")
+                id_card = p.guardian.id_card
+                errors.append("id_guardian")
             elif self._chance("id_placeholder"):
                 digit = rng.choice("0123456789")
-                id_card, _ = digit * 18, errors.append("id_placeholder")
+                id_card = digit * 18
+                errors.append("id_placeholder")
             elif self._chance("id_typo"):
-                id_card, _ = _id_typo(rng, p.id_card), errors.append("id_typo")
+                id_card = _id_typo(rng, p.id_card)
+                errors.append("id_typo")
         insurance: str | None = None
         if p.insurance is not None and rng.random() < h.ins_capture:
             insurance = p.insurance
@@ -428,12 +442,14 @@ class Generator:
             insurance, p.pid, ";".join(errors),
         )  # fmt: skip
 
-    def _name(self, p: Person, h: Hospital, errors: list[str]) -> tuple[str, str | None, str | None]:
+    def _name(
+        self, p: Person, h: Hospital, errors: list[str]
+    ) -> tuple[str, str | None, str | None]:
         rng = self.rng
-        if (REFERENCE_DATE - p.birth).days < 365 and p.mother_name is not None:
-            if self._chance("newborn_placeholder"):
-                errors.append("newborn_placeholder")
-                return f"{p.mother_name}之{'子' if p.sex == 'male' else '女'}", None, None
+        baby = (REFERENCE_DATE - p.birth).days < 365 and p.mother_name is not None
+        if baby and self._chance("newborn_placeholder"):
+            errors.append("newborn_placeholder")
+            return f"{p.mother_name}之{'子' if p.sex == 'male' else '女'}", None, None
         if rng.random() < h.latin:
             return self._latin(p, h, errors)
         if p.minority_parts is not None:
@@ -456,19 +472,17 @@ class Generator:
             return surname + given, surname, given
         return surname + given, None, None
 
-    def _swap_char(
-        self, surname: str, given: str, kind: str, errors: list[str]
-    ) -> tuple[str, str]:
+    def _swap_char(self, surname: str, given: str, kind: str, errors: list[str]) -> tuple[str, str]:
         rng = self.rng
         if kind == "homophone" and rng.random() < 0.15 and len(surname) == 1:
             group = self.surname_homophones.get(nm.reading(surname).rstrip("12345"))
             if group:
-                other = rng.choice([s for s in group if s != surname])
                 errors.append(kind)
-                return other, given
+                return rng.choice([s for s in group if s != surname]), given
         positions = list(range(len(given)))
         rng.shuffle(positions)
         for i in positions:
+            other: str | None
             if kind == "homophone":
                 other = nm.homophone_of(given[i], rng)
             else:
@@ -479,7 +493,9 @@ class Generator:
                 return surname, given[:i] + other + given[i + 1 :]
         return surname, given
 
-    def _latin(self, p: Person, h: Hospital, errors: list[str]) -> tuple[str, str | None, str | None]:
+    def _latin(
+        self, p: Person, h: Hospital, errors: list[str]
+    ) -> tuple[str, str | None, str | None]:
         rng = self.rng
         errors.append("latin")
         if p.minority is not None:
@@ -508,7 +524,9 @@ class Generator:
                     errors.append(f"u_as_{umlaut}")
             else:
                 table = nm.SURNAME_CANTONESE if style == "cantonese" else nm.SURNAME_WADE_GILES
-                fam = table.get(p.surname) or "".join(nm.wade_giles(s) for s in fam_syls).capitalize()
+                fam = (
+                    table.get(p.surname) or "".join(nm.wade_giles(s) for s in fam_syls).capitalize()
+                )
                 parts = [
                     (nm.GIVEN_CANTONESE.get(ch) if style == "cantonese" else None)
                     or nm.wade_giles(s)

@@ -27,11 +27,11 @@ DATA: Final = Path(__file__).parent / "data"
 #: Common full given names, most common first within each sex (Zipf weights by rank). The
 #: list is the generator's own: names known to be very common (伟, 芳, 敏, 秀英 …), not
 #: counts from any table.
-HEAD_MALE: Final = (
+HEAD_MALE: Final = (  # noqa: SIM905
     "伟 磊 勇 军 杰 强 涛 斌 超 明 刚 平 辉 鹏 华 飞 鑫 波 宇 浩 凯 健 俊 帆 帅 旭 宁 龙 "
     "林 欢 阳 建华 建国 建军 志强 志明 子轩 浩然 宇轩 国华"
 ).split()
-HEAD_FEMALE: Final = (
+HEAD_FEMALE: Final = (  # noqa: SIM905
     "芳 娜 敏 静 秀英 丽 艳 娟 霞 秀兰 燕 玲 桂英 丹 萍 红 玉兰 桂兰 英 梅 莉 婷 雪 琳 "
     "晶 倩 颖 慧 佳 洁 淑珍 秀珍 凤英 玉梅 子涵 欣怡 梓涵 雨涵 海燕 丽华"
 ).split()
@@ -49,7 +49,7 @@ MALE_CHARS: Final = frozenset(
 
 #: Look-alike characters (形近字) that a hand or an OCR/handwriting slip confuses. Hand-made,
 #: deliberately not the matcher's source of look-alikes.
-LOOKALIKE_PAIRS: Final = (
+LOOKALIKE_PAIRS: Final = (  # noqa: SIM905
     "芳芬 王玉 未末 己已 日曰 人入 土士 刀力 贝见 睛晴 请清 情晴 辩辨 侯候 戊戌 "
     "斌赋 洁浩 婷停 娟涓 玲铃 琳淋 丽雨 敏繁 静净 红虹 梅海 燕蒸 霞暇 萍苹 莉利 "
     "倩情 颖颍 慧惠 伟纬 杰木 强弛 涛俦 超趁 刚纲 辉挥 鹏朋 飞气 鑫森 波坡 宇字 "
@@ -100,15 +100,19 @@ SURNAME_READINGS: Final = {
 }  # fmt: skip
 
 #: Uyghur-style given names in hanzi with their pinyin (a person's name is own·father's).
-MINORITY_NAMES: Final = (
-    ("阿依古丽", "Ayiguli", "f"), ("古丽", "Guli", "f"), ("热依拉", "Reyila", "f"),
-    ("迪丽热巴", "Dilireba", "f"), ("帕提古丽", "Patiguli", "f"), ("阿依努尔", "Ayinuer", "f"),
-    ("米热古丽", "Miereguli", "f"), ("祖丽菲亚", "Zulifeiya", "f"), ("努尔", "Nuer", "f"),
-    ("买买提", "Maimaiti", "m"), ("艾力", "Aili", "m"), ("阿不都", "Abudu", "m"),
-    ("吐尔逊", "Tuerxun", "m"), ("艾尼瓦尔", "Ainiwaer", "m"), ("玉素甫", "Yusufu", "m"),
-    ("阿迪力", "Adili", "m"), ("依明", "Yiming", "m"), ("库尔班", "Kuerban", "m"),
-    ("吾斯曼", "Wusiman", "m"), ("热合曼", "Reheman", "m"), ("艾合买提", "Aihemaiti", "m"),
-    ("阿布都热依木", "Abudureyimu", "m"), ("麦麦提", "Maimaiti", "m"), ("肉孜", "Rouzi", "m"),
+MINORITY_NAMES: Final[tuple[tuple[str, str, str], ...]] = (
+    ("阿依古丽", "Ayiguli", "female"), ("古丽", "Guli", "female"),
+    ("热依拉", "Reyila", "female"), ("迪丽热巴", "Dilireba", "female"),
+    ("帕提古丽", "Patiguli", "female"), ("阿依努尔", "Ayinuer", "female"),
+    ("米热古丽", "Miereguli", "female"), ("祖丽菲亚", "Zulifeiya", "female"),
+    ("努尔", "Nuer", "female"), ("买买提", "Maimaiti", "male"),
+    ("艾力", "Aili", "male"), ("阿不都", "Abudu", "male"),
+    ("吐尔逊", "Tuerxun", "male"), ("艾尼瓦尔", "Ainiwaer", "male"),
+    ("玉素甫", "Yusufu", "male"), ("阿迪力", "Adili", "male"),
+    ("依明", "Yiming", "male"), ("库尔班", "Kuerban", "male"),
+    ("吾斯曼", "Wusiman", "male"), ("热合曼", "Reheman", "male"),
+    ("艾合买提", "Aihemaiti", "male"), ("阿布都热依木", "Abudureyimu", "male"),
+    ("麦麦提", "Maimaiti", "male"), ("肉孜", "Rouzi", "male"),
 )  # fmt: skip
 
 # ---- frequency tables ----------------------------------------------------------------------
@@ -204,7 +208,8 @@ def homophone_of(ch: str, rng: random.Random) -> str | None:
 @cache
 def lookalikes() -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
-    for a, b in LOOKALIKE_PAIRS:
+    for pair in LOOKALIKE_PAIRS:
+        a, b = pair[0], pair[1]
         out.setdefault(a, []).append(b)
         out.setdefault(b, []).append(a)
     return {k: tuple(v) for k, v in out.items()}

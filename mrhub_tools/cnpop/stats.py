@@ -57,4 +57,3 @@ def stats(draw: Draw) -> dict[str, object]:
         "top_full_names": full_names.most_common(10),
         "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
     }
-
