@@ -232,7 +232,9 @@ _WG_INITIALS: Final = (
     ("j", "ch"), ("q", "ch'"), ("x", "hs"), ("r", "j"), ("b", "p"), ("p", "p'"),
     ("d", "t"), ("t", "t'"), ("g", "k"), ("k", "k'"),
 )  # fmt: skip
-_WG_FINALS: Final = (("iong", "iung"), ("ong", "ung"), ("ian", "ien"), ("ie", "ieh"))
+_WG_FINALS: Final = (
+    ("iong", "iung"), ("ong", "ung"), ("ian", "ien"), ("ie", "ieh"), ("ue", "üeh"), ("ve", "üeh"),
+)  # fmt: skip
 
 
 def wade_giles(syllable: str) -> str:

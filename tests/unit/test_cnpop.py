@@ -204,7 +204,8 @@ def test_names_repeat_as_chinese_names_do(draw: Draw) -> None:
 @pytest.mark.parametrize(
     ("pinyin", "wade_giles"),
     [("zhang", "chang"), ("xu", "hsü"), ("qiang", "ch'iang"), ("zhi", "chih"), ("ke", "k'o"),
-     ("zhong", "chung"), ("xiong", "hsiung"), ("jie", "chieh"), ("si", "ssu")],
+     ("zhong", "chung"), ("xiong", "hsiung"), ("jie", "chieh"), ("si", "ssu"), ("xue", "hsüeh"),
+     ("yue", "yüeh"), ("lve", "lüeh")],
 )  # fmt: skip
 def test_wade_giles_spellings(pinyin: str, wade_giles: str) -> None:
     assert nm.wade_giles(pinyin) == wade_giles
