@@ -51,7 +51,7 @@ class CnDataset:
 
 
 #: Bump when the generator's output changes: cached files of another version are not read.
-GENERATOR_VERSION: Final = 1
+GENERATOR_VERSION: Final = 2
 SIZES: Final = {"cn-10k": 10_000, "cn-1m": 1_000_000}
 _NAME = re.compile(r"cn-(\d+)([km]?)")
 

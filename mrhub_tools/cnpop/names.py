@@ -94,9 +94,10 @@ SURNAME_READINGS: Final = {
     "区": ("ou1", "qu1"), "仇": ("qiu2", "chou2"), "解": ("xie4", "jie3"),
     "查": ("zha1", "cha2"), "朴": ("piao2", "pu3"), "盖": ("ge3", "gai4"),
     "缪": ("miao4", "mou2"), "覃": ("qin2", "tan2"), "翟": ("zhai2", "di2"),
-    "尉": ("yu4", "wei4"), "召": ("shao4", "zhao4"), "种": ("chong2", "zhong3"),
+    "召": ("shao4", "zhao4"), "种": ("chong2", "zhong3"),
     "繁": ("po2", "fan2"), "员": ("yun4", "yuan2"), "秘": ("bi4", "mi4"),
     "长孙": ("zhang3 sun1", "chang2 sun1"), "尉迟": ("yu4 chi2", "wei4 chi2"),
+    "万俟": ("mo4 qi2", "wan4 si4"), "单于": ("chan2 yu2", "dan1 yu2"),
 }  # fmt: skip
 
 #: Uyghur-style given names in hanzi with their pinyin (a person's name is own·father's).

@@ -17,7 +17,7 @@ from mrhub_tools.cnpop import names as nm
 from mrhub_tools.cnpop.generate import RATES, Draw, generate
 from mrhub_tools.cnpop.stats import stats
 from services.common.errors import IdentifierError
-from services.common.identifiers import parse_id_card
+from services.common.identifiers import parse_id_card, with_check_character
 
 # rows: institution, name, family, given, sex, birth_date, phone, address, postcode, id_card,
 # insurance, _person, _errors
@@ -120,8 +120,11 @@ def test_injected_card_errors_fail_the_checksum_or_are_placeholders(draw: Draw) 
     placeholders = [r for r in draw.rows if "id_placeholder" in errs(r)]
     assert typos and placeholders
     for r in typos:
+        number = str(r[ID])
+        assert len(number) == 18 and number[:17].isdigit()
+        assert with_check_character(number[:17]) != number  # the check character disagrees
         with pytest.raises(IdentifierError):
-            parse_id_card(str(r[ID]))
+            parse_id_card(number)
     for r in placeholders:
         assert len(set(str(r[ID]))) == 1 and len(str(r[ID])) == 18
 
