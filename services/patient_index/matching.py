@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from services.common.config_yaml import load_mapping
 from services.common.errors import ConfigError
 from services.patient_index.frequencies import NameFrequencies, load_frequencies
+from services.patient_index.names import compare_name, name_block_key
 from services.patient_index.normalize import Ident, IdentKind, Person
 
 DEFAULT_RULES_PATH: Final = (
@@ -319,9 +320,7 @@ def _block_value(p: Person, part: BlockPart) -> str | None:
     if part == "given_py":
         return p.given_py
     if part == "names":
-        if p.family_py and p.given_py:
-            return "|".join(sorted((p.family_py, p.given_py)))
-        return None
+        return name_block_key(p)
     if part == "family_initial":
         return p.family_py[0] if p.family_py else None
     if part == "given_initial":
@@ -391,36 +390,6 @@ def _cmp_jw(a: str | None, b: str | None, cutoff: float) -> int | None:
     return 1 if _jw(a, b) >= cutoff else 0
 
 
-def _name_part(p: Person, part: str) -> tuple[str | None, str | None]:
-    return (p.family, p.family_py) if part == "family" else (p.given, p.given_py)
-
-
-def _cmp_name(a: Person, b: Person, part: str, cutoff: float) -> int | None:
-    """Levels different / similar / homophone / same for one part of the name.
-
-    ``same``: equal hanzi, or equal pinyin when a side has no hanzi (王芳 ~ "Wang Fang");
-    ``homophone``: different hanzi, same pinyin (汪/王, an input-method slip); ``similar``:
-    pinyin Jaro–Winkler ≥ the cut-off, or family and given swapped (each similar to the
-    other record's other part: a Latin name written in the other order).
-    """
-    ah, apy = _name_part(a, part)
-    bh, bpy = _name_part(b, part)
-    if not apy or not bpy:
-        return None
-    if ah and bh and ah == bh:
-        return 3
-    if apy == bpy:
-        return 2 if ah and bh else 3
-    if _jw(apy, bpy) >= cutoff:
-        return 1
-    other = "given" if part == "family" else "family"
-    _, a_other = _name_part(a, other)
-    _, b_other = _name_part(b, other)
-    if a_other and b_other and _jw(apy, b_other) >= cutoff and _jw(a_other, bpy) >= cutoff:
-        return 1  # family and given swapped (a Latin name written in the other order)
-    return 0
-
-
 def _date_typo(a: date, b: date) -> bool:
     if a.year == b.year and a.month == b.day and a.day == b.month:
         return True
@@ -486,7 +455,7 @@ def compare_field(rule: FieldRule, a: Person, b: Person) -> int | None:
     """The level (index into ``rule.levels``) of a pair on one field; None when missing."""
     c = rule.comparator
     if c == "name":
-        return _cmp_name(a, b, rule.part or "family", rule.cutoffs[0])
+        return compare_name(a, b, rule.part or "family", rule.cutoffs[0])
     if c == "date":
         return _cmp_date(a.birth_date, b.birth_date)
     if c == "phone":

@@ -336,7 +336,8 @@ def test_name_levels() -> None:
     assert level(person(name="王晓明"), person(name="王小明"), "given") == "homophone"
     assert level(person(name="Wang Xiaoming"), person(name="Wang Xiaomin"), "given") == "similar"
     swapped = person(family="Fang", given=["Wang"], name=None)
-    assert level(person(name="Wang Fang"), swapped, "family") == "similar"
+    assert level(person(name="Wang Fang"), swapped, "family") == "same"  # an exact swap
+    assert level(person(name="Wang Fang"), swapped, "given") == "same"
     assert level(person(name="王芳"), person(name="王强"), "given") == "different"
     assert "given" not in level_names(compare(person(name="王芳"), person(name=None), RULES), RULES)
 
