@@ -60,9 +60,35 @@ class Keyed:
 
 
 def keyed_identifiers(person: Person, hash_ident: Callable[[Ident], str]) -> list[Keyed]:
-    """The person's usable identifiers, strongest first (ties by key, so the order is stable)."""
-    found = {hash_ident(i): Keyed(hash_ident(i), rank(i), i.kind) for i in person.idents if rank(i)}
+    """The person's usable identifiers, strongest first (ties by key, so the order is stable).
+
+    A 身份证 that disagrees with its own record's birth date or sex (``card_conflict``) does
+    not name the card's holder: it is often a parent's card on a young child's record
+    (新生儿 registered with the mother's card). It is replaced by a weak identifier made of
+    the card *and* the record's birth date and sex (:func:`borrowed_card`): the child's
+    records share it with each other, not with the parent's, and probabilistic matching
+    decides the rest.
+    """
+    found: dict[str, Keyed] = {}
+    for i in person.idents:
+        if not rank(i):
+            continue
+        if person.card_conflict and i.kind == "id_card":
+            i = borrowed_card(i, person)
+        key = hash_ident(i)
+        found[key] = Keyed(key, rank(i), i.kind)
     return sorted(found.values(), key=lambda k: (-k.rank, k.key))
+
+
+#: The system of :func:`borrowed_card` identifiers (never sent anywhere: hashed like all).
+BORROWED_CARD_SYSTEM = "urn:mrhub:id-card-on-another-record"
+
+
+def borrowed_card(card: Ident, person: Person) -> Ident:
+    """A 身份证 on a record whose birth date or sex disagrees with it, as an identifier of
+    that record's person: the card with the record's birth date and sex (rank of ``other``)."""
+    born = person.birth_date.isoformat() if person.birth_date else "-"
+    return Ident("other", BORROWED_CARD_SYSTEM, f"{card.value}|{born}|{person.sex or '-'}")
 
 
 def master_id_for(anchor_key: str) -> str:

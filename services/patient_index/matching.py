@@ -175,15 +175,16 @@ class Guard(_Frozen):
 
 
 class Namesake(_Frozen):
-    """Namesakes: a common full name agreeing is no proof of one person.
+    """Namesakes: a Chinese full name agreeing is no proof of one person.
 
-    When the family and given names are both ``same``, the full name's frequency (surname
-    share × given-name share) is at least ``min_frequency``, and none of the ``personal``
-    fields (identifiers, phone) agrees at its best level, the pair is never auto-linked:
-    at most it goes to review (guard ``namesake``).
+    When the family and given names are both ``same``, the name is Chinese (written in hanzi
+    on a side, or a surname the frequency table lists), its frequency (surname share ×
+    given-name share, when the table knows both) is at least ``min_frequency``, and none of
+    the ``personal`` fields (identifiers, phone) agrees at its best level, the pair is never
+    auto-linked: at most it goes to review (guard ``namesake``).
     """
 
-    min_frequency: float = Field(gt=0.0, lt=1.0)
+    min_frequency: float = Field(default=0.0, ge=0.0, lt=1.0)
     personal: tuple[str, ...]
     why: str = ""
 
@@ -431,8 +432,13 @@ def _usable(ident: Ident) -> bool:
 
 
 def _idents_of(p: Person, kinds: tuple[IdentKind, ...]) -> dict[str, list[str]]:
+    """Identifiers by namespace; a 身份证 that disagrees with its record's birth date or sex
+    is left out (often a parent's card on a child's record: it is not evidence of who the
+    record is)."""
     out: dict[str, list[str]] = {}
     for ident in p.idents:
+        if ident.kind == "id_card" and p.card_conflict:
+            continue
         if ident.kind in kinds and _usable(ident):
             ns, value = ident.key()
             out.setdefault(ns, []).append(value)
@@ -586,11 +592,14 @@ def name_evidence(
     namesake = False
     rule_ns = rules.namesake
     surname, given = shares.get("surname"), shares.get("given")
+    chinese = bool(a.family or a.given or b.family or b.given) or surname is not None
+    full = surname * given if surname is not None and given is not None else None
     if (
         rule_ns is not None
-        and surname is not None
-        and given is not None
-        and surname * given >= rule_ns.min_frequency
+        and "surname" in shares
+        and "given" in shares
+        and chinese
+        and (full is None or full >= rule_ns.min_frequency)
     ):
         agreeing = [
             f.name
@@ -634,10 +643,18 @@ class Decision:
 
 
 def _verified_keys(p: Person) -> set[tuple[str, str]]:
-    return {i.key() for i in p.idents if i.verified and i.kind in ("id_card", "document")}
+    return {
+        i.key()
+        for i in p.idents
+        if i.verified and (i.kind == "document" or (i.kind == "id_card" and not p.card_conflict))
+    }
 
 
 def _card(p: Person) -> str | None:
+    """The record's own verified 身份证: not one that disagrees with the record's birth date
+    or sex (often a parent's card on a child's record), which decides nothing on its own."""
+    if p.card_conflict:
+        return None
     return next((i.value for i in p.idents if i.kind == "id_card" and i.verified), None)
 
 
@@ -648,9 +665,11 @@ def _namespace_label(ns: str) -> str:
 def decide(incoming: Person, candidates: Sequence[tuple[str, Person]], rules: Rules) -> Decision:
     """Link ``incoming`` to one of ``candidates`` (``(master_id, person)``), review, or new.
 
-    1. A shared verified 身份证 (or verified document type + number) links at once.
-    2. Never linked, not even reviewed: two different verified 身份证; a guard with outcome
-       ``none`` (e.g. sex and birth date both differ).
+    1. A shared verified 身份证 (or verified document type + number) links at once — not a
+       身份证 that disagrees with its record's birth date or sex (``card_conflict``): that
+       may be a parent's card on a child's record, and only counts as scored evidence.
+    2. Never linked, not even reviewed: two different verified (and agreeing) 身份证; a
+       guard with outcome ``none`` (e.g. sex and birth date both differ).
     3. Otherwise the best Fellegi–Sunter score decides; two candidates (different master
        ids) both above the auto-link threshold only go to review.
     """

@@ -107,10 +107,43 @@ def test_a_phone_that_differs_does_not_count_as_personal_evidence() -> None:
     assert score(a, b, RULES).outcome != "auto"
 
 
-def test_a_rare_name_with_sex_birth_date_and_postcode_links_without_a_number() -> None:
-    """Nobody else is likely to be 欧阳晓冬 born that day: the frequency says so."""
+def test_a_rare_name_is_still_a_namesake_without_a_personal_number() -> None:
+    """However rare the name, name + sex + birth date + postcode is no proof: review."""
     s = score(person(A, "欧阳晓冬"), person(B, "欧阳晓冬"), RULES)
-    assert s.outcome == "auto" and s.guard is None
+    assert s.outcome == "review" and s.guard == "namesake"
+
+
+def test_a_rare_name_links_on_less_than_a_common_one_needs() -> None:
+    """With a shared phone and nothing else but the name, a rare name reaches auto-link and
+    a common one does not: the name's frequency is evidence."""
+    rare = score(
+        person(A, "欧阳晓冬", born=None, postcode=None, phone="13912345678"),
+        person(B, "欧阳晓冬", born=None, postcode=None, phone="13912345678"),
+        RULES,
+    )
+    common = score(
+        person(A, "王芳", born=None, postcode=None, phone="13912345678"),
+        person(B, "王芳", born=None, postcode=None, phone="13912345678"),
+        RULES,
+    )
+    assert rare.outcome == "auto"
+    assert common.outcome != "auto"
+    assert rare.total > common.total + 10
+
+
+def test_a_deployment_may_exempt_rare_names_from_the_namesake_rule(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "config/matching/rules-v2.yaml").read_text("utf-8")
+    freq = Path(__file__).parents[2] / "config/matching/data/name-frequencies.tsv"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        text.replace("min_frequency: 0.0", "min_frequency: 1.0e-6").replace(
+            "data/name-frequencies.tsv", str(freq)
+        ),
+        "utf-8",
+    )
+    relaxed = load_rules(rules)
+    assert score(person(A, "欧阳晓冬"), person(B, "欧阳晓冬"), relaxed).outcome == "auto"
+    assert score(person(A, "王芳"), person(B, "王芳"), relaxed).guard == "namesake"
 
 
 def test_a_latin_name_the_table_does_not_know_keeps_the_fields_own_weight() -> None:
