@@ -10,8 +10,19 @@
    identity events
    on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
    orders to their master's owner.
-3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
-   matches): probabilistic linking, the review queue, stewards' confirm / reject.
+3. ``match`` owns the ``blocks``, ``deciders`` and ``reviews`` tables: probabilistic linking
+   as a scatter–gather on ``by-block`` (see :mod:`services.patient_index.blocks`).
+   ``resolve`` sends a Patient's person as a *probe* to each of its block keys (keyed
+   hashes of birth date, phone, name + birth year) with a gather id from its input's
+   position (a redelivery repeats it); each block owner replies with its best candidates
+   (review band or above, at most 10; none from a new block, so the count completes) to the
+   identity's *decider* key, then keeps the person's view (up to 4 distinct views per
+   identity, 500 identities per block). The decider gathers the ``n`` replies in
+   ``deciders`` (deduplicated by gather id and key index, bounded), runs the matcher over
+   their union minus the masters a steward rejected for the identity, and claims (then
+   ``relabel``s the identity in its blocks), queues a review (``reviews``, keyed by the
+   decider: review ids ``<decider>.<master>``), or does nothing. Stewards' confirm / reject
+   of a review arrive at the decider key.
 4. ``master`` owns the ``masters`` table (master id → merges, history: a bounded value) and
    the ``master_records`` table (one entry per record of the master's own identities,
    ``<master id>|<record id>`` → the anchor's keyed hash; a master's entries are in its
