@@ -192,30 +192,27 @@ def test_a_block_offers_the_best_view_of_each_likely_identity_and_not_the_person
     assert blocks.block_candidates(entries, incoming, "other", "MPher", RULES) == []
 
 
+def with_card(institution: str, number: str) -> Person:
+    """A man born 1985-03-17 named 郭晓燕, known by his verified 身份证."""
+    return person_from_fhir(
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": gb11643(number)}],
+            "name": [{"text": "郭晓燕"}],
+            "birthDate": "1985-03-17",
+            "gender": "male",
+        },
+        institution,
+    )
+
+
 def test_a_block_never_offers_someone_with_another_verified_id_card() -> None:
-    card = {"system": "urn:oid:2.16.156.10011.1.3"}
-    one = person_from_fhir(
-        {
-            "resourceType": "Patient",
-            "identifier": [dict(card, value=gb11643("11010519850317123"))],
-            "name": [{"text": "郭晓燕"}],
-            "birthDate": "1985-03-17",
-            "gender": "male",
-        },
-        A,
-    )
-    two = person_from_fhir(
-        {
-            "resourceType": "Patient",
-            "identifier": [dict(card, value=gb11643("11010519850317135"))],
-            "name": [{"text": "郭晓燕"}],
-            "birthDate": "1985-03-17",
-            "gender": "male",
-        },
-        B,
-    )
+    one, two = with_card(A, "11010519850317123"), with_card(B, "11010519850317135")
     entries = blocks.upsert([], anchor("one"), "MP1", doc(one), 1.0)
     assert blocks.block_candidates(entries, two, "two", "MP2", RULES) == []
+    same = with_card(B, "11010519850317123")
+    [found] = blocks.block_candidates(entries, same, "s", "MPs", RULES)
+    assert found["master_patient_id"] == "MP1"  # the same card: offered
 
 
 def test_a_block_reply_holds_at_most_ten_candidates_best_first() -> None:
