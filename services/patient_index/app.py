@@ -10,8 +10,19 @@
    identity events
    on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
    orders to their master's owner.
-3. ``match`` owns the ``blocks`` and ``reviews`` tables (birth-date block → persons, possible
-   matches): probabilistic linking, the review queue, stewards' confirm / reject.
+3. ``match`` owns the ``blocks``, ``deciders`` and ``reviews`` tables: probabilistic linking
+   as a scatter–gather on ``by-block`` (see :mod:`services.patient_index.blocks`).
+   ``resolve`` sends a Patient's person as a *probe* to each of its block keys (keyed
+   hashes of birth date, phone, name + birth year) with a gather id from its input's
+   position (a redelivery repeats it); each block owner replies with its best candidates
+   (review band or above, at most 10; none from a new block, so the count completes) to the
+   identity's *decider* key, then keeps the person's view (up to 4 distinct views per
+   identity, 500 identities per block). The decider gathers the ``n`` replies in
+   ``deciders`` (deduplicated by gather id and key index, bounded), runs the matcher over
+   their union minus the masters a steward rejected for the identity, and claims (then
+   ``relabel``s the identity in its blocks), queues a review (``reviews``, keyed by the
+   decider: review ids ``<decider>.<master>``), or does nothing. Stewards' confirm / reject
+   of a review arrive at the decider key.
 4. ``master`` owns the ``masters`` table (master id → merges, history: a bounded value) and
    the ``master_records`` table (one entry per record of the master's own identities,
    ``<master id>|<record id>`` → the anchor's keyed hash; a master's entries are in its
@@ -71,6 +82,7 @@ from services.common.topics import (
     dead_letter,
     partition_for,
 )
+from services.patient_index import blocks as blocks_mod
 from services.patient_index import dedup, matching, stewardship
 from services.patient_index import web as steward_api
 from services.patient_index.canonical import (
@@ -101,8 +113,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
-#: Persons a block (one birth date) keeps as candidates; the oldest drop out first.
-BLOCK_LIMIT = 500
+#: Identities a block keeps as candidates (see :mod:`services.patient_index.blocks`).
+BLOCK_LIMIT = blocks_mod.BLOCK_LIMIT
 
 
 def record_entry(master: bytes, record_id: str) -> bytes:
@@ -158,6 +170,26 @@ class Metrics:
             "Possible matches waiting for a data steward, in the partitions this worker owns.",
             registry=self.registry,
         )
+        self.pending_gathers = Gauge(
+            "mrhub_patient_index_pending_gathers",
+            "Matches waiting for the replies of their blocks, in the partitions this worker "
+            "owns (a figure that stays up means a block owner is not answering).",
+            registry=self.registry,
+        )
+        self.gathers = Counter(
+            "mrhub_patient_index_gathers_total",
+            "Block replies taken by a decider, by outcome: pending (more to come), complete "
+            "(the match was decided), duplicate (a redelivered reply, ignored), dropped "
+            "(a gather pushed out by newer ones of the same identity, undecided).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.probes = Counter(
+            "mrhub_patient_index_block_probes_total",
+            "Persons sent to a block, by block key kind (birth_date, phone, name_year).",
+            ["kind"],
+            registry=self.registry,
+        )
 
 
 def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
@@ -195,6 +227,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
     blocks = app.Table("blocks", partitions=partitions, key_type=bytes, value_type=bytes)
     reviews = app.Table("reviews", partitions=partitions, key_type=bytes, value_type=bytes)
+    # decider key (keyed hash of an anchor) → the gathers it waits on, the ids it finished,
+    # the masters a steward rejected for the identity (bounded; services/patient_index/blocks)
+    deciders = app.Table("deciders", partitions=partitions, key_type=bytes, value_type=bytes)
     # master id → what it is merged into, its root, children, history (bounded)
     masters = app.Table("masters", partitions=partitions, key_type=bytes, value_type=bytes)
     # <master id>|<record id> → the anchor's keyed hash: one entry per record of a master,
@@ -218,6 +253,14 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             return 0
 
     metrics.review_queue.set_function(pending_reviews)
+
+    def pending_gathers() -> int:
+        try:
+            return sum(len(_loads(v).get("gathers", {})) for v in deciders.values())
+        except Exception:  # a scrape during a rebalance: no figure rather than an error
+            return 0
+
+    metrics.pending_gathers.set_function(pending_gathers)
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
     emit = stages.emit
@@ -326,24 +369,17 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 ),
             )
         person = msg.get("person")
-        if person is not None and person.get("birth_date"):
-            await emit(
+        if person is not None:
+            # match while nothing stronger than a hospital number holds this identity — not
+            # only when it is new: the patient's own record may arrive after one of its
+            # results created the identity
+            await probe_blocks(
                 event,
-                by_block,
-                block_key(person["birth_date"]).encode(),
-                _dumps(
-                    {
-                        "person": person,
-                        "master_patient_id": res.master_patient_id,
-                        "anchor": a,
-                        # match while nothing stronger than a hospital number holds this
-                        # identity — not only when it is new: the patient's own record may
-                        # arrive after one of its results created the identity
-                        "match": a["rank"] < MATCH_BELOW_RANK
-                        and res.state.rank < PROBABILISTIC_RANK,
-                        "envelope": {"trace_id": trace_id, "source": source},
-                    }
-                ),
+                person,
+                a,
+                res.master_patient_id,
+                match=a["rank"] < MATCH_BELOW_RANK and res.state.rank < PROBABILISTIC_RANK,
+                envelope={"trace_id": trace_id, "source": source},
             )
         env = Envelope.model_validate(env_doc)
         record = build_record(
@@ -511,81 +547,199 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     # ------------------------------------------------------------------ 2b. match
 
+    def decider_key(anchor_key: str) -> str:
+        """Where the gathers of one identity (its anchor) are decided."""
+        return keyed_hash(hmac_key, "decide", anchor_key)
+
+    async def probe_blocks(
+        event: Any,
+        person_doc: dict[str, Any],
+        anchor: dict[str, Any],
+        master: str,
+        *,
+        match: bool,
+        envelope: dict[str, Any],
+    ) -> None:
+        """Send the person to each of its blocks: to be matched there (``match``), and kept
+        as a future candidate. The gather's id is the resolve input's position, so a
+        redelivered input repeats it."""
+        kinds = blocks_mod.stream_block_keys(person_from_json(person_doc))
+        if not kinds:
+            return
+        keys = [keyed_hash(hmac_key, f"block:{kind}", value) for kind, value in kinds]
+        m = event.message
+        header = blocks_mod.probe_header(
+            gather_id=f"{m.topic}:{m.partition}:{m.offset}",
+            keys=keys,
+            decider=decider_key(anchor["key"]),
+            anchor=anchor,
+            master=master,
+            person=person_doc,
+            since=float(m.timestamp or 0.0),
+            envelope=envelope,
+        )
+        for index, ((kind, _), key) in enumerate(zip(kinds, keys, strict=True)):
+            metrics.probes.labels(kind).inc()
+            await emit(
+                event,
+                by_block,
+                key.encode(),
+                _dumps(
+                    {
+                        "type": "probe",
+                        "kind": kind,
+                        "index": index,
+                        "match": match,
+                        "gather": header,
+                    }
+                ),
+            )
+
+    def load_block(key: bytes) -> list[dict[str, Any]]:
+        raw = blocks.get(key)
+        return list(_loads(raw)) if raw else []
+
+    def load_decider(key: bytes) -> dict[str, Any]:
+        raw = deciders.get(key)
+        return dict(_loads(raw)) if raw else blocks_mod.new_decider_state()
+
     async def match(event: Any, key: bytes | None, value: bytes) -> None:
-        """Owner of one block (birth date): probabilistic linking of identities that no
-        verified identifier links, then the block keeps the person as a future candidate."""
+        """Owner of one block key or one identity's decider (both on ``by-block``): a probe
+        is answered and the person kept, a reply gathered, a relabel or a steward's review
+        decision applied."""
         if key is None:
             raise ValueError("block message without a key")
         msg = _loads(value)
-        if msg.get("type") == "review-decision":
+        kind = msg.get("type", "legacy")
+        if kind == "review-decision":
             await review_decision(event, key, msg)
-            return
-        person = person_from_json(msg["person"])
-        master = msg["master_patient_id"]
-        anchor = msg["anchor"]
-        entries = _loads(blocks[key]) if blocks.get(key) else []
-        mine = next((e for e in entries if e.get("anchor") == anchor["key"]), None)
-        # masters a steward said are not this person (a rejected review) are never offered
-        distinct: list[str] = list(mine.get("distinct", [])) if mine else []
-        env_doc = msg["envelope"]
+        elif kind == "reply":
+            await gather(event, key, msg)
+        elif kind == "relabel":
+            entries = load_block(key)
+            if blocks_mod.relabel(entries, msg["anchor"], msg["master_patient_id"]):
+                blocks[key] = blocks_mod.encode_block(entries)
+        elif kind == "probe":
+            await probe(event, key, msg)
+        else:  # a message of the one-block layout, written before an upgrade
+            m = event.message
+            header = blocks_mod.probe_header(
+                gather_id=f"{m.topic}:{m.partition}:{m.offset}",
+                keys=[key.decode()],
+                decider=decider_key(msg["anchor"]["key"]),
+                anchor=msg["anchor"],
+                master=msg["master_patient_id"],
+                person=msg["person"],
+                since=float(m.timestamp or 0.0),
+                envelope=msg["envelope"],
+            )
+            await probe(event, key, {"index": 0, "match": msg["match"], "gather": header})
+
+    async def probe(event: Any, key: bytes, msg: dict[str, Any]) -> None:
+        """A block owner: reply to the decider with the candidates in this block, then keep
+        the person under its identity (a key without a block replies with none)."""
+        header = msg["gather"]
+        anchor = header["anchor"]
+        entries = load_block(key)
         if msg["match"]:
-            candidates = [
-                (e["master_patient_id"], person_from_json(e["person"]))
-                for e in entries
-                if e["master_patient_id"] != master and e["master_patient_id"] not in distinct
-            ]
-            decision = matching.decide(person, candidates, rules)
-            metrics.decisions.labels(decision.kind).inc()
-            if decision.kind == "auto" and decision.master_id is not None:
-                # the block remembers the person under the master it now belongs to, so a
-                # later re-match of the candidate cannot flip the link back
-                master = decision.master_id
+            person = person_from_json(header["person"])
+            found = blocks_mod.block_candidates(
+                entries, person, anchor["key"], header["master_patient_id"], rules
+            )
+            reply: dict[str, Any] = {
+                "type": "reply",
+                "index": msg["index"],
+                "gather": header,
+                "candidates": found,
+                "since": blocks_mod.own_since(entries, anchor["key"]),
+            }
+            rejected = blocks_mod.legacy_distinct(entries, anchor["key"])
+            if rejected:
+                reply["distinct"] = rejected
+            await emit(event, by_block, header["decider"].encode(), _dumps(reply))
+        kept = blocks_mod.upsert(
+            entries, anchor, header["master_patient_id"], header["person"], header["since"]
+        )
+        blocks[key] = blocks_mod.encode_block(kept)
+
+    async def gather(event: Any, key: bytes, msg: dict[str, Any]) -> None:
+        """A decider: one block's reply; once every block answered, the decision."""
+        step = blocks_mod.add_reply(load_decider(key), msg)
+        metrics.gathers.labels(step.kind).inc()
+        if step.dropped:
+            metrics.gathers.labels("dropped").inc(step.dropped)
+        if step.kind != "duplicate":
+            deciders[key] = _dumps(step.state)
+        if step.finished is not None:
+            await decide_gathered(event, key, step.finished, step.state)
+
+    async def decide_gathered(
+        event: Any, key: bytes, finished: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        header = finished["header"]
+        person = person_from_json(header["person"])
+        anchor, master = header["anchor"], header["master_patient_id"]
+        env_doc = header["envelope"]
+        candidates = blocks_mod.gathered_candidates(finished, state.get("distinct", []))
+        decision = matching.decide(person, candidates, rules)
+        metrics.decisions.labels(decision.kind).inc()
+        if decision.kind == "auto" and decision.master_id is not None:
+            link = blocks_mod.link_direction(finished, decision.master_id)
+            await emit(
+                event,
+                by_identity,
+                link.anchor["key"].encode(),
+                _dumps(
+                    {
+                        "type": "claim",
+                        "master_patient_id": link.master,
+                        "rank": PROBABILISTIC_RANK,
+                        "alias_rank": link.anchor["rank"],
+                        "alias_kind": link.anchor["kind"],
+                        "envelope": env_doc,
+                    }
+                ),
+            )
+            # the blocks keep the identity under the master it now belongs to, so a later
+            # record of the candidate cannot flip the link back
+            for block in header["keys"]:
                 await emit(
                     event,
-                    by_identity,
-                    anchor["key"].encode(),
+                    by_block,
+                    block.encode(),
                     _dumps(
                         {
-                            "type": "claim",
-                            "master_patient_id": decision.master_id,
-                            "rank": PROBABILISTIC_RANK,
-                            "alias_rank": anchor["rank"],
-                            "alias_kind": anchor["kind"],
-                            "envelope": env_doc,
+                            "type": "relabel",
+                            "anchor": link.anchor["key"],
+                            "master_patient_id": link.master,
                         }
                     ),
                 )
-            elif decision.kind == "review" and decision.master_id is not None:
-                queue = _loads(reviews[key]) if reviews.get(key) else {}
-                queue[master] = {
-                    "candidate": decision.master_id,
-                    "score": decision.score,
-                    "probability": decision.evidence.get("probability"),
-                    "parts": decision.evidence.get("parts", {}),
-                    "queued_at": utcnow().isoformat(),
-                }
-                reviews[key] = _dumps(queue)
-                review = LinkEvent(
-                    "review",
-                    master,
-                    anchor["kind"],
-                    anchor["rank"],
-                    competing_master_patient_id=decision.master_id,
-                )
-                await publish_link(
-                    event, review, env_doc.get("trace_id", ""), env_doc.get("source", "")
-                )
-        # one entry per identity (its anchor): the newest view of the person, under the
-        # master it belongs to now
-        kept = [e for e in entries if e.get("anchor") != anchor["key"]]
-        entry = {"anchor": anchor["key"], "master_patient_id": master, "person": msg["person"]}
-        if distinct:
-            entry["distinct"] = distinct
-        kept.append(entry)
-        blocks[key] = _dumps(kept[-BLOCK_LIMIT:])
+        elif decision.kind == "review" and decision.master_id is not None:
+            queue = _loads(reviews[key]) if reviews.get(key) else {}
+            queue[master] = {
+                "candidate": decision.master_id,
+                "score": decision.score,
+                "probability": decision.evidence.get("probability"),
+                "parts": decision.evidence.get("parts", {}),
+                "queued_at": utcnow().isoformat(),
+            }
+            reviews[key] = _dumps(queue)
+            review = LinkEvent(
+                "review",
+                master,
+                anchor["kind"],
+                anchor["rank"],
+                competing_master_patient_id=decision.master_id,
+            )
+            await publish_link(
+                event, review, env_doc.get("trace_id", ""), env_doc.get("source", "")
+            )
 
     async def review_decision(event: Any, key: bytes, msg: dict[str, Any]) -> None:
-        """A data steward confirms (merge) or rejects (never offer again) a possible match."""
+        """A data steward confirms (merge) or rejects (never offer again) a possible match;
+        ``key`` is the identity's decider (or, for a review queued before the upgrade, its
+        birth-date block)."""
         queue = _loads(reviews[key]) if reviews.get(key) else {}
         reviewed = msg["master_patient_id"]
         item = queue.pop(reviewed, None)
@@ -608,11 +762,15 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "review-confirmed", candidate, cmd, previous_master_patient_id=reviewed
             )
         else:
-            entries = _loads(blocks[key]) if blocks.get(key) else []
-            for e in entries:
-                if e["master_patient_id"] == reviewed:
-                    e["distinct"] = sorted({*e.get("distinct", []), candidate})
-            blocks[key] = _dumps(entries)
+            state = load_decider(key)
+            state["distinct"] = blocks_mod.add_distinct(state.get("distinct", []), candidate)
+            deciders[key] = _dumps(state)
+            entries = load_block(key)  # a review of the old layout: its block's entries
+            if entries:
+                for e in entries:
+                    if e["master_patient_id"] == reviewed:
+                        e["distinct"] = sorted({*e.get("distinct", []), candidate})
+                blocks[key] = blocks_mod.encode_block(entries)
             ev = stewardship.StewardEvent(
                 "review-rejected", reviewed, cmd, competing_master_patient_id=candidate
             )

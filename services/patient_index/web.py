@@ -41,6 +41,7 @@ from services.common.kafka_security import aiokafka_options
 from services.common.settings import Settings
 from services.common.web_guard import page
 from services.patient_index import matching
+from services.patient_index.blocks import entry_views
 from services.patient_index.identity import keyed_identifiers
 from services.patient_index.normalize import (
     Ident,
@@ -397,11 +398,14 @@ def install(ctx: Context) -> None:
             block = ctx.block_key(person.birth_date.isoformat())
             entries = await internal_get(request, f"/internal/blocks/{block}")
             for entry in entries:
-                s = matching.score(person, person_from_json(entry["person"]), ctx.rules)
-                grade = {"auto": "probable", "review": "possible"}.get(s.outcome)
                 mid = entry["master_patient_id"]
-                if grade is not None and mid not in grades:
-                    grades[mid] = (grade, round(s.probability, 6))
+                for view in entry_views(entry):  # the identity's recent records
+                    s = matching.score(person, person_from_json(view), ctx.rules)
+                    grade = {"auto": "probable", "review": "possible"}.get(s.outcome)
+                    if grade is not None and (
+                        mid not in grades or (grades[mid][0] == "possible" and grade == "probable")
+                    ):
+                        grades[mid] = (grade, round(s.probability, 6))
         order = {"certain": 0, "probable": 1, "possible": 2}
         best = sorted(grades.items(), key=lambda kv: (order[kv[1][0]], -kv[1][1], kv[0]))
         return {
