@@ -355,3 +355,19 @@ def test_splink_pairs_are_oriented_as_the_truth() -> None:
         dedup=False,
     )
     assert [p for _, p in linked] == [("rec-1-org", "rec-1-dup-0"), ("rec-3-org", "rec-3-dup-0")]
+
+
+def test_child_carrying_a_parents_numbers_is_reviewed_not_auto_linked() -> None:
+    """rules-v2's guard: a child recorded with a parent's 医保卡 and the family phone."""
+    from services.patient_index.matching import score
+
+    ins = match.cn_person(cn_row(name="王建国", sex="male", birth_date="1975-05-01",
+                                 insurance="110100123456"))  # fmt: skip
+    child = match.cn_person(cn_row(name="王子涵", sex="male", birth_date="2024-03-02",
+                                   insurance="110100123456", institution="hosp-b"))  # fmt: skip
+    s = score(child, ins, RULES)
+    assert s.total >= RULES.upper_weight  # every number agrees: the score alone would link
+    assert (s.outcome, s.guard) == ("review", "relative-carrying-the-same-numbers")
+    typo = match.cn_person(cn_row(name="王建国", sex="male", birth_date="1975-05-11",
+                                  insurance="110100123456", institution="hosp-b"))  # fmt: skip
+    assert score(typo, ins, RULES).outcome == "auto"  # one mistyped field still links
