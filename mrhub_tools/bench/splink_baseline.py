@@ -50,6 +50,8 @@ PREDICT_FLOOR: Final = 0.001
 USUAL_THRESHOLD: Final = 0.5
 U_MAX_PAIRS: Final = 5_000_000
 SPLINK_SEED: Final = 20260312
+#: Table names of the two files in linkage (``left`` is an SQL keyword).
+LINK_ALIASES: Final = ("records_left", "records_right")
 
 FEBRL_COLUMNS: Final = (
     "given_name",
@@ -322,7 +324,7 @@ def _pairs_of(rows: Any, *, dedup: bool) -> list[tuple[float, Pair]]:
     out: list[tuple[float, Pair]] = []
     for prob, id_l, id_r, source_l in rows:
         a, b = str(id_l), str(id_r)
-        swap = a > b if dedup else source_l != "left"
+        swap = a > b if dedup else source_l != LINK_ALIASES[0]
         out.append((float(prob), (b, a) if swap else (a, b)))
     return out
 
@@ -358,7 +360,7 @@ def run_splink(
         retain_matching_columns=False,
     )
     tables = list(frames) if not dedup else frames[0]
-    aliases = ["left", "right"] if not dedup else None
+    aliases = list(LINK_ALIASES) if not dedup else None
     linker = Linker(
         tables,
         settings,

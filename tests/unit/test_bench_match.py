@@ -351,7 +351,10 @@ def test_splink_pairs_are_oriented_as_the_truth() -> None:
     dedup = sb._pairs_of([(0.9, "rec-2-org", "rec-2-dup-0", None)], dedup=True)
     assert dedup == [(0.9, ("rec-2-dup-0", "rec-2-org"))]  # sorted, as truth_pairs does
     linked = sb._pairs_of(
-        [(0.8, "rec-1-dup-0", "rec-1-org", "right"), (0.7, "rec-3-org", "rec-3-dup-0", "left")],
+        [
+            (0.8, "rec-1-dup-0", "rec-1-org", sb.LINK_ALIASES[1]),
+            (0.7, "rec-3-org", "rec-3-dup-0", sb.LINK_ALIASES[0]),
+        ],
         dedup=False,
     )
     assert [p for _, p in linked] == [("rec-1-org", "rec-1-dup-0"), ("rec-3-org", "rec-3-dup-0")]
@@ -371,3 +374,13 @@ def test_child_carrying_a_parents_numbers_is_reviewed_not_auto_linked() -> None:
     typo = match.cn_person(cn_row(name="王建国", sex="male", birth_date="1975-05-11",
                                   insurance="110100123456", institution="hosp-b"))  # fmt: skip
     assert score(typo, ins, RULES).outcome == "auto"  # one mistyped field still links
+
+
+def test_splink_links_two_febrl_files(febrl4: match.Dataset) -> None:
+    """The linkage path (two input tables) end to end on a slice of febrl4."""
+    data = _slice(febrl4, 150)
+    frames = [sb.febrl_frame(f) for f in data.frames]
+    splink = sb.run_splink(frames, sb.febrl_plan(), data.truth, u_max_pairs=20_000)
+    assert splink["best"]["precision"] >= 0.98
+    assert splink["best"]["recall"] >= 0.9
+    assert splink["best"]["f1"] >= splink["at_0_5"]["f1"]
