@@ -643,9 +643,17 @@ def _add_tool_parsers(sub: Any) -> None:
     p.add_argument(
         "--dataset",
         default="febrl4",
-        choices=["febrl1", "febrl2", "febrl3", "febrl4"],
-        help="match: the labelled FEBRL data set",
+        choices=["cn-10k", "cn-1m", "febrl1", "febrl2", "febrl3", "febrl4"],
+        help="match: the labelled data set (the Chinese set of mrhub_tools.cnpop, or FEBRL)",
     )
+    p.add_argument(
+        "--cn-seed",
+        type=int,
+        default=None,
+        help="match: the Chinese generator's seed (default: its report seed, never tuned on)",
+    )
+    p.add_argument("--rules", default=None, help="match: a rules file (default: the hub's)")
+    p.add_argument("--no-splink", action="store_true", help="match: skip the Splink baseline")
     p.add_argument(
         "--populations",
         default="10000,100000,1000000",
