@@ -76,6 +76,7 @@ from services.patient_index.matching import (
     describe_weights,
     fit_em,
     load_rules,
+    name_evidence,
     score_levels,
 )
 from services.patient_index.normalize import (
@@ -343,13 +344,19 @@ def run_rules(
     t_fit = time.perf_counter()
     outcomes: dict[str, list[Pair]] = {"auto": [], "review": [], "none": []}
     capped: Counter[str] = Counter()
-    scored: dict[tuple[tuple[int | None, ...], bool], tuple[str, str | None]] = {}
+    scored: dict[Any, tuple[str, str | None]] = {}
     for pair, vec in zip(pairs, vectors, strict=True):
-        conflict = everyone[pair[0]].card_conflict or everyone[pair[1]].card_conflict
-        hit = scored.get((vec, conflict))
+        a, b = everyone[pair[0]], everyone[pair[1]]
+        conflict = a.card_conflict or b.card_conflict
+        # the names' frequency evidence and the namesake guard, as the hub's score() adds them
+        adjusted, namesake = name_evidence(a, b, vec, fitted)
+        key = (vec, conflict, tuple(sorted(adjusted.items())), namesake)
+        hit = scored.get(key)
         if hit is None:  # vectors repeat: each distinct one is scored once
-            s = score_levels(vec, fitted, card_conflict=conflict)
-            hit = scored[(vec, conflict)] = (s.outcome, s.guard)
+            s = score_levels(
+                vec, fitted, card_conflict=conflict, adjusted=adjusted, namesake=namesake
+            )
+            hit = scored[key] = (s.outcome, s.guard)
         outcomes[hit[0]].append(pair)
         if hit[1] is not None and pair in data.truth:
             capped[hit[1]] += 1

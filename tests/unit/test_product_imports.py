@@ -20,7 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: what only the tools may import: their extra's packages, the heavy ones they bring
 #: (recordlinkage's pandas / scipy / scikit-learn) and the tools' own package
-REFUSED = ("recordlinkage", "matplotlib", "tqdm", "pandas", "scipy", "sklearn", "mrhub_tools")
+REFUSED = (
+    "recordlinkage",
+    "matplotlib",
+    "tqdm",
+    "pandas",
+    "scipy",
+    "sklearn",
+    "splink",
+    "duckdb",
+    "mrhub_tools",
+)
 
 #: a child interpreter that cannot import any of REFUSED (as if not installed), imports every
 #: module under ``services`` and prints those that failed; then runs ``mrhub bench`` and

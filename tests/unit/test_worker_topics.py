@@ -36,6 +36,7 @@ def test_the_patient_index_creates_its_five_stage_topics_and_its_changelogs(
         "identities",
         "seen",
         "blocks",
+        "deciders",
         "reviews",
         "masters",
         "master_records",
