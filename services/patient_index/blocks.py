@@ -54,7 +54,7 @@ CANDIDATES_PER_REPLY = 10
 #: Gathers a decider waits on at once, and finished gather ids it remembers (to ignore a
 #: late duplicate reply); the oldest drop out first.
 GATHERS_PER_DECIDER = 16
-DONE_PER_DECIDER = 32
+DONE_PER_DECIDER = 8
 #: Masters a steward said are not this identity, kept per decider.
 DISTINCT_LIMIT = 64
 
