@@ -75,6 +75,7 @@ from services.patient_index.matching import (
     decide,
     describe_weights,
     fit_em,
+    identity_rule,
     load_rules,
     name_evidence,
     score_levels,
@@ -347,6 +348,12 @@ def run_rules(
     scored: dict[Any, tuple[str, str | None]] = {}
     for pair, vec in zip(pairs, vectors, strict=True):
         a, b = everyone[pair[0]], everyone[pair[1]]
+        # what decide() settles before scoring: a shared verified card links, two different
+        # ones never link
+        settled = identity_rule(a, b)
+        if settled is not None:
+            outcomes["auto" if settled == "link" else "none"].append(pair)
+            continue
         conflict = a.card_conflict or b.card_conflict
         # the names' frequency evidence and the namesake guard, as the hub's score() adds them
         adjusted, namesake = name_evidence(a, b, vec, fitted)

@@ -40,6 +40,7 @@ from typing import Any
 from services.common.codec import dumps
 from services.patient_index import matching
 from services.patient_index.identity import master_id_for
+from services.patient_index.names import name_block_key
 from services.patient_index.normalize import Person, person_from_json
 
 #: Identities a block keeps as candidates; the ones not seen for longest drop out first.
@@ -69,8 +70,9 @@ def stream_block_keys(person: Person) -> list[tuple[str, str]]:
         keys.append(("birth_date", person.birth_date.isoformat()))
     if person.phone:
         keys.append(("phone", person.phone))
-    if person.family_py and person.given_py and person.birth_date is not None:
-        name = "|".join(sorted((person.family_py, person.given_py)))
+    name = name_block_key(person)
+    if name and person.birth_date is not None:
+        # the whole name, order-insensitive, ü folded, table spellings as pinyin (names.py)
         keys.append(("name_year", f"{name}|{person.birth_date.year}"))
     return keys
 

@@ -177,11 +177,13 @@ class Guard(_Frozen):
 class Namesake(_Frozen):
     """Namesakes: a Chinese full name agreeing is no proof of one person.
 
-    When the family and given names are both ``same``, the name is Chinese (written in hanzi
-    on a side, or a surname the frequency table lists), its frequency (surname share ×
-    given-name share, when the table knows both) is at least ``min_frequency``, and none of
-    the ``personal`` fields (identifiers, phone) agrees at its best level, the pair is never
-    auto-linked: at most it goes to review (guard ``namesake``).
+    The outcome is capped at review (guard ``namesake``, never auto-linked) when the family
+    and given names are both ``same`` or ``homophone`` (a name that sounds the same: 裴振毅
+    and 裴真毅 are namesakes to the ear, and to a pinyin-only record); the name is Chinese
+    (written in hanzi on a side, or a surname the frequency table lists); its frequency
+    (surname share × given-name share, when the table knows both) is at least
+    ``min_frequency``; and none of the ``personal`` fields (identifiers, phone) agrees at
+    its best level.
     """
 
     min_frequency: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -542,7 +544,7 @@ def score_levels(
     return Score(total, parts, outcome, probability, guard)
 
 
-_SAME: Final = 3  # the ``same`` level of the name comparator
+_HOMOPHONE, _SAME = 2, 3  # the ``homophone`` and ``same`` levels of the name comparator
 
 
 def _agreeing_name(a: Person, b: Person, part: str) -> tuple[str | None, str | None]:
@@ -583,7 +585,10 @@ def name_evidence(
     adjusted: dict[str, float] = {}
     shares: dict[str, float | None] = {}
     for i, rule in enumerate(rules.fields):
-        if rule.frequency is None or levels[i] != _SAME:
+        if rule.frequency is None or levels[i] not in (_HOMOPHONE, _SAME):
+            continue
+        if levels[i] == _HOMOPHONE:  # sounds the same: a namesake by ear, no frequency
+            shares.setdefault(rule.frequency, None)
             continue
         f = _name_frequency(a, b, rule.frequency, freq)
         shares[rule.frequency] = f
@@ -656,6 +661,19 @@ def _card(p: Person) -> str | None:
     if p.card_conflict:
         return None
     return next((i.value for i in p.idents if i.kind == "id_card" and i.verified), None)
+
+
+def identity_rule(a: Person, b: Person) -> Literal["link", "veto"] | None:
+    """What :func:`decide` settles for a pair before any score: ``link`` when they share a
+    verified 身份证 or verified document (type + number), ``veto`` when each has its own
+    verified 身份证 and they differ, None otherwise (a card that disagrees with its record
+    settles nothing)."""
+    if _verified_keys(a) & _verified_keys(b):
+        return "link"
+    ca, cb = _card(a), _card(b)
+    if ca is not None and cb is not None and ca != cb:
+        return "veto"
+    return None
 
 
 def _namespace_label(ns: str) -> str:
@@ -886,6 +904,7 @@ __all__ = [
     "decide",
     "describe_weights",
     "fit_em",
+    "identity_rule",
     "level_names",
     "load_rules",
     "name_evidence",

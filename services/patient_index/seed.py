@@ -125,7 +125,9 @@ def seed_entries(patient: Mapping[str, Any], institution: str, hmac_key: bytes) 
 
 def block_value(entries: Sequence[bytes]) -> bytes:
     """A block's stored value from its entries in arrival order: the JSON list of the last
-    ``BLOCK_LIMIT`` (byte for byte what ``match`` writes with ``kept[-BLOCK_LIMIT:]``)."""
+    ``BLOCK_LIMIT``, each an entry of the one-view layout (one ``person``), which the
+    block owner reads as it reads entries it wrote itself (``blocks.entry_views``); seeding
+    fills the birth-date blocks only."""
     return b"[" + b",".join(entries[-BLOCK_LIMIT:]) + b"]"
 
 

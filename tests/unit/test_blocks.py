@@ -75,7 +75,7 @@ def test_a_person_is_filed_under_birth_date_phone_and_name_with_birth_year() -> 
     assert blocks.stream_block_keys(p) == [
         ("birth_date", "1978-04-09"),
         ("phone", "13912345678"),
-        ("name_year", "guo|xiaoyan|1978"),
+        ("name_year", "guo xiao yan|1978"),  # names.name_block_key: syllables, sorted
     ]
 
 

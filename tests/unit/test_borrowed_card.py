@@ -71,3 +71,15 @@ def test_a_record_with_its_own_card_still_links_deterministically() -> None:
     again = record(C, "李慧", date(1989, 1, 17))
     assert decide(again, [("MP-MOTHER", MOTHER)], RULES).kind == "deterministic"
     assert hashes(again)[0] == hashes(MOTHER)[0]
+
+
+def test_identity_rule_is_what_decide_settles_before_scoring() -> None:
+    from services.patient_index.matching import identity_rule
+
+    again = record(C, "李慧", date(1989, 1, 17))
+    other = record(C, "李慧", date(1989, 1, 17), card=gb11643("14010519890117786"))
+    assert identity_rule(again, MOTHER) == "link"
+    assert identity_rule(other, MOTHER) == "veto"  # two people's own cards
+    assert decide(other, [("MP-MOTHER", MOTHER)], RULES).kind == "new"
+    assert identity_rule(BABY, MOTHER) is None  # a borrowed card settles nothing
+    assert identity_rule(BABY, BABY_AGAIN) is None

@@ -187,3 +187,14 @@ def test_rules_refuse_frequency_on_a_field_that_is_not_a_name(tmp_path: Path) ->
     rules.write_text(text.replace("personal: [identifiers, phone]", "personal: [passport]"))
     with pytest.raises(ConfigError, match="passport"):
         load_rules(rules)
+
+
+def test_namesakes_by_ear_go_to_review_too() -> None:
+    """裴振毅 and 裴真毅 sound the same: a different person, or a homophone slip — with no
+    personal number in common a human decides."""
+    s = score(person(A, "裴振毅"), person(B, "裴真毅"), RULES)
+    assert s.outcome == "review" and s.guard == "namesake"
+    linked = score(
+        person(A, "裴振毅", phone="13912345678"), person(B, "裴真毅", phone="13912345678"), RULES
+    )
+    assert linked.outcome == "auto"
