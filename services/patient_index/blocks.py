@@ -150,10 +150,6 @@ def encode_block(entries: Sequence[Mapping[str, Any]]) -> bytes:
 # ------------------------------------------------------------------------ block owner
 
 
-def _card(p: Person) -> str | None:
-    return next((i.value for i in p.idents if i.kind == "id_card" and i.verified), None)
-
-
 def block_candidates(
     entries: Sequence[Mapping[str, Any]],
     person: Person,
@@ -167,7 +163,6 @@ def block_candidates(
     """The entries of a block that ``person`` (identity ``anchor_key`` under ``master``) may
     be: for each other identity, its best view if that scores in the review band or above
     (not vetoed by a guard nor a different verified 身份证), best first, at most ``limit``."""
-    mine = _card(person)
     found: list[tuple[int, float, dict[str, Any]]] = []
     for e in entries:
         if e.get("anchor") == anchor_key or e.get("master_patient_id") == master:
@@ -175,9 +170,8 @@ def block_candidates(
         best: tuple[int, float, dict[str, Any]] | None = None
         for view in entry_views(e):
             other = load(view)
-            theirs = _card(other)
-            if mine is not None and theirs is not None and theirs != mine:
-                continue
+            if matching.identity_rule(person, other) == "veto":
+                continue  # two people's own cards: decide() would never link them
             s = matching.score(person, other, rules)
             if s.outcome == "none":
                 continue
