@@ -30,6 +30,7 @@ Purpose = Literal[
     "fhir-read",
     "fhir-search",
     "cds-hooks",
+    "console-view",
 ]
 
 

@@ -221,6 +221,45 @@ class PatientIndexSettings(ServiceSettings):
     )
 
 
+class ConsoleSettings(ServiceSettings):
+    """The console for people (services/console, docs/console.md)."""
+
+    port: int = Field(default=8084, ge=0, le=65535)
+    users_path: Path = Field(
+        default=Path("config/console-users.yaml"),
+        description="The console's people: name, role (steward, region, hospital), scope and "
+        "an argon2 password hash; `mrhub console add-user` writes it. Reloaded when it changes.",
+    )
+    session_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, url-safe base64 (a Fernet key): encrypts the session cookie. "
+        "`mrhub console new-key` makes one; `mrhub up` keeps a local one. No default.",
+    )
+    steward_token: SecretStr | None = Field(
+        default=None,
+        description="The console's steward bearer token for the patient index (its hash must "
+        "be in MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES); the person signed in is sent as "
+        "X-Steward. `mrhub up` makes both. No default.",
+    )
+    secure_cookies: bool = Field(
+        default=True,
+        description="Mark the session cookie Secure (sent over HTTPS only). Turn off only for a "
+        "console reached as http://127.0.0.1 on the same machine (`mrhub up` does).",
+    )
+    session_max_age_s: int = Field(
+        default=8 * 3600, ge=60, description="A sign-in lasts this long (a working day)."
+    )
+    imaging_url: str = Field(
+        default="http://127.0.0.1:8082", description="The imaging index, for a patient's studies."
+    )
+    ingest_url: str = Field(
+        default="http://127.0.0.1:8080", description="The gateway, for its readiness."
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Each call the console makes to a service."
+    )
+
+
 class IdentitySettings(_Frozen):
     hmac_key: SecretStr | None = Field(
         default=None,
@@ -244,6 +283,7 @@ class Settings(BaseSettings):
     recognition: RecognitionSettings = RecognitionSettings()
     imaging: ImagingSettings = ImagingSettings()
     patient_index: PatientIndexSettings = PatientIndexSettings()
+    console: ConsoleSettings = ConsoleSettings()
     identity: IdentitySettings = IdentitySettings()
 
     institutions_path: Path = Field(
