@@ -1,0 +1,458 @@
+"""The console in a real headless Chromium (Debian's), against a real hub fed by
+``mrhub simulate`` (the fixture in conftest.py): what issue 20 must show.
+
+- a steward signs in, confirms one review and rejects another, and undoes a merge; after
+  each the patient index's state (``GET /reviews``, ``GET /patients/{id}``) and its events on
+  ``mrhub.patient.identity-linked.v1`` (with the steward as the actor) say so;
+- a region viewer sees the figures ``mrhub report`` prints for the same period;
+- a hospital viewer cannot see another hospital's patients, nor the steward's pages;
+- a form posted without its CSRF token is refused and changes nothing;
+- the session cookie is HttpOnly and SameSite=Strict, signing out ends the session, no URL
+  the browser asked for names a patient, and no page asks anything of any host but the hub.
+
+The tests run in this order (each in its own browser window); the reviews and the merge
+they act on were made by the fixture.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from tests.console.conftest import Site, mrhub_report, open_as, shoot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+MASTER_ID = re.compile(r"MP[0-9a-f]{24}")
+STEWARD = "li.steward"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def number(text: str) -> Decimal:
+    """A figure as a page shows it (``1,234.50``, ``¥ 12.00``, ``85.7%``), as a number."""
+    cleaned = re.sub(r"[^0-9.\-]", "", text)
+    assert cleaned, f"no number in {text!r}"
+    return Decimal(cleaned)
+
+
+def goto(page: Any, site: Site, path: str) -> Any:
+    response = page.goto(f"{site.url}{path}")
+    assert response is not None
+    return response
+
+
+def notice(page: Any) -> str:
+    page.wait_for_selector(".notice")
+    return str(page.inner_text(".notice"))
+
+
+def fill_reason(page: Any, button: str, reason: str) -> None:
+    """The reason in the form of ``button`` (each action's form has its own)."""
+    page.locator(f"form:has({button}) textarea").first.fill(reason)
+
+
+def review_row(page: Any, name: str) -> Any:
+    rows = page.locator("#reviews tr.review", has_text=name)
+    assert rows.count() == 1, f"the review queue shows {rows.count()} rows of {name}"
+    return rows.first
+
+
+def find(page: Any, site: Site, kind: str, value: str, institution: str | None = None) -> None:
+    """Fill and send the find form: ``kind`` is the label of an option of ``select#kind``
+    (身份证, 门诊号 …)."""
+    if not page.url.endswith("/patients"):
+        goto(page, site, "/patients")
+    options = page.locator("select#kind option").all_inner_texts()
+    [label] = [o for o in options if kind in o][:1] or [None]
+    assert label is not None, f"no {kind} in the find form's kinds: {options}"
+    page.select_option("select#kind", label=label)
+    page.fill("input#value", value)
+    if institution is not None and page.locator("input#institution").count():
+        page.fill("input#institution", institution)
+    with page.expect_navigation():
+        page.locator("form#find [type=submit]").first.click()
+
+
+def event_of(site: Site, kind: str, master: str, *, command_in: str = "") -> Any:
+    """The identity-linked event ``kind`` about ``master`` that a steward's action caused."""
+    found = site.events(
+        lambda p: (
+            p["kind"] == kind
+            and master in (p["master_patient_id"], p.get("competing_master_patient_id"))
+            and p["evidence"].get("rule") == "steward"
+            and (not command_in or str(p["evidence"].get("command_id")) in command_in)
+        )
+    )
+    assert len(found) == 1, f"{len(found)} {kind} events about {master}"
+    return found[0]
+
+
+# ----------------------------------------------------------------------------- sign-in
+
+
+def test_sign_in_keeps_a_strict_httponly_cookie_and_sign_out_ends_the_session(
+    site: Site, browser: Any
+) -> None:
+    page = open_as(browser, site, None)
+    shoot(page, "login")
+    page.fill("#username", STEWARD)
+    page.fill("#password", "not the password")
+    page.click("#sign-in")
+    assert "用户名或密码不正确" in page.inner_text("main")
+    assert page.context.cookies() == [] or all(
+        c["name"] != "mrhub_console" or not c["value"] for c in page.context.cookies()
+    )
+
+    page.fill("#username", STEWARD)
+    page.fill("#password", site.people[STEWARD].password)
+    page.click("#sign-in")
+    page.wait_for_url(f"{site.url}/reviews")
+    assert site.people[STEWARD].display in page.inner_text("header")
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "mrhub_console"]
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/"
+    # the page's scripts cannot read it
+    assert "mrhub_console" not in page.evaluate("document.cookie")
+
+    page.click("header form button")  # 退出
+    page.wait_for_url(f"{site.url}/login")
+    assert not [c for c in page.context.cookies() if c["name"] == "mrhub_console" and c["value"]]
+    goto(page, site, "/reviews")
+    assert page.url == f"{site.url}/login"  # signed out: back to the sign-in page
+    page.context.close()
+
+
+def test_a_hospital_viewer_may_not_open_the_stewards_or_the_operations_pages(
+    site: Site, browser: Any
+) -> None:
+    page = open_as(browser, site, "a.hospital")
+    assert page.url == f"{site.url}/figures"
+    menu = page.inner_text("header nav")
+    assert "待审核匹配" not in menu and "运行状态" not in menu
+    for path in ("/reviews", "/review", "/ops", "/reasons"):
+        response = goto(page, site, path)
+        assert response.status == 403, path
+        assert "无权" in page.inner_text("#error-message")
+    page.context.close()
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused_and_changes_nothing(
+    site: Site, browser: Any
+) -> None:
+    page = open_as(browser, site, STEWARD)
+    before = {item["id"] for item in site.reviews()}
+    # a post from elsewhere (no token): refused before anything runs
+    refused = page.request.post(f"{site.url}/logout", form={"x": "1"})
+    assert refused.status == 403
+    assert "CSRF" in refused.text()
+    assert goto(page, site, "/reviews").status == 200  # still signed in
+    # the real confirm form, with its hidden token removed from the page
+    page.locator("#reviews tr.review").first.locator("button#open-review").click()
+    page.wait_for_url(f"{site.url}/review")
+    fill_reason(page, "button#confirm", "无令牌的提交")
+    removed = page.evaluate(
+        "() => { const f = document.querySelector('button#confirm').form;"
+        " const t = f.querySelector('input[name=csrf_token]'); t.remove(); return !!t; }"
+    )
+    assert removed
+    with page.expect_navigation() as nav:
+        page.click("button#confirm")
+    assert nav.value.status == 403
+    assert "CSRF" in page.inner_text("#error-message")
+    # another session's token is refused too
+    other = open_as(browser, site, STEWARD)
+    goto(other, site, "/reviews")
+    token = other.locator("input[name=csrf_token]").first.get_attribute("value")
+    other.context.close()
+    forged = page.request.post(
+        f"{site.url}/review/confirm", form={"csrf_token": token or "", "reason": "伪造"}
+    )
+    assert forged.status == 403
+    assert {item["id"] for item in site.reviews()} >= before  # nothing confirmed
+    assert not site.events(
+        lambda p: p["kind"] == "review-confirmed" and p["evidence"].get("actor") == STEWARD,
+        expect=1,
+        timeout_s=3,
+    )
+    page.context.close()
+
+
+# ----------------------------------------------------------------------------- the steward
+
+
+def test_a_steward_confirms_one_review_and_rejects_another(site: Site, browser: Any) -> None:
+    confirm_pair, reject_pair = site.review_pairs
+    to_confirm, to_reject = site.review_of(confirm_pair), site.review_of(reject_pair)
+    assert to_confirm is not None and to_reject is not None
+    page = open_as(browser, site, STEWARD)
+    assert page.url == f"{site.url}/reviews"
+    shoot(page, "reviews")
+
+    # confirm: the two women are one
+    review_row(page, "孙秀英").locator("button#open-review").click()
+    page.wait_for_url(f"{site.url}/review")
+    left, right = page.inner_text("#left"), page.inner_text("#right")
+    assert "孙秀英" in left and "孙秀英" in right
+    hospitals = {site.hospital(site.a), site.hospital(site.b)}
+    assert {h for h in hospitals if h in left} | {h for h in hospitals if h in right} == hospitals
+    shoot(page, "review")
+    fill_reason(page, "button#confirm", "电话核实：同一人，地址已变更")
+    page.click("button#confirm")
+    page.wait_for_url(f"{site.url}/reviews")
+    said = notice(page)
+    assert "已确认" in said
+    confirmed = event_of(site, "review-confirmed", to_confirm["candidate_master_patient_id"],
+                         command_in=said)  # fmt: skip
+    assert confirmed.payload["evidence"]["actor"] == STEWARD
+    assert confirmed.payload["evidence"]["reason"] == "电话核实：同一人，地址已变更"
+    assert site.review_of(confirm_pair) is None
+    merged = site.master(to_confirm["master_patient_id"])
+    assert merged["status"] == "merged"
+    assert merged["merged_into"] == to_confirm["candidate_master_patient_id"]
+    assert page.locator("#reviews tr.review", has_text="孙秀英").count() == 0
+
+    # reject: the other two are two people
+    review_row(page, "周桂兰").locator("button#open-review").click()
+    page.wait_for_url(f"{site.url}/review")
+    fill_reason(page, "button#reject", "出生地不同，非同一人")
+    page.click("button#reject")
+    page.wait_for_url(f"{site.url}/reviews")
+    said = notice(page)
+    rejected = event_of(site, "review-rejected", to_reject["master_patient_id"], command_in=said)
+    assert rejected.payload["evidence"]["actor"] == STEWARD
+    assert (
+        rejected.payload["competing_master_patient_id"] == to_reject["candidate_master_patient_id"]
+    )
+    assert site.review_of(reject_pair) is None
+    for master in reject_pair:
+        assert site.master(master)["status"] == "active"  # still two patients
+    assert page.locator("#reviews tr.review", has_text="周桂兰").count() == 0
+    page.context.close()
+
+
+def test_a_steward_finds_a_patient_and_undoes_a_merge(site: Site, browser: Any) -> None:
+    source, target = site.merged
+    merged_source = site.patients["merged-source"]
+    page = open_as(browser, site, STEWARD)
+    goto(page, site, "/patients")
+    shoot(page, "find")
+    find(page, site, "身份证", merged_source.card)
+    page.wait_for_url(f"{site.url}/patient")
+    shown = page.inner_text("main")
+    assert site.patients["merged-target"].name in shown  # the surviving master …
+    assert page.locator("#history tr").count() >= 1  # … that took the other in
+    assert page.locator("#timeline tr").count() >= 2  # both hospitals' results
+    timeline = page.inner_text("#timeline")
+    assert site.hospital(site.a) in timeline and site.hospital(site.b) in timeline
+    shoot(page, "patient")
+
+    fill_reason(page, "button#unmerge", "两人为兄弟，非同一人")
+    page.click("button#unmerge")
+    said = notice(page)
+    unmerged = event_of(site, "unmerged", source, command_in=said)
+    assert unmerged.payload["previous_master_patient_id"] == target
+    assert unmerged.payload["evidence"]["actor"] == STEWARD
+    state = site.master(source)
+    assert state["status"] == "active"
+    assert state["history"][-1]["action"] == "unmerged-from"
+    assert site.master(target)["merged_from"] == []
+    # the surviving master's page no longer holds the other's records
+    find(page, site, "身份证", site.patients["merged-target"].card)
+    page.wait_for_url(f"{site.url}/patient")
+    assert site.hospital(site.b) not in page.inner_text("#timeline")
+    page.context.close()
+
+
+# ----------------------------------------------------------------------------- hospitals
+
+
+def test_a_hospital_viewer_sees_only_its_own_patients_and_records(site: Site, browser: Any) -> None:
+    ours, theirs, both = (site.patients[k] for k in ("a-only", "b-only", "both"))
+    page = open_as(browser, site, "a.hospital")
+    goto(page, site, "/patients")
+    assert page.locator("select#kind").count() == 1
+
+    # a patient only B knows is not found, exactly as one nobody knows
+    find(page, site, "身份证", theirs.card)
+    not_found = page.inner_text("main")
+    assert "未找到" in not_found
+    assert theirs.name not in not_found and site.hospital(site.b) not in not_found
+    nobody = theirs.card[:14] + "0000"
+    from tests.fhir_samples import gb11643
+
+    find(page, site, "身份证", gb11643(nobody[:17]))
+    assert page.inner_text("main") == not_found
+    find(page, site, "门诊号", theirs.numbers[site.b])  # B's number, looked up at A
+    assert "未找到" in page.inner_text("main")
+
+    # her own patient, by 身份证 and by her own 门诊号
+    find(page, site, "身份证", ours.card)
+    page.wait_for_url(f"{site.url}/patient")
+    assert ours.name in page.inner_text("main")
+    find(page, site, "门诊号", ours.numbers[site.a])
+    page.wait_for_url(f"{site.url}/patient")
+    assert ours.name in page.inner_text("main")
+
+    # a patient of both hospitals: only A's records
+    find(page, site, "身份证", both.card)
+    page.wait_for_url(f"{site.url}/patient")
+    shown = page.inner_text("main")
+    assert both.name in shown
+    assert site.hospital(site.a) in shown
+    assert site.hospital(site.b) not in shown
+    assert page.locator("button#unmerge, form#merge, button#confirm").count() == 0
+    shoot(page, "hospital-patient")
+    page.context.close()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def table_rows(page: Any) -> dict[tuple[str, str], dict[str, Decimal]]:
+    rows = {}
+    for tr in page.locator("table#by-region-category tr[data-region][data-category]").all():
+        key = (str(tr.get_attribute("data-region")), str(tr.get_attribute("data-category")))
+        rows[key] = {
+            f: number(tr.locator(f"td[data-field={f}]").inner_text())
+            for f in ("orders", "recognisable", "saving_yuan")
+        }
+    return rows
+
+
+def kpi(page: Any, name: str) -> Decimal:
+    return number(page.inner_text(f"[data-testid=kpi-{name}]"))
+
+
+def choose_period(page: Any, since: str, until: str) -> None:
+    page.fill("input#since", since)
+    page.fill("input#until", until)
+    with page.expect_navigation():
+        page.locator("form#period [type=submit]").first.click()
+
+
+@pytest.mark.parametrize(
+    ("who", "prefectures"),
+    [("ty.region", ("140100",)), ("sx.province", ("140100", "140200"))],
+    ids=["prefecture", "province"],
+)
+def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
+    site: Site, browser: Any, who: str, prefectures: tuple[str, ...]
+) -> None:
+    today = datetime.now(UTC).date()
+    day = today.isoformat()
+    page = open_as(browser, site, who)
+    goto(page, site, "/figures")
+    choose_period(page, day, day)
+    assert f"since={day}" in page.url and f"until={day}" in page.url
+    page.wait_for_selector("table#by-region-category")
+    shown = table_rows(page)
+    report = mrhub_report(site, today, today)
+    expected = {
+        (r["region"], r["category"]): {
+            "orders": Decimal(r["orders"]),
+            "recognisable": Decimal(r["recognisable"]),
+            "saving_yuan": Decimal(str(r["saving_yuan"])).quantize(Decimal("0.01")),
+        }
+        for r in report["rows"]
+        if r["region"] in prefectures
+    }
+    assert expected, "mrhub report counted nothing in the viewer's region"
+    assert shown == expected
+    assert kpi(page, "orders") == sum(r["orders"] for r in expected.values())
+    assert kpi(page, "recognisable") == sum(r["recognisable"] for r in expected.values())
+    assert kpi(page, "saving") == sum(r["saving_yuan"] for r in expected.values())
+    assert kpi(page, "patients") >= 1
+    # the region's hospitals only
+    hospitals = [
+        tr.get_attribute("data-key") for tr in page.locator("#by-group tr[data-key]").all()
+    ]
+    assert hospitals
+    # the charts drew (from the page's own script and data, nothing fetched)
+    page.wait_for_function("document.querySelectorAll('canvas').length > 0")
+    if who == "ty.region":
+        shoot(page, "figures")
+        # the CSV says what the table says
+        href = page.get_attribute("a#csv", "href")
+        assert href is not None
+        csv_response = page.request.get(f"{site.url}{href}" if href.startswith("/") else href)
+        assert csv_response.status == 200
+        body = csv_response.body().decode("utf-8")
+        assert body.startswith("\ufeff")
+        assert list(csv.reader(io.StringIO(body.lstrip("\ufeff"))))
+        goto(page, site, "/reasons")
+        page.wait_for_selector("#fix-hr, #fix-catalog")
+        shoot(page, "reasons")
+    page.context.close()
+
+
+def test_a_hospital_viewer_sees_its_own_hospitals_figures_only(site: Site, browser: Any) -> None:
+    page = open_as(browser, site, "b.hospital")
+    day = datetime.now(UTC).date().isoformat()
+    choose_period(page, day, day)
+    page.wait_for_selector("[data-testid=kpi-orders]")
+    text = page.inner_text("main")
+    others = [site.hospital(i) for i in site.registry.ids if i != site.b]
+    assert not [name for name in others if name in text]
+    shoot(page, "hospital-figures")
+    page.context.close()
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def test_operations_show_each_service_and_one_that_is_down(site: Site, browser: Any) -> None:
+    page = open_as(browser, site, STEWARD)
+    goto(page, site, "/ops")
+    page.wait_for_selector("#services tr[data-service]")
+    services = {
+        str(tr.get_attribute("data-service")): tr.inner_text()
+        for tr in page.locator("#services tr[data-service]").all()
+    }
+    assert len(services) >= 4, services
+    imaging = [text for name, text in services.items() if "imaging" in name]
+    assert imaging, services
+    shoot(page, "ops")
+    page.context.close()
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+def test_no_page_asks_anything_of_another_host_and_no_url_names_a_patient(
+    site: Site, browser: Any
+) -> None:
+    """A tour of every page as each role, then every URL the browser asked for in this
+    module: the hub's console only, and no identifier, name or master id in any of them."""
+    tour = {
+        STEWARD: ["/reviews", "/patients", "/figures", "/reasons", "/ops"],
+        "ty.region": ["/figures", "/reasons", "/ops"],
+        "a.hospital": ["/figures", "/patients"],
+    }
+    for who, paths in tour.items():
+        page = open_as(browser, site, who)
+        for path in paths:
+            assert goto(page, site, path).status == 200, (who, path)
+            page.wait_for_load_state("networkidle")
+        page.context.close()
+
+    console = urlsplit(site.url).netloc
+    hosts = {urlsplit(u).netloc for u in site.requests if not u.startswith(("data:", "blob:"))}
+    assert hosts == {console}
+    secrets_ = set()
+    for p in site.patients.values():
+        secrets_ |= {p.card, p.name, *p.numbers.values()}
+    secrets_ |= {"孙秀英", "周桂兰"}
+    for url in site.requests:
+        plain = unquote(url)
+        assert not MASTER_ID.search(plain), url
+        assert not [s for s in secrets_ if s in plain], url
