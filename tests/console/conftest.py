@@ -44,6 +44,7 @@ from services.common.broker import free_port
 from services.common.envelope import Envelope
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token
+from services.common.topics import DECISION_MADE
 from services.console.auth import hash_password
 from tests.conftest import REPO
 from tests.fhir_samples import dumps, gb11643, observation
@@ -62,6 +63,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--lang=zh-CN",  # dates in the forms as people here read them
 ]
 #: the simulated patients' 身份证 region, and the region of the cards posted here
 SIM_CARD_REGION = "140288"
@@ -69,6 +71,7 @@ OWN_CARD_REGION = "140287"
 LINKED = "mrhub.patient.identity-linked.v1"
 FHIR = "application/fhir+json"
 WIDTH = 1280
+MAX_HEIGHT = 1600
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ class Site:
     merged: tuple[str, str]
     #: patients known to A only, to B only, to both
     patients: dict[str, Patient]
+    #: a simulated patient whose order at one hospital was recognised on another's result:
+    #: (master patient id, the ordering hospital, the hospital of the result)
+    recognised: tuple[str, str, str]
     console_log: Path
     #: every URL the browser asked for, from every page of the module
     requests: list[str] = field(default_factory=list)
@@ -245,20 +251,38 @@ def sign_in(page: Any, person: Person) -> None:
     page.wait_for_url(lambda url: not url.endswith("/login"))
 
 
-def shoot(page: Any, name: str, *, full: bool = True) -> None:
+def shoot(page: Any, name: str) -> None:
     """Save a screenshot of the page as ``$MRHUB_SCREENSHOTS/<name>.png`` (when set):
-    1280 px wide, the whole page up to 1800 px high."""
+    1280 px wide, the page down to its footer (at most 1600 px)."""
     out = os.environ.get("MRHUB_SCREENSHOTS")
     if not out:
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    height = page.evaluate("document.documentElement.scrollHeight") if full else 900
+    bottom = page.evaluate(
+        "() => { const f = document.querySelector('footer');"
+        " return f ? f.getBoundingClientRect().bottom + window.scrollY + 16"
+        " : document.documentElement.scrollHeight; }"
+    )
+    path = Path(out) / f"{name}.png"
     page.screenshot(
-        path=str(Path(out) / f"{name}.png"),
-        full_page=full,
-        clip={"x": 0, "y": 0, "width": WIDTH, "height": min(int(height), 1800)},
+        path=str(path),
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": WIDTH, "height": min(int(bottom), MAX_HEIGHT)},
         animations="disabled",
     )
+    _smaller(path)
+
+
+def _smaller(path: Path) -> None:
+    """A page's screenshot in 256 colours (a third of the size; text and charts look the
+    same), when Pillow is there."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 # ----------------------------------------------------------------------------- the hub
@@ -429,6 +453,20 @@ def _known_patient(site: Site, name: str, sex: str, hospitals: tuple[str, ...]) 
     return Patient(card, name, numbers, master)
 
 
+def _recognised_elsewhere(bootstrap: str, registry: Registry) -> tuple[str, str, str]:
+    ids = set(registry.ids)
+    for record in consume_all(bootstrap, DECISION_MADE.name):
+        d = Envelope.from_bytes(record.value).payload
+        ordering = d.get("ordering_institution")
+        if d.get("outcome") != "recognisable" or ordering not in ids:
+            continue
+        issuers = [m["institution"] for m in d.get("matches") or [] if m.get("recognisable")]
+        elsewhere = [i for i in issuers if i != ordering and i in ids]
+        if elsewhere and d.get("master_patient_id"):
+            return str(d["master_patient_id"]), str(ordering), elsewhere[0]
+    raise AssertionError("the simulation recognised no order on another hospital's result")
+
+
 def _people(region: Registry, a: str, b: str) -> dict[str, Person]:
     def pw() -> str:
         return secrets.token_urlsafe(12)
@@ -529,6 +567,7 @@ def site(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             review_pairs=[],
             merged=("", ""),
             patients={},
+            recognised=_recognised_elsewhere(bootstrap, registry),
             console_log=console_log,
         )
         site.review_pairs = [_review_pair(site, "孙秀英"), _review_pair(site, "周桂兰")]

@@ -140,6 +140,27 @@ def test_sign_in_keeps_a_strict_httponly_cookie_and_sign_out_ends_the_session(
     page.context.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the session is an encrypted cookie with no server-side state: signing out clears "
+    "the browser's copy, but a copy taken before stays valid until it expires "
+    "(MRHUB_CONSOLE__SESSION_MAX_AGE_S); docs/console.md, limits",
+)
+def test_a_cookie_copied_before_signing_out_no_longer_signs_in(site: Site, browser: Any) -> None:
+    page = open_as(browser, site, STEWARD)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "mrhub_console"]
+    page.click("header form button")  # 退出
+    page.wait_for_url(f"{site.url}/login")
+    page.context.close()
+    replay = browser.new_context()
+    replay.add_cookies([cookie])
+    again = replay.new_page()
+    again.goto(f"{site.url}/reviews")
+    signed_out = again.url == f"{site.url}/login"
+    replay.close()
+    assert signed_out
+
+
 def test_a_hospital_viewer_may_not_open_the_stewards_or_the_operations_pages(
     site: Site, browser: Any
 ) -> None:
@@ -293,6 +314,21 @@ def test_a_steward_finds_a_patient_and_undoes_a_merge(site: Site, browser: Any) 
     page.context.close()
 
 
+def test_a_steward_sees_a_patients_timeline_across_hospitals(site: Site, browser: Any) -> None:
+    """A simulated patient whose order at one hospital was recognised on another's result:
+    found by her master patient id (typed into the form), her timeline has both."""
+    master, ordering, issuer = site.recognised
+    page = open_as(browser, site, STEWARD)
+    find(page, site, "主索引", master)
+    page.wait_for_url(f"{site.url}/patient")
+    rows = page.locator("#timeline tr").all_inner_texts()
+    decisions = [r for r in rows if "互认判断" in r]
+    assert [r for r in decisions if "可互认" in r and site.hospital(ordering) in r], rows
+    assert [r for r in rows if "结果" in r and site.hospital(issuer) in r], rows
+    shoot(page, "timeline")
+    page.context.close()
+
+
 # ----------------------------------------------------------------------------- hospitals
 
 
@@ -347,6 +383,17 @@ def table_rows(page: Any) -> dict[tuple[str, str], dict[str, Decimal]]:
     return rows
 
 
+def group_rows(page: Any) -> dict[str, dict[str, Decimal]]:
+    """``#by-group``'s rows: key (a day, prefecture, institution or category) → figures."""
+    return {
+        str(tr.get_attribute("data-key")): {
+            f: number(tr.locator(f"td[data-field={f}]").inner_text())
+            for f in ("orders", "recognisable", "saving_yuan", "patients")
+        }
+        for tr in page.locator("#by-group tr[data-key]").all()
+    }
+
+
 def kpi(page: Any, name: str) -> Decimal:
     return number(page.inner_text(f"[data-testid=kpi-{name}]"))
 
@@ -390,24 +437,44 @@ def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
     assert kpi(page, "recognisable") == sum(r["recognisable"] for r in expected.values())
     assert kpi(page, "saving") == sum(r["saving_yuan"] for r in expected.values())
     assert kpi(page, "patients") >= 1
-    # the region's hospitals only
-    hospitals = [
-        tr.get_attribute("data-key") for tr in page.locator("#by-group tr[data-key]").all()
-    ]
-    assert hospitals
     # the charts drew (from the page's own script and data, nothing fetched)
     page.wait_for_function("document.querySelectorAll('canvas').length > 0")
     if who == "ty.region":
         shoot(page, "figures")
-        # the CSV says what the table says
-        href = page.get_attribute("a#csv", "href")
-        assert href is not None
-        csv_response = page.request.get(f"{site.url}{href}" if href.startswith("/") else href)
-        assert csv_response.status == 200
-        body = csv_response.body().decode("utf-8")
-        assert body.startswith("\ufeff")
-        assert list(csv.reader(io.StringIO(body.lstrip("\ufeff"))))
+
+    # per hospital: the region's hospitals only, adding up to the same totals
+    page.select_option("select#by", "institution")
+    with page.expect_navigation():
+        page.locator("form#period [type=submit]").first.click()
+    groups = group_rows(page)
+    assert groups
+    for institution in groups:
+        inst = site.registry.get(institution)
+        assert inst is not None and inst.prefecture_code in prefectures, institution
+    assert sum(g["orders"] for g in groups.values()) == kpi(page, "orders")
+
+    # the CSV export says what the table says
+    href = page.get_attribute("a#csv", "href")
+    assert href is not None and f"since={day}" in href
+    download = page.request.get(f"{site.url}{href}" if href.startswith("/") else href)
+    assert download.status == 200
+    assert "attachment" in download.headers["content-disposition"]
+    body = download.body().decode("utf-8")
+    assert body.startswith("\ufeff")  # so that a spreadsheet reads it as UTF-8
+    header, *lines = list(csv.reader(io.StringIO(body.removeprefix("\ufeff"))))
+    from_csv = {
+        line[0]: {
+            f: number(line[header.index(f)]) for f in ("orders", "recognisable", "saving_yuan")
+        }
+        for line in lines
+        if line[0] != "all"
+    }
+    assert from_csv == {
+        k: {f: v[f] for f in ("orders", "recognisable", "saving_yuan")} for k, v in groups.items()
+    }
+    if who == "ty.region":
         goto(page, site, "/reasons")
+        assert page.locator("#reasons-not-recognised tr").count() > 1
         page.wait_for_selector("#fix-hr, #fix-catalog")
         shoot(page, "reasons")
     page.context.close()
@@ -416,12 +483,19 @@ def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
 def test_a_hospital_viewer_sees_its_own_hospitals_figures_only(site: Site, browser: Any) -> None:
     page = open_as(browser, site, "b.hospital")
     day = datetime.now(UTC).date().isoformat()
+    page.select_option("select#by", "institution")
     choose_period(page, day, day)
-    page.wait_for_selector("[data-testid=kpi-orders]")
+    groups = group_rows(page)
+    assert set(groups) == {site.b}
+    assert groups[site.b]["orders"] == kpi(page, "orders") > 0
     text = page.inner_text("main")
     others = [site.hospital(i) for i in site.registry.ids if i != site.b]
     assert not [name for name in others if name in text]
     shoot(page, "hospital-figures")
+    # another hospital's figures are not reached by asking for them either
+    download = page.request.get(f"{site.url}/figures.csv?since={day}&until={day}&by=institution")
+    lines = download.body().decode("utf-8").removeprefix("\ufeff").splitlines()
+    assert {line.split(",")[0] for line in lines[1:]} <= {site.b, "all"}
     page.context.close()
 
 
@@ -432,13 +506,18 @@ def test_operations_show_each_service_and_one_that_is_down(site: Site, browser: 
     page = open_as(browser, site, STEWARD)
     goto(page, site, "/ops")
     page.wait_for_selector("#services tr[data-service]")
-    services = {
-        str(tr.get_attribute("data-service")): tr.inner_text()
+    states = {
+        str(tr.get_attribute("data-service")): str(tr.get_attribute("data-state"))
         for tr in page.locator("#services tr[data-service]").all()
     }
-    assert len(services) >= 4, services
-    imaging = [text for name, text in services.items() if "imaging" in name]
-    assert imaging, services
+    # the hub's three services answer ready; its imaging index is not running here
+    assert states == {
+        "ingest": "ready",
+        "patient_index": "ready",
+        "recognition": "ready",
+        "imaging": "down",
+    }
+    assert "无响应" in page.inner_text("#services tr[data-service=imaging]")
     shoot(page, "ops")
     page.context.close()
 
