@@ -277,6 +277,10 @@ def test_a_steward_finds_a_patient_and_undoes_a_merge(site: Site, browser: Any) 
     page = open_as(browser, site, STEWARD)
     goto(page, site, "/patients")
     shoot(page, "find")
+    # a mistyped 身份证 (its check character wrong) is said to be wrong, not "not found"
+    typo = merged_source.card[:-1] + ("1" if merged_source.card[-1] != "1" else "2")
+    find(page, site, "身份证", typo)
+    assert "校验" in page.inner_text("#find-error")
     find(page, site, "身份证", merged_source.card)
     page.wait_for_url(f"{site.url}/patient")
     # the surviving master, which took the other in
