@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,8 @@ class Site:
     #: (master patient id, the ordering hospital, the hospital of the result)
     recognised: tuple[str, str, str]
     console_log: Path
+    #: the UTC day the simulation started: the figures' period is from it to today
+    first_day: date
     #: every URL the browser asked for, from every page of the module
     requests: list[str] = field(default_factory=list)
     setup_s: float = 0.0
@@ -544,6 +546,7 @@ def site(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         url = f"http://127.0.0.1:{port}"
         harness.wait_ready(console_proc, f"{url}/readyz", deadline_s=120, log_path=console_log)
 
+        first_day = datetime.now(UTC).date()
         summary = json.loads(
             _cli(
                 "simulate", "run", "--dir", str(region_dir), "--patients", "80", "--days", "1",
@@ -569,6 +572,7 @@ def site(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             patients={},
             recognised=_recognised_elsewhere(bootstrap, registry),
             console_log=console_log,
+            first_day=first_day,
         )
         site.review_pairs = [_review_pair(site, "孙秀英"), _review_pair(site, "周桂兰")]
         x = _known_patient(site, "郑国强", "male", (a,))

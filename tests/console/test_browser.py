@@ -417,15 +417,14 @@ def choose_period(page: Any, since: str, until: str) -> None:
 def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
     site: Site, browser: Any, who: str, prefectures: tuple[str, ...]
 ) -> None:
-    today = datetime.now(UTC).date()
-    day = today.isoformat()
+    since, until = site.first_day, datetime.now(UTC).date()  # one day, or two at midnight
     page = open_as(browser, site, who)
     goto(page, site, "/figures")
-    choose_period(page, day, day)
-    assert f"since={day}" in page.url and f"until={day}" in page.url
+    choose_period(page, since.isoformat(), until.isoformat())
+    assert f"since={since}" in page.url and f"until={until}" in page.url
     page.wait_for_selector("table#by-region-category")
     shown = table_rows(page)
-    report = mrhub_report(site, today, today)
+    report = mrhub_report(site, since, until)
     expected = {
         (r["region"], r["category"]): {
             "orders": Decimal(r["orders"]),
@@ -459,7 +458,7 @@ def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
 
     # the CSV export says what the table says
     href = page.get_attribute("a#csv", "href")
-    assert href is not None and f"since={day}" in href
+    assert href is not None and f"since={since}" in href
     download = page.request.get(f"{site.url}{href}" if href.startswith("/") else href)
     assert download.status == 200
     assert "attachment" in download.headers["content-disposition"]
@@ -486,9 +485,9 @@ def test_a_region_viewer_sees_the_figures_mrhub_report_prints(
 
 def test_a_hospital_viewer_sees_its_own_hospitals_figures_only(site: Site, browser: Any) -> None:
     page = open_as(browser, site, "b.hospital")
-    day = datetime.now(UTC).date().isoformat()
+    since, until = site.first_day.isoformat(), datetime.now(UTC).date().isoformat()
     page.select_option("select#by", "institution")
-    choose_period(page, day, day)
+    choose_period(page, since, until)
     groups = group_rows(page)
     assert set(groups) == {site.b}
     assert groups[site.b]["orders"] == kpi(page, "orders") > 0
@@ -497,7 +496,9 @@ def test_a_hospital_viewer_sees_its_own_hospitals_figures_only(site: Site, brows
     assert not [name for name in others if name in text]
     shoot(page, "hospital-figures")
     # another hospital's figures are not reached by asking for them either
-    download = page.request.get(f"{site.url}/figures.csv?since={day}&until={day}&by=institution")
+    download = page.request.get(
+        f"{site.url}/figures.csv?since={since}&until={until}&by=institution"
+    )
     lines = download.body().decode("utf-8").removeprefix("\ufeff").splitlines()
     assert {line.split(",")[0] for line in lines[1:]} <= {site.b, "all"}
     page.context.close()
