@@ -114,7 +114,8 @@ def test_sign_in_keeps_a_strict_httponly_cookie_and_sign_out_ends_the_session(
     shoot(page, "login")
     page.fill("#username", STEWARD)
     page.fill("#password", "not the password")
-    page.click("#sign-in")
+    with page.expect_navigation():
+        page.click("#sign-in")
     assert "用户名或密码不正确" in page.inner_text("main")
     assert page.context.cookies() == [] or all(
         c["name"] != "mrhub_console" or not c["value"] for c in page.context.cookies()
@@ -236,7 +237,8 @@ def test_a_steward_confirms_one_review_and_rejects_another(site: Site, browser: 
     assert {h for h in hospitals if h in left} | {h for h in hospitals if h in right} == hospitals
     shoot(page, "review")
     fill_reason(page, "button#confirm", "电话核实：同一人，地址已变更")
-    page.click("button#confirm")
+    with page.expect_navigation():
+        page.click("button#confirm")
     page.wait_for_url(f"{site.url}/reviews")
     said = notice(page)
     assert "已确认" in said
@@ -256,7 +258,8 @@ def test_a_steward_confirms_one_review_and_rejects_another(site: Site, browser: 
     review_row(page, "周桂兰").locator("button#open-review").click()
     page.wait_for_url(f"{site.url}/review")
     fill_reason(page, "button#reject", "出生地不同，非同一人")
-    page.click("button#reject")
+    with page.expect_navigation():
+        page.click("button#reject")
     page.wait_for_url(f"{site.url}/reviews")
     said = notice(page)
     rejected = event_of(site, "review-rejected", to_reject["master_patient_id"], command_in=said)
@@ -293,7 +296,8 @@ def test_a_steward_finds_a_patient_and_undoes_a_merge(site: Site, browser: Any) 
     shoot(page, "patient")
 
     fill_reason(page, "button#unmerge", "两人为兄弟，非同一人")
-    page.click("button#unmerge")
+    with page.expect_navigation():
+        page.click("button#unmerge")
     said = notice(page)
     unmerged = event_of(site, "unmerged", source, command_in=said)
     assert unmerged.payload["previous_master_patient_id"] == target
