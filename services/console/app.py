@@ -93,7 +93,7 @@ async def _headers(
         status = getattr(locals().get("response"), "status", 500)
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        ctx.requests.labels(name, request.method, str(status)).inc()
+        ctx.requests.labels(name, request.method, f"{str(status)[0]}xx").inc()
         log.info(
             "console request",
             extra={"route": name, "method": request.method, "status": status,
@@ -291,8 +291,8 @@ def create_app(settings: Settings) -> web.Application:
         metrics=registry,
         requests=Counter(
             "mrhub_console_requests_total",
-            "Console requests by route, method and status.",
-            ["route", "method", "status"],
+            "Console requests by route, method and status class.",
+            ["route", "method", "status_class"],
             registry=registry,
         ),
     )
