@@ -723,6 +723,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "probability": decision.evidence.get("probability"),
                 "parts": decision.evidence.get("parts", {}),
                 "queued_at": utcnow().isoformat(),
+                # the two records compared, for the steward's side-by-side (the API masks
+                # their identifiers); the candidate's best view, as decide() scored it
+                "person": header["person"],
+                "candidate_person": best_view(person, finished, decision.master_id),
             }
             reviews[key] = _dumps(queue)
             review = LinkEvent(
@@ -735,6 +739,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             await publish_link(
                 event, review, env_doc.get("trace_id", ""), env_doc.get("source", "")
             )
+
+    def best_view(person: Any, finished: dict[str, Any], mid: str) -> dict[str, Any] | None:
+        """The view of master ``mid`` among the gathered candidates that scores highest."""
+        views = [c["person"] for c in finished["candidates"] if c["master_patient_id"] == mid]
+        if not views:
+            return None
+        best: dict[str, Any] = max(
+            views, key=lambda v: matching.score(person, person_from_json(v), rules).total
+        )
+        return best
 
     async def review_decision(event: Any, key: bytes, msg: dict[str, Any]) -> None:
         """A data steward confirms (merge) or rejects (never offer again) a possible match;
