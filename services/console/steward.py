@@ -499,9 +499,11 @@ async def _master(ctx: Console, user: User, master: str) -> dict[str, Any] | Non
 
 async def _timeline(ctx: Console, master: str, related: list[str]) -> Timeline:
     bootstrap = ctx.settings.kafka.bootstrap_servers
-    if not bootstrap:
+    if not bootstrap and "timeline_reader" not in ctx.extra:
         return Timeline(truncated=True)
-    return await asyncio.to_thread(read_timeline, bootstrap, master, related)
+    reader = ctx.extra.get("timeline_reader", read_timeline)  # tests put a fake here
+    timeline: Timeline = await asyncio.to_thread(reader, bootstrap, master, related)
+    return timeline
 
 
 def _related(view: dict[str, Any]) -> list[str]:
@@ -545,7 +547,7 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
                 "surviving_master_patient_id": master, "merged_from": [], "records": 0,
                 "history": []}  # fmt: skip
     survivor = view.get("surviving_master_patient_id") or master
-    timeline = await _timeline(ctx, survivor, _related(view))
+    timeline = await _timeline(ctx, survivor, [m for m in _related(view) if m != survivor])
     if user.role == "hospital":
         timeline = timeline.for_institution(user.scope)
         if not timeline.entries:
