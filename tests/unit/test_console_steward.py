@@ -602,3 +602,40 @@ def test_the_timeline_keeps_the_latest_per_record_and_follows_records_that_moved
     assert [e.key for e in fold(messages, b)] == ["r2"]
     t = Timeline(entries)
     assert [e.key for e in t.for_institution(OTHER).entries] == ["o1", "s1"]
+
+
+async def test_a_review_queued_before_records_were_kept_still_opens(env: Env) -> None:
+    legacy = review_item()
+    for key in ("person", "candidate_person", "levels"):
+        del legacy[key]
+    env.index.reviews = [legacy]
+    await sign_in(env.client, "li")
+    page = await (await env.client.get("/reviews")).text()
+    assert MASTER in page and CANDIDATE in page
+    token = csrf(page)
+    review = await env.client.post(
+        "/reviews/open", data={"csrf_token": token, "review_id": REVIEW_ID}
+    )
+    text = await review.text()
+    assert review.status == 200 and "未保存记录内容" in text and "+5.20" in text
+
+
+def test_the_patient_index_masks_what_a_review_shows() -> None:
+    from services.patient_index.normalize import person_from_subject
+    from services.patient_index.web import mask, public_person
+
+    assert mask("11010519491231002X", head=4) == "1101**********002X"
+    assert mask("13812345678", head=3) == "138****5678"
+    assert mask("MZ2024001") == "*****4001"
+    assert mask("A12") == "A**"
+    person = person_from_subject(
+        [
+            {"system": "urn:oid:2.16.156.10011.1.3", "value": "11010519491231002X"},
+            {"system": "urn:oid:2.16.156.10011.1.11", "value": "MZ2024001"},
+        ],
+        OWN,
+    )
+    shown = public_person(person)
+    assert [i["value"] for i in shown["identifiers"]] == ["1101**********002X", "*****4001"]
+    assert "11010519491231002X" not in str(shown) and "MZ2024001" not in str(shown)
+    assert shown["birth_date"] == "1949-12-31" and shown["institution"] == OWN
