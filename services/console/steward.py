@@ -516,6 +516,32 @@ def _related(view: dict[str, Any]) -> list[str]:
     return sorted(m for m in out if isinstance(m, str) and _MASTER.match(m))
 
 
+#: How strongly an identity is held (the patient index's ranks, services/patient_index).
+RANK_NAMES = {
+    100: "数据管理员确认",
+    50: "身份证（已校验）",
+    40: "证件（已校验）",
+    30: "医保卡 / 健康卡",
+    20: "概率匹配自动关联",
+    10: "院内号码",
+    5: "其他号码",
+}
+
+
+def _identities(view: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for i in view.get("identities") or []:
+        rank = i.get("rank")
+        rows.append({
+            "kind": KIND_LABELS.get(i.get("kind") or "", i.get("kind") or "未知"),
+            "held": RANK_NAMES.get(rank, str(rank)) if isinstance(rank, int) else "未知",
+            "records": i.get("records", 0),
+            "elsewhere": i.get("master_patient_id")
+            if i.get("master_patient_id") not in (None, view.get("master_patient_id")) else "",
+        })  # fmt: skip
+    return rows
+
+
 def _history(view: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [
         {"at": (h.get("at") or "")[:19].replace("T", " "),
@@ -566,6 +592,7 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
     ]
     return await render(request, "patient.html", {
         "m": view, "master": master, "survivor": survivor, "history": _history(view),
+        "identities": _identities(view), "identities_total": view.get("identities_total"),
         "timeline": rows, "truncated": timeline.truncated, "scan": SCAN_MESSAGES,
         "steward": user.role == "steward", "kinds": IDENTIFIER_KINDS_NO_MASTER,
         "notice": await _flash(request), "error": await _flash(request, SESSION_ERROR),

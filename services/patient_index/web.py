@@ -321,11 +321,30 @@ def install(ctx: Context) -> None:
                 view = ctx.master_view(master_patient_id, True)
                 if view is None:
                     return outcome(404, "not-found", "no such master patient id")
+                try:
+                    view["identities"] = [
+                        await identity_of(request, i) for i in view.get("identities") or []
+                    ]
+                except RuntimeError as exc:
+                    return outcome(503, "transient", str(exc))
                 return _json(view)
 
             return await routed(request, "masters", master_patient_id, local)
 
     page(app, "/patients/{master_patient_id}", "steward", "internal")(PatientView)
+
+    async def identity_of(request: Request, item: dict[str, Any]) -> dict[str, Any]:
+        """One identity of a master as a steward sees it: its kind, how strongly it is held
+        (rank: 100 a steward's link, 50 a verified 身份证 … 10 a hospital number), the master
+        it names now and how many of the master's records it anchors — never its value."""
+        key = str(item["key"])
+        state = await owned(request, "identities", key, f"/internal/identities/{key}")
+        return {
+            "kind": (state or {}).get("kind"),
+            "rank": (state or {}).get("rank"),
+            "master_patient_id": (state or {}).get("master_patient_id"),
+            "records": item.get("records", 0),
+        }
 
     def table_view(name: str, table: Any, missing: Any) -> type:
         """Internal: one key's raw value in ``table``, answered at the key's owner."""

@@ -190,6 +190,8 @@ async def test_a_steward_confirms_and_rejects_reviews_through_the_console(
 
     patient = await eventually(both_hospitals, "both hospitals' results on the survivor")
     assert survivor in patient and command_id in patient and "电话回访确认为同一人" in patient
+    identities = patient[patient.index('id="identities"') : patient.index('id="history"')]
+    assert "院内号" in identities and "院内号码" in identities
 
 
 async def test_a_hospital_viewer_finds_only_its_own_patients(

@@ -120,6 +120,11 @@ class FakeIndex:
                     "surviving_master_patient_id": MASTER if mid in (MASTER, CANDIDATE) else mid,
                     "merged_from": [CANDIDATE] if mid == MASTER else [],
                     "records": 3,
+                    "identities": [
+                        {"kind": "id_card", "rank": 50, "master_patient_id": mid, "records": 2},
+                        {"kind": "local", "rank": 10, "master_patient_id": UNKNOWN, "records": 1},
+                    ],
+                    "identities_total": 2,
                     "history": [
                         {
                             "at": "2026-12-01T08:00:00+00:00",
@@ -439,6 +444,9 @@ async def test_a_steward_finds_a_patient_by_a_hospital_number_and_sees_history_a
     assert timeline == ["decision", "result", "result"]  # newest first
     assert "可互认" in page and "3 天前的结果可互认" in page
     assert 'id="unmerge"' in page and 'id="merge-target"' in page
+    identities = re.findall(r"<tr><td>(身份证|院内号)</td><td>(.*?)</td>", page)
+    assert identities == [("身份证", "身份证（已校验）"), ("院内号", "院内号码")]
+    assert f'现已指向 <span class="mono">{UNKNOWN}</span>' in page
     assert env.timeline_calls == [(MASTER, [CANDIDATE])]
     view = env.audit.views[-1]
     assert view["page"] == "patient" and view["master_patient_id"] == MASTER
