@@ -33,6 +33,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -56,6 +57,22 @@ SCAN_TIMEOUT_S = 10.0
 KIND_NAMES = {"result": "结果", "order": "申请单", "decision": "互认判断", "study": "影像检查"}
 CATEGORY_NAMES = {"lab": "检验", "imaging": "检查（影像）", "exam": "检查", "other": "其他"}
 OUTCOME_NAMES = {"recognisable": "可互认", "not-recognisable": "不可互认"}
+STATUS_NAMES = {
+    "final": "已出报告", "preliminary": "初步报告", "amended": "已修订", "corrected": "已更正",
+    "registered": "已登记", "active": "有效", "completed": "已完成", "available": "可调阅",
+}  # fmt: skip
+#: Times are shown in China Standard Time.
+CST = timezone(timedelta(hours=8))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant(at: str) -> datetime:
+    """An ISO time as an aware instant (a naive one read as UTC; unreadable: the epoch)."""
+    try:
+        t = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return _EPOCH
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,16 @@ class TimelineEntry:
     @property
     def category_name(self) -> str:
         return CATEGORY_NAMES.get(self.category, self.category)
+
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES.get(self.status, self.status)
+
+    @property
+    def shown_at(self) -> str:
+        """The time in China Standard Time, to the minute ("" when unknown)."""
+        t = _instant(self.at)
+        return "" if t == _EPOCH else t.astimezone(CST).strftime("%Y-%m-%d %H:%M")
 
     @property
     def outcome_name(self) -> str:
@@ -193,7 +220,7 @@ def fold(
         made = _entry(kind, payload)
         if made is not None:
             out.append(made[1])
-    out.sort(key=lambda e: (e.at, e.kind, e.key), reverse=True)
+    out.sort(key=lambda e: (_instant(e.at), e.kind, e.key), reverse=True)
     return out
 
 

@@ -605,7 +605,7 @@ def test_the_timeline_keeps_the_latest_per_record_and_follows_records_that_moved
         ("result", "r1"),
         ("study", "s1"),
     ]
-    assert entries[0].outcome == "recognisable"
+    assert entries[0].outcome == "recognisable" and entries[1].shown_at == "2026-11-20 08:30"
     assert entries[1].item == "钾" and entries[2].item == "CT"
     assert [e.key for e in fold(messages, b)] == ["r2"]
     t = Timeline(entries)
@@ -647,3 +647,18 @@ def test_the_patient_index_masks_what_a_review_shows() -> None:
     assert [i["value"] for i in shown["identifiers"]] == ["1101**********002X", "*****4001"]
     assert "11010519491231002X" not in str(shown) and "MZ2024001" not in str(shown)
     assert shown["birth_date"] == "1949-12-31" and shown["institution"] == OWN
+
+
+def test_the_timeline_orders_by_instant_whatever_the_offsets() -> None:
+    def result(rid: str, at: str) -> tuple[str, float, int, dict[str, Any]]:
+        payload = {"record_id": rid, "master_patient_id": MASTER, "change": "new",
+                   "institution": OWN, "performed_at": at}  # fmt: skip
+        return ("result", 1.0, 1, payload)
+
+    # 01:00 UTC is 09:00 in Beijing: later than 08:30+08:00, though it sorts first as text
+    entries = fold([result("a", "2026-11-20T08:30:00+08:00"), result("b", "2026-11-20T01:00:00Z")],
+                   MASTER)  # fmt: skip
+    assert [(e.key, e.shown_at) for e in entries] == [
+        ("b", "2026-11-20 09:00"),
+        ("a", "2026-11-20 08:30"),
+    ]
