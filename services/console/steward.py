@@ -38,7 +38,8 @@ shows only its own institution's records; a patient with no record of its instit
 Stable element ids for browser tests: ``#reviews tr.review``, ``button#open-review``,
 ``#left`` / ``#right`` (the side-by-side records), ``#evidence tr``, ``#probability``,
 ``textarea#reason``, ``button#confirm``, ``button#reject``, ``.notice``, ``#history tr``,
-``#status``, ``button#unmerge``, ``form#merge`` (``input#merge-target``), ``form#link``,
+``#status``, ``#identities tr``, ``button#unmerge`` (in ``form#unmerge-form``,
+``select#unmerge-source``), ``form#merge`` (``input#merge-target``), ``form#link``,
 ``form#unlink``, ``form#find`` (``select#kind``, ``input#value``, ``input#institution``,
 ``button#find-patient``), ``#find-error``, ``#timeline tr``, ``#timeline-truncated``.
 
@@ -573,7 +574,13 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
                 "surviving_master_patient_id": master, "merged_from": [], "records": 0,
                 "history": []}  # fmt: skip
     survivor = view.get("surviving_master_patient_id") or master
-    timeline = await _timeline(ctx, survivor, [m for m in _related(view) if m != survivor])
+    try:
+        timeline = await _timeline(ctx, survivor, [m for m in _related(view) if m != survivor])
+    except Exception as exc:  # Kafka unreachable: say so rather than "no records"
+        log.warning("timeline not read", extra={"error": type(exc).__name__})
+        return await render_error(
+            request, 503, "暂时无法读取患者的记录（消息服务不可用），请稍后重试。"
+        )
     if user.role == "hospital":
         timeline = timeline.for_institution(user.scope)
         if not timeline.entries:

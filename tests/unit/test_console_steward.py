@@ -662,3 +662,14 @@ def test_the_timeline_orders_by_instant_whatever_the_offsets() -> None:
         ("b", "2026-11-20 09:00"),
         ("a", "2026-11-20 08:30"),
     ]
+
+
+async def test_an_unreadable_timeline_is_an_error_not_an_empty_patient(env: Env) -> None:
+    def broken(bootstrap: str, master: str, related: list[str]) -> Timeline:
+        raise OSError("no broker")
+
+    env.client.app[CONSOLE].extra["timeline_reader"] = broken
+    env.index.known["urn:oid:2.16.156.10011.1.3|11010519491231002X"] = MASTER
+    await sign_in(env.client, "hosp")
+    answer = await _find(env, kind="id_card", value="11010519491231002X")
+    assert answer.status == 503 and "未找到" not in await answer.text()
