@@ -17,7 +17,7 @@ def test_people_added_after_start_are_counted_without_a_sign_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("services.console.auth.time.monotonic", lambda: clock[0])
     path = tmp_path / "console-users.yaml"
     users = auth.Users(path)
     assert len(users) == 0  # no file yet: not ready

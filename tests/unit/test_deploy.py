@@ -199,11 +199,11 @@ def test_the_compose_console_is_reachable_from_this_machine_only_with_its_secret
         "MRHUB_RECOGNITION__URL",
     ):
         assert env[var] in hosts, f"{var}={env[var]}"
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as patched:
         for key in [k for k in os.environ if k.startswith("MRHUB_")]:
-            m.delenv(key)
+            patched.delenv(key)
         for key, value in env.items():
-            m.setenv(key, value)
+            patched.setenv(key, value)
         settings = Settings()
     assert settings.console.secure_cookies is False  # over http://127.0.0.1:8084
     assert settings.console.port == 8084
