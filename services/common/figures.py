@@ -190,8 +190,9 @@ class Tally:
         return len(self.patient_ids)
 
 
-def _value(dim: Dimension, inst_id: str, day: date | None, category: str | None,
-           directory: Directory) -> str:  # fmt: skip
+def _value(
+    dim: Dimension, inst_id: str, day: date | None, category: str | None, directory: Directory
+) -> str:
     if dim == "day":
         return day.isoformat() if day is not None else UNKNOWN
     if dim == "institution":
