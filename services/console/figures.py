@@ -163,11 +163,18 @@ class Source(Protocol):
 class KafkaSource:
     """The two topics, read with one kafka-python consumer kept between reads."""
 
-    TOPICS: Final = (DECISION_MADE.name, FEEDBACK_RECORDED.name)
-
-    def __init__(self, bootstrap: str, *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        decisions: str = DECISION_MADE.name,
+        feedback: str = FEEDBACK_RECORDED.name,
+        timeout_s: float = 120.0,
+    ) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
+        #: the topic read → the topic it stands for (tests read their own topics)
+        self.topics = {decisions: DECISION_MADE.name, feedback: FEEDBACK_RECORDED.name}
         self._consumer: Any = None
 
     def _open(self) -> Any:
@@ -193,7 +200,7 @@ class KafkaSource:
         consumer = self._open()
         tps = [
             TopicPartition(topic, p)
-            for topic in self.TOPICS
+            for topic in self.topics
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         if not tps:
@@ -232,7 +239,8 @@ class KafkaSource:
                             },
                         )
                         continue
-                    yield tp.topic, {**env.payload, "recorded_at": env.occurred_at.isoformat()}
+                    payload = {**env.payload, "recorded_at": env.occurred_at.isoformat()}
+                    yield self.topics[tp.topic], payload
             # transaction markers take offsets too: compare positions, not record counts
             remaining = {tp for tp in remaining if consumer.position(tp) < end[tps[tp]]}
         if remaining:

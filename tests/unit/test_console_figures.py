@@ -19,7 +19,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as MetricCounter
 
+from services.common.figures import count
 from services.common.institutions import Registry
 from services.common.settings import Settings
 from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED
@@ -702,3 +705,60 @@ async def test_reasons_page_shows_the_registry_qualification_and_its_expiry(
     assert "灵丘县人民医院" in text
     assert "2025-12-31" in text  # its lab qualification, with the day it expired
     assert 'href="#fix-hr"' in text
+
+
+@pytest.mark.integration
+def test_the_cache_reads_committed_data_from_a_real_broker(bootstrap: str, unique: str) -> None:
+    """KafkaSource on a real broker: committed records only (an aborted transaction's are
+    never counted), the figures equal report's for the same records, a refresh with nothing
+    new reads nothing, and a new record is read on its own."""
+    from services.common.envelope import Envelope
+    from services.console.figures import KafkaSource
+    from tests.support import create_topic, produce, produce_aborted
+
+    decisions_topic, feedback_topic = f"test-decisions-{unique}", f"test-feedback-{unique}"
+    create_topic(bootstrap, decisions_topic, 2)
+    create_topic(bootstrap, feedback_topic, 1)
+
+    def envelope(payload: dict[str, Any], kind: str) -> tuple[bytes, bytes]:
+        at = payload.get("recorded_at") or payload["decided_at"]
+        body = {k: v for k, v in payload.items() if k != "recorded_at"}
+        env = Envelope(
+            event_type=kind,
+            source=payload.get("institution") or TAIYUAN_L2,
+            occurred_at=datetime.fromisoformat(at),
+            payload=body,
+        )
+        return str(body.get("master_patient_id")).encode(), env.to_bytes()
+
+    decisions, fb = random_events(seed=13)
+    produce(bootstrap, decisions_topic, (envelope(d, "decision") for d in decisions))
+    produce(bootstrap, feedback_topic, (envelope(f, "feedback") for f in fb))
+    ghost = decision("ghost", TAIYUAN_L2, "recognisable", saving=1000)
+    produce_aborted(bootstrap, decisions_topic, [envelope(ghost, "decision")])
+
+    reads = MetricCounter("reads", "test", ["outcome"], registry=CollectorRegistry())
+    source = KafkaSource(bootstrap, decisions=decisions_topic, feedback=feedback_topic)
+    cache = FiguresCache(lambda: source, reads=reads)
+    try:
+        cache.refresh()
+        got = count(cache.facts.latest.values(), cache.facts.feedback, REGISTRY)
+        want = summarise(decisions, fb, REGISTRY)
+        assert [(t.key, t.orders, t.recognisable, t.saving_yuan, t.reordered) for t in got] == [
+            ((r.region, r.category), r.orders, r.recognisable, r.saving_yuan, r.reordered)
+            for r in want
+        ]
+        assert "ghost" not in cache.facts.latest.orders
+        cache.refresh()
+        assert reads.labels("unchanged")._value.get() == 1
+        produce(
+            bootstrap,
+            decisions_topic,
+            [envelope(decision("late", DATONG_L2, "recognisable", saving=5), "decision")],
+        )
+        before = len(cache.facts.latest)
+        cache.refresh()
+        assert len(cache.facts.latest) == before + 1
+        assert reads.labels("read")._value.get() == 2
+    finally:
+        cache.close()
