@@ -10,16 +10,23 @@ doctors placed and the feedback they gave, a steward everything.
 **Where the data comes from, and what it costs.** :class:`FiguresCache` reads
 ``mrhub.recognition.decision-made.v1`` and ``mrhub.recognition.feedback-recorded.v1`` like
 ``mrhub report`` (kafka-python, ``read_committed``, no consumer group, nothing committed),
-in one worker thread (never on the event loop; at most one read at a time, page views queue
-behind it). It keeps the positions it has read to: a page view first asks the topics' end
-offsets (one ListOffsets call); when nothing is new that is all it reads, otherwise it reads
-only the new records. What it keeps is compact: the latest :class:`OrderFact` of each order
-(~300 bytes: ids, day, category, outcome, saving, master patient id, the failing rule) and
-one :class:`FeedbackFact` per distinct feedback — never whole payloads (no matches, no
-FHIR). A million decided orders is about 300 MB; at :data:`MAX_ORDERS` orders the cache
-stops taking new orders and the pages say the figures are incomplete (``mrhub report``,
-which reads everything each time, still has them). Counting runs in the same thread over the
-kept facts: about a second per million orders per page view. A failed read (broker down,
+and ``mrhub.results.order-placed.v1`` for one thing the decisions do not carry: the ordered
+codes of the orders that map to no catalogue item (the reasons page's ``#fix-catalog``). It
+reads in one worker thread (never on the event loop; at most one read at a time, page views
+queue behind it) and keeps the positions it has read to: a page view first asks the topics'
+end offsets (one ListOffsets call); when nothing is new that is all it reads, otherwise it
+reads only the new records. The first view after a start reads the three topics whole (the
+orders topic carries each order's FHIR resource: it is the largest of the three).
+
+What it keeps is compact: the latest :class:`OrderFact` of each order (~300 bytes: ids,
+day, category, outcome, saving, master patient id, the failing rule), one
+:class:`FeedbackFact` per distinct feedback, and codes (at most five, each set of codes
+kept once) only for orders whose decision is ``not-in-catalog`` or has not been read yet
+(at most :data:`MAX_PENDING_CODES` of those) — never whole payloads (no matches, no FHIR).
+A million decided orders is about 300 MB; at :data:`MAX_ORDERS` orders the cache stops
+taking new orders and the pages say the figures are incomplete (``mrhub report``, which
+reads everything each time, still has them). Counting runs in the same thread over the kept
+facts: about a second per million orders per page view. A failed read (broker down,
 timeout) drops what was kept and starts again from the beginning at the next view.
 """
 
@@ -34,7 +41,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any, Final, Protocol, TypeVar
@@ -57,7 +64,7 @@ from services.common.figures import (
     totals,
 )
 from services.common.institutions import Registry, ReloadingRegistry
-from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED
+from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED, ORDER_PLACED
 from services.console import auth
 from services.console.app import CONSOLE, render, render_error
 from services.console.auth import User
@@ -83,6 +90,11 @@ MAX_ORDERS: Final = 3_000_000
 PAGE_TIMEOUT_S: Final = 60.0
 
 TopicPartitionKey = tuple[str, int]
+#: an order's codes, ``system|code|display`` (at most :data:`MAX_CODES` of them)
+Codes = tuple[str, ...]
+MAX_CODES: Final = 5
+#: Orders read but not decided yet whose codes are kept, waiting for their decision.
+MAX_PENDING_CODES: Final = 200_000
 
 #: The recognition reasons (services/recognition/decision.py REASONS), in Chinese.
 REASON_NAMES: Final[Mapping[str, str]] = {
@@ -161,7 +173,7 @@ class Source(Protocol):
 
 
 class KafkaSource:
-    """The two topics, read with one kafka-python consumer kept between reads."""
+    """The three topics, read with one kafka-python consumer kept between reads."""
 
     def __init__(
         self,
@@ -169,12 +181,17 @@ class KafkaSource:
         *,
         decisions: str = DECISION_MADE.name,
         feedback: str = FEEDBACK_RECORDED.name,
+        orders: str = ORDER_PLACED.name,
         timeout_s: float = 120.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
         #: the topic read → the topic it stands for (tests read their own topics)
-        self.topics = {decisions: DECISION_MADE.name, feedback: FEEDBACK_RECORDED.name}
+        self.topics = {
+            decisions: DECISION_MADE.name,
+            feedback: FEEDBACK_RECORDED.name,
+            orders: ORDER_PLACED.name,
+        }
         self._consumer: Any = None
 
     def _open(self) -> Any:
@@ -259,6 +276,8 @@ class Facts:
     latest: Latest
     feedback: list[FeedbackFact]
     complete: bool
+    #: the ordered codes of each order whose latest decision is ``not-in-catalog``
+    uncatalogued: dict[str, Codes] = field(default_factory=dict)
 
 
 class FiguresCache:
@@ -283,6 +302,8 @@ class FiguresCache:
 
     def _reset(self) -> None:
         self.facts = Facts(Latest(), [], complete=True)
+        self._pending_codes: dict[str, Codes] = {}
+        self._codes_seen: dict[Codes, Codes] = {}  # one tuple per distinct set of codes
         self._feedback_seen: set[tuple[str, date | None]] = set()
         self.positions: dict[TopicPartitionKey, int] = {}
 
@@ -335,6 +356,15 @@ class FiguresCache:
                 self.facts.complete = False
                 return
             latest.add(fact)
+            kept = latest.orders[fact.order]
+            codes = self._pending_codes.pop(fact.order, None)
+            if kept.reason == "not-in-catalog":
+                if codes is not None:
+                    self.facts.uncatalogued[fact.order] = codes
+            else:
+                self.facts.uncatalogued.pop(fact.order, None)
+        elif topic == ORDER_PLACED.name:
+            self._fold_order(payload)
         elif topic == FEEDBACK_RECORDED.name:
             fb = feedback_fact(payload)
             if fb.feedback_id is not None:
@@ -343,6 +373,34 @@ class FiguresCache:
                     return  # a resent one on the same day is never counted again
                 self._feedback_seen.add(seen)
             self.facts.feedback.append(fb)
+
+    def _fold_order(self, payload: dict[str, Any]) -> None:
+        """Keep an order's codes only while they may be needed: until its decision, and
+        after it while that decision is ``not-in-catalog``."""
+        rid = payload.get("record_id")
+        if not isinstance(rid, str):
+            return
+        listed = tuple(
+            "|".join(
+                (
+                    str(c.get("system") or "")[:120],
+                    str(c.get("code") or "")[:60],
+                    str(c.get("display") or "")[:60],
+                )
+            )
+            for c in (payload.get("codes") or [])[:MAX_CODES]
+            if isinstance(c, dict)
+        )
+        if len(self._codes_seen) < 100_000:
+            listed = self._codes_seen.setdefault(listed, listed)
+        decided = self.facts.latest.orders.get(rid)
+        if decided is None:
+            self._pending_codes.pop(rid, None)
+            self._pending_codes[rid] = listed
+            if len(self._pending_codes) > MAX_PENDING_CODES:  # the oldest first
+                del self._pending_codes[next(iter(self._pending_codes))]
+        elif decided.reason == "not-in-catalog":
+            self.facts.uncatalogued[rid] = listed
 
     def close(self) -> None:
         source, self._source = self._source, None
@@ -655,7 +713,7 @@ def compute_reasons(
     """The ranking and the fix lists (run in the cache's thread)."""
     reasons: Counter[str] = Counter()
     hr: Counter[tuple[str | None, str | None, str | None, str | None, str | None]] = Counter()
-    catalog: Counter[tuple[str, str | None]] = Counter()
+    catalog: Counter[tuple[str, Codes | None, str | None]] = Counter()
     window: Counter[tuple[str | None, str | None, str | None, str | None]] = Counter()
     scope: Counter[tuple[str | None, str, str | None, str | None]] = Counter()
     final: Counter[tuple[str | None, str | None]] = Counter()
@@ -672,7 +730,7 @@ def compute_reasons(
         if o.reason == "issuer-not-qualified":
             hr[(o.issuer, o.item_id, o.item_name, o.category, o.rule)] += 1
         elif o.reason == "not-in-catalog":
-            catalog[(o.institution, o.catalog_version)] += 1
+            catalog[(o.institution, facts.uncatalogued.get(o.order), o.catalog_version)] += 1
         elif o.reason == "outside-window":
             m = _WINDOW.search(o.detail or "")
             window[(o.item_id, o.item_name, o.rule, m.group(1) if m else None)] += 1
@@ -735,10 +793,15 @@ def compute_reasons(
             {
                 "institution": inst,
                 "institution_name": _name(registry, inst),
+                "codes": [
+                    dict(zip(("system", "code", "display"), c.split("|", 2), strict=False))
+                    for c in codes or ()
+                ],
+                "codes_known": codes is not None,
                 "catalog_version": version or "",
                 "count": n,
             }
-            for (inst, version), n in catalog.most_common()
+            for (inst, codes, version), n in catalog.most_common()
         ],
         fix_window=[
             {

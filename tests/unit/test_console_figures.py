@@ -25,7 +25,7 @@ from prometheus_client import Counter as MetricCounter
 from services.common.figures import count
 from services.common.institutions import Registry
 from services.common.settings import Settings
-from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED
+from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED, ORDER_PLACED
 from services.console.app import CONSOLE, create_app
 from services.console.auth import hash_password
 from services.console.figures import FiguresCache
@@ -171,6 +171,21 @@ def random_events(seed: int = 20) -> tuple[list[dict[str, Any]], list[dict[str, 
     return decisions, fb
 
 
+def order(record_id: str, inst: str, *codes: tuple[str, str]) -> dict[str, Any]:
+    """An order-placed payload (what the cache keeps of it: the record id and codes)."""
+    return {
+        "change": "new",
+        "kind": "order",
+        "record_id": record_id,
+        "master_patient_id": "MP1",
+        "institution": inst,
+        "resource_type": "ServiceRequest",
+        "codes": [{"system": sys, "code": code, "display": "本院项目"} for sys, code in codes],
+        "status": "active",
+        "resource": {"resourceType": "ServiceRequest", "note": "x" * 2000},
+    }
+
+
 # ----------------------------------------------------------------------------- the source
 
 
@@ -179,7 +194,11 @@ class FakeSource:
     """The two topics as lists; counts what the cache asks."""
 
     topics: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {DECISION_MADE.name: [], FEEDBACK_RECORDED.name: []}
+        default_factory=lambda: {
+            DECISION_MADE.name: [],
+            FEEDBACK_RECORDED.name: [],
+            ORDER_PLACED.name: [],
+        }
     )
     end_calls: int = 0
     reads: list[dict[tuple[str, int], int]] = field(default_factory=list)
@@ -510,6 +529,7 @@ async def test_a_view_with_nothing_new_asks_only_the_end_offsets(console: Consol
         assert console.source.reads[-1] == {
             (DECISION_MADE.name, 0): 1,
             (FEEDBACK_RECORDED.name, 0): 0,
+            (ORDER_PLACED.name, 0): 0,
         }
         assert (p.testids["kpi-orders"], p.testids["kpi-recognisable"]) == ("2", "1")
         assert p.testids["kpi-saving"] == "35.50"
@@ -642,7 +662,15 @@ async def test_reasons_ranked_in_chinese_with_what_to_fix(console: Console) -> N
         feedback("b" * 32, DATONG_L2, "re-ordered", reason="emergency", at=AT),
         feedback("c" * 32, DATONG_L2, "re-ordered", reason="condition-changed", at=AT),
     ]
+    local = "urn:oid:2.16.156.10011.1.99"
+    orders = [
+        order("o3", DATONG_L2, (local, "XYZ-001")),  # decided not-in-catalog: its code shows
+        order("o5", DATONG_L2, (local, "CBC-LOCAL")),  # recognisable: its codes are not kept
+        order("o6", TAIYUAN_L2, (local, "TY-9")),  # another prefecture's
+    ]
+    console.source.topics[ORDER_PLACED.name].extend(orders[:1])
     feed(console, decisions, fb)
+    console.source.topics[ORDER_PLACED.name].extend(orders[1:])  # some come after their decision
     client = await console.client("datong")
     try:
         p = await page(client, "/reasons")
@@ -667,6 +695,12 @@ async def test_reasons_ranked_in_chinese_with_what_to_fix(console: Console) -> N
     assert hr[1]["count"] == "2"
     [cat] = p.tables["fix-catalog"]
     assert cat[0]["data-institution"] == DATONG_L2  # not Taiyuan's: out of scope
+    assert cat[0]["data-codes"] == "XYZ-001" and cat[1]["count"] == "1"
+    kept = console.cache.facts
+    assert kept.uncatalogued == {
+        "o3": (f"{local}|XYZ-001|本院项目",),
+        "o6": (f"{local}|TY-9|本院项目",),
+    }
     [win] = p.tables["fix-window"]
     assert (win[0]["data-item"], win[0]["data-rule"]) == ("CBC", "expired")
 
@@ -717,11 +751,13 @@ def test_the_cache_reads_committed_data_from_a_real_broker(bootstrap: str, uniqu
     from tests.support import create_topic, produce, produce_aborted
 
     decisions_topic, feedback_topic = f"test-decisions-{unique}", f"test-feedback-{unique}"
+    orders_topic = f"test-orders-{unique}"
     create_topic(bootstrap, decisions_topic, 2)
     create_topic(bootstrap, feedback_topic, 1)
+    create_topic(bootstrap, orders_topic, 2)
 
     def envelope(payload: dict[str, Any], kind: str) -> tuple[bytes, bytes]:
-        at = payload.get("recorded_at") or payload["decided_at"]
+        at = payload.get("recorded_at") or payload.get("decided_at") or AT
         body = {k: v for k, v in payload.items() if k != "recorded_at"}
         env = Envelope(
             event_type=kind,
@@ -734,11 +770,19 @@ def test_the_cache_reads_committed_data_from_a_real_broker(bootstrap: str, uniqu
     decisions, fb = random_events(seed=13)
     produce(bootstrap, decisions_topic, (envelope(d, "decision") for d in decisions))
     produce(bootstrap, feedback_topic, (envelope(f, "feedback") for f in fb))
+    uncatalogued = [d["order_record_id"] for d in decisions if d["reason"] == "not-in-catalog"]
+    produce(
+        bootstrap,
+        orders_topic,
+        (envelope(order(o, TAIYUAN_L2, ("urn:x", o)), "order") for o in uncatalogued),
+    )
     ghost = decision("ghost", TAIYUAN_L2, "recognisable", saving=1000)
     produce_aborted(bootstrap, decisions_topic, [envelope(ghost, "decision")])
 
     reads = MetricCounter("reads", "test", ["outcome"], registry=CollectorRegistry())
-    source = KafkaSource(bootstrap, decisions=decisions_topic, feedback=feedback_topic)
+    source = KafkaSource(
+        bootstrap, decisions=decisions_topic, feedback=feedback_topic, orders=orders_topic
+    )
     cache = FiguresCache(lambda: source, reads=reads)
     try:
         cache.refresh()
@@ -749,6 +793,11 @@ def test_the_cache_reads_committed_data_from_a_real_broker(bootstrap: str, uniqu
             for r in want
         ]
         assert "ghost" not in cache.facts.latest.orders
+        latest_uncatalogued = {
+            o.order for o in cache.facts.latest.values() if o.reason == "not-in-catalog"
+        }
+        assert set(cache.facts.uncatalogued) == latest_uncatalogued
+        assert all(codes[0].startswith("urn:x|o") for codes in cache.facts.uncatalogued.values())
         cache.refresh()
         assert reads.labels("unchanged")._value.get() == 1
         produce(
