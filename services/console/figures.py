@@ -146,6 +146,22 @@ CATEGORY_NAMES: Final[Mapping[str, str]] = {
     "other": "其他",
 }
 
+#: Prefecture names (GB/T 2260) of the province the hub serves; others show their code.
+PREFECTURE_NAMES: Final[Mapping[str, str]] = {
+    "140000": "山西省",
+    "140100": "太原市",
+    "140200": "大同市",
+    "140300": "阳泉市",
+    "140400": "长治市",
+    "140500": "晋城市",
+    "140600": "朔州市",
+    "140700": "晋中市",
+    "140800": "运城市",
+    "140900": "忻州市",
+    "141000": "临汾市",
+    "141100": "吕梁市",
+}
+
 BY_NAMES: Final[Mapping[str, str]] = {
     "day": "按日",
     "prefecture": "按地市",
@@ -492,8 +508,8 @@ def label_of(by: Dimension, key: str, registry: Registry | ReloadingRegistry) ->
         return inst.name if inst else "（未登记机构）"
     if by == "category":
         return CATEGORY_NAMES.get(key, key)
-    if by == "prefecture" and key == "unknown":
-        return "（未登记机构）"
+    if by == "prefecture":
+        return "（未登记机构）" if key == "unknown" else PREFECTURE_NAMES.get(key, key)
     return key
 
 
@@ -550,6 +566,7 @@ def compute(
     rc = [
         {
             "region": t.key[0],
+            "region_name": label_of("prefecture", t.key[0], registry),
             "category": t.key[1],
             "category_name": CATEGORY_NAMES.get(t.key[1], t.key[1]),
             **_row(t),
@@ -570,12 +587,17 @@ CSV_FIELDS: Final = (
 )
 
 
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
 def to_csv(figures: Figures, query: Query) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([query.by, "name", *CSV_FIELDS])
     for g in figures.groups:
-        writer.writerow([g["key"], g["label"], *(g[f] for f in CSV_FIELDS)])
+        writer.writerow([g["key"], _cell(g["label"]), *(g[f] for f in CSV_FIELDS)])
     writer.writerow(["all", "合计", *(figures.total[f] for f in CSV_FIELDS)])
     return out.getvalue()
 
@@ -607,7 +629,7 @@ def _scope_text(user: User, registry: Registry | ReloadingRegistry) -> str:
     if user.role == "hospital":
         inst = registry.get(user.scope)
         return f"本院：{inst.name if inst else user.scope}"
-    return f"辖区 {user.scope}"
+    return f"辖区 {user.scope} {PREFECTURE_NAMES.get(user.scope, '')}".rstrip()
 
 
 @auth.require("region", "hospital", "steward")
