@@ -37,7 +37,6 @@ import csv
 import io
 import logging
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -297,7 +296,7 @@ class Facts:
 
 
 class FiguresCache:
-    """The compact facts of both topics, brought up to date before each use (module docs)."""
+    """The compact facts of the topics, brought up to date before each use (module docs)."""
 
     def __init__(
         self,
@@ -313,7 +312,6 @@ class FiguresCache:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-figures")
         self._reads = reads
         self._cached = cached
-        self._owner: threading.Thread | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -388,6 +386,9 @@ class FiguresCache:
                 if seen in self._feedback_seen:
                     return  # a resent one on the same day is never counted again
                 self._feedback_seen.add(seen)
+            if len(self.facts.feedback) >= self.max_orders:
+                self.facts.complete = False
+                return
             self.facts.feedback.append(fb)
 
     def _fold_order(self, payload: dict[str, Any]) -> None:
@@ -419,13 +420,18 @@ class FiguresCache:
             self.facts.uncatalogued[rid] = listed
 
     def close(self) -> None:
-        source, self._source = self._source, None
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if source is not None:
-            try:
-                source.close()
-            except Exception:
-                log.exception("figures: closing the reader failed")
+        """Close the reader in its own thread, after a read under way (never from under it)."""
+
+        def close_source() -> None:
+            source, self._source = self._source, None
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:
+                    log.exception("figures: closing the reader failed")
+
+        self._executor.submit(close_source)
+        self._executor.shutdown(wait=False, cancel_futures=False)
 
 
 # ----------------------------------------------------------------------------- scope
