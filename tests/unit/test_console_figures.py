@@ -811,3 +811,14 @@ def test_the_cache_reads_committed_data_from_a_real_broker(bootstrap: str, uniqu
         assert reads.labels("read")._value.get() == 2
     finally:
         cache.close()
+
+
+def test_every_reason_code_has_its_chinese_name() -> None:
+    """The pages name every reason the recognition service can give (decision.py) and every
+    national re-order reason (feedback.py) in Chinese; a new code must be named here too."""
+    from services.console.figures import FEEDBACK_NAMES, REASON_NAMES
+    from services.recognition.decision import REASONS
+    from services.recognition.feedback import NATIONAL_EXCEPTIONS
+
+    assert set(REASON_NAMES) == set(REASONS)
+    assert dict(FEEDBACK_NAMES) == NATIONAL_EXCEPTIONS
