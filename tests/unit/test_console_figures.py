@@ -247,15 +247,17 @@ def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings_for(users_file: Path) -> Settings:
-    return Settings(
-        kafka={"bootstrap_servers": None},
-        institutions_path=REPO / "config" / "institutions.yaml",
-        console={
-            "users_path": users_file,
-            "session_key": base64.urlsafe_b64encode(b"k" * 32).decode(),
-            "steward_token": "t" * 32,
-            "secure_cookies": False,
-        },
+    return Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": None},
+            "institutions_path": REPO / "config" / "institutions.yaml",
+            "console": {
+                "users_path": users_file,
+                "session_key": base64.urlsafe_b64encode(b"k" * 32).decode(),
+                "steward_token": "t" * 32,
+                "secure_cookies": False,
+            },
+        }
     )
 
 
