@@ -16,9 +16,10 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 DEBIAN_NEEDS := java:openjdk-17-jre-headless mvn:maven promtool:prometheus curl:curl \
-                /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
+                /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
+                /usr/bin/chromium:chromium
 
-system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb, curl (the quickstart test)
+system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb, curl (the quickstart test), chromium (the console's browser tests)
 	@missing=""; for need in $(DEBIAN_NEEDS); do \
 	  probe=$${need%%:*}; pkg=$${need#*:}; \
 	  if [ "$${probe#/}" != "$$probe" ]; then test -e "$$probe" || missing="$$missing $$pkg"; \

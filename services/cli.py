@@ -35,6 +35,7 @@ from services.common.errors import MrhubError
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS, max_message_bytes
+from services.console import cli as console_cli
 from services.imaging_index import connector as imaging_connector
 from services.recognition import catalog_cli
 from services.recognition import report as recognition_report
@@ -56,7 +57,11 @@ SERVICES = (
     ServiceSpec("patient_index", "services.patient_index"),
     ServiceSpec("recognition", "services.recognition"),
     ServiceSpec("imaging", "services.imaging_index"),
+    ServiceSpec("console", "services.console"),  # one process whatever --workers says
 )
+
+#: Services `up --workers N` runs once: the console keeps no partitions to share.
+SINGLE = frozenset({"console"})
 
 
 def _broker(
@@ -300,13 +305,13 @@ def _plan(settings: Settings, env: dict[str, str], workers: int) -> list[_Worker
     plan = []
     for spec in SERVICES:
         svc = spec.settings(settings)
-        if workers > 1 and svc.port == 0:
+        if workers > 1 and svc.port == 0 and spec.name not in SINGLE:
             raise MrhubError(
                 f"--workers {workers} needs a fixed port for {spec.name} (worker i listens on "
                 f"its port + {WORKER_PORT_STEP}*i): MRHUB_{spec.name.upper()}__PORT is 0"
             )
-        for i in range(workers):
-            name = spec.name if workers == 1 else f"{spec.name}-{i}"
+        for i in range(1 if spec.name in SINGLE else workers):
+            name = spec.name if workers == 1 or spec.name in SINGLE else f"{spec.name}-{i}"
             own = dict(env)
             port = svc.port
             if spec.name != "ingest":
@@ -458,6 +463,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             env["MRHUB_PATIENT_INDEX__URL"] = _worker_urls(settings, "patient_index", workers)
         if "MRHUB_RECOGNITION__URL" not in os.environ:  # the gateway's reads and CDS Hooks
             env["MRHUB_RECOGNITION__URL"] = _worker_urls(settings, "recognition", workers)
+        console_note = console_cli.local_console_env(settings, env)
         log_dir = settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         for w in _plan(settings, env, workers):
@@ -475,6 +481,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         for w, proc in procs:
             print(f"  {w.name:<16} {w.base}   (metrics {w.base}/metrics, pid {proc.pid})")
         print(f"  {'kafka':<16} {bootstrap}")
+        if console_note:
+            print(console_note)
         print(f"logs in {log_dir}; Ctrl-C stops everything")
         print(f"to call mrhub: {_how_to_call()}", flush=True)
         restarts: dict[str, list[float]] = {}
@@ -576,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_cli.add_parser(sub)
     recognition_report.add_parser(sub)
     imaging_connector.add_parser(sub)
+
+    console_cli.add_parser(sub)
 
     p = sub.add_parser("stewards", help="data stewards of the patient index")
     ssub = p.add_subparsers(dest="action", required=True)

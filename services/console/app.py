@@ -93,7 +93,7 @@ async def _headers(
         status = getattr(locals().get("response"), "status", 500)
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        ctx.requests.labels(name, request.method, str(status)).inc()
+        ctx.requests.labels(name, request.method, f"{str(status)[0]}xx").inc()
         log.info(
             "console request",
             extra={"route": name, "method": request.method, "status": status,
@@ -209,9 +209,12 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 class _Attempts:
-    """Failed sign-ins per name and per address: after 10 in 5 minutes, wait."""
+    """Failed sign-ins: after 10 in 5 minutes for one name, or 100 from one address, wait.
+    The address is the peer's: behind a TLS proxy every person shares the proxy's, so its
+    limit is high enough that a guesser slows only the name they guess."""
 
     LIMIT = 10
+    ADDRESS_LIMIT = 100
     WINDOW_S = 300.0
 
     def __init__(self) -> None:
@@ -227,7 +230,10 @@ class _Attempts:
         return kept
 
     def blocked(self, name: str, remote: str) -> bool:
-        return any(len(self._recent(k)) >= self.LIMIT for k in (f"n:{name}", f"r:{remote}"))
+        return (
+            len(self._recent(f"n:{name}")) >= self.LIMIT
+            or len(self._recent(f"r:{remote}")) >= self.ADDRESS_LIMIT
+        )
 
     def failed(self, name: str, remote: str) -> None:
         if len(self._seen) > 100_000:  # bounded: forget the oldest keys
@@ -291,8 +297,8 @@ def create_app(settings: Settings) -> web.Application:
         metrics=registry,
         requests=Counter(
             "mrhub_console_requests_total",
-            "Console requests by route, method and status.",
-            ["route", "method", "status"],
+            "Console requests by route, method and status class.",
+            ["route", "method", "status_class"],
             registry=registry,
         ),
     )

@@ -162,6 +162,7 @@ class Users:
         return self._users.get(name)
 
     def __len__(self) -> int:
+        self.refresh()  # /readyz counts the people: a file written after start must count
         return len(self._users)
 
     def authenticate(self, name: str, password: str) -> User | None:

@@ -54,6 +54,7 @@ its original bytes and the error; the stream goes on.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any
 
@@ -115,6 +116,8 @@ SERVICE = "patient_index"
 DEAD_LETTER = dead_letter(SERVICE)
 #: Identities a block keeps as candidates (see :mod:`services.patient_index.blocks`).
 BLOCK_LIMIT = blocks_mod.BLOCK_LIMIT
+#: Identities ``GET /patients/{id}`` lists at most (``identities_total`` counts them all).
+IDENTITIES_SHOWN = 50
 
 
 def record_entry(master: bytes, record_id: str) -> bytes:
@@ -502,7 +505,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             return None
         if not count:
             return st.public_view(None)
-        return st.public_view(len(legacy.keys() | master_records_of(key).keys()))
+        records = {**legacy, **master_records_of(key)}
+        view = st.public_view(len(records))
+        # the identities whose records the master holds (keyed hashes, never a value), the
+        # most records first, at most IDENTITIES_SHOWN; the API adds each one's kind and rank
+        anchors = collections.Counter(records.values())
+        view["identities"] = [
+            {"key": a, "records": n} for a, n in anchors.most_common(IDENTITIES_SHOWN)
+        ]
+        view["identities_total"] = len(anchors)
+        return view
 
     async def master(event: Any, key: bytes | None, value: bytes) -> None:
         """Owner of one master patient id: its records, merges and unmerges."""
@@ -723,6 +735,10 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 "probability": decision.evidence.get("probability"),
                 "parts": decision.evidence.get("parts", {}),
                 "queued_at": utcnow().isoformat(),
+                # the two records compared, for the steward's side-by-side (the API masks
+                # their identifiers); the candidate's best view, as decide() scored it
+                "person": header["person"],
+                "candidate_person": best_view(person, finished, decision.master_id),
             }
             reviews[key] = _dumps(queue)
             review = LinkEvent(
@@ -735,6 +751,16 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             await publish_link(
                 event, review, env_doc.get("trace_id", ""), env_doc.get("source", "")
             )
+
+    def best_view(person: Any, finished: dict[str, Any], mid: str) -> dict[str, Any] | None:
+        """The view of master ``mid`` among the gathered candidates that scores highest."""
+        views = [c["person"] for c in finished["candidates"] if c["master_patient_id"] == mid]
+        if not views:
+            return None
+        best: dict[str, Any] = max(
+            views, key=lambda v: matching.score(person, person_from_json(v), rules).total
+        )
+        return best
 
     async def review_decision(event: Any, key: bytes, msg: dict[str, Any]) -> None:
         """A data steward confirms (merge) or rejects (never offer again) a possible match;

@@ -45,6 +45,7 @@ from services.patient_index.blocks import entry_views
 from services.patient_index.identity import keyed_identifiers
 from services.patient_index.normalize import (
     Ident,
+    Person,
     person_from_fhir,
     person_from_json,
     person_from_subject,
@@ -320,11 +321,30 @@ def install(ctx: Context) -> None:
                 view = ctx.master_view(master_patient_id, True)
                 if view is None:
                     return outcome(404, "not-found", "no such master patient id")
+                try:
+                    view["identities"] = [
+                        await identity_of(request, i) for i in view.get("identities") or []
+                    ]
+                except RuntimeError as exc:
+                    return outcome(503, "transient", str(exc))
                 return _json(view)
 
             return await routed(request, "masters", master_patient_id, local)
 
     page(app, "/patients/{master_patient_id}", "steward", "internal")(PatientView)
+
+    async def identity_of(request: Request, item: dict[str, Any]) -> dict[str, Any]:
+        """One identity of a master as a steward sees it: its kind, how strongly it is held
+        (rank: 100 a steward's link, 50 a verified 身份证 … 10 a hospital number), the master
+        it names now and how many of the master's records it anchors — never its value."""
+        key = str(item["key"])
+        state = await owned(request, "identities", key, f"/internal/identities/{key}")
+        return {
+            "kind": (state or {}).get("kind"),
+            "rank": (state or {}).get("rank"),
+            "master_patient_id": (state or {}).get("master_patient_id"),
+            "records": item.get("records", 0),
+        }
 
     def table_view(name: str, table: Any, missing: Any) -> type:
         """Internal: one key's raw value in ``table``, answered at the key's owner."""
@@ -537,9 +557,23 @@ def install(ctx: Context) -> None:
                             "probability": item.get("probability"),
                             "field_weights": item.get("parts", {}),
                             "queued_at": item.get("queued_at"),
+                            **compared(item),
                         }
                     )
             return out
+
+    def compared(item: dict[str, Any]) -> dict[str, Any]:
+        """The two records a review compared, identifiers masked, and each field's level
+        (absent for a review queued before the records were kept with it)."""
+        left, right = item.get("person"), item.get("candidate_person")
+        if not left or not right:
+            return {}
+        a, b = person_from_json(left), person_from_json(right)
+        levels = {
+            rule.name: (rule.levels[level] if level is not None else None)
+            for rule, level in zip(ctx.rules.fields, matching.compare(a, b, ctx.rules), strict=True)
+        }
+        return {"person": public_person(a), "candidate_person": public_person(b), "levels": levels}
 
     async def internal_list(request: Request, url: Any) -> list[dict[str, Any]]:
         target = request.url.with_host(url.host).with_port(url.port).update_query(routed="1")
@@ -552,6 +586,42 @@ def install(ctx: Context) -> None:
             return items
 
     page(app, "/reviews", "steward")(ReviewsView)
+
+
+def mask(value: str, *, head: int = 0, tail: int = 4) -> str:
+    """``value`` with all but its first ``head`` and last ``tail`` characters starred (a value
+    too short for that keeps only its first third visible)."""
+    if len(value) < head + tail + 3:
+        keep = len(value) // 3
+        return value[:keep] + "*" * (len(value) - keep)
+    return value[:head] + "*" * (len(value) - head - tail) + value[len(value) - tail :]
+
+
+def public_person(p: Person) -> dict[str, Any]:
+    """What a steward sees of one record's person: name, sex, birth date, institution; every
+    identifier and the phone masked (a 身份证 as ``1401**********1234``); no address."""
+    name = (p.family or "") + (p.given or "")
+    pinyin = " ".join(x for x in (p.family_py, p.given_py) if x)
+    return {
+        "name": name or pinyin or None,
+        "pinyin": pinyin or None,
+        "sex": p.sex,
+        "birth_date": p.birth_date.isoformat() if p.birth_date else None,
+        "institution": p.institution,
+        "phone": mask(p.phone, head=3) if p.phone else None,
+        "card_conflict": p.card_conflict,
+        "identifiers": [
+            {
+                "kind": i.kind,
+                "system": i.system,
+                "scope": i.scope,
+                "doc_type": i.doc_type,
+                "verified": i.verified,
+                "value": mask(i.value, head=4 if i.kind == "id_card" else 0),
+            }
+            for i in p.idents
+        ],
+    }
 
 
 def _unauthorised(message: str) -> Response:

@@ -20,14 +20,14 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from services.common import codec
+from services.common import codec, figures
 from services.common.envelope import Envelope
 from services.common.errors import ConfigError
 from services.common.institutions import Registry
 from services.common.settings import Settings
 from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED
 
-__all__ = ["Row", "add_parser", "summarise"]
+__all__ = ["Row", "add_parser", "row_of", "summarise"]
 
 
 @dataclass
@@ -59,13 +59,6 @@ class Row:
         }
 
 
-def _in_range(moment: str | None, since: date | None, until: date | None) -> bool:
-    day = date.fromisoformat(moment[:10]) if moment else None
-    if day is None:
-        return since is None and until is None
-    return (since is None or day >= since) and (until is None or day <= until)
-
-
 def summarise(
     decisions: Iterable[dict[str, Any]],
     feedback: Iterable[dict[str, Any]],
@@ -74,50 +67,35 @@ def summarise(
     since: date | None = None,
     until: date | None = None,
 ) -> list[Row]:
-    """Rows per (region, category), sorted. ``decisions`` and ``feedback`` are payloads."""
-    latest: dict[str, dict[str, Any]] = {}
+    """Rows per (region, category), sorted. ``decisions`` and ``feedback`` are payloads;
+    the counting is :func:`services.common.figures.count`'s (the console's too)."""
+    latest = figures.Latest()
     for d in decisions:
-        order = d.get("order_record_id") or d.get("decision_id") or ""
-        if order not in latest or d.get("revision", 1) >= latest[order].get("revision", 1):
-            latest[order] = d
+        latest.add(figures.order_fact(d))
+    tallies = figures.count(
+        latest.values(),
+        (figures.feedback_fact(f) for f in feedback),
+        registry,
+        by=("prefecture", "category"),
+        since=since,
+        until=until,
+    )
+    return [row_of(t) for t in tallies]
 
-    rows: dict[tuple[str, str], Row] = {}
 
-    def row(institution: str, category: str | None) -> Row:
-        inst = registry.get(institution)
-        region = inst.prefecture_code if inst else "unknown"
-        key = (region, category or "other")
-        if key not in rows:
-            rows[key] = Row(*key)
-        return rows[key]
-
-    for d in latest.values():
-        if not _in_range(d.get("decided_at"), since, until):
-            continue
-        r = row(d["ordering_institution"], d.get("item_category"))
-        r.orders += 1
-        if d.get("outcome") == "recognisable":
-            r.recognisable += 1
-            r.saving_yuan += Decimal(str(d.get("estimated_saving_yuan") or 0))
-        else:
-            r.reasons[str(d.get("reason"))] += 1
-    counted: set[str] = set()
-    for f in feedback:
-        if not _in_range(f.get("recorded_at"), since, until):
-            continue
-        # a resent feedback (a CDS client may send one card's outcome again) carries the
-        # same feedback_id: it is counted once
-        fid = f.get("feedback_id")
-        if isinstance(fid, str):
-            if fid in counted:
-                continue
-            counted.add(fid)
-        r = row(f["institution"], f.get("item_category"))
-        if f.get("choice") == "recognised":
-            r.recognised_feedback += 1
-        else:
-            r.reordered[str(f.get("reason"))] += 1
-    return [rows[k] for k in sorted(rows)]
+def row_of(t: figures.Tally) -> Row:
+    """A (prefecture, category) tally as a report row."""
+    region, category = t.key
+    return Row(
+        region,
+        category,
+        orders=t.orders,
+        recognisable=t.recognisable,
+        saving_yuan=t.saving_yuan,
+        recognised_feedback=t.recognised_feedback,
+        reordered=t.reordered,
+        reasons=t.reasons,
+    )
 
 
 def _payloads(bootstrap: str, topic: str) -> list[dict[str, Any]]:

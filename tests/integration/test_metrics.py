@@ -38,10 +38,11 @@ from services.common.envelope import Envelope
 from services.common.harness import json_when_ready, still_running, stop_all, wait_until
 from services.common.harness import start as start_process
 from services.common.harness import wait_ready as harness_wait_ready
-from services.common.institutions import Registry, issue_token
+from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.metrics import hub_version
 from services.common.topics import ALL_TOPICS
+from services.console import cli as console_cli
 from tests.conftest import REPO
 from tests.fhir_samples import dumps, gb11643, observation, service_request
 from tests.metric_catalogue import Catalogue, read_catalogue
@@ -62,6 +63,7 @@ JOBS = {
     "patient_index": "mrhub-patient-index",
     "recognition": "mrhub-recognition",
     "imaging": "mrhub-imaging",
+    "console": "mrhub-console",
 }
 
 
@@ -209,6 +211,16 @@ def hub(
         "MRHUB_LOG_FORMAT": "json",
         **{f"MRHUB_{name.upper()}__PORT": str(port) for name, port in ports.items()},
     }
+    if "console" in ports:  # a console with one steward, its token known to the patient index
+        users = tmp / "console-users.yaml"
+        console_cli.add_user(users, "obs", role="steward", password="observability-pw")
+        env["MRHUB_CONSOLE__USERS_PATH"] = str(users)
+        env["MRHUB_CONSOLE__SESSION_KEY"] = console_cli.new_session_key()
+        env["MRHUB_CONSOLE__STEWARD_TOKEN"] = "mrs_observability"
+        env["MRHUB_CONSOLE__SECURE_COOKIES"] = "false"
+        env["MRHUB_PATIENT_INDEX__STEWARD_TOKEN_HASHES"] = json.dumps(
+            [hash_token("mrs_observability")]
+        )
     if "patient_index" in ports:
         env["MRHUB_PATIENT_INDEX__URL"] = f"http://127.0.0.1:{ports['patient_index']}"
     if "recognition" in ports:

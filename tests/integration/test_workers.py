@@ -52,7 +52,7 @@ def _metrics_counts(url: str, times: int) -> list[float]:
 
 def test_up_with_two_workers_per_service(bootstrap: str, tmp_path: Path) -> None:
     taken: set[int] = set()
-    services = ("INGEST", "PATIENT_INDEX", "RECOGNITION", "IMAGING")
+    services = ("INGEST", "PATIENT_INDEX", "RECOGNITION", "IMAGING", "CONSOLE")
     ports = {svc: _base_port(taken) for svc in services}
     state = tmp_path / "state"
     env = {
@@ -80,7 +80,7 @@ def test_up_with_two_workers_per_service(bootstrap: str, tmp_path: Path) -> None
             f"{svc}-{i}": ports[var] + (0 if svc == "ingest" else 100 * i)
             for svc, var in expected.items()
             for i in (0, 1)
-        }, text
+        } | {"console": ports["CONSOLE"]}, text  # one console: it holds no partitions
         for name, (port, _pid) in listed.items():
             assert answers_ready(f"http://127.0.0.1:{port}/readyz"), name
         # both gateways hold the one port, and the kernel hands connections to both

@@ -136,6 +136,17 @@ def test_compose_sets_only_settings_and_valid_values(monkeypatch: pytest.MonkeyP
         check_settings(env, f"compose {name}", monkeypatch)
 
 
+def published(svc: dict[str, Any]) -> dict[int, str]:
+    """Container port → the host address it is published on ("" for every address), for
+    compose's "HOST:CONTAINER" and "IP:HOST:CONTAINER" (only the same port on both sides)."""
+    out = {}
+    for mapping in svc.get("ports", []):
+        *ip, host, container = str(mapping).split(":")
+        assert host == container, mapping
+        out[int(container)] = ip[0] if ip else ""
+    return out
+
+
 def test_compose_ports_health_checks_and_scrape_targets_agree() -> None:
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text("utf-8"))
     targets = {
@@ -148,12 +159,54 @@ def test_compose_ports_health_checks_and_scrape_targets_agree() -> None:
         env = svc["environment"]
         port = int(env[f"MRHUB_{service.upper()}__PORT"])
         assert env[f"MRHUB_{service.upper()}__HOST"] == "0.0.0.0", name  # noqa: S104
-        assert f"{port}:{port}" in svc["ports"], name
+        assert port in published(svc), name
         probe = " ".join(svc["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/readyz" in probe, name
         assert (name, port) in targets, f"Prometheus does not scrape {name}:{port}"
         assert Settings.model_fields[service].default.port == port  # the documented default
     assert len(targets) == len(served())
+
+
+def test_the_compose_console_is_reachable_from_this_machine_only_with_its_secrets_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The console's cookie is not Secure in compose (plain HTTP), so it must not be
+    published beyond the loopback address; its keys have no default; its people are in its
+    own volume (where `docker compose exec console mrhub console add-user` writes them)."""
+    _, svc = served()["console"]
+    assert published(svc) == {8084: "127.0.0.1"}
+    raw = {k: str(v) for k, v in svc["environment"].items()}
+    for secret in ("MRHUB_CONSOLE__SESSION_KEY", "MRHUB_CONSOLE__STEWARD_TOKEN"):
+        m = _INTERPOLATION.fullmatch(raw[secret])
+        assert m is not None and m.group(1) == secret and m.group(2) == ":?", secret
+        assert env_example()[secret] == "", f"{secret} has a value in .env.example"
+    env = {k: compose_defaults(v) for k, v in raw.items()}
+    users = Path(env["MRHUB_CONSOLE__USERS_PATH"])
+    volumes = dict(str(v).split(":")[1::-1] for v in svc["volumes"])  # target → source
+    owner = next(t for t in volumes if Path(t) in users.parents)
+    assert volumes[owner] in COMPOSE["volumes"], "the users file is not on a named volume"
+    assert owner == env["MRHUB_STATE_DIR"]
+    # the services it calls are the compose services, on their ports
+    hosts = {
+        f"http://{n}:{svc_env['MRHUB_' + s.upper() + '__PORT']}"
+        for s, (n, other) in served().items()
+        for svc_env in [other["environment"]]
+    }
+    for var in (
+        "MRHUB_CONSOLE__IMAGING_URL",
+        "MRHUB_CONSOLE__INGEST_URL",
+        "MRHUB_PATIENT_INDEX__URL",
+        "MRHUB_RECOGNITION__URL",
+    ):
+        assert env[var] in hosts, f"{var}={env[var]}"
+    with monkeypatch.context() as patched:
+        for key in [k for k in os.environ if k.startswith("MRHUB_")]:
+            patched.delenv(key)
+        for key, value in env.items():
+            patched.setenv(key, value)
+        settings = Settings()
+    assert settings.console.secure_cookies is False  # over http://127.0.0.1:8084
+    assert settings.console.port == 8084
 
 
 def test_compose_mounts_and_volumes_exist() -> None:
@@ -220,6 +273,29 @@ def test_the_dockerfile_copies_what_exists_and_exposes_the_service_ports(
     assert yaml.safe_load(entrypoint) == ["mrhub"]
     [cmd] = [rest for word, rest in steps if word == "CMD"]
     parses_as_mrhub_command(yaml.safe_load(cmd))
+
+
+def test_the_image_carries_the_consoles_templates_and_static_files() -> None:
+    """The image installs services/ as a package (`pip install .`, not the source tree), so a
+    template or static file the package data does not declare would be missing there while
+    every test run from the repository passes."""
+    import tomllib
+
+    steps = dockerfile()
+    assert ("COPY", "services ./services") in steps
+    assert any(w == "RUN" and "pip install" in r and " ." in r for w, r in steps)
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["services.console"]
+    package = REPO / "services" / "console"
+    declared = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    shipped = [
+        p
+        for sub in ("templates", "static")
+        for p in (package / sub).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    assert (package / "templates" / "base.html") in shipped
+    assert sorted(str(p.relative_to(package)) for p in set(shipped) - declared) == []
 
 
 # ----------------------------------------------------------------------------- Kubernetes
@@ -314,7 +390,10 @@ def test_every_mrhub_service_is_deployed_workers_as_statefulsets() -> None:
             kinds[c["args"][1]] = w["kind"]
     assert set(kinds) == {s.name for s in SERVICES}
     assert kinds.pop("ingest") == "Deployment"
+    assert kinds.pop("console") == "Deployment"  # keeps nothing on disk
     assert set(kinds.values()) == {"StatefulSet"}
+    [console] = [w for w in workloads() if w["metadata"]["name"] == "console"]
+    assert console["spec"]["replicas"] == 1  # one process: it holds no partitions
 
 
 def test_k8s_sets_only_settings_and_valid_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,13 +412,55 @@ def test_secrets_are_referenced_never_committed_and_documented() -> None:
         for var, (name, key) in secrets.items():
             assert name == "mrhub-secrets"
             assert f"`{key}`" in operations and f"`{var}`" in operations, key
+    for w in workloads():
+        for v in w["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in v:  # a Secret mounted as files: how to make it is documented
+                assert f"`{v['secret']['secretName']}`" in operations, v["name"]
     hmac = {
-        secrets.get("MRHUB_IDENTITY__HMAC_KEY")
+        c["args"][1]: secrets.get("MRHUB_IDENTITY__HMAC_KEY")
         for _, c in containers()
         for secrets in [container_env(c)[1]]
         if c["args"][:1] == ["serve"]
     }
-    assert hmac == {("mrhub-secrets", "identity-hmac-key")}  # every service keys the same way
+    # the console hashes no identifier: it does not get the key
+    assert hmac.pop("console") is None
+    # every other service keys the same way
+    assert set(hmac.values()) == {("mrhub-secrets", "identity-hmac-key")}
+
+
+def test_the_k8s_console_has_its_keys_secure_cookies_and_its_people_from_a_secret() -> None:
+    [(w, c)] = [(w, c) for w, c in containers() if c["args"] == ["serve", "console"]]
+    env, secrets = container_env(c)
+    assert secrets["MRHUB_CONSOLE__SESSION_KEY"] == ("mrhub-secrets", "console-session-key")
+    assert secrets["MRHUB_CONSOLE__STEWARD_TOKEN"] == ("mrhub-secrets", "console-steward-token")
+    assert env["MRHUB_CONSOLE__SECURE_COOKIES"] == "true"  # reached through TLS only
+    pod = w["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    users = Path(env["MRHUB_CONSOLE__USERS_PATH"])
+    [mount] = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == users.parent]
+    # a directory, not a subPath, so an updated Secret reaches the running console
+    assert "subPath" not in mount and mount.get("readOnly") is True
+    secret = volumes[mount["name"]]["secret"]
+    assert any(i["path"] == users.name for i in secret["items"])
+    # no other way in than the ClusterIP Service (behind the Ingress with TLS)
+    for s in of_kind("Service"):
+        if s["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items():
+            assert s["spec"].get("type", "ClusterIP") == "ClusterIP", s["metadata"]["name"]
+    # the URLs it calls name Services that exist, on their ports
+    services = {
+        (s["metadata"]["name"], p["port"])
+        for s in of_kind("Service")
+        if s["spec"].get("clusterIP") != "None"
+        for p in s["spec"]["ports"]
+    }
+    for var in (
+        "MRHUB_CONSOLE__IMAGING_URL",
+        "MRHUB_CONSOLE__INGEST_URL",
+        "MRHUB_PATIENT_INDEX__URL",
+        "MRHUB_RECOGNITION__URL",
+    ):
+        m = re.fullmatch(r"http://([a-z0-9-]+)\.mrhub\.svc:(\d+)", env[var])
+        assert m is not None and (m.group(1), int(m.group(2))) in services, f"{var}={env[var]}"
 
 
 def test_probes_ports_and_services_agree() -> None:
@@ -388,7 +509,12 @@ def test_config_files_and_state_are_mounted_where_the_settings_point() -> None:
             path = Path(value)
             mount = next((p for p in mounts if path == Path(p) or Path(p) in path.parents), None)
             assert mount is not None, f"{var}={value} is not mounted"
-            cm = volumes[mounts[mount]]["configMap"]["name"]
+            volume = volumes[mounts[mount]]
+            if "secret" in volume:  # made by hand (docs/operations.md): its items name the file
+                items = {i["path"] for i in volume["secret"]["items"]}
+                assert str(path.relative_to(mount)) in items, f"{var}: not in the Secret"
+                continue
+            cm = volume["configMap"]["name"]
             if path != Path(mount):  # a file inside the mounted ConfigMap
                 assert str(path.relative_to(mount)) in maps[cm], f"{var}: not in {cm}"
         if w["kind"] == "StatefulSet":

@@ -191,14 +191,19 @@ def test_up_plans_n_processes_per_service_each_with_its_port_and_state(
     assert "MRHUB_STATE_DIR" not in plan["recognition-0"].env  # the state directory itself
     # worker 0 of each service keeps the state directory itself (None: not overridden), as
     # with one worker (each service has its own directory under it); the others their own
-    dirs = [w.env.get("MRHUB_STATE_DIR") for n, w in plan.items() if not n.startswith("ingest")]
+    streaming = ("patient_index", "recognition", "imaging")
+    dirs = [w.env.get("MRHUB_STATE_DIR") for n, w in plan.items() if n.startswith(streaming)]
     assert dirs.count(None) == 3 and len(set(dirs)) == 1 + 3 * 2
+    # the console holds no partitions: one process, on its own port, whatever N is
+    assert [(n, w.port) for n, w in plan.items() if n.startswith("console")] == [
+        ("console", settings.console.port)
+    ]
     assert plan["imaging-1"].env["MRHUB_STATE_DIR"] == str(tmp_path / "workers" / "imaging-1")
     assert cli._worker_urls(settings, "recognition", 3) == (
         "http://127.0.0.1:9081,http://127.0.0.1:9181,http://127.0.0.1:9281"
     )
     one = [w.name for w in cli._plan(settings, {}, 1)]
-    assert one == ["ingest", "patient_index", "recognition", "imaging"]  # as before issue 18
+    assert one == ["ingest", "patient_index", "recognition", "imaging", "console"]
     monkeypatch.setenv("MRHUB_IMAGING__PORT", "0")
     with pytest.raises(MrhubError, match="MRHUB_IMAGING__PORT is 0"):
         cli._plan(Settings(), {}, 2)

@@ -100,7 +100,13 @@ def test_every_scraped_job_is_one_the_rules_and_dashboard_know() -> None:
     for config in ("prometheus.yml", "kubernetes.yml"):
         doc = yaml.safe_load((DEPLOY / config).read_text(encoding="utf-8"))
         jobs = {job["job_name"] for job in doc["scrape_configs"]}
-        assert jobs == {"mrhub-ingest", "mrhub-patient-index", "mrhub-recognition", "mrhub-imaging"}
+        assert jobs == {
+            "mrhub-ingest",
+            "mrhub-patient-index",
+            "mrhub-recognition",
+            "mrhub-imaging",
+            "mrhub-console",
+        }
         assert all(j.startswith("mrhub-") for j in jobs)  # MrhubServiceDown: job=~"mrhub-.*"
 
 
