@@ -134,7 +134,7 @@ class Site:
             headers={
                 "Authorization": f"Bearer {self.steward_token}",
                 "Content-Type": "application/json",
-                "X-Steward": "test-fixture",
+                "X-Steward": "zhao.steward",  # who made the merge a steward undoes
             },
             timeout=30,
         )
@@ -313,20 +313,6 @@ def mrhub_report(site: Site, since: date, until: date) -> dict[str, Any]:
     )  # fmt: skip
     doc: dict[str, Any] = json.loads(out)
     return doc
-
-
-def _console_command() -> list[str]:
-    """``mrhub serve console`` once the CLI knows it; until then the same entry point."""
-    from services import cli
-
-    if any(s.name == "console" for s in cli.SERVICES):
-        return ["-m", "services.cli", "serve", "console"]
-    return [
-        "-c",
-        "from services.common.settings import Settings\n"
-        "from services.console.main import run\n"
-        "run(Settings())",
-    ]
 
 
 _RNG = random.Random()
@@ -542,7 +528,7 @@ def site(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             # no imaging index in this hub: the operations page shows it as down
             "MRHUB_CONSOLE__IMAGING_URL": f"http://127.0.0.1:{free_port()}",
         }
-        console_proc = run_module(_console_command(), env, console_log)
+        console_proc = run_module(["-m", "services.cli", "serve", "console"], env, console_log)
         url = f"http://127.0.0.1:{port}"
         harness.wait_ready(console_proc, f"{url}/readyz", deadline_s=120, log_path=console_log)
 
