@@ -53,6 +53,7 @@ class Console:
     audit: AuditLog
     metrics: CollectorRegistry
     requests: Counter
+    sessions: auth.LiveSessions
     extra: dict[str, Any] = field(default_factory=dict)  # pages' own helpers (figures cache …)
 
     def steward_headers(self, user: User) -> dict[str, str]:
@@ -295,6 +296,7 @@ def create_app(settings: Settings) -> web.Application:
         http=httpx.AsyncClient(timeout=cfg.request_timeout_s),
         audit=AuditLog(settings),
         metrics=registry,
+        sessions=auth.LiveSessions(cfg.session_max_age_s),
         requests=Counter(
             "mrhub_console_requests_total",
             "Console requests by route, method and status class.",

@@ -16,7 +16,9 @@ person removed from it is signed out at their next request.
 
 A signed-in session is an encrypted, authenticated cookie (aiohttp-session's Fernet storage):
 HttpOnly, SameSite=Strict, Secure unless ``MRHUB_CONSOLE__SECURE_COOKIES=false``; it holds
-the person's name, when they signed in and the session's CSRF token. Every form that
+the person's name, when they signed in, the session's CSRF token and a random session id
+that the console keeps while the session is live (:class:`LiveSessions`): signing out ends
+it, even for a copied cookie, and a restart of the console signs everyone out. Every form that
 changes something carries that token in a hidden ``csrf_token`` field; a POST without it (or
 with another session's) is refused with 403 before any handler runs (:func:`csrf_middleware`).
 """
@@ -68,6 +70,7 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 USER_KEY = "user"
 CSRF_KEY = "csrf"
 SIGNED_IN_KEY = "signed_in_at"
+SID_KEY = "sid"
 
 
 @dataclass(frozen=True)
@@ -177,28 +180,77 @@ class Users:
 # ----------------------------------------------------------------------------- sessions
 
 
+class LiveSessions:
+    """The sessions signed in on this console and not signed out: a random id per sign-in,
+    kept in the encrypted cookie and here with its expiry. A cookie whose id is not here —
+    signed out, expired, or from before a restart of the console — signs nobody in, so
+    signing out ends the session even for a copy of the cookie. Bounded: past ``limit`` live
+    sessions, the oldest sign-in is ended."""
+
+    def __init__(self, max_age_s: float, *, limit: int = 20_000) -> None:
+        self.max_age_s = max_age_s
+        self.limit = limit
+        self._until: dict[str, float] = {}  # insertion order = sign-in order
+
+    def start(self) -> str:
+        now = time.monotonic()
+        for sid in [s for s, until in self._until.items() if until <= now]:
+            del self._until[sid]
+        while len(self._until) >= self.limit:
+            del self._until[next(iter(self._until))]
+        sid = secrets.token_urlsafe(24)
+        self._until[sid] = now + self.max_age_s
+        return sid
+
+    def live(self, sid: object) -> bool:
+        if not isinstance(sid, str):
+            return False
+        until = self._until.get(sid)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._until[sid]
+            return False
+        return True
+
+    def end(self, sid: object) -> None:
+        if isinstance(sid, str):
+            self._until.pop(sid, None)
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
 async def sign_in(request: web.Request, user: User) -> None:
     """A new session (a fresh identity: no fixation), with its own CSRF token."""
+    from services.console.app import CONSOLE
+
     session = await new_session(request)
     session[USER_KEY] = user.name
+    session[SID_KEY] = request.app[CONSOLE].sessions.start()
     session[SIGNED_IN_KEY] = int(time.time())
     session[CSRF_KEY] = secrets.token_urlsafe(32)
 
 
 async def sign_out(request: web.Request) -> None:
+    from services.console.app import CONSOLE
+
     session = await get_session(request)
+    request.app[CONSOLE].sessions.end(session.get(SID_KEY))
     session.invalidate()
 
 
 async def current_user(request: web.Request) -> User | None:
-    """The signed-in person, or None (no session, expired, or no longer in the users file)."""
+    """The signed-in person, or None (no session, expired, signed out, or no longer in the
+    users file)."""
     from services.console.app import CONSOLE
 
+    ctx = request.app[CONSOLE]
     session = await get_session(request)
     name = session.get(USER_KEY)
-    if not isinstance(name, str):
+    if not isinstance(name, str) or not ctx.sessions.live(session.get(SID_KEY)):
         return None
-    return request.app[CONSOLE].users.get(name)
+    return ctx.users.get(name)
 
 
 async def csrf_token(request: web.Request) -> str:

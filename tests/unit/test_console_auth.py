@@ -256,3 +256,41 @@ def test_up_prepares_a_local_console_once(
     assert second is not None and "password" not in second
     for key in ("MRHUB_CONSOLE__SESSION_KEY", "MRHUB_CONSOLE__STEWARD_TOKEN"):
         assert again[key] == env[key]
+
+
+async def test_signing_out_ends_the_session_even_for_a_copy_of_the_cookie(client: Client) -> None:
+    assert await _sign_in(client) == 303
+    copied = next(c.value for c in client.session.cookie_jar if c.key == "mrhub_console")
+    token = await _csrf(client)
+    r = await client.post("/logout", data={"csrf_token": token}, allow_redirects=False)
+    assert r.status == 303
+    # someone who kept the cookie (a shared computer, a proxy log) replays it
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({"mrhub_console": copied})
+    r = await client.get("/test/steward-only", allow_redirects=False)
+    assert (r.status, r.headers.get("Location")) == (303, "/login")
+
+
+async def test_a_restarted_console_signs_everyone_out(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)  # the same session key for both processes
+    async with TestClient(TestServer(_app(settings))) as first:
+        assert await _sign_in(first) == 303
+        cookie = next(c.value for c in first.session.cookie_jar if c.key == "mrhub_console")
+    async with TestClient(TestServer(_app(settings))) as second:
+        second.session.cookie_jar.update_cookies({"mrhub_console": cookie})
+        r = await second.get("/test/steward-only", allow_redirects=False)
+        assert (r.status, r.headers.get("Location")) == (303, "/login")
+
+
+def test_live_sessions_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("services.console.auth.time.monotonic", lambda: clock[0])
+    live = auth.LiveSessions(60, limit=3)
+    first, second, third = live.start(), live.start(), live.start()
+    fourth = live.start()  # past the limit: the oldest sign-in ends
+    assert [live.live(s) for s in (first, second, third, fourth)] == [False, True, True, True]
+    assert len(live) == 3
+    clock[0] += 61
+    assert not live.live(second) and not live.live(fourth)
+    live.start()
+    assert len(live) == 1  # the expired ones were dropped
