@@ -10,8 +10,10 @@
 - the session cookie is HttpOnly and SameSite=Strict, signing out ends the session, no URL
   the browser asked for names a patient, and no page asks anything of any host but the hub.
 
-The tests run in this order (each in its own browser window); the reviews and the merge
-they act on were made by the fixture.
+The tests run in file order, each in its own browser window. The reviews and the merge
+they act on were made by the fixture. The CSRF test comes before the steward decides both
+reviews (it needs one still queued); the last test checks every URL the module's windows
+asked for.
 """
 
 from __future__ import annotations
