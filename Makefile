@@ -10,16 +10,16 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 LOCK_ARGS   ?= # e.g. --upgrade-package aiohttp (make lock keeps every other pin)
 
-.PHONY: help setup system-deps lock run shell check test suite unit heavy lint format types clean
+.PHONY: help setup system-deps lock run shell check test suite unit heavy screenshots lint format types clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 DEBIAN_NEEDS := java:openjdk-17-jre-headless mvn:maven promtool:prometheus curl:curl \
                 /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
-                /usr/bin/chromium:chromium
+                /usr/bin/chromium:chromium /usr/share/fonts/truetype/wqy/wqy-microhei.ttc:fonts-wqy-microhei
 
-system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb, curl (the quickstart test), chromium (the console's browser tests)
+system-deps: ## from Debian when missing: Java 17 + Maven (Kafka), prometheus (promtool), Orthanc + DICOMweb, curl (the quickstart test), chromium and a Chinese font (the console's browser tests and screenshots)
 	@missing=""; for need in $(DEBIAN_NEEDS); do \
 	  probe=$${need%%:*}; pkg=$${need#*:}; \
 	  if [ "$${probe#/}" != "$$probe" ]; then test -e "$$probe" || missing="$$missing $$pkg"; \
@@ -70,6 +70,9 @@ shell: setup ## a subshell with the venv activated: `mrhub …` without .venv/bi
 
 suite: setup ## the tests only, without lint and types
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+screenshots: setup ## the console's screenshots in docs/console (the browser tests, saving each page)
+	MRHUB_SCREENSHOTS=docs/console $(BIN)/pytest tests/console $(PYTEST_ARGS)
 
 heavy: setup ## the heavy cluster tests make check leaves out: rolling restarts, workers added and removed (three brokers; ~15 min)
 	$(BIN)/pytest -m heavy tests/faults $(PYTEST_ARGS)

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 import httpx
@@ -146,6 +147,11 @@ SESSION_REVIEW = "steward_review"
 SESSION_PATIENT = "steward_patient"
 SESSION_NOTICE = "notice"
 SESSION_ERROR = "form_error"
+#: Reviews this steward just decided: the patient index applies a command moments after it
+#: accepts it, so the queue may still list them; they are hidden for DECIDED_HIDE_S.
+SESSION_DECIDED = "decided_reviews"
+DECIDED_HIDE_S = 120
+DECIDED_KEPT = 20
 
 
 class Upstream(Exception):
@@ -322,13 +328,29 @@ async def reviews_page(request: web.Request) -> web.StreamResponse:
         items = await _reviews(ctx, request["user"])
     except Upstream:
         return await render_error(request, 502, "患者索引服务暂时无法访问，请稍后重试。")
-    rows = [_review_view(ctx, i) for i in items]
+    decided = await _recently_decided(request)
+    pending = [i for i in items if i.get("id") in decided]
+    rows = [_review_view(ctx, i) for i in items if i.get("id") not in decided]
     shown = sorted({r[s]["institution_id"] for r in rows for s in ("left", "right") if r[s]})
     if rows:
         refused = await _audit(request, "reviews", None, shown, len(rows))
         if refused is not None:
             return refused
-    return await render(request, "reviews.html", {"rows": rows, "notice": await _flash(request)})
+    return await render(request, "reviews.html", {"rows": rows, "notice": await _flash(request),
+                                                  "applying": len(pending)})  # fmt: skip
+
+
+async def _recently_decided(request: web.Request) -> set[str]:
+    """The ids of the reviews this session decided in the last DECIDED_HIDE_S seconds."""
+    session = await get_session(request)
+    now = time.time()
+    kept = [
+        (rid, at)
+        for rid, at in session.get(SESSION_DECIDED) or []
+        if isinstance(rid, str) and isinstance(at, int | float) and now - at < DECIDED_HIDE_S
+    ]
+    session[SESSION_DECIDED] = kept[-DECIDED_KEPT:]
+    return {rid for rid, _ in kept}
 
 
 @auth.require("steward")
@@ -393,7 +415,9 @@ def _review_action(decision: str) -> Any:
         if cid is None:
             await _set(request, **{SESSION_ERROR: _refusal(answer)})
             raise web.HTTPSeeOther("/review")
-        await _set(request, **{SESSION_REVIEW: None, SESSION_NOTICE: f"{done}，命令编号 {cid}"})
+        decided = [*(session.get(SESSION_DECIDED) or []), (review_id, time.time())]
+        await _set(request, **{SESSION_REVIEW: None, SESSION_NOTICE: f"{done}，命令编号 {cid}",
+                               SESSION_DECIDED: decided[-DECIDED_KEPT:]})  # fmt: skip
         raise web.HTTPSeeOther("/reviews")
 
     action.__name__ = f"review_{decision}"

@@ -673,3 +673,24 @@ async def test_an_unreadable_timeline_is_an_error_not_an_empty_patient(env: Env)
     await sign_in(env.client, "hosp")
     answer = await _find(env, kind="id_card", value="11010519491231002X")
     assert answer.status == 503 and "未找到" not in await answer.text()
+
+
+async def test_a_review_just_decided_is_hidden_while_the_patient_index_applies_it(
+    env: Env,
+) -> None:
+    """The patient index accepts a command (202) and applies it moments later: until then it
+    still lists the review, and the steward must not be offered it again."""
+    env.index.reviews = [review_item()]
+    await sign_in(env.client, "li")
+    token = csrf(await (await env.client.get("/reviews")).text())
+    await env.client.post("/reviews/open", data={"csrf_token": token, "review_id": REVIEW_ID})
+    still_listed = list(env.index.reviews)
+    await env.client.post("/review/confirm", data={"csrf_token": token, "reason": "同一人"})
+    env.index.reviews = still_listed  # not applied yet
+    page = await (await env.client.get("/reviews")).text()
+    assert 'class="review"' not in page
+    assert 'id="applying"' in page
+    # another steward's session still sees it: only the one who decided knows
+    env.client.session.cookie_jar.clear()
+    await sign_in(env.client, "li")
+    assert 'class="review"' in await (await env.client.get("/reviews")).text()
