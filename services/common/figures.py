@@ -30,7 +30,7 @@ The rules (``mrhub report``'s, unchanged):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -46,6 +46,7 @@ __all__ = [
     "OrderFact",
     "Tally",
     "count",
+    "counted_feedback",
     "feedback_fact",
     "order_fact",
     "totals",
@@ -203,6 +204,29 @@ def _value(
     return inst.prefecture_code if inst else UNKNOWN
 
 
+def counted_feedback(
+    feedback: Iterable[FeedbackFact],
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    include: Callable[[str], bool] | None = None,
+) -> Iterator[FeedbackFact]:
+    """The feedback the figures count, in the order read: in the period, from an institution
+    ``include`` accepts, and a resent one (a CDS client may send one card's outcome again,
+    with the same ``feedback_id``) once."""
+    counted: set[str] = set()
+    for f in feedback:
+        if not in_range(f.day, since, until):
+            continue
+        if include is not None and not include(f.institution):
+            continue
+        if f.feedback_id is not None:
+            if f.feedback_id in counted:
+                continue
+            counted.add(f.feedback_id)
+        yield f
+
+
 def count(
     orders: Iterable[OrderFact],
     feedback: Iterable[FeedbackFact],
@@ -239,16 +263,7 @@ def count(
                 t.patient_ids.add(o.patient)
         else:
             t.reasons[o.reason] += 1
-    counted: set[str] = set()
-    for f in feedback:
-        if not in_range(f.day, since, until):
-            continue
-        if include is not None and not include(f.institution):
-            continue
-        if f.feedback_id is not None:
-            if f.feedback_id in counted:
-                continue
-            counted.add(f.feedback_id)
+    for f in counted_feedback(feedback, since=since, until=until, include=include):
         t = tally(f.institution, f.day, f.category)
         if f.choice == "recognised":
             t.recognised_feedback += 1

@@ -57,6 +57,7 @@ from services.common.figures import (
     Latest,
     Tally,
     count,
+    counted_feedback,
     feedback_fact,
     in_range,
     order_fact,
@@ -768,16 +769,11 @@ def compute_reasons(
             final[(o.issuer, o.item_id)] += 1
     feedback: Counter[str] = Counter()
     names: dict[str, str] = {}
-    counted: set[str] = set()
-    for f in facts.feedback:
-        if f.choice == "recognised" or not in_range(f.day, query.since, query.until):
+    for f in counted_feedback(
+        facts.feedback, since=query.since, until=query.until, include=include
+    ):
+        if f.choice == "recognised":
             continue
-        if include is not None and not include(f.institution):
-            continue
-        if f.feedback_id is not None:
-            if f.feedback_id in counted:
-                continue
-            counted.add(f.feedback_id)
         code = str(f.reason)
         feedback[code] += 1
         if f.reason_name:
