@@ -693,7 +693,9 @@ async def figures_csv(request: web.Request) -> web.StreamResponse:
 
 # ----------------------------------------------------------------------------- reasons
 
-_WINDOW = re.compile(r"the (\S+) window")
+#: The window in an ``outside-window`` detail, as recognition writes it (``str(Window)``:
+#: "the 7 days from specimen-collection window ended at …").
+_WINDOW = re.compile(r"the (\d+ \w+ from [\w-]+) window")
 
 
 @dataclass

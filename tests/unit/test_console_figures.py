@@ -29,7 +29,11 @@ from services.common.topics import DECISION_MADE, FEEDBACK_RECORDED, ORDER_PLACE
 from services.console.app import CONSOLE, create_app
 from services.console.auth import hash_password
 from services.console.figures import FiguresCache
+from services.recognition.catalog import Window
 from services.recognition.report import summarise
+
+#: A catalogue window as recognition writes it into an outside-window decision's detail.
+SEVEN_DAYS = str(Window(length=7, unit="days", anchor="specimen-collection", basis="default"))
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = Registry.load(REPO / "config" / "institutions.yaml")
@@ -646,7 +650,8 @@ async def test_reasons_ranked_in_chinese_with_what_to_fix(console: Console) -> N
         "institution": DATONG_L3,
         "reason": "outside-window",
         "rule": "expired",
-        "detail": "the 7d window ended at 2026-11-10T00:00:00+00:00",
+        # as recognition writes it (services/recognition/decision.py, str(Window))
+        "detail": f"the {SEVEN_DAYS} window ended at 2026-11-10T00:00:00+00:00",
         "recognisable": False,
     }
     no = "not-recognisable"
@@ -705,6 +710,7 @@ async def test_reasons_ranked_in_chinese_with_what_to_fix(console: Console) -> N
     }
     [win] = p.tables["fix-window"]
     assert (win[0]["data-item"], win[0]["data-rule"]) == ("CBC", "expired")
+    assert win[1]["window"] == SEVEN_DAYS
 
 
 async def test_reasons_page_shows_the_registry_qualification_and_its_expiry(
