@@ -111,6 +111,12 @@ ACTION_NAMES = {
     "unlinked": "解除关联",
     "review-confirmed": "确认为同一人",
     "review-rejected": "确认不是同一人",
+    # a master's own history (services/patient_index/stewardship.py)
+    "merged-from": "并入了另一主索引",
+    "merged-into": "被并入另一主索引",
+    "unmerged-from": "撤销合并（拆出）",
+    "unmerged-child": "撤销合并（子索引拆出）",
+    "merge-refused-by-source": "合并被来源主索引拒绝",
 }
 #: Field names of the matching rules as shown on the review page.
 FIELD_NAMES = {

@@ -462,7 +462,7 @@ def _people(region: Registry, a: str, b: str) -> dict[str, Person]:
     return {
         p.name: p
         for p in (
-            Person("li.steward", "steward", "140000", "李管理员", pw()),
+            Person("wang.console", "steward", "140000", "王管理员", pw()),
             Person("ty.region", "region", "140100", "太原市卫健委", pw()),
             Person("sx.province", "region", "140000", "山西省卫健委", pw()),
             Person("a.hospital", "hospital", a, region.get(a).name + "（查看）", pw()),  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from services.console.app import CONSOLE, create_app
 from services.console.audit import AuditUnavailable
 from services.console.auth import hash_password
 from services.console.timeline import Timeline, TimelineEntry, fold
+from tests.conftest import REPO
 
 OWN = "12140000405001730E"  # a hospital viewer's institution
 OTHER = "12140100405128360L"
@@ -694,3 +695,15 @@ async def test_a_review_just_decided_is_hidden_while_the_patient_index_applies_i
     env.client.session.cookie_jar.clear()
     await sign_in(env.client, "li")
     assert 'class="review"' in await (await env.client.get("/reviews")).text()
+
+
+def test_every_action_a_masters_history_records_has_a_chinese_name() -> None:
+    """The patient index writes these into a master's history; the page names each one."""
+    from services.console.steward import ACTION_NAMES
+
+    source = (REPO / "services" / "patient_index" / "stewardship.py").read_text(encoding="utf-8")
+    written = set(re.findall(r'_with_history\(\s*\w+,\s*"([a-z-]+)"', source))
+    written |= {a for pair in re.findall(r'action = "([a-z-]+)" if \w+ else "([a-z-]+)"', source)
+                for a in pair}  # fmt: skip
+    assert {"merged-from", "merged-into", "unmerged-from", "unmerged-child"} <= written
+    assert sorted(written - set(ACTION_NAMES)) == []
