@@ -113,7 +113,6 @@ ACTION_NAMES = {
     "review-rejected": "确认不是同一人",
     # a master's own history (services/patient_index/stewardship.py)
     "merged-from": "并入了另一主索引",
-    "merged-into": "被并入另一主索引",
     "unmerged-from": "撤销合并（拆出）",
     "unmerged-child": "撤销合并（子索引拆出）",
     "merge-refused-by-source": "合并被来源主索引拒绝",
