@@ -7,14 +7,44 @@ For command-line tools (``mrhub report``, the simulator's tally): committed data
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 from services.common.kafka_security import kafka_python_options
 
-__all__ = ["read_topic"]
+__all__ = ["read_range", "read_topic"]
+
+
+def read_range(
+    consumer: Any,
+    start: Mapping[Any, int],
+    end: Mapping[Any, int],
+    *,
+    timeout_s: float,
+    poll_ms: int = 500,
+    what: str = "the topics",
+) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(TopicPartition, ConsumerRecord)`` of every committed record of each partition
+    of ``end`` from its ``start`` offset (0 when absent) up to, not including, its ``end``
+    offset, assigning ``consumer`` to those partitions. Raise :class:`TimeoutError` when the
+    time runs out first (everything read until then has been yielded)."""
+    tps = list(end)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, start.get(tp, 0))
+    remaining = {tp for tp in tps if start.get(tp, 0) < end[tp]}
+    deadline = time.monotonic() + timeout_s
+    while remaining and time.monotonic() < deadline:
+        for tp, records in consumer.poll(timeout_ms=poll_ms).items():
+            for record in records:
+                if record.offset < end[tp]:
+                    yield tp, record
+        # transaction markers take offsets too: compare positions, not record counts
+        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+    if remaining:
+        raise TimeoutError(f"{what}: not read to the end within {timeout_s:.0f} s")
 
 
 def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> Iterator[Any]:
@@ -33,19 +63,9 @@ def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> Itera
         if not parts:
             return
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        start = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > 0}
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        yield record
-            # transaction markers take offsets too: compare positions, not record counts
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
-        if remaining:
-            raise TimeoutError(f"{topic} was not read to its end within {timeout_s:.0f} s")
+        for _tp, record in read_range(consumer, start, end, timeout_s=timeout_s, what=topic):
+            yield record
     finally:
         consumer.close()

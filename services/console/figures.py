@@ -243,41 +243,29 @@ class KafkaSource:
     def read(
         self, start: Mapping[TopicPartitionKey, int], end: Mapping[TopicPartitionKey, int]
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        import time
-
         from kafka import TopicPartition
 
-        consumer = self._open()
+        from services.common.kafka_read import read_range
+
         tps = {TopicPartition(*key): key for key in end}
-        consumer.assign(list(tps))
-        for tp, key in tps.items():
-            consumer.seek(tp, start.get(key, 0))
-        remaining = {tp for tp, key in tps.items() if start.get(key, 0) < end[key]}
-        deadline = time.monotonic() + self.timeout_s
-        while remaining and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                stop = end[tps[tp]]
-                for record in records:
-                    if record.offset >= stop:
-                        continue
-                    try:
-                        env = Envelope.from_bytes(record.value)
-                    except Exception:  # mrhub report would stop here; the page goes on
-                        log.warning(
-                            "figures: a record that is not an envelope was skipped",
-                            extra={
-                                "topic": tp.topic,
-                                "partition": tp.partition,
-                                "offset": record.offset,
-                            },
-                        )
-                        continue
-                    payload = {**env.payload, "recorded_at": env.occurred_at.isoformat()}
-                    yield self.topics[tp.topic], payload
-            # transaction markers take offsets too: compare positions, not record counts
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tps[tp]]}
-        if remaining:
-            raise TimeoutError(f"the recognition topics were not read within {self.timeout_s} s")
+        records = read_range(
+            self._open(),
+            {tp: start.get(key, 0) for tp, key in tps.items()},
+            {tp: end[key] for tp, key in tps.items()},
+            timeout_s=self.timeout_s,
+            what="the recognition topics",
+        )
+        for tp, record in records:
+            try:
+                env = Envelope.from_bytes(record.value)
+            except Exception:  # mrhub report would stop here; the page goes on
+                log.warning(
+                    "figures: a record that is not an envelope was skipped",
+                    extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset},
+                )
+                continue
+            payload = {**env.payload, "recorded_at": env.occurred_at.isoformat()}
+            yield self.topics[tp.topic], payload
 
     def close(self) -> None:
         if self._consumer is not None:

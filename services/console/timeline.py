@@ -30,7 +30,6 @@ does not name still shows under it until the next message about it.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -38,6 +37,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from services.common.kafka_read import read_range
 from services.common.kafka_security import kafka_python_options
 from services.common.topics import (
     DECISION_MADE,
@@ -257,35 +257,26 @@ def read_timeline(
             tps.extend(TopicPartition(topic, p) for p in sorted(chosen))
         if not tps:
             return timeline
-        consumer.assign(tps)
         end = consumer.end_offsets(tps)
         begin = consumer.beginning_offsets(tps)
-        for tp in tps:
-            start = max(begin[tp], end[tp] - limit)
-            if start > begin[tp]:
-                timeline.truncated = True
-            consumer.seek(tp, start)
-        remaining = {tp for tp in tps if end[tp] > begin[tp]}
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=300).items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        continue
-                    timeline.messages_read += 1
-                    if record.key not in wanted or record.value is None:
-                        continue
-                    try:
-                        payload = json.loads(record.value)["payload"]
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    if isinstance(payload, dict):
-                        messages.append(
-                            (kind_of[tp.topic], float(record.timestamp), record.offset, payload)
-                        )
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
-        if remaining:
-            timeline.truncated = True
+        start = {tp: max(begin[tp], end[tp] - limit) for tp in tps}
+        timeline.truncated = any(start[tp] > begin[tp] for tp in tps)
+        records = read_range(consumer, start, end, timeout_s=timeout_s, poll_ms=300)
+        try:
+            for tp, record in records:
+                timeline.messages_read += 1
+                if record.key not in wanted or record.value is None:
+                    continue
+                try:
+                    payload = json.loads(record.value)["payload"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(payload, dict):
+                    messages.append(
+                        (kind_of[tp.topic], float(record.timestamp), record.offset, payload)
+                    )
+        except TimeoutError:
+            timeline.truncated = True  # what was read is shown, and the page says so
     finally:
         consumer.close()
     timeline.entries = fold(messages, master)
