@@ -31,6 +31,7 @@ from services.common.errors import ConfigError
 from services.common.institutions import Registry, ReloadingRegistry
 from services.common.metrics import build_info, exposition, new_registry
 from services.common.settings import Settings
+from services.common.upstreams import Upstreams
 from services.console import auth
 from services.console.audit import AuditLog
 from services.console.auth import ROLE_NAMES, User, Users, current_user
@@ -54,6 +55,8 @@ class Console:
     metrics: CollectorRegistry
     requests: Counter
     sessions: auth.LiveSessions
+    #: the patient index's workers (``MRHUB_PATIENT_INDEX__URL``), None when none is set
+    patient_index: Upstreams | None
     extra: dict[str, Any] = field(default_factory=dict)  # pages' own helpers (figures cache …)
 
     def steward_headers(self, user: User) -> dict[str, str]:
@@ -297,6 +300,9 @@ def create_app(settings: Settings) -> web.Application:
         audit=AuditLog(settings),
         metrics=registry,
         sessions=auth.LiveSessions(cfg.session_max_age_s),
+        patient_index=(
+            Upstreams(settings.patient_index.url) if settings.patient_index.url.strip() else None
+        ),
         requests=Counter(
             "mrhub_console_requests_total",
             "Console requests by route, method and status class.",

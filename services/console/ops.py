@@ -23,6 +23,7 @@ import httpx
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.upstreams import split_urls
 from services.console import auth
 from services.console.app import CONSOLE, render
 
@@ -67,10 +68,6 @@ class Probe:
         return {"ready": "就绪", "not-ready": "未就绪", "down": "无响应"}[self.state]
 
 
-def _urls(value: str) -> list[str]:
-    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
-
-
 def targets(settings: Any) -> list[Target]:
     """Every process the page asks, in a fixed order."""
     out: list[Target] = []
@@ -80,7 +77,10 @@ def targets(settings: Any) -> list[Target]:
         ("recognition", settings.recognition.url),
         ("imaging", settings.console.imaging_url),
     ):
-        out += [Target(service, i, url) for i, url in enumerate(_urls(value))]
+        out += [
+            Target(service, i, url)
+            for i, url in enumerate(split_urls(value) if value.strip() else ())
+        ]
     return out
 
 

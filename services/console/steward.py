@@ -67,6 +67,7 @@ from services.common.identifiers import (
     MEDICAL_RECORD_NO_SYSTEM,
     OUTPATIENT_NO_SYSTEM,
 )
+from services.common.patient_lookup import is_master_id
 from services.console import auth
 from services.console.app import CONSOLE, Console, render, render_error
 from services.console.audit import AuditUnavailable
@@ -143,7 +144,6 @@ LEVEL_NAMES = {
     "different": "不一致",
 }
 
-_MASTER = re.compile(r"^MP[0-9a-f]{24}$")
 _REVIEW_ID = re.compile(r"^[0-9A-Za-z_:-]{1,200}\.MP[0-9a-f]{24}$")
 _INSTITUTION = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 REASON_MAX = 500
@@ -166,25 +166,27 @@ class Upstream(Exception):
 # ----------------------------------------------------------------------- patient index
 
 
-def _bases(ctx: Console) -> list[str]:
-    return [u.strip().rstrip("/") for u in ctx.settings.patient_index.url.split(",") if u.strip()]
-
-
 async def pi_call(
     ctx: Console, user: User, method: str, path: str, body: dict[str, Any] | None = None
 ) -> httpx.Response:
     """One request to the patient index's steward API on behalf of ``user``: any worker
-    answers; one that refuses the connection (or, for a read, is not ready) is skipped."""
+    answers (:class:`services.common.upstreams.Upstreams` keeps the order); one that refuses
+    the connection (or, for a read, is not ready) is skipped."""
     headers = ctx.steward_headers(user)
-    last: str = "no patient index configured"
-    for base in _bases(ctx):
+    workers = ctx.patient_index
+    if workers is None:
+        raise Upstream("no patient index configured")
+    last = ""
+    for base in workers.order():
         try:
             answer = await ctx.http.request(method, base + path, json=body, headers=headers)
         except httpx.ConnectError as exc:
+            workers.failed(base)
             last = type(exc).__name__
             continue
         except httpx.HTTPError as exc:
             raise Upstream(type(exc).__name__) from exc
+        workers.answered(base)
         if answer.status_code == 503 and method == "GET":
             last = "503"
             continue
@@ -480,7 +482,7 @@ async def find_post(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     if form.get("kind") == "master" and user.role == "steward":
         patient, institution = form.get("value", ""), ""
-        if not _MASTER.match(patient):
+        if not is_master_id(patient):
             await _set(request, **{SESSION_ERROR: "主索引号应为 MP 加 24 位十六进制数字。"})
             raise web.HTTPSeeOther("/patients")
     else:
@@ -508,7 +510,7 @@ async def find_post(request: web.Request) -> web.StreamResponse:
     if answer.status_code != 200:
         return await render_error(request, 502, _refusal(answer))
     master = answer.json().get("master_patient_id")
-    if not isinstance(master, str) or not _MASTER.match(master):
+    if not isinstance(master, str) or not is_master_id(master):
         return await _not_found(request)
     await _set(request, **{SESSION_PATIENT: master})
     raise web.HTTPSeeOther("/patient")
@@ -543,7 +545,7 @@ def _related(view: dict[str, Any]) -> list[str]:
             out.add(h["other_master_patient_id"])
     if view.get("merged_into"):
         out.add(view["merged_into"])
-    return sorted(m for m in out if isinstance(m, str) and _MASTER.match(m))
+    return sorted(m for m in out if isinstance(m, str) and is_master_id(m))
 
 
 #: How strongly an identity is held (the patient index's ranks, services/patient_index).
@@ -654,13 +656,13 @@ def _patient_action(kind: str) -> Any:
         body: dict[str, Any] = {"reason": reason}
         if kind == "merge":
             target = form.get("target", "")
-            if not _MASTER.match(target):
+            if not is_master_id(target):
                 await _set(request, **{SESSION_ERROR: "目标主索引号应为 MP 加 24 位十六进制数字。"})
                 raise web.HTTPSeeOther("/patient")
             body |= {"source": master, "target": target}
         elif kind == "unmerge":
             source = form.get("source") or master
-            if not _MASTER.match(source):
+            if not is_master_id(source):
                 await _set(request, **{SESSION_ERROR: "请选择要拆分的主索引。"})
                 raise web.HTTPSeeOther("/patient")
             body |= {"source": source}
