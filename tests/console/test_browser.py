@@ -612,3 +612,15 @@ def test_no_page_asks_anything_of_another_host_and_no_url_names_a_patient(
         plain = unquote(url)
         assert not MASTER_ID.search(plain), url
         assert not [s for s in secrets_ if s in plain], url
+
+
+def test_the_consoles_log_names_no_patient(site: Site) -> None:
+    """After every page of the module has been visited (this test runs last): the console's
+    own log holds none of the cards, names, hospital numbers or master ids it showed."""
+    text = site.console_log.read_text(encoding="utf-8", errors="replace")
+    assert "console request" in text  # the log is the console's, and it logged requests
+    secrets_ = {"孙秀英", "周桂兰"}
+    for p in site.patients.values():
+        secrets_ |= {p.card, p.name, *p.numbers.values()}
+    assert not [s for s in secrets_ if s and s in text]
+    assert not MASTER_ID.search(text)
