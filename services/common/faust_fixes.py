@@ -292,7 +292,8 @@ class AdaptiveCommit:
 
     The commit timer ticks every ``min_interval_s``. At a tick, the transaction of a
     source partition with acked offsets is committed when its partitions are caught up
-    (:func:`caught_up`) or when its last commit is ``max_interval_s`` old; otherwise it
+    (each read to its end, :func:`at_end`, and none with a delivered event not acked yet,
+    :func:`unacked_partitions`) or when its last commit is ``max_interval_s`` old; otherwise it
     stays open, and when no transaction is due nothing is committed (the commit gate is not
     entered). All partitions of one transactional id commit together: a transaction commits
     every output sent in it, so a partition left out would have its outputs committed
@@ -395,12 +396,6 @@ def at_end(consumer: Any, tp: Any) -> bool:
 def unacked_partitions(consumer: Any) -> set[Any]:
     """The partitions with a message delivered to an agent and not acked yet."""
     return {message.tp for message in list(consumer._unacked_messages) if not message.acked}
-
-
-def caught_up(consumer: Any, tp: Any) -> bool:
-    """``tp`` has been read to its end (:func:`at_end`) and every message of it delivered
-    to an agent has been processed and acked."""
-    return at_end(consumer, tp) and tp not in unacked_partitions(consumer)
 
 
 def apply() -> None:
