@@ -161,6 +161,8 @@ def make_app(
         "web_application_options": web_application_options(guard),
         **FAUST_WEB_SETTINGS,
         "producer_acks": -1,
+        # batches of several messages per produce request instead of one each
+        "producer_linger": settings.kafka.producer_linger_ms / 1000,
         # a resource as large as the gateway's body limit travels through every stage
         "producer_max_request_size": max_message_bytes(settings),
         # exactly_once: outputs, changelogs and offsets commit in one Kafka transaction, and
