@@ -54,10 +54,22 @@ class KafkaSettings(_Frozen):
         default=1.0,
         gt=0,
         le=30,
-        description="How often a worker commits its Kafka transaction. Outputs become "
-        "visible downstream only at a commit, so each stage adds up to this much latency; "
-        "shorter costs more transactions per second, and under a backlog more CPU per "
+        description="The longest a worker leaves a source partition's Kafka transaction "
+        "open while it has a backlog. Outputs become visible downstream only at a commit; "
+        "a partition that is caught up commits sooner, every `commit_interval_min_s`. "
+        "Shorter costs more transactions per second, and under a backlog more CPU per "
         "record (docs/recognition.md).",
+    )
+    commit_interval_min_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=30,
+        description="How often a worker's commit timer ticks: at a tick it commits the "
+        "transaction of each source partition that is caught up (everything fetched "
+        "processed, read to the partition's end), and the others once `commit_interval_s` "
+        "has passed since their last commit. Each caught-up stage then adds up to this much "
+        "latency. Equal to `commit_interval_s`: one fixed interval for every partition. "
+        "Must not exceed `commit_interval_s`.",
     )
     producer_linger_ms: int = Field(
         default=5,
@@ -80,6 +92,15 @@ class KafkaSettings(_Frozen):
     ssl_cafile: Path | None = Field(default=None, description="CA of the brokers' certificates.")
     ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
     ssl_keyfile: Path | None = Field(default=None, description="Its private key.")
+
+    @model_validator(mode="after")
+    def _commit_intervals(self) -> KafkaSettings:
+        if self.commit_interval_min_s > self.commit_interval_s:
+            raise ValueError(
+                f"MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S ({self.commit_interval_min_s:g}) must not "
+                f"exceed MRHUB_KAFKA__COMMIT_INTERVAL_S ({self.commit_interval_s:g})"
+            )
+        return self
 
 
 class BrokerSettings(_Frozen):

@@ -203,6 +203,18 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "connection error) as a bare KafkaError `from` it? If it retries them now, drop the "
         "patch",
     ),
+    # patch 14: the adaptive commit interval
+    "faust.transport.consumer.Consumer._commit_handler": (
+        "4e5da5df073082d6",
+        "patch 14 replaces it: is it still one fixed timer (broker_commit_interval) that "
+        "commits every partition? If faust commits per partition or when caught up now, "
+        "drop the patch",
+    ),
+    "mode.services.Service._get_tasks": (
+        "96fd6ab8850dba68",
+        "patch 14 sets Consumer._commit_handler to a new ServiceTask: does mode still look "
+        "a service's tasks up by attribute name when the service starts?",
+    ),
     "faust.tables.table.Table.on_key_set": (
         "a370e35ca55c2c7e",
         "scan_prefix: does a table change still go to the current event's partition?",
@@ -604,12 +616,13 @@ def _committing_consumer(app: Any, calls: list[str]) -> Any:
 
     app.in_transaction = True
     app.producer = SimpleNamespace(buffer=SimpleNamespace(flush=flush))
+    acked = {TP("t", 0): [5]}  # an event acked since the last commit
 
     def committable(tps: Any) -> dict[Any, int]:
         calls.append("offsets")
         return {}
 
-    return SimpleNamespace(app=app, _filter_committable_offsets=committable)
+    return SimpleNamespace(app=app, _acked=acked, _filter_committable_offsets=committable)
 
 
 async def test_a_commit_waits_for_the_event_in_flight_and_holds_the_next_one_back() -> None:
@@ -621,7 +634,9 @@ async def test_a_commit_waits_for_the_event_in_flight_and_holds_the_next_one_bac
     calls: list[str] = []
     consumer = _committing_consumer(app, calls)
     await gate.enter()  # an agent is half way through an event
-    commit = asyncio.ensure_future(faust_consumer.Consumer._commit_tps(consumer, [], True))
+    commit = asyncio.ensure_future(
+        faust_consumer.Consumer._commit_tps(consumer, [TP("t", 0)], True)
+    )
     for _ in range(20):
         await asyncio.sleep(0)
     assert calls == [] and not commit.done()  # nothing read or flushed while it runs
@@ -653,7 +668,7 @@ async def test_an_app_without_the_hubs_agents_commits_as_before() -> None:
     faust_fixes.apply()
     calls: list[str] = []
     consumer = _committing_consumer(_App(), calls)
-    assert await faust_consumer.Consumer._commit_tps(consumer, [], True) is False
+    assert await faust_consumer.Consumer._commit_tps(consumer, [TP("t", 0)], True) is False
     assert calls == ["flush", "offsets"]
 
 
