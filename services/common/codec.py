@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
+_SORTED_ENCODER = msgspec.json.Encoder(decimal_format="number", order="sorted")
 _DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
@@ -25,6 +26,15 @@ class DecodeError(ValueError):
 def dumps(doc: Any) -> bytes:
     """Compact UTF-8 JSON; ``Decimal`` values keep their digits."""
     return _ENCODER.encode(doc)
+
+
+def dumps_sorted(doc: Any) -> bytes:
+    """:func:`dumps` with every object's keys sorted (by code point), for content hashes:
+    the same bytes as ``simplejson.dumps(doc, sort_keys=True, ensure_ascii=False,
+    separators=(",", ":")).encode()`` for strings, integers, booleans, ``None`` and
+    ``Decimal`` (floats are written differently: ``1e16`` where simplejson writes
+    ``1e+16``), about ten times faster (tests/unit/test_codec.py holds the two equal)."""
+    return _SORTED_ENCODER.encode(doc)
 
 
 def pretty(doc: Any) -> str:

@@ -25,6 +25,7 @@ from services.common.kafka_admin import create_topics
 from services.common.kafka_security import faust_credentials
 from services.common.logging import dict_config
 from services.common.metrics import WorkerMetrics
+from services.common.partitioner import PARTITIONER
 from services.common.patient_lookup import internal_token
 from services.common.settings import Settings
 from services.common.topics import TopicSpec, max_message_bytes
@@ -161,6 +162,10 @@ def make_app(
         "web_application_options": web_application_options(guard),
         **FAUST_WEB_SETTINGS,
         "producer_acks": -1,
+        # batches of several messages per produce request instead of one each
+        "producer_linger": settings.kafka.producer_linger_ms / 1000,
+        # Kafka's murmur2 in C instead of aiokafka's pure Python (the same partitions)
+        "producer_partitioner": PARTITIONER,
         # a resource as large as the gateway's body limit travels through every stage
         "producer_max_request_size": max_message_bytes(settings),
         # exactly_once: outputs, changelogs and offsets commit in one Kafka transaction, and

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from services.common.partitioner import partition_for as murmur2_partition
+
 if TYPE_CHECKING:
     from services.common.settings import Settings
 
@@ -211,10 +213,9 @@ def with_events_table(doc: str) -> str:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
-    that faust's producer and the gateway use) gives ``key`` on a topic of ``partitions``."""
-    from aiokafka.partitioner import murmur2
-
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+    and :data:`services.common.partitioner.PARTITIONER`, which faust's producer and the
+    gateway use) gives ``key`` on a topic of ``partitions``."""
+    return murmur2_partition(key, partitions)
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates docs/events.md's overview table

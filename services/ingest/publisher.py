@@ -43,6 +43,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.common.errors import KafkaUnavailableError
 from services.common.kafka_security import aiokafka_options
+from services.common.partitioner import PARTITIONER
 from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES
 from services.ingest.metrics import IngestMetrics
 
@@ -298,6 +299,7 @@ class Publisher:
             bootstrap_servers=self.bootstrap.split(","),
             client_id=f"mrhub-ingest-{self._instance}-{slot}",
             transactional_id=f"mrhub-ingest-{self._instance}-{slot}",
+            partitioner=PARTITIONER,
             transaction_timeout_ms=max(3 * ms, 10_000),
             acks="all",
             enable_idempotence=True,

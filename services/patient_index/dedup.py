@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-import simplejson
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from services.common.codec import dumps, loads
+from services.common.codec import dumps, dumps_sorted, loads
 from services.patient_index.canonical import CanonicalRecord, PublishedChange
 
 Change = Literal["new", "duplicate", "update", "retraction", "stale"]
@@ -145,8 +144,9 @@ def content_hash(record: CanonicalRecord) -> str:
     so an exact resend — through another bundle, at another time — hashes equal.
     """
     doc = _normalise(record.model_dump(include=set(_CONTENT_FIELDS)))
-    text = simplejson.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    # the bytes simplejson.dumps(doc, sort_keys=True, ensure_ascii=False,
+    # separators=(",", ":")) wrote before (stored hashes stay valid), in C
+    return hashlib.sha256(dumps_sorted(doc)).hexdigest()[:32]
 
 
 def _watermark(a: datetime | None, b: datetime | None) -> datetime | None:

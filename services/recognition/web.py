@@ -37,7 +37,6 @@ import aiohttp
 import faust
 from aiohttp.web import Request, Response
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 from faust.web import View
 from mode import Service
 from yarl import URL
@@ -50,6 +49,7 @@ from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.forwarding import FORWARDED_BY_HEADER, PUBLIC_BASE_HEADER, trusted_base
 from services.common.institutions import Institution, Registry
 from services.common.kafka_security import aiokafka_options
+from services.common.partitioner import PARTITIONER
 from services.common.patient_lookup import (
     LookupUnavailable,
     PatientLookup,
@@ -223,26 +223,6 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(body=_dumps(doc), status=status, content_type="application/json")
 
 
-class KeyPartitioner:
-    """aiokafka's default partitioner (murmur2 of the key, as every Kafka client) with each
-    key's hash kept: the audit records of checks are keyed by the reading institution, a few
-    hundred keys, and the pure-Python murmur2 was a visible share of a check's CPU."""
-
-    def __init__(self, keep: int = 10_000) -> None:
-        self._hashes: dict[bytes, int] = {}
-        self._keep = keep
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(DefaultPartitioner()(key, all_partitions, available))
-        hashed = self._hashes.get(key)
-        if hashed is None:
-            if len(self._hashes) >= self._keep:
-                self._hashes.clear()
-            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return all_partitions[hashed % len(all_partitions)]
-
-
 _Refused = CheckRefused
 #: app → how its views identify the caller (for :class:`GuardedView`'s HEAD)
 _CALLERS: weakref.WeakKeyDictionary[Any, Callable[[Request], Institution]] = (
@@ -292,7 +272,7 @@ def install(ctx: Context) -> None:
                 bootstrap_servers=ctx.settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
-                partitioner=KeyPartitioner(),
+                partitioner=PARTITIONER,
                 **aiokafka_options(ctx.settings.kafka),
             )
             await ctx.producer.start()

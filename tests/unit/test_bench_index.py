@@ -135,8 +135,8 @@ def test_changelog_topics_are_the_ones_faust_keeps_for_the_tables(faust_app: Any
 
 
 def test_partition_is_the_one_faust_s_producer_picks(faust_app: Any) -> None:
-    # the app sets no partitioner, so faust's producer uses aiokafka's DefaultPartitioner
-    assert faust_app.conf.producer_partitioner is None
+    # the app's partitioner (the C murmur2) must pick what aiokafka's DefaultPartitioner picks
+    partitioner = faust_app.conf.producer_partitioner
     aio = AioDefaultPartitioner()
     rng = random.Random(3)
     for n in (1, 3, 6, 12):
@@ -144,6 +144,7 @@ def test_partition_is_the_one_faust_s_producer_picks(faust_app: Any) -> None:
         for i in range(500):
             key = keyed_hash(KEY, "x", str(i)).encode() if i % 2 else rng.randbytes(i % 40)
             assert partition_for(key, n) == aio(key, parts, parts)
+            assert partitioner(key, parts, parts) == aio(key, parts, parts)
             assert partition_for(key, n) == (kafka_python_murmur2(key) & 0x7FFFFFFF) % n
 
 

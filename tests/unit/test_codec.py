@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
+import simplejson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.common import codec
 from services.common.envelope import Envelope
@@ -70,3 +74,26 @@ def test_is_text_refuses_a_lone_surrogate_anywhere() -> None:
     assert is_text({"a": ["县医院", 1, 2.5, None, {"b": True}]})
     assert not is_text({"a": [{"b": "\ud800"}]})
     assert not is_text({"\udfff": 1})
+
+
+_SCALARS = (
+    st.text()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.booleans()
+    | st.none()
+    | st.decimals(allow_nan=False, allow_infinity=False)
+)
+_DOCS = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_DOCS)
+def test_dumps_sorted_writes_what_simplejson_wrote_for_content_hashes(doc: Any) -> None:
+    """The patient index's content hashes were simplejson's sorted output; the msgspec
+    encoder must give the same bytes or every stored hash would stop matching its resend."""
+    expected = simplejson.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert codec.dumps_sorted(doc) == expected.encode()

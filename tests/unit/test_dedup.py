@@ -124,6 +124,21 @@ def test_content_hash_ignores_envelope_fields_and_time_spelling() -> None:
     assert content_hash(base) != content_hash(k(issued=T1))
 
 
+def test_content_hashes_stored_before_the_msgspec_encoder_still_match() -> None:
+    """A record's hash is what the simplejson encoder gave it before (the hashes in every
+    running hub's ``seen`` table): a resend after the upgrade is still a duplicate."""
+    import hashlib
+
+    import simplejson
+
+    from services.patient_index.dedup import _CONTENT_FIELDS, _normalise
+
+    for record in (k(), k(value="4.20"), build(ct_chest_study()), build(ct_order())):
+        doc = _normalise(record.model_dump(include=set(_CONTENT_FIELDS)))
+        text = simplejson.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        assert content_hash(record) == hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 # --- update -------------------------------------------------------------------------------
 
 
