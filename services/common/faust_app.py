@@ -202,7 +202,7 @@ def make_app(
     app = faust.App(app_id, **options)
     if "broker_commit_interval" not in overrides:
         faust_fixes.adaptive_commit(
-            app, settings.kafka.commit_interval_min_s, settings.kafka.commit_interval_s
+            app, settings.kafka.commit_tick_s, settings.kafka.commit_interval_s
         )
     adopt_guard(app, guard)
     _instrument(app, service)

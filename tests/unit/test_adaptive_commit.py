@@ -330,9 +330,20 @@ async def test_a_stop_commits_what_the_timer_left_open(clock: _Clock) -> None:
 # ── settings ─────────────────────────────────────────────────────────────────────────
 
 
-def test_the_default_commits_caught_up_partitions_every_tenth_of_a_second() -> None:
+def test_the_default_is_one_fixed_interval_and_adaptive_commits_are_opt_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     kafka = KafkaSettings()
-    assert (kafka.commit_interval_min_s, kafka.commit_interval_s) == (0.1, 1.0)
+    assert (kafka.commit_interval_min_s, kafka.commit_tick_s, kafka.commit_interval_s) == (
+        None,
+        1.0,
+        1.0,
+    )
+    monkeypatch.setenv("MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S", "0.1")
+    assert Settings().kafka.commit_tick_s == 0.1
+    monkeypatch.setenv("MRHUB_KAFKA__COMMIT_INTERVAL_S", "0.5")
+    monkeypatch.delenv("MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S")
+    assert Settings().kafka.commit_tick_s == 0.5  # unset: follows the fixed interval
 
 
 def test_a_shortest_interval_above_the_longest_is_refused(
