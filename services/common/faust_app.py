@@ -184,8 +184,8 @@ def make_app(
         "broker_heartbeat_interval": 3.0,
         # each stage's output is visible downstream (read_committed) only once its
         # transaction commits: end-to-end latency grows by up to this much per hop. The
-        # longest interval: faust_fixes.adaptive_commit below commits a caught-up
-        # partition's transaction every commit_interval_min_s (patch 14).
+        # longest interval: with commit_interval_min_s set, faust_fixes.adaptive_commit
+        # below commits a caught-up partition's transaction that often (patch 14).
         "broker_commit_interval": settings.kafka.commit_interval_s,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.kafka.replication_factor,

@@ -56,7 +56,7 @@ class KafkaSettings(_Frozen):
         le=30,
         description="The longest a worker leaves a source partition's Kafka transaction "
         "open while it has a backlog. Outputs become visible downstream only at a commit; "
-        "a partition that is caught up commits sooner, every `commit_interval_min_s`. "
+        "with `commit_interval_min_s` set, a partition that is caught up commits sooner. "
         "Shorter costs more transactions per second, and under a backlog more CPU per "
         "record (docs/recognition.md).",
     )
