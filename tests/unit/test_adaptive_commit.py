@@ -57,6 +57,7 @@ class _App:
 
         self.conf, self.assignor, self.tables = Conf(), Assignor(), Tables()
         self.in_transaction = True
+        self.producer: Any = None  # a test that commits sets one
 
 
 class _Fetcher:
