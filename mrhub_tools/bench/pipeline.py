@@ -19,7 +19,8 @@ expected decisions depend on those results. Then, in order:
 5. **Kafka ceiling** — on the same broker, a bare loop: one producer, then ``H``
    consume → identity → produce stages chained through ``H`` topics into one more, each an
    aiokafka transactional consumer-producer (``read_committed``, offsets sent to the
-   transaction, a commit every ``kafka.commit_interval_s`` — the hub's own setting). Once at
+   transaction, a commit every ``kafka.commit_interval_s``, and sooner when caught up if
+   ``kafka.commit_interval_min_s`` is set — the hub's own settings). Once at
    the order rate (latency), once flat out with as many messages as the flat-out phase
    indexed, of the same average size (records/s).
 
@@ -372,14 +373,29 @@ async def transactional_loop(
     interval_s: float,
     handle: Callable[[Any, Any], Awaitable[None]],
     stop: asyncio.Event | None = None,
+    *,
+    min_interval_s: float | None = None,
 ) -> None:
     """Consume → ``handle(tp, record)`` → commit, one transaction per ``interval_s``: what
     each record's handler sends and the offsets consumed commit together. Runs until
-    ``stop`` is set (forever without one)."""
+    ``stop`` is set (forever without one).
+
+    With ``min_interval_s`` (the hub's ``kafka.commit_interval_min_s``), the loop also looks
+    every ``min_interval_s`` whether it is caught up — each assigned partition's position at
+    the last stable offset its last fetch reported — and if so commits then: what the hub's
+    adaptive commit (faust_fixes patch 14) does at each tick. Under a backlog it still
+    commits once per ``interval_s``."""
     loop = asyncio.get_running_loop()
 
     def stopping() -> bool:
         return stop is not None and stop.is_set()
+
+    async def caught_up() -> bool:
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp)
+            if end is None or await consumer.position(tp) < end:
+                return False
+        return True
 
     while not stopping():
         batch = await consumer.getmany(timeout_ms=int(interval_s * 1000))
@@ -388,15 +404,21 @@ async def transactional_loop(
         offsets: dict[Any, int] = {}
         async with producer.transaction():
             deadline = loop.time() + interval_s
+            tick = deadline if min_interval_s is None else loop.time() + min_interval_s
             while True:
                 for tp, records in batch.items():
                     for r in records:
                         await handle(tp, r)
                     offsets[tp] = records[-1].offset + 1
-                left = deadline - loop.time()
-                if left <= 0 or stopping():
+                now = loop.time()
+                if now >= deadline or stopping():
                     break
-                batch = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
+                if min_interval_s is not None and now >= tick:
+                    if await caught_up():
+                        break
+                    tick = now + min_interval_s
+                wait = min(deadline, tick) - now
+                batch = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
             await producer.send_offsets_to_transaction(offsets, group)
 
 
@@ -408,6 +430,7 @@ async def bare_loop(
     size: int,
     rate: float,
     commit_interval_s: float,
+    commit_interval_min_s: float | None = None,
 ) -> BareResult:
     """One producer writes ``messages`` of ``size`` bytes to ``topics[0]`` (at ``rate`` per
     second, or flat out when 0); ``len(topics) - 1`` transactional stages each copy topic
@@ -452,7 +475,15 @@ async def bare_loop(
             await producer.send(topics[i + 1], r.value, key=r.key, headers=list(r.headers))
 
         try:
-            await transactional_loop(consumer, producer, group, commit_interval_s, copy, stop)
+            await transactional_loop(
+                consumer,
+                producer,
+                group,
+                commit_interval_s,
+                copy,
+                stop,
+                min_interval_s=commit_interval_min_s,
+            )
         finally:
             await producer.stop()
             await consumer.stop()
@@ -532,11 +563,13 @@ def ceiling(
     from services.common.kafka_admin import create_topics
 
     commit = settings.kafka.commit_interval_s
+    commit_min = settings.kafka.commit_interval_min_s
     out: dict[str, Any] = {
         "hops": hops,
         "stages": hops,
         "topics": hops + 1,
         "commit_interval_s": commit,
+        "commit_interval_min_s": commit_min,
         "message_bytes": size,
     }
     for name, n, r in (("flat_out", messages, 0.0), ("steady", latency_messages, rate)):
@@ -557,6 +590,7 @@ def ceiling(
                 size=size,
                 rate=r,
                 commit_interval_s=commit,
+                commit_interval_min_s=commit_min,
             )
         )
         out[name] = {
@@ -925,6 +959,7 @@ def run_hub(
         "brokers": len(kafka.pids) or None,
         "replication_factor": settings.kafka.replication_factor,
         "commit_interval_s": settings.kafka.commit_interval_s,
+        "commit_interval_min_s": settings.kafka.commit_interval_min_s,
         "topic_partitions": settings.topic_partitions,
     }
     seconds: dict[str, float] = {}
@@ -1242,10 +1277,17 @@ def _brokers(r: Mapping[str, Any]) -> str:
     return f", {n} brokers (replication factor {r.get('replication_factor')})"
 
 
+def _commits(r: Mapping[str, Any]) -> str:
+    """How often transactions commit: the fixed interval, or the adaptive pair."""
+    fixed = f"every {r['commit_interval_s']:g} s"
+    low = r.get("commit_interval_min_s")
+    return fixed if low is None else f"{fixed} ({low:g} s when caught up)"
+
+
 def format_report(r: Mapping[str, Any]) -> str:
     lines = [
-        f"mrhub bench pipeline — {r['cpu_count']} CPUs, {r['processes']}, commit every "
-        f"{r['commit_interval_s']:g} s, {r['topic_partitions']} partitions{_brokers(r)}",
+        f"mrhub bench pipeline — {r['cpu_count']} CPUs, {r['processes']}, commit "
+        f"{_commits(r)}, {r['topic_partitions']} partitions{_brokers(r)}",
     ]
     for phase in PHASES:
         p = r.get(phase)
@@ -1286,8 +1328,8 @@ def format_report(r: Mapping[str, Any]) -> str:
     if c:
         f, s = c["flat_out"], c["steady"]
         lines += [
-            f"  Kafka ceiling (bare transactional loop, {c['stages']} stages, commit every "
-            f"{c['commit_interval_s']:g} s, {c['message_bytes']} B messages):",
+            f"  Kafka ceiling (bare transactional loop, {c['stages']} stages, commit "
+            f"{_commits(c)}, {c['message_bytes']} B messages):",
             f"    flat out: {f['arrived']}/{f['messages']} in {f['seconds']} s = "
             f"{_v(f['records_per_s'])} records/s, {_v(f['cpu_us_per_record'], ',.0f')} CPU µs "
             "per record (one process)",

@@ -4,6 +4,9 @@ the hop count, per-order exactly-once counting, the report and its summary (no t
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
+import contextlib
 import json
 from typing import Any
 
@@ -324,3 +327,101 @@ def test_problems_are_printed() -> None:
     r = _report()
     r["problems"] = ["steady: 10 of 300 canonical records seen (patient_index exited 1)"]
     assert "PROBLEM: steady: 10 of 300" in pipeline.format_report(r)
+
+
+def test_the_report_says_when_commits_are_adaptive() -> None:
+    r = _report()
+    r["commit_interval_s"] = r["ceiling"]["commit_interval_s"] = 1.0
+    r["commit_interval_min_s"] = r["ceiling"]["commit_interval_min_s"] = 0.1
+    r["summary"] = pipeline.summary(r)
+    text = pipeline.format_report(r)
+    assert "commit every 1 s (0.1 s when caught up), 6 partitions" in text
+    assert "3 stages, commit every 1 s (0.1 s when caught up), 1200 B messages" in text
+    fixed = _report()
+    fixed["summary"] = pipeline.summary(fixed)
+    assert "when caught up" not in pipeline.format_report(fixed)
+
+
+class _ScriptedConsumer:
+    """``getmany`` hands out the scripted (batch, last stable offset) pairs in turn ({} =
+    nothing arrived in time), then sets ``stop`` and returns nothing. One partition, "t-0";
+    its position is the offset after the last record handed out."""
+
+    def __init__(self, script: list[tuple[dict[str, list[Any]], int]], stop: asyncio.Event):
+        self.script = list(script)
+        self.stop = stop
+        self.lso = 0
+        self.next = 0
+
+    def assignment(self) -> set[str]:
+        return {"t-0"}
+
+    def last_stable_offset(self, tp: str) -> int:
+        return self.lso
+
+    async def position(self, tp: str) -> int:
+        return self.next
+
+    async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
+        if not self.script:
+            self.stop.set()
+            return {}
+        batch, self.lso = self.script.pop(0)
+        for records in batch.values():
+            self.next = records[-1].offset + 1
+        return batch
+
+
+class _RecordingProducer:
+    """Records each transaction's offsets and what was sent inside it."""
+
+    def __init__(self) -> None:
+        self.transactions: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> Any:
+        self.open = {"sent": [], "offsets": None}
+        yield
+        self.transactions.append(self.open)
+        self.open = None
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        assert self.open is not None
+        self.open["offsets"] = dict(offsets)
+
+
+def _loop_transactions(min_interval_s: float | None) -> list[dict[str, Any]]:
+    record = collections.namedtuple("record", "offset value")
+
+    async def go() -> list[dict[str, Any]]:
+        stop = asyncio.Event()
+        script = [
+            ({"t-0": [record(0, b"a"), record(1, b"b")]}, 2),  # read to the end: caught up
+            ({"t-0": [record(2, b"c")]}, 5),  # more is committed upstream: not caught up
+            ({}, 5),
+            ({"t-0": [record(3, b"d"), record(4, b"e")]}, 5),  # caught up again
+        ]
+        consumer, producer = _ScriptedConsumer(script, stop), _RecordingProducer()
+
+        async def handle(tp: Any, r: Any) -> None:
+            assert producer.open is not None, "a record handled outside a transaction"
+            producer.open["sent"].append(r.value)
+
+        # an interval no test run reaches, and a check at every fetch: only being caught up
+        # can end a transaction early
+        await pipeline.transactional_loop(
+            consumer, producer, "g", 3600.0, handle, stop, min_interval_s=min_interval_s
+        )
+        return producer.transactions
+
+    return asyncio.run(go())
+
+
+def test_the_ceiling_loop_commits_when_caught_up_if_the_hub_does() -> None:
+    adaptive = _loop_transactions(0.0)
+    assert [t["sent"] for t in adaptive] == [[b"a", b"b"], [b"c", b"d", b"e"]]
+    assert [t["offsets"] for t in adaptive] == [{"t-0": 2}, {"t-0": 5}]
+    fixed = _loop_transactions(None)  # being caught up does not end a transaction
+    assert [t["sent"] for t in fixed] == [[b"a", b"b", b"c", b"d", b"e"]]
+    assert [t["offsets"] for t in fixed] == [{"t-0": 5}]
