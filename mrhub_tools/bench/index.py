@@ -87,12 +87,12 @@ from services.common.identifiers import (
     OUTPATIENT_NO_SYSTEM,
     keyed_hash,
 )
+from services.common.partitioner import partition_for
 from services.common.settings import Settings
 from services.common.topics import (
     ALL_TOPICS,
     RESOURCE_ACCEPTED,
     RESULT_INDEXED,
-    partition_for,
 )
 from services.ingest.validation import business_id
 from services.ingest.views import EVENT_TYPE, patient_identifiers

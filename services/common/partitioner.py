@@ -42,7 +42,7 @@ class Murmur2Partitioner:
     ) -> int:
         if key is None:
             return random.choice(available or all_partitions)  # noqa: S311 - spreading, not secrecy
-        return all_partitions[(murmurhash2(key, KAFKA_SEED) & 0x7FFFFFFF) % len(all_partitions)]
+        return all_partitions[partition_for(key, len(all_partitions))]
 
 
 PARTITIONER: Final = Murmur2Partitioner()

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from services.common.partitioner import partition_for as murmur2_partition
-
 if TYPE_CHECKING:
     from services.common.settings import Settings
 
@@ -209,13 +207,6 @@ def with_events_table(doc: str) -> str:
     start = doc.index(EVENTS_TABLE_BEGIN) + len(EVENTS_TABLE_BEGIN)
     end = doc.index(EVENTS_TABLE_END)
     return doc[:start] + "\n" + events_table() + doc[end:]
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as aiokafka's ``DefaultPartitioner``
-    and :data:`services.common.partitioner.PARTITIONER`, which faust's producer and the
-    gateway use) gives ``key`` on a topic of ``partitions``."""
-    return murmur2_partition(key, partitions)
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates docs/events.md's overview table

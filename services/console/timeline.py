@@ -5,7 +5,7 @@ keyed by the master patient id (docs/events.md): ``mrhub.results.result-indexed.
 ``mrhub.results.order-placed.v1``, ``mrhub.recognition.decision-made.v1`` and
 ``mrhub.imaging.study-indexed.v1``. Every producer of them (faust's producer, aiokafka's
 ``DefaultPartitioner``) puts a key on ``murmur2(key) % partitions``
-(:func:`services.common.topics.partition_for`), so a master's messages are in one partition
+(:func:`services.common.partitioner.partition_for`), so a master's messages are in one partition
 of each topic: only that partition is read, never the whole topic.
 
 **The bound.** Of each partition read, only the last :data:`SCAN_MESSAGES` offsets are read
@@ -39,12 +39,12 @@ from kafka import KafkaConsumer, TopicPartition
 
 from services.common.kafka_read import read_range
 from services.common.kafka_security import kafka_python_options
+from services.common.partitioner import partition_for
 from services.common.topics import (
     DECISION_MADE,
     ORDER_PLACED,
     RESULT_INDEXED,
     STUDY_INDEXED,
-    partition_for,
 )
 
 __all__ = ["SCAN_MESSAGES", "SCAN_TIMEOUT_S", "Timeline", "TimelineEntry", "read_timeline"]

@@ -43,9 +43,10 @@ from services.common.faust_fixes import scan_prefix
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, may_read
 from services.common.kafka_security import aiokafka_options
+from services.common.partitioner import partition_for
 from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_master_id
 from services.common.settings import Settings
-from services.common.topics import ACCESS_RECORDED, partition_for
+from services.common.topics import ACCESS_RECORDED
 from services.common.web_guard import guard_for, page
 from services.imaging_index import render, search
 from services.imaging_index.metrics import Metrics

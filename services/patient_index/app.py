@@ -70,6 +70,7 @@ from services.common.faust_fixes import scan_prefix
 from services.common.identifiers import keyed_hash
 from services.common.institutions import hash_token
 from services.common.metrics import build_info, new_registry
+from services.common.partitioner import partition_for
 from services.common.patient_lookup import internal_token
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
@@ -81,7 +82,6 @@ from services.common.topics import (
     RESULT_INDEXED,
     WRITE_REFUSED,
     dead_letter,
-    partition_for,
 )
 from services.patient_index import blocks as blocks_mod
 from services.patient_index import dedup, matching, stewardship

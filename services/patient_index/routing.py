@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.common.identifiers import keyed_hash
-from services.common.topics import partition_for
+from services.common.partitioner import partition_for
 from services.patient_index.identity import Keyed, keyed_identifiers
 from services.patient_index.normalize import (
     Ident,

@@ -21,7 +21,7 @@ The other tables (``masters``, ``master_records``, ``seen``, ``reviews``, …) f
 not persons, and start empty: a seeded person is one whose ``Patient`` the index has seen.
 
 Each message must go to the partition the service looks its key up in: the partition
-``services.common.topics.partition_for(key, partitions)`` gives (faust writes a table change to
+``services.common.partitioner.partition_for(key, partitions)`` gives (faust writes a table change to
 the partition of the event being processed, and a stage's input is keyed by the table's key).
 The caller produces the messages (with any Kafka client), onto topics created with
 :func:`changelog_specs`, before the patient index starts.

@@ -54,6 +54,7 @@ from services.common.faust_app import make_app
 from services.common.faust_fixes import partition_db, scan_prefix
 from services.common.institutions import ReloadingRegistry
 from services.common.metrics import build_info, new_registry
+from services.common.partitioner import partition_for
 from services.common.settings import Settings
 from services.common.stages import Stages, add_service_pages
 from services.common.topics import (
@@ -61,7 +62,6 @@ from services.common.topics import (
     ORDER_PLACED,
     RESULT_INDEXED,
     dead_letter,
-    partition_for,
 )
 from services.recognition import cds, fhir_search, reads, web
 from services.recognition.catalog import Catalog, CatalogSet, load_catalogs

@@ -27,7 +27,8 @@ from services.common.harness import wait_until
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
-from services.common.topics import ALL_TOPICS, RESULT_INDEXED, partition_for
+from services.common.partitioner import partition_for
+from services.common.topics import ALL_TOPICS, RESULT_INDEXED
 from tests.conftest import REPO
 from tests.fhir_samples import bundle, dumps, gb11643, observation
 from tests.support import consume_all, produce, run_module, stop_process, wait_ready

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.topics import partition_for
+from services.common.partitioner import partition_for
 from services.imaging_index.studies import study_key
 from tests.fhir_samples import gb11643
 from tests.security.conftest import A2, CARD_SYSTEM, PARTITIONS, SecurityHub

@@ -45,8 +45,8 @@ from services.common.identifiers import (
     parse_id_card,
 )
 from services.common.institutions import Institution, Registry
+from services.common.partitioner import partition_for
 from services.common.settings import IdentitySettings, KafkaSettings, Settings
-from services.common.topics import partition_for
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validation import check_bundle, parse_json
 from services.ingest.views import Gateway, bundle_patients

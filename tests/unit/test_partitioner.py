@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from services.common.partitioner import PARTITIONER, murmur2, partition_for
-from services.common.topics import partition_for as topics_partition_for
 
 
 @settings(max_examples=2000, deadline=None)
@@ -23,7 +22,6 @@ def test_a_key_lands_where_aiokafka_and_kafka_python_put_it(key: bytes, partitio
     expected = DefaultPartitioner()(key, everyone, everyone)
     assert PARTITIONER(key, everyone, everyone) == expected
     assert partition_for(key, partitions) == expected
-    assert topics_partition_for(key, partitions) == expected
 
 
 def test_known_values_of_the_java_client() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
-from services.common.topics import partition_for
+from services.common.partitioner import partition_for
 from services.patient_index.routing import route_of, routing_partition
 from tests.fhir_samples import ID_CARD, patient
 
