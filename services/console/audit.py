@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.common.audit import access_event
 from services.common.kafka_security import aiokafka_options
+from services.common.partitioner import PARTITIONER
 from services.common.settings import Settings
 from services.common.topics import ACCESS_RECORDED
 
@@ -44,6 +45,7 @@ class AuditLog:
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
+            partitioner=PARTITIONER,
             **aiokafka_options(self.settings.kafka),
         )
         await producer.start()

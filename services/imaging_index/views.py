@@ -43,7 +43,7 @@ from services.common.faust_fixes import scan_prefix
 from services.common.fhir import FHIR_JSON, Issue, IssueCode, operation_outcome
 from services.common.institutions import Institution, Registry, may_read
 from services.common.kafka_security import aiokafka_options
-from services.common.partitioner import partition_for
+from services.common.partitioner import PARTITIONER, partition_for
 from services.common.patient_lookup import LookupUnavailable, PatientLookup, is_master_id
 from services.common.settings import Settings
 from services.common.topics import ACCESS_RECORDED
@@ -86,6 +86,7 @@ class Outbox:
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
+            partitioner=PARTITIONER,
             **aiokafka_options(self.settings.kafka),
         )
         await self.producer.start()

@@ -38,6 +38,7 @@ from services.common.fhir import Issue, IssueCode, operation_outcome
 from services.common.identifiers import ID_CARD_SYSTEM
 from services.common.institutions import hash_token
 from services.common.kafka_security import aiokafka_options
+from services.common.partitioner import PARTITIONER
 from services.common.settings import Settings
 from services.common.web_guard import page
 from services.patient_index import matching
@@ -127,6 +128,7 @@ def install(ctx: Context) -> None:
                 bootstrap_servers=ctx.settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
+                partitioner=PARTITIONER,
                 **aiokafka_options(ctx.settings.kafka),
             )
             await ctx.producer.start()
