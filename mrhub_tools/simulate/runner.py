@@ -3,7 +3,7 @@ the ground truth.
 
 1. Snapshot the end offsets of the topics read afterwards.
 2. **Phase 1**: post every result (transaction bundles; amendments and withdrawals on their
-   own; resends; malformed messages) with httpx — concurrent, one token per hospital, 503
+   own; resends; malformed messages) with aiohttp's client — concurrent, one token per hospital, 503
    retried after its ``Retry-After``, a refused connection retried with back-off.
 3. Wait until the patient index has published the results (counted by trace id on
    ``mrhub.results.result-indexed.v1``) and the recognition worker's consumer group has
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-import httpx
+import aiohttp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
@@ -106,7 +106,8 @@ class _Pacer:
 
 
 async def _post(
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
+    base_url: str,
     scn: Scenario,
     req: Request,
     trace: str,
@@ -115,6 +116,7 @@ async def _post(
     progress: Progress,
 ) -> Outcome:
     path, body = fhir.build(scn, req)
+    url = base_url + path
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": FHIR_JSON,
@@ -125,36 +127,40 @@ async def _post(
     while True:
         await pacer.wait()
         try:
-            resp = await client.post(path, content=body, headers=headers)
-        except httpx.TransportError as exc:
+            async with session.post(url, data=body, headers=headers) as resp:
+                status, retry_after = resp.status, resp.headers.get("Retry-After", "1")
+                answer = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             progress.retried_connection += 1
             if time.monotonic() - started > GIVE_UP_S:
                 return Outcome(req, trace, None, type(exc).__name__)
             attempt += 1
             await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
             continue
-        if resp.status_code == 503 and time.monotonic() - started < GIVE_UP_S:
+        if status == 503 and time.monotonic() - started < GIVE_UP_S:
             progress.retried_503 += 1
             try:
-                wait = float(resp.headers.get("Retry-After", "1"))
+                wait = float(retry_after)
             except ValueError:
                 wait = 1.0
             await asyncio.sleep(max(0.2, min(wait, 10.0)))
             continue
         detail = ""
-        if resp.status_code != req.expect_status:
-            detail = _issue_codes(resp)
-        return Outcome(req, trace, resp.status_code, detail)
+        if status != req.expect_status:
+            detail = _issue_codes(answer)
+        return Outcome(req, trace, status, detail)
 
 
-def _issue_codes(resp: httpx.Response) -> str:
+def _issue_codes(answer: bytes) -> str:
     """The refusal reasons of an OperationOutcome (codes only: no diagnostics text)."""
     try:
-        doc = resp.json()
+        doc = loads(answer)
     except ValueError:
         return ""
+    if not isinstance(doc, dict):
+        return ""
     codes = []
-    for issue in doc.get("issue", []) if isinstance(doc, dict) else []:
+    for issue in doc.get("issue", []):
         for c in (issue.get("details") or {}).get("coding", []):
             codes.append(str(c.get("code")))
     if doc.get("resourceType") == "Bundle":
@@ -182,11 +188,12 @@ async def post_phase(
     out: list[Outcome] = []
     pacer = _Pacer(opts.rate)
     bar = _bar(total, progress.phase, opts.show_progress)
-    limits = httpx.Limits(
-        max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency
-    )
-    timeout = httpx.Timeout(60.0, connect=10.0)
-    async with httpx.AsyncClient(base_url=opts.url, limits=limits, timeout=timeout) as client:
+    # aiohttp's client, not httpx's: about 1.7 ms of CPU per request less (docs/simulate.md),
+    # on the machine the hub runs on
+    connector = aiohttp.TCPConnector(limit=max(1, opts.concurrency))
+    timeout = aiohttp.ClientTimeout(total=60.0, connect=10.0)
+    base_url = opts.url.rstrip("/")
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             while True:
@@ -198,7 +205,14 @@ async def post_phase(
                     i = index_of[id(req)]
                     trace = traces.setdefault(i, trace_id(scn, i))
                     res = await _post(
-                        client, scn, req, trace, tokens[req.institution], pacer, progress
+                        session,
+                        base_url,
+                        scn,
+                        req,
+                        trace,
+                        tokens[req.institution],
+                        pacer,
+                        progress,
                     )
                     out.append(res)
                     progress.done += 1
