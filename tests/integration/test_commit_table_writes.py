@@ -1,11 +1,12 @@
 """A transactional commit carries the table writes of every event whose offset it commits,
-however slowly those writes reach the producer: a worker killed with SIGKILL right after a
-commit, and started again on an empty disk, rebuilds every entry from its changelog
-(services/common/faust_fixes.py, patches 4 and 15).
+however slowly those writes reach the producer (services/common/faust_fixes.py, patches 4
+and 15): a worker killed with SIGKILL right after a commit leaves every entry of those
+events committed in its changelog, which is what a worker started on an empty disk rebuilds
+the table from.
 
-Without that, the restarted recognition worker of the kill -9 fault test (at a 0.1 s
-commit interval) had lost the table entries of results whose offsets its predecessor had
-committed, and decided those patients' orders `no-prior-result`.
+faust's ProducerBuffer.flush() gives up when one write takes over 0.1 s to send; a commit
+that relied on it took the offsets of events whose table writes were still buffered, and
+a kill -9 before the next commit lost those entries for good.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import os
 import signal
 from pathlib import Path
 
-import httpx
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from services.common.broker import free_port
 from services.common.harness import wait_until
-from tests.support import create_topic, produce, run_module, stop_process, wait_ready
+from tests.support import (
+    consume_all,
+    create_topic,
+    produce,
+    run_module,
+    stop_process,
+    wait_ready,
+)
 
 EVENTS = 8
 #: how long each table write takes to reach the producer in the first worker: together
@@ -69,7 +76,7 @@ def test_a_worker_killed_right_after_a_commit_keeps_every_table_write_it_committ
         produce(bootstrap, src, [(k.encode(), b"seen") for k in keys])
         # the worker committed every event: Kafka will never give it to a worker again
         wait_until(
-            lambda: _committed(bootstrap, f"test-slowlog-{unique}", src) >= EVENTS,
+            lambda: _committed(bootstrap, f"mrhub-test-slowlog-{unique}", src) >= EVENTS,
             deadline_s=120,
             what=f"the first worker to commit its {EVENTS} events",
             tolerate=(KafkaError,),
@@ -79,14 +86,15 @@ def test_a_worker_killed_right_after_a_commit_keeps_every_table_write_it_committ
         os.killpg(worker.pid, signal.SIGKILL)  # and died at once
         worker.wait()
 
+    # the worker that takes over (on an empty disk) aborts what the dead one left open and
+    # rebuilds the table from what its changelog holds committed: every event's entry
     port = free_port()
     second_log = tmp_path / "second.log"
     worker = run_module(args, env("second", port, 0.0), second_log)
     try:
-        # ready: the table is rebuilt from the changelog (its start aborted what the
-        # first worker left open)
         wait_ready(f"http://127.0.0.1:{port}/readyz", worker, second_log)
-        held = httpx.get(f"http://127.0.0.1:{port}/seen", timeout=10).json()
+        changelog = consume_all(bootstrap, f"mrhub-test-slowlog-{unique}-seen-changelog")
     finally:
         stop_process(worker)
+    held = sorted({bytes(r.key).decode() for r in changelog})
     assert held == keys, first_log.read_text()[-3000:]

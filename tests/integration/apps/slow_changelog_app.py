@@ -47,12 +47,6 @@ stages.agent(source, "keep", keep)
 add_service_pages(app, CollectorRegistry())
 
 
-@app.page("/seen")
-async def seen_page(web: Any, request: Any) -> Any:
-    """The keys the worker holds in ``seen`` (after a restart: what it rebuilt)."""
-    return web.json(sorted(bytes(k).decode() for k in seen))
-
-
 if DELAY_S:
     publish_message = Topic.publish_message
 
