@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common import harness
@@ -47,6 +48,9 @@ class Hub:
     #: `mrhub up` (or systemd, or Kubernetes) does: a worker stops itself when a write fails
     #: or faust crashes in a rebalance, and resumes from its last committed transaction
     restarts: list[tuple[str, int]] = field(default_factory=list)
+    #: (wall-clock time, what, process name) of each start, kill and stop the hub did: the
+    #: timeline a failing fault test's evidence is read against
+    events: list[tuple[str, str, str]] = field(default_factory=list)
     _down: set[str] = field(default_factory=set)  # stopped by the test: not restarted
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -122,7 +126,11 @@ class Hub:
         if wait:
             self.wait_ready(name)
 
+    def _event(self, what: str, name: str) -> None:
+        self.events.append((datetime.now(UTC).isoformat(timespec="milliseconds"), what, name))
+
     def _spawn(self, name: str) -> None:
+        self._event("start", name)
         self.procs[name] = run_module(
             ["-m", "services.cli", "serve", self.services[name]], self.env(name), self.log(name)
         )
@@ -171,6 +179,7 @@ class Hub:
         with self._lock:
             self._down.add(name)
             proc = self.procs[name]
+        self._event("kill -9", name)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -181,6 +190,7 @@ class Hub:
         with self._lock:
             self._down.add(name)
             proc = self.procs[name]
+        self._event("SIGTERM", name)
         proc.send_signal(signal.SIGTERM)
         try:
             return proc.wait(timeout=timeout_s)

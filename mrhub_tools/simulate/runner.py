@@ -73,6 +73,23 @@ class Options:
     stall_s: float = 180.0  # no progress for this long while waiting: give up and report
     show_progress: bool = True
     progress: Progress = field(default_factory=Progress)
+    #: filled with the records the run read, when given (a test explaining a disagreement)
+    trail: Trail | None = None
+
+
+@dataclass
+class Trail:
+    """What a run posted and read, kept for a caller that must explain a disagreement (the
+    fault tests): the scenario, the trace id of each request (by index in
+    ``scenario.requests``), the end offsets before the run (by topic), and the committed
+    records read from result-indexed, order-placed and decision-made."""
+
+    scenario: Scenario | None = None
+    traces: dict[int, str] = field(default_factory=dict)
+    start: dict[str, dict[int, int]] = field(default_factory=dict)
+    indexed: list[Any] = field(default_factory=list)
+    placed: list[Any] = field(default_factory=list)
+    decisions: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -374,6 +391,9 @@ def run(scn: Scenario, tokens: dict[str, str], opts: Options) -> dict[str, Any]:
     traces: dict[int, str] = {}
     timings: dict[str, float] = {}
     progress = opts.progress
+    trail = opts.trail
+    if trail is not None:
+        trail.scenario, trail.traces, trail.start = scn, traces, start
 
     t = time.monotonic()
     outcomes = asyncio.run(post_phase(scn, 1, tokens, opts, traces))
@@ -393,6 +413,8 @@ def run(scn: Scenario, tokens: dict[str, str], opts: Options) -> dict[str, Any]:
         stall_s=opts.stall_s,
     )
     progress.done = len(indexed)
+    if trail is not None:
+        trail.indexed = indexed
     applied = wait_committed(
         opts.bootstrap,
         opts.recognition_group,
@@ -438,6 +460,8 @@ def run(scn: Scenario, tokens: dict[str, str], opts: Options) -> dict[str, Any]:
         stall_s=opts.stall_s,
     )
     progress.done = len(decisions)
+    if trail is not None:
+        trail.placed, trail.decisions = placed, decisions
     dead = {
         topic: len(
             read_topic(

@@ -17,7 +17,8 @@ Replacements of private methods, made by :func:`apply` (why: decision 0004):
    ``AIOKafkaConsumerThread._seek_to_committed`` (the eighth attribute set) — a
    never-committed stream partition starts from its beginning.
 3. ``Consumer.on_partitions_revoked`` — commit the open transactions before revocation.
-4. ``Consumer._commit_tps`` — drain the producer buffer before a transactional commit.
+4. ``Consumer._commit_tps`` — drain the producer buffer before a transactional commit
+   (every table write handed to the producer, patch 15; a commit that cannot is deferred).
 5. ``Consumer.perform_seek`` — close the flow before seeking after recovery.
 6. ``Consumer._add_gap`` — a gap ends before the message about to be delivered.
 7. ``Consumer._commit_offsets`` — transactional commits stamp the livelock watchdog.
@@ -39,6 +40,10 @@ Replacements of private methods, made by :func:`apply` (why: decision 0004):
     ``commit_interval_min_s`` and commits, per transactional id, the transactions whose
     source partitions are caught up, and the others only once ``commit_interval_s`` has
     passed since their last commit. With both settings equal it is faust's own timer.
+15. ``ProducerBuffer._send_pending`` — counts the table writes faust's producer buffer is
+    handing to the producer, so that patch 4 can wait for all of them
+    (:func:`drain_producer_buffer`): ``ProducerBuffer.flush`` returns as soon as one write
+    takes over 0.1 s, and does not wait for the write being sent.
 
 Each patch's comment names its upstream issue, or says that none was found.
 
@@ -77,6 +82,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer import sender as aiokafka_sender
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import ServiceTask
 
@@ -125,6 +131,9 @@ UPSTREAM: Final[Mapping[str, Any]] = {
     # a mode ServiceTask: the function it runs
     "faust.transport.consumer.Consumer._commit_handler": (
         faust_consumer.Consumer._commit_handler.fun
+    ),
+    "faust.transport.producer.ProducerBuffer._send_pending": (
+        faust_producer.ProducerBuffer._send_pending
     ),
 }
 
@@ -285,6 +294,39 @@ def commit_gate(app: Any) -> CommitGate:
     if gate is None:
         gate = _GATES[app] = CommitGate()
     return gate
+
+
+class _BufferSends:
+    """The table writes of one producer buffer being handed to the producer (patch 15)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+
+_SENDS: weakref.WeakKeyDictionary[Any, _BufferSends] = weakref.WeakKeyDictionary()
+#: How often :func:`drain_producer_buffer` looks whether the buffer is empty.
+DRAIN_POLL_S: Final = 0.002
+
+
+def _buffer_sends(buffer: Any) -> _BufferSends:
+    sends = _SENDS.get(buffer)
+    if sends is None:
+        sends = _SENDS[buffer] = _BufferSends()
+    return sends
+
+
+async def drain_producer_buffer(buffer: Any, timeout_s: float = GATE_TIMEOUT_S) -> bool:
+    """Wait until every message put in faust's producer buffer (a table's changelog writes)
+    has been handed to the producer — appended to its transaction — counting the one
+    faust's sending task has taken from the queue and not sent yet (patch 15). False if
+    that has not happened within ``timeout_s``: the caller must not commit then."""
+    sends = _buffer_sends(buffer)
+    deadline = monotonic() + timeout_s
+    while buffer.size or sends.in_flight:
+        if monotonic() >= deadline:
+            return False
+        await asyncio.sleep(DRAIN_POLL_S)
+    return True
 
 
 class AdaptiveCommit:
@@ -485,11 +527,20 @@ def apply() -> None:
         # Patch 4. A table write is queued in faust's producer buffer and sent a moment
         # later, but faust commits without draining that buffer: the write could land in the
         # next transaction while the offset of the event that made it commits in this one,
-        # and a kill -9 in between would lose it. Drain it first.
+        # and a kill -9 in between would lose it. Drain it first — all of it: faust's
+        # ProducerBuffer.flush() gives up as soon as one write takes over 0.1 s to send
+        # (a retried produce, a busy machine) and does not count the write its sending
+        # task holds, so after a burst of results the offsets of hundreds of them were
+        # committed while their table writes went into the next transaction; a kill -9
+        # before that one committed lost them, and the restarted worker decided those
+        # patients' orders `no-prior-result` (tests/faults, the kill -9 test, at a 0.1 s
+        # commit interval). Wait until every buffered write is in its transaction (patch 15);
+        # if that takes longer than the gate's timeout, commit nothing now.
         # Upstream: faust-streaming PR #273 ("flushing producer before commit", merged)
         # flushes the producer before a non-transactional commit only: in 0.15.3
         # Consumer._commit_offsets calls app.producer.flush() on the at_least_once branch
-        # and not before transactions.commit(). No issue is open for the exactly_once path.
+        # and not before transactions.commit(). No issue is open for the exactly_once path,
+        # nor for flush() returning with writes still buffered.
         # Patch 12. faust's commit timer runs between an agent's awaits, so a transaction
         # could commit the outputs an event had sent so far while the event's own offset
         # (acked only when it is done) stayed out: after a kill -9 right then, the event is
@@ -517,7 +568,13 @@ def apply() -> None:
                     extra={"in_flight": gate.in_flight if gate is not None else 0},
                 )
                 return False
-            await self.app.producer.buffer.flush()
+            buffer = self.app.producer.buffer
+            if not await drain_producer_buffer(buffer):
+                log.warning(
+                    "commit deferred: table writes not handed to the producer yet",
+                    extra={"buffered": buffer.size},
+                )
+                return False
             return await commit_tps(self, tps, start_new_transaction)  # type: ignore[no-any-return]
 
     perform_seek = UPSTREAM["faust.transport.consumer.Consumer.perform_seek"]
@@ -597,6 +654,23 @@ def apply() -> None:
                 policy.committed(due, now)
 
     faust_consumer.Consumer._commit_handler = ServiceTask(_commit_handler)  # type: ignore[method-assign]
+
+    send_pending = UPSTREAM["faust.transport.producer.ProducerBuffer._send_pending"]
+
+    async def _send_pending(self: Any, fut: Any) -> None:
+        # Patch 15. faust's sending task takes a table write from the buffer's queue and
+        # then sends it (ProducerBuffer._handle_pending): while it waits for the
+        # transaction's lock or a full batch, the write is neither queued (buffer.size) nor
+        # in the producer. Count it, so that a commit (patch 4) waits for it too.
+        # Upstream: none found (see patch 4).
+        sends = _buffer_sends(self)
+        sends.in_flight += 1
+        try:
+            await send_pending(self, fut)
+        finally:
+            sends.in_flight -= 1
+
+    faust_producer.ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
 
     add_gap = UPSTREAM["faust.transport.consumer.Consumer._add_gap"]
 

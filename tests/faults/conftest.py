@@ -12,10 +12,16 @@ from typing import Any
 import pytest
 
 from mrhub_tools.simulate.cli import prepare, simulate
-from mrhub_tools.simulate.runner import Options, Progress
+from mrhub_tools.simulate.runner import Options, Progress, Trail
 from services.common.harness import wait_until
 from services.recognition.catalog import CHINA_TZ
+from tests.faults.diagnose import explain
 from tests.hub import Hub
+
+#: The records of each simulation run by a :class:`SimulationThread`, by run id (the
+#: summary's ``run_id``): what :func:`assert_exactly_one_decision_each` explains a
+#: disagreement with.
+TRAILS: dict[str, Trail] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,6 +52,7 @@ class SimulationThread:
         rate: float = 0.0,
     ) -> None:
         self.progress = Progress()
+        self.trail = Trail()
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         opts = Options(
@@ -56,6 +63,7 @@ class SimulationThread:
             stall_s=90.0,  # a stalled hub fails the test in minutes, not hours
             show_progress=False,
             progress=self.progress,
+            trail=self.trail,
         )
 
         def run() -> None:
@@ -93,6 +101,7 @@ class SimulationThread:
         if self.error is not None:
             raise self.error
         assert self.summary is not None
+        TRAILS[str(self.summary["run_id"])] = self.trail
         return self.summary
 
 
@@ -114,11 +123,21 @@ def assert_exactly_one_decision_each(summary: dict[str, Any], hub: Hub | None = 
     def failing() -> str:  # read the logs only when an assertion fails
         return "\n".join(
             (
+                evidence(),
                 str(summary["disagreements"][:5]),
                 f"hub: {summary['hub']}, seconds: {summary.get('seconds')}",
                 hub.digest() if hub else "",
             )
         )
+
+    def evidence() -> str:
+        trail = TRAILS.get(str(summary.get("run_id")))
+        if hub is None or trail is None or trail.scenario is None:
+            return ""
+        try:
+            return f"evidence of the disagreements: {explain(trail, hub)}"
+        except Exception as exc:  # the evidence must not hide the failure it explains
+            return f"no evidence file: {type(exc).__name__}: {exc}"
 
     assert summary["lost"] == 0, failing()
     assert summary["duplicated"] == 0, failing()

@@ -20,6 +20,7 @@ import pytest
 from faust.stores import rocksdb as faust_rocksdb
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
 
 from services.common import faust_fixes
@@ -74,9 +75,21 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "a20e230b05ae8b15",
         "patch 4 wraps it: does a transactional commit now drain producer.buffer itself?",
     ),
-    "faust.transport.producer.ProducerBuffer.flush": (
-        "26fbebb124ad9c98",
-        "patch 4 awaits it: does it still wait until every buffered table write is sent?",
+    # patch 15 (with patch 4): every buffered table write handed to the producer
+    "faust.transport.producer.ProducerBuffer._send_pending": (
+        "4a9d5f932b56bc68",
+        "patch 15 wraps it: does it still hand one buffered message to its topic's "
+        "publish_message (the transaction's producer) and return once it is appended?",
+    ),
+    "faust.transport.producer.ProducerBuffer._handle_pending.fun": (
+        "78d648030fd21016",
+        "patch 15 counts what it sends: does the sending task still take one message from "
+        "the queue and await self._send_pending(msg) at once (nothing awaited between)?",
+    ),
+    "faust.transport.producer.ProducerBuffer.size.fget": (
+        "b543a978fdece62e",
+        "patch 4 waits until it is 0: is it still the number of messages queued and not "
+        "yet taken by the sending task?",
     ),
     # patch 5: close the flow before seeking after recovery
     "faust.transport.consumer.Consumer.perform_seek": (
@@ -608,14 +621,23 @@ class _App:
     producer: Any
 
 
-def _committing_consumer(app: Any, calls: list[str]) -> Any:
-    """A consumer whose upstream _commit_tps finds nothing to commit, recording its calls."""
+class _EmptyBuffer:
+    """A stand-in producer buffer with nothing in it, recording that a commit looked."""
 
-    async def flush() -> None:
-        calls.append("flush")
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
 
+    @property
+    def size(self) -> int:
+        self.calls.append("drain")
+        return 0
+
+
+def _committing_consumer(app: Any, calls: list[str], buffer: Any = None) -> Any:
+    """A consumer whose upstream _commit_tps finds nothing to commit, recording its calls
+    (``offsets``: the upstream commit reading what to commit)."""
     app.in_transaction = True
-    app.producer = SimpleNamespace(buffer=SimpleNamespace(flush=flush))
+    app.producer = SimpleNamespace(buffer=_EmptyBuffer(calls) if buffer is None else buffer)
     acked = {TP("t", 0): [5]}  # an event acked since the last commit
 
     def committable(tps: Any) -> dict[Any, int]:
@@ -639,14 +661,14 @@ async def test_a_commit_waits_for_the_event_in_flight_and_holds_the_next_one_bac
     )
     for _ in range(20):
         await asyncio.sleep(0)
-    assert calls == [] and not commit.done()  # nothing read or flushed while it runs
+    assert calls == [] and not commit.done()  # nothing read or drained while it runs
     next_event = asyncio.ensure_future(gate.enter())
     for _ in range(20):
         await asyncio.sleep(0)
     assert not next_event.done()  # the commit is waiting: no new event starts
     gate.leave()
     assert await asyncio.wait_for(commit, 5) is False  # nothing to commit in this fake
-    assert calls == ["flush", "offsets"]
+    assert calls == ["drain", "offsets"]
     await asyncio.wait_for(next_event, 5)  # the gate opens again after the commit
     assert gate.in_flight == 1
     gate.leave()
@@ -669,7 +691,81 @@ async def test_an_app_without_the_hubs_agents_commits_as_before() -> None:
     calls: list[str] = []
     consumer = _committing_consumer(_App(), calls)
     assert await faust_consumer.Consumer._commit_tps(consumer, [TP("t", 0)], True) is False
-    assert calls == ["flush", "offsets"]
+    assert calls == ["drain", "offsets"]
+
+
+# ── patches 4 and 15: a commit waits until every buffered table write is in it ─────────
+
+
+async def _started_buffer() -> ProducerBuffer:
+    """faust's real producer buffer, with its sending task running."""
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    await buffer.start()
+    return buffer
+
+
+def _table_write(n: int, published: list[int], *, send: Any) -> Any:
+    """A buffered table write whose send (to its transaction's producer) is ``send()``."""
+
+    async def publish_message(fut: Any, wait: bool = False) -> None:
+        await send()
+        published.append(n)
+
+    return SimpleNamespace(
+        message=SimpleNamespace(channel=SimpleNamespace(publish_message=publish_message))
+    )
+
+
+async def test_a_commit_waits_until_every_buffered_table_write_is_in_its_transaction() -> None:
+    """faust's ProducerBuffer.flush() gives up when a write takes over 0.1 s to send: the
+    commit then committed the offsets of events whose table writes were still buffered.
+    They went into the next transaction, a kill -9 before that one committed lost them,
+    and the restarted recognition worker, its tables rebuilt from the changelog, decided
+    orders `no-prior-result` although it had committed the patients' results."""
+    faust_fixes.apply()
+    buffer = await _started_buffer()
+    try:
+        published: list[int] = []
+
+        async def slow_send() -> None:  # a retried produce, a busy broker
+            await asyncio.sleep(0.25)
+
+        for n in range(3):
+            buffer.put(_table_write(n, published, send=slow_send))
+        calls: list[str] = []
+        consumer = _committing_consumer(_App(), calls, buffer)
+        committable = consumer._filter_committable_offsets
+
+        def offsets_after_the_writes(tps: Any) -> dict[Any, int]:
+            calls.append(f"published {published}")
+            return committable(tps)  # type: ignore[no-any-return]
+
+        consumer._filter_committable_offsets = offsets_after_the_writes
+        commit = faust_consumer.Consumer._commit_tps(consumer, [TP("t", 0)], True)
+        assert await asyncio.wait_for(commit, 10) is False  # nothing to commit in this fake
+        assert calls == ["published [0, 1, 2]", "offsets"]  # every write, then the offsets
+    finally:
+        await buffer.stop()
+
+
+async def test_a_commit_whose_table_writes_cannot_be_sent_is_deferred() -> None:
+    """A write that cannot be handed to the producer (the broker gone) must not let the
+    offsets of its event commit without it: the commit waits, then commits nothing."""
+    faust_fixes.apply()
+    buffer = await _started_buffer()
+    release = asyncio.Event()
+    try:
+        published: list[int] = []
+        buffer.put(_table_write(0, published, send=release.wait))
+        assert await faust_fixes.drain_producer_buffer(buffer, timeout_s=0.3) is False
+        assert published == []
+        release.set()
+        assert await faust_fixes.drain_producer_buffer(buffer, timeout_s=10) is True
+        assert published == [0]
+    finally:
+        release.set()
+        await buffer.stop()
 
 
 async def test_a_changelog_start_below_minus_one_is_read_from_the_beginning() -> None:
