@@ -28,7 +28,7 @@ from mrhub_tools.simulate.runner import Trail
 from mrhub_tools.simulate.scenario import identity_of
 from services.common.codec import loads
 from services.common.kafka_security import kafka_python_options
-from services.common.topics import partition_for
+from services.common.partitioner import partition_for
 from tests.hub import Hub
 
 RECOGNITION = "mrhub-recognition"
