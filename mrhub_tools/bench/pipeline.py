@@ -19,8 +19,8 @@ expected decisions depend on those results. Then, in order:
 5. **Kafka ceiling** — on the same broker, a bare loop: one producer, then ``H``
    consume → identity → produce stages chained through ``H`` topics into one more, each an
    aiokafka transactional consumer-producer (``read_committed``, offsets sent to the
-   transaction, a commit every ``kafka.commit_interval_s``, and sooner when caught up if
-   ``kafka.commit_interval_min_s`` is set — the hub's own settings). Once at
+   transaction, a commit every ``kafka.commit_interval_s``, and every
+   ``kafka.commit_interval_min_s`` when caught up — the hub's own settings). Once at
    the order rate (latency), once flat out with as many messages as the flat-out phase
    indexed, of the same average size (records/s).
 
@@ -563,7 +563,7 @@ def ceiling(
     from services.common.kafka_admin import create_topics
 
     commit = settings.kafka.commit_interval_s
-    commit_min = settings.kafka.commit_interval_min_s
+    commit_min = settings.kafka.adaptive_commit_s
     out: dict[str, Any] = {
         "hops": hops,
         "stages": hops,
@@ -959,7 +959,7 @@ def run_hub(
         "brokers": len(kafka.pids) or None,
         "replication_factor": settings.kafka.replication_factor,
         "commit_interval_s": settings.kafka.commit_interval_s,
-        "commit_interval_min_s": settings.kafka.commit_interval_min_s,
+        "commit_interval_min_s": settings.kafka.adaptive_commit_s,
         "topic_partitions": settings.topic_partitions,
     }
     seconds: dict[str, float] = {}
