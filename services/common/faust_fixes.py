@@ -68,7 +68,9 @@ Private reads, behind named accessors:
   patch 10 ``Producer._trn_locks`` and ``Producer._transaction_producers``, patch 11
   aiokafka's ``Sender._retry_backoff``, patch 12 ``Consumer._acked``, patch 14
   ``Consumer._acked``, ``Consumer._unacked_messages``, ``Consumer._thread`` and, through
-  :func:`fetch_state`, aiokafka's fetch position and last stable offset of a partition.
+  :func:`fetch_state`, aiokafka's fetch position and last stable offset of a partition,
+  patch 15 ``ProducerBuffer.size``, patch 16 ``Recovery._recovery_started_at`` and
+  ``Recovery._active_events_received_at`` (:func:`recovery_settled`).
 """
 
 from __future__ import annotations
