@@ -86,6 +86,20 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "patch 15 counts what it sends: does the sending task still take one message from "
         "the queue and await self._send_pending(msg) at once (nothing awaited between)?",
     ),
+    # patch 16: recovery takes a partition as read only once it has been quiet
+    "faust.transport.consumer.ThreadDelegateConsumer.position": (
+        "a7f22b78f21d085a",
+        "patch 16 replaces it: is recovery's detect_aborted_tx still its only caller in faust?",
+    ),
+    "faust.tables.recovery.Recovery._slurp_changelogs.fun": (
+        "7825c7e50f766d5a",
+        "patch 16 answers detect_aborted_tx: does it still take a partition whose position "
+        "passed its highwater as read after two quiet waits, counted from any time?",
+    ),
+    "faust.tables.recovery.Recovery._set_recovery_started": (
+        "bcfebf81ae13fc75",
+        "patch 16 reads _recovery_started_at and _active_events_received_at: still set here?",
+    ),
     "faust.transport.producer.ProducerBuffer.size.fget": (
         "b543a978fdece62e",
         "patch 4 waits until it is 0: is it still the number of messages queued and not "
@@ -789,3 +803,54 @@ async def test_a_changelog_start_below_minus_one_is_read_from_the_beginning() ->
     await seek(object(), _Consumer(), {a, b, c, d}, offsets, "active")
     assert sought == [{a: 0, b: 0, c: 41, d: None}]
     assert offsets[a] == -2  # the caller's offsets are left as they were
+
+
+# ── patch 16: recovery takes a partition as read only after it has been quiet ─────────
+
+
+class _Thread:
+    async def position(self, tp: Any) -> int:
+        return 600  # aiokafka's fetch position: every record fetched, not all received
+
+
+def _recovering_consumer(started_at: float | None, received_at: dict[Any, float]) -> Any:
+    recovery = SimpleNamespace(
+        in_recovery=True,
+        active_tps={TP("results-changelog", 1)},
+        _recovery_started_at=started_at,
+        _active_events_received_at=received_at,
+    )
+    return SimpleNamespace(
+        app=SimpleNamespace(tables=SimpleNamespace(recovery=recovery)), _thread=_Thread()
+    )
+
+
+async def test_recovery_does_not_take_a_partition_as_read_just_after_it_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker taking over a dead worker's partitions took them as read to their end 0.2 s
+    after recovery began (faust's count of quiet waits was left from before, and the fetch
+    position had passed the highwater before recovery received the records), dropped their
+    records and decided orders without the patients' results."""
+    faust_fixes.apply()
+    monkeypatch.setattr(faust_fixes, "monotonic", lambda: 1000.2)
+    tp = TP("results-changelog", 1)
+    position: Any = faust_consumer.ThreadDelegateConsumer.position
+    just_began = _recovering_consumer(1000.0, {})
+    assert await position(just_began, tp) < 522  # below its highwater: not read yet
+    receiving = _recovering_consumer(990.0, {tp: 1000.1})
+    assert await position(receiving, tp) < 522
+
+
+async def test_recovery_takes_a_quiet_partition_as_read_from_its_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortcut faust needs (the last records before a highwater are transaction markers
+    it never receives) still works once recovery has heard nothing for a while."""
+    faust_fixes.apply()
+    monkeypatch.setattr(faust_fixes, "monotonic", lambda: 1000.0 + faust_fixes.RECOVERY_QUIET_S)
+    tp = TP("results-changelog", 1)
+    position: Any = faust_consumer.ThreadDelegateConsumer.position
+    assert await position(_recovering_consumer(999.0, {tp: 1000.0}), tp) == 600
+    other = TP("mrhub.results.result-indexed.v1", 1)  # not a changelog being recovered
+    assert await position(_recovering_consumer(1000.0 + 9, {}), other) == 600
