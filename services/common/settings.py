@@ -98,10 +98,8 @@ class KafkaSettings(_Frozen):
 
     @model_validator(mode="after")
     def _commit_intervals(self) -> KafkaSettings:
-        if (
-            self.commit_interval_min_s is not None
-            and "commit_interval_min_s" in self.model_fields_set
-            and self.commit_interval_min_s > self.commit_interval_s
+        if self.commit_interval_min_s is not None and (
+            self.commit_interval_min_s > self.commit_interval_s
         ):
             raise ValueError(
                 f"MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S ({self.commit_interval_min_s:g}) must not "
@@ -111,11 +109,11 @@ class KafkaSettings(_Frozen):
 
     @property
     def commit_tick_s(self) -> float:
-        """How often the commit timer ticks: ``commit_interval_min_s`` (at most
-        ``commit_interval_s``), else the fixed ``commit_interval_s``."""
+        """How often the commit timer ticks: ``commit_interval_min_s``, else the fixed
+        ``commit_interval_s``."""
         if self.commit_interval_min_s is None:
             return self.commit_interval_s
-        return min(self.commit_interval_min_s, self.commit_interval_s)
+        return self.commit_interval_min_s
 
     @property
     def adaptive_commit_s(self) -> float | None:
