@@ -139,6 +139,14 @@ def assert_exactly_one_decision_each(summary: dict[str, Any], hub: Hub | None = 
         except Exception as exc:  # the evidence must not hide the failure it explains
             return f"no evidence file: {type(exc).__name__}: {exc}"
 
+    # one line per run, shown with ``pytest -rP``: the figures a closing note quotes
+    print(
+        "fault run:",
+        {k: summary.get(k) for k in ("orders", "decided", "lost", "duplicated", "agreement")},
+        "results indexed / expected:",
+        summary["hub"]["results_indexed"],
+        summary["hub"]["results_expected"],
+    )
     assert summary["lost"] == 0, failing()
     assert summary["duplicated"] == 0, failing()
     assert summary["decided"] == summary["orders"], failing()

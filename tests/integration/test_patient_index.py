@@ -124,8 +124,8 @@ def trace(resp: httpx.Response) -> str:
     return resp.headers["X-Trace-Id"]
 
 
-def results(hub: Hub, trace_id: str, expect: int = 1) -> list[Envelope]:
-    deadline = time.monotonic() + 60
+def results(hub: Hub, trace_id: str, expect: int = 1, timeout_s: float = 60) -> list[Envelope]:
+    deadline = time.monotonic() + timeout_s
     while True:
         envs = [
             Envelope.from_bytes(r.value)
@@ -998,8 +998,13 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(hub: Hub) -> None:
             hub.worker.send_signal(signal.SIGKILL)
             hub.worker.wait()
     hub.worker = _worker(hub.env, hub.log_dir / "patient_index.log")
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    wait_ready(f"http://127.0.0.1:{port}/readyz", hub.worker, hub.log_dir / "patient_index.log")
+    # the restarted worker restores a module's worth of state first (thousands of records,
+    # then the quiet wait of faust_fixes patch 16): a loaded machine needs more than a minute
+    deadline = time.monotonic() + 180
     for t in traces:
-        recs = results(hub, t, expect=2)
+        recs = results(hub, t, expect=2, timeout_s=max(1.0, deadline - time.monotonic()))
         assert len(recs) == 2, t
     # once everything is through: 40 records, each published exactly once
     time.sleep(3)
