@@ -105,3 +105,54 @@ def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
     finally:
         stop_process(worker)
     assert after[-1] == {"key": "patient-a", "count": 4}, log.read_text()[-3000:]
+
+
+def test_a_worker_killed_with_its_transaction_open_forgets_the_table_writes_of_it(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """faust writes a table change to RocksDB at once and to the changelog within the
+    transaction. A kill -9 aborts the transaction, and the restarted worker, on the same
+    disk, must not keep the change: it processes the same messages again and would count
+    them twice (the patient index dropped a record as a resend of itself, and lost it)."""
+    src, out = f"test.counter.in.{unique}", f"test.counter.out.{unique}"
+    create_topic(bootstrap, src, 1)
+    create_topic(bootstrap, out, 1)
+    state = tmp_path / "state"
+    web_port = free_port()
+    ready = f"http://127.0.0.1:{web_port}/readyz"
+    env = {
+        "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MRHUB_STATE_DIR": str(state),
+        "MRHUB_TOPIC_PARTITIONS": "1",
+        "MRHUB_TEST_SUFFIX": unique,
+        "MRHUB_TEST_WEB_PORT": str(web_port),
+    }
+    args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
+    log = tmp_path / "worker.log"
+    # the first run commits on no timer and dies on the fourth message: the three counts
+    # before it are in RocksDB and in an open transaction
+    dying = {**env, "MRHUB_TEST_DIE": "1"}
+    worker = run_module(args, dying, log)
+    try:
+        wait_ready(ready, worker, log)
+        produce(bootstrap, src, [(b"patient-a", b"x")] * 3 + [(b"patient-a", b"die")])
+        worker.wait(timeout=120)
+    finally:
+        stop_process(worker)
+    assert worker.returncode == -9, log.read_text()[-3000:]
+    assert any(p.name.endswith(".db") for p in state.rglob("*")), "no table on disk"
+    # nothing the first run did was committed: its counts must all come again
+    assert consume_all(bootstrap, out) == []
+
+    worker = run_module(args, env, log)
+    try:
+        wait_ready(ready, worker, log)
+        again = _wait_counts(bootstrap, out, 3)
+    finally:
+        stop_process(worker)
+    assert [(c["key"], c["count"]) for c in again] == [
+        ("patient-a", 1),
+        ("patient-a", 2),
+        ("patient-a", 3),
+    ], log.read_text()[-3000:]
+    assert "did not stop cleanly" in log.read_text()

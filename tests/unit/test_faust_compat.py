@@ -246,6 +246,22 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "a370e35ca55c2c7e",
         "scan_prefix: does a table change still go to the current event's partition?",
     ),
+    # patch 17: the stores of a run that did not stop cleanly are rebuilt
+    "faust.app.base.App._create_directories": (
+        "a9f571c3b04abec3",
+        "patch 17 wraps it: does it still only create datadir, appdir and tabledir?",
+    ),
+    "faust.app.base.App.on_first_start": (
+        "ec655d9c223403cc",
+        "patch 17: is _create_directories still called once, at the first start, before "
+        "any table store opens?",
+    ),
+    "faust.tables.manager.TableManager.persist_offset_on_commit": (
+        "37094efa77c98e15",
+        "patch 17: under exactly_once, is a store's changelog offset still persisted only at "
+        "a commit while the change itself is written to RocksDB at once? If faust now "
+        "writes changes to the store only when their transaction commits, drop patch 17",
+    ),
 }
 
 
@@ -854,3 +870,55 @@ async def test_recovery_takes_a_quiet_partition_as_read_from_its_position(
     assert await position(_recovering_consumer(999.0, {tp: 1000.0}), tp) == 600
     other = TP("mrhub.results.result-indexed.v1", 1)  # not a changelog being recovered
     assert await position(_recovering_consumer(1000.0 + 9, {}), other) == 600
+
+
+# ── patch 17: the stores of a run that did not stop cleanly are rebuilt ──────────────────
+
+
+def test_the_stores_of_a_run_that_did_not_stop_cleanly_are_removed(tmp_path: Path) -> None:
+    """A killed worker's RocksDB holds writes of its aborted transactions; the restarted
+    worker must rebuild its tables from the changelogs instead of trusting them."""
+    tables, mark = tmp_path / "tables", tmp_path / faust_fixes.UNCLEAN_MARK
+    (tables / "seen-0.db").mkdir(parents=True)
+    assert not faust_fixes.open_table_state(tables, mark)  # first start: nothing to distrust
+    assert mark.exists() and (tables / "seen-0.db").exists()
+    # the run is killed: the mark stays, and the next start removes the stores
+    assert faust_fixes.open_table_state(tables, mark)
+    assert tables.is_dir() and list(tables.iterdir()) == []
+    (tables / "seen-0.db").mkdir()
+    faust_fixes.close_table_state(mark)  # this run stopped cleanly
+    assert not faust_fixes.open_table_state(tables, mark)
+    assert (tables / "seen-0.db").exists()
+
+
+async def test_a_clean_stop_clears_the_mark_and_one_with_work_left_does_not(
+    tmp_path: Path,
+) -> None:
+    faust_fixes.apply()
+    app = faust.App(
+        "compat-clean-stop",
+        store="rocksdb://",
+        datadir=str(tmp_path),
+        processing_guarantee="exactly_once",
+    )
+    app._create_directories()  # what the app's first start calls (patch 17)
+    mark = Path(app.conf.appdir) / faust_fixes.UNCLEAN_MARK
+    assert mark.exists()
+
+    async def commit(*, start_new_transaction: bool = True) -> bool:
+        return True
+
+    stop: Any = faust_consumer.Consumer.commit_and_end_transactions
+    # an acked offset the stop could not commit: its writes may be in an open transaction
+    left = SimpleNamespace(
+        commit=commit, app=app, _unacked_messages=set(), _acked={TP("a", 0): [7]}
+    )
+    await stop(left)
+    assert mark.exists()
+    done = SimpleNamespace(commit=commit, app=app, _unacked_messages=set(), _acked={})
+    await stop(done)
+    assert not mark.exists()
+    # an at-least-once app keeps no mark: its stores are not rebuilt
+    other = faust.App("compat-alo", store="rocksdb://", datadir=str(tmp_path / "alo"))
+    other._create_directories()
+    assert not (Path(other.conf.appdir) / faust_fixes.UNCLEAN_MARK).exists()
