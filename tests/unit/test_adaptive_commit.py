@@ -334,21 +334,22 @@ async def test_a_stop_commits_what_the_timer_left_open(clock: _Clock) -> None:
 # ── settings ─────────────────────────────────────────────────────────────────────────
 
 
-def test_the_default_is_one_fixed_interval_and_adaptive_commits_are_opt_in(
+def test_commits_are_adaptive_by_default_and_one_fixed_interval_on_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kafka = KafkaSettings()
     assert (kafka.commit_tick_s, kafka.commit_interval_s, kafka.adaptive_commit_s) == (
+        0.05,
         1.0,
-        1.0,
-        None,
+        0.05,
     )
-    monkeypatch.setenv("MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S", "0.05")
-    adaptive = Settings().kafka
-    assert (adaptive.commit_tick_s, adaptive.adaptive_commit_s) == (0.05, 0.05)
     monkeypatch.setenv("MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S", "1")
     fixed = Settings().kafka  # equal to the longest: one fixed interval
     assert (fixed.commit_tick_s, fixed.adaptive_commit_s) == (1.0, None)
+    monkeypatch.delenv("MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S")
+    monkeypatch.setenv("MRHUB_KAFKA__COMMIT_INTERVAL_S", "0.02")
+    short = Settings().kafka  # the default shortest interval follows a shorter longest one
+    assert (short.commit_tick_s, short.adaptive_commit_s) == (0.02, None)
 
 
 def test_a_shortest_interval_above_the_longest_is_refused(
