@@ -871,12 +871,22 @@ def apply() -> None:
         for _ in range(3):
             if await self.commit(start_new_transaction=False):
                 break
-        # Patch 17's other half: with nothing processed left uncommitted, every table write
-        # of this run is in a committed transaction, and the next start may keep the stores.
+        # Patch 17's other half: a stopping worker with nothing processed left uncommitted
+        # has every table write of this run in a committed transaction, and its next start
+        # may keep the stores. Only at a stop: faust also calls this when partitions are
+        # revoked, and the worker goes on writing after a rebalance.
         app = getattr(self, "app", None)
         mark = _STATE_MARKS.get(app) if app is not None else None
-        if mark is not None and not pending_offsets(self):
-            close_table_state(mark)
+        if mark is not None and self.should_stop:
+            left = {tp: offsets for tp, offsets in pending_offsets(self).items() if offsets}
+            if not left:
+                close_table_state(mark)
+            else:
+                log.warning(
+                    "stopping with processed messages not committed: the tables will be "
+                    "rebuilt from their changelogs at the next start",
+                    extra={"partitions": len(left), "offsets": sum(map(len, left.values()))},
+                )
 
     async def commit_transactions(
         self: Any,

@@ -141,18 +141,22 @@ def test_a_worker_killed_with_its_transaction_open_forgets_the_table_writes_of_i
         stop_process(worker)
     assert worker.returncode == -9, log.read_text()[-3000:]
     assert any(p.name.endswith(".db") for p in state.rglob("*")), "no table on disk"
-    # nothing the first run did was committed: its counts must all come again
-    assert consume_all(bootstrap, out) == []
+    # the app's sends are not in its transaction (faust picks a send's transaction by the
+    # destination partition): some counts of the first run may be out already
+    before = len(consume_all(bootstrap, out))
 
     worker = run_module(args, env, log)
     try:
         wait_ready(ready, worker, log)
-        again = _wait_counts(bootstrap, out, 3)
+        again = _wait_counts(bootstrap, out, before + 3)[before:]
     finally:
         stop_process(worker)
+    # no input offset was committed: the three messages are processed again, from zero
     assert [(c["key"], c["count"]) for c in again] == [
         ("patient-a", 1),
         ("patient-a", 2),
         ("patient-a", 3),
     ], log.read_text()[-3000:]
     assert "did not stop cleanly" in log.read_text()
+    # that run stopped cleanly (SIGTERM, everything committed): the next start keeps the stores
+    assert not list(state.rglob("not-stopped-cleanly")), log.read_text()[-3000:]

@@ -911,11 +911,20 @@ async def test_a_clean_stop_clears_the_mark_and_one_with_work_left_does_not(
     stop: Any = faust_consumer.Consumer.commit_and_end_transactions
     # an acked offset the stop could not commit: its writes may be in an open transaction
     left = SimpleNamespace(
-        commit=commit, app=app, _unacked_messages=set(), _acked={TP("a", 0): [7]}
+        commit=commit, app=app, should_stop=True, _unacked_messages=set(), _acked={TP("a", 0): [7]}
     )
     await stop(left)
     assert mark.exists()
-    done = SimpleNamespace(commit=commit, app=app, _unacked_messages=set(), _acked={})
+    # faust calls it at a rebalance too, and the worker goes on writing afterwards
+    revoking = SimpleNamespace(
+        commit=commit, app=app, should_stop=False, _unacked_messages=set(), _acked={}
+    )
+    await stop(revoking)
+    assert mark.exists()
+    # what faust leaves once everything is committed: emptied lists
+    done = SimpleNamespace(
+        commit=commit, app=app, should_stop=True, _unacked_messages=set(), _acked={TP("a", 0): []}
+    )
     await stop(done)
     assert not mark.exists()
     # an at-least-once app keeps no mark: its stores are not rebuilt
