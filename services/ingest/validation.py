@@ -104,6 +104,9 @@ class CheckedResource:
     index: int | None = None
     business_id: tuple[str, str] | None = None
     issues: list[Issue] = field(default_factory=list)
+    #: every Reference object in ``resource`` (an object whose ``reference`` is a string)
+    #: with its location, as the checks' one walk found them; None when it was not walked
+    references: list[tuple[Loc, dict[str, Any]]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -414,7 +417,8 @@ def check_bundle(raw: Any, institution: Institution) -> BundleCheck:
             checked.issues.append(_unsupported(root, _unsupported_why(rtype)))
             continue
         clinical += rtype in CLINICAL_TYPES
-        _check_one(resource, rtype, _Ctx(root, institution, index, checked.issues))
+        found = _check_one(resource, rtype, _Ctx(root, institution, index, checked.issues))
+        checked.references = found.reference_objects
     if todo and not clinical:
         issues.append(
             Issue(
@@ -545,11 +549,12 @@ class _Ctx:
 class _Found:
     """What one walk of a resource's JSON collects."""
 
-    __slots__ = ("identifiers", "references", "too_deep")
+    __slots__ = ("identifiers", "reference_objects", "references", "too_deep")
 
     def __init__(self) -> None:
         self.identifiers: list[tuple[Loc, dict[str, Any]]] = []
         self.references: list[tuple[Loc, str]] = []  # loc of the Reference object
+        self.reference_objects: list[tuple[Loc, dict[str, Any]]] = []  # the same objects
         self.too_deep = False
 
 
@@ -567,7 +572,9 @@ def _walk(node: Any, path: list[str | int], found: _Found, depth: int) -> None:
         for key, value in node.items():
             if isinstance(value, str):
                 if key == "reference":
-                    found.references.append((tuple(path), value))
+                    loc = tuple(path)
+                    found.references.append((loc, value))
+                    found.reference_objects.append((loc, node))
                 continue
             if not isinstance(value, _CONTAINERS):
                 continue
@@ -589,13 +596,14 @@ def _walk(node: Any, path: list[str | int], found: _Found, depth: int) -> None:
                 path.pop()
 
 
-def _check_one(res: dict[str, Any], rtype: str, ctx: _Ctx) -> None:
-    """Structure and hub rules for one resource of an accepted type."""
+def _check_one(res: dict[str, Any], rtype: str, ctx: _Ctx) -> _Found:
+    """Structure and hub rules for one resource of an accepted type; returns what the walk
+    of its JSON found."""
     found = _Found()
     _walk(res, [], found, 0)
     if found.too_deep:
         ctx.add("error", "structure", "invalid-fhir", (), f"nested more than {MAX_DEPTH} deep")
-        return
+        return found
     structural = _validate_model(res, rtype, ctx)
     _index_contained(res, ctx)
     _check_identifiers(res, rtype, found, ctx)
@@ -612,6 +620,7 @@ def _check_one(res: dict[str, Any], rtype: str, ctx: _Ctx) -> None:
                 if i.reason != "missing-field" or not structural & set(i.expression)
             ]
     _check_performers(res, rtype, ctx)
+    return found
 
 
 def _validate_model(res: dict[str, Any], rtype: str, ctx: _Ctx) -> set[str]:

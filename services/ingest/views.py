@@ -448,8 +448,32 @@ def resolve_bundle(
                 target["identifier"] = ident
             targets[url] = target
     for e in entries:
-        _rewrite_references(e.resource, targets)
+        if e.references is None:
+            _rewrite_references(e.resource, targets)
+        else:
+            _rewrite_found(e.references, targets)
     return ids
+
+
+def _rewrite_found(
+    references: Sequence[tuple[tuple[str | int, ...], dict[str, Any]]],
+    targets: Mapping[str, dict[str, Any]],
+) -> None:
+    """:func:`_rewrite_references` over the Reference objects the checks' walk already found
+    (``(location, object)``), without walking the resource again: the same objects are
+    rewritten, none nested inside another one rewritten (that walk does not descend into a
+    Reference it rewrites)."""
+    hits = [(loc, ref) for loc, ref in references if ref.get("reference") in targets]
+    if not hits:
+        return
+    locs = {loc for loc, _ in hits}
+    for loc, ref in hits:
+        if len(hits) > 1 and any(loc[:k] in locs for k in range(len(loc))):
+            continue
+        target = targets[ref["reference"]]
+        ref["reference"] = target["reference"]
+        if "identifier" in target:
+            ref["identifier"] = dict(target["identifier"])
 
 
 def _rewrite_references(node: Any, targets: Mapping[str, dict[str, Any]]) -> None:
