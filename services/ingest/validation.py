@@ -642,7 +642,7 @@ def _validate_model(res: dict[str, Any], rtype: str, ctx: _Ctx) -> set[str]:
         if bad:  # the model would raise KeyError/TypeError on these
             return set()
     try:
-        get_fhir_model_class(rtype).model_validate(res)
+        _model_validate(get_fhir_model_class(rtype), res)
     except ValidationError as exc:
         issues = validation_issues(exc, ctx.root)
         ctx.issues.extend(issues)
@@ -657,6 +657,82 @@ def _validate_model(res: dict[str, Any], rtype: str, ctx: _Ctx) -> set[str]:
         )
         return {ctx.root}
     return set()
+
+
+#: Elements whose values are coded context — the test's code and category, the reference
+#: range, the interpretation, the method, the performing institution — and repeat from one
+#: resource to the next in any feed, unlike identifiers, patients, values and times.
+_MEMO_ELEMENTS: Final = frozenset(
+    {
+        "bodySite",
+        "category",
+        "code",
+        "dataAbsentReason",
+        "interpretation",
+        "managingOrganization",
+        "method",
+        "modality",
+        "performer",
+        "referenceRange",
+        "resultsInterpreter",
+        "valueCodeableConcept",
+    }
+)
+#: Such element values the R4B model validated, by (model, element, JSON): at most
+#: :data:`_MEMO_KEPT`, each at most :data:`_MEMO_MAX_BYTES` of JSON.
+_MEMO: Final[dict[tuple[type, str, bytes], Any]] = {}
+_MEMO_KEPT: Final = 4096
+_MEMO_MAX_BYTES: Final = 2048
+
+
+@functools.cache
+def _field_names(model: type[Any]) -> dict[str, str]:
+    """A model's attribute name for each JSON element name (they differ for a few, such as
+    ``class``)."""
+    return {(f.alias or name): name for name, f in model.model_fields.items()}
+
+
+def _model_validate(model: Any, res: dict[str, Any]) -> Any:
+    """``model.model_validate(res)``, with the value of each :data:`_MEMO_ELEMENTS` element
+    that the model already validated, in a resource of the same type, passed as the model
+    object it became (pydantic takes a model instance of the field's type as it is, and
+    fhir.resources validates an element without regard to anything around it): the same
+    verdict, the repeated coded elements not validated again. A resource the model refuses
+    is validated again exactly as posted, so that its issues are the model's own."""
+    given: dict[str, Any] | None = None
+    fresh: list[tuple[str, tuple[type, str, bytes]]] = []
+    for name in _MEMO_ELEMENTS.intersection(res):
+        value = res[name]
+        if not isinstance(value, dict | list) or not value:
+            continue
+        text = codec.dumps(value)
+        if len(text) > _MEMO_MAX_BYTES:
+            continue
+        key = (model, name, text)
+        known = _MEMO.get(key)
+        if known is None:
+            fresh.append((name, key))
+            continue
+        if given is None:
+            given = dict(res)
+        given[name] = known
+    if given is None:
+        validated = model.model_validate(res)
+    else:
+        try:
+            validated = model.model_validate(given)
+        except ValidationError:
+            # the verdict, and the issues, of the resource as posted
+            validated = model.model_validate(res)
+    if fresh:
+        if len(_MEMO) + len(fresh) > _MEMO_KEPT:
+            _MEMO.clear()  # bounded memory, whatever is posted
+        names = _field_names(model)
+        for name, key in fresh:
+            attr = names.get(name)
+            if attr is not None:
+                _MEMO[key] = getattr(validated, attr)
+    return validated
 
 
 def _is_r4_type(name: str) -> bool:
