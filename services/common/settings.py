@@ -152,11 +152,12 @@ class IngestSettings(ServiceSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     transaction_slots: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=16,
         description="Kafka transactions in flight at once; requests queue behind them and "
-        "share the next one (group commit). Fewer slots, bigger transactions.",
+        "share the next one (group commit). Fewer slots, bigger transactions; with one, the "
+        "gateway idled while its only transaction committed (issue 15).",
     )
     topic: str = Field(
         default=RESOURCE_ACCEPTED.name,

@@ -23,7 +23,7 @@ def build_app(
     hmac_key: bytes,
     max_body_bytes: int,
     publish_timeout_s: float = 10.0,
-    transaction_slots: int = 1,
+    transaction_slots: int = 2,
     topic: str = RESOURCE_ACCEPTED.name,
     institutions_path: Path | None = None,
     max_message_bytes: int | None = None,
