@@ -679,10 +679,12 @@ _MEMO_ELEMENTS: Final = frozenset(
     }
 )
 #: Such element values the R4B model validated, by (model, element, JSON): at most
-#: :data:`_MEMO_KEPT`, each at most :data:`_MEMO_MAX_BYTES` of JSON.
+#: :data:`_MEMO_KEPT`, each at most :data:`_MEMO_MAX_BYTES` of JSON (a few MB at most; the
+#: bench's lab results need about forty). Coded context only: no identifier, patient or
+#: value is kept.
 _MEMO: Final[dict[tuple[type, str, bytes], Any]] = {}
 _MEMO_KEPT: Final = 4096
-_MEMO_MAX_BYTES: Final = 2048
+_MEMO_MAX_BYTES: Final = 1024
 
 
 @functools.cache
