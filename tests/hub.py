@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,9 +73,11 @@ class Hub:
             "MRHUB_RECOGNITION__URL": self.urls("recognition"),
             "MRHUB_PATIENT_INDEX__URL": self.urls("patient_index"),
             "MRHUB_TOPIC_PARTITIONS": str(self.partitions),
-            # a worker's RocksDB state is its own: a second worker or a restart after kill -9
-            # must rebuild from the changelog, as on another machine
-            "MRHUB_STATE_DIR": str(self.tmp / "state" / f"{name}-{time.monotonic_ns()}"),
+            # a process's RocksDB state is its own, and a restart finds it where it was left,
+            # as a supervisor's restart on the same machine or volume does: after kill -9 the
+            # stores may hold writes of aborted transactions (faust_fixes patch 17 rebuilds
+            # them); a second worker of a service starts from nothing
+            "MRHUB_STATE_DIR": str(self.tmp / "state" / name),
             "MRHUB_LOG_LEVEL": "INFO",
             **self.extra_env,
         }
