@@ -55,16 +55,16 @@ def _wait_counts(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
 
 
-def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
-    bootstrap: str, unique: str, tmp_path: Path
-) -> None:
-    partitions = 2
+def _counter_app(
+    bootstrap: str, unique: str, tmp_path: Path, partitions: int
+) -> tuple[str, str, Path, str, dict[str, str], list[str], Path]:
+    """Topics, state directory, readiness URL, environment, arguments and log of a run of
+    tests/integration/apps/counter_app.py of this test's own."""
     src, out = f"test.counter.in.{unique}", f"test.counter.out.{unique}"
     create_topic(bootstrap, src, partitions)
     create_topic(bootstrap, out, 1)
     state = tmp_path / "state"
     web_port = free_port()
-    ready = f"http://127.0.0.1:{web_port}/readyz"
     env = {
         "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MRHUB_STATE_DIR": str(state),
@@ -73,7 +73,14 @@ def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
         "MRHUB_TEST_WEB_PORT": str(web_port),
     }
     args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
-    log = tmp_path / "worker.log"
+    ready = f"http://127.0.0.1:{web_port}/readyz"
+    return src, out, state, ready, env, args, tmp_path / "worker.log"
+
+
+def test_faust_table_skips_aborted_data_and_survives_restart_from_its_changelog(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    src, out, state, ready, env, args, log = _counter_app(bootstrap, unique, tmp_path, 2)
 
     # An aborted transaction (a gateway request answered 503) must never be counted.
     produce_aborted(bootstrap, src, [(b"patient-a", b"aborted")] * 2)
@@ -114,21 +121,7 @@ def test_a_worker_killed_with_its_transaction_open_forgets_the_table_writes_of_i
     transaction. A kill -9 aborts the transaction, and the restarted worker, on the same
     disk, must not keep the change: it processes the same messages again and would count
     them twice (the patient index dropped a record as a resend of itself, and lost it)."""
-    src, out = f"test.counter.in.{unique}", f"test.counter.out.{unique}"
-    create_topic(bootstrap, src, 1)
-    create_topic(bootstrap, out, 1)
-    state = tmp_path / "state"
-    web_port = free_port()
-    ready = f"http://127.0.0.1:{web_port}/readyz"
-    env = {
-        "MRHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "MRHUB_STATE_DIR": str(state),
-        "MRHUB_TOPIC_PARTITIONS": "1",
-        "MRHUB_TEST_SUFFIX": unique,
-        "MRHUB_TEST_WEB_PORT": str(web_port),
-    }
-    args = ["-m", "tests.integration.apps.counter_app", "worker", "--loglevel", "info"]
-    log = tmp_path / "worker.log"
+    src, out, state, ready, env, args, log = _counter_app(bootstrap, unique, tmp_path, 1)
     # the first run commits on no timer and dies on the fourth message: the three counts
     # before it are in RocksDB and in an open transaction
     dying = {**env, "MRHUB_TEST_DIE": "1"}
