@@ -418,7 +418,7 @@ def check_bundle(raw: Any, institution: Institution) -> BundleCheck:
             continue
         clinical += rtype in CLINICAL_TYPES
         found = _check_one(resource, rtype, _Ctx(root, institution, index, checked.issues))
-        checked.references = found.reference_objects
+        checked.references = found.references
     if todo and not clinical:
         issues.append(
             Issue(
@@ -549,12 +549,12 @@ class _Ctx:
 class _Found:
     """What one walk of a resource's JSON collects."""
 
-    __slots__ = ("identifiers", "reference_objects", "references", "too_deep")
+    __slots__ = ("identifiers", "references", "too_deep")
 
     def __init__(self) -> None:
         self.identifiers: list[tuple[Loc, dict[str, Any]]] = []
-        self.references: list[tuple[Loc, str]] = []  # loc of the Reference object
-        self.reference_objects: list[tuple[Loc, dict[str, Any]]] = []  # the same objects
+        # each Reference object (its ``reference`` a string) and its location
+        self.references: list[tuple[Loc, dict[str, Any]]] = []
         self.too_deep = False
 
 
@@ -572,9 +572,7 @@ def _walk(node: Any, path: list[str | int], found: _Found, depth: int) -> None:
         for key, value in node.items():
             if isinstance(value, str):
                 if key == "reference":
-                    loc = tuple(path)
-                    found.references.append((loc, value))
-                    found.reference_objects.append((loc, node))
+                    found.references.append((tuple(path), node))
                 continue
             if not isinstance(value, _CONTAINERS):
                 continue
@@ -815,7 +813,8 @@ def _check_card_agrees(res: dict[str, Any], cards: list[tuple[Loc, IdCard]], ctx
 
 
 def _check_references(found: _Found, ctx: _Ctx) -> None:
-    for loc, ref in found.references:
+    for loc, obj in found.references:
+        ref: str = obj["reference"]
         if ref.startswith("urn:uuid:"):
             if ctx.bundle is None or ref not in ctx.bundle.by_url:
                 where = "an entry fullUrl of this bundle" if ctx.bundle else "anything"

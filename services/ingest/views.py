@@ -470,10 +470,7 @@ def _rewrite_found(
     for loc, ref in hits:
         if len(hits) > 1 and any(loc[:k] in locs for k in range(len(loc))):
             continue
-        target = targets[ref["reference"]]
-        ref["reference"] = target["reference"]
-        if "identifier" in target:
-            ref["identifier"] = dict(target["identifier"])
+        _point(ref, targets[ref["reference"]])
 
 
 def _rewrite_references(node: Any, targets: Mapping[str, dict[str, Any]]) -> None:
@@ -484,13 +481,19 @@ def _rewrite_references(node: Any, targets: Mapping[str, dict[str, Any]]) -> Non
         if isinstance(cur, dict):
             ref = cur.get("reference")
             if isinstance(ref, str) and (target := targets.get(ref)) is not None:
-                cur["reference"] = target["reference"]
-                if "identifier" in target:
-                    cur["identifier"] = dict(target["identifier"])
+                _point(cur, target)
                 continue
             stack.extend(v for v in cur.values() if isinstance(v, dict | list))
         elif isinstance(cur, list):
             stack.extend(v for v in cur if isinstance(v, dict | list))
+
+
+def _point(reference: dict[str, Any], target: Mapping[str, Any]) -> None:
+    """Make the Reference object ``reference`` name ``target`` (its reference, and its
+    identifier when it has one)."""
+    reference["reference"] = target["reference"]
+    if "identifier" in target:
+        reference["identifier"] = dict(target["identifier"])
 
 
 def bundle_patients(entries: Sequence[CheckedResource]) -> dict[str, dict[str, Any]]:
