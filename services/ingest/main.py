@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -11,6 +10,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from services.common import faust_fixes
 from services.common.errors import ConfigError
 from services.common.forwarding import forwarded_headers
+from services.common.gc_tuning import tune_for_serving
 from services.common.institutions import Registry
 from services.common.logging import setup_logging
 from services.common.settings import Settings
@@ -92,7 +92,7 @@ def run(settings: Settings) -> None:
             "institutions": len(registry),
         },
     )
-    _tune_gc()
+    tune_for_serving()  # only in the serving process, not where tests build the app
     asyncio.run(
         serve(
             app,
@@ -109,17 +109,3 @@ def run(settings: Settings) -> None:
             },
         )
     )
-
-
-def _tune_gc() -> None:
-    """The cyclic garbage collector, as the recognition worker has it (issue 15): what is
-    allocated before the gateway serves (modules, the R4B models, the application) lives as
-    long as the process, so it is frozen out of every later collection; and a young
-    collection runs every 50,000 net allocations, not every 700, which a bundle's parsed
-    JSON and its models crossed several times per request (`mrhub bench ingest`, bundles:
-    165 -> 147 µs of gateway CPU per resource). Garbage without cycles is freed at once either
-    way; cyclic garbage waits a little longer. Only in the serving process, not where tests
-    build the application."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, *gc.get_threshold()[1:])
