@@ -669,6 +669,14 @@ def _add_tool_parsers(sub: Any) -> None:
         default="10000,100000,1000000",
         help="index: comma-separated numbers of known persons to measure at",
     )
+    p.add_argument(
+        "--placement",
+        choices=("anchor", "key"),
+        default="anchor",
+        help="index: the partition each accepted resource is produced to — its patient's "
+        "anchor's, as the gateway places it (default), or its Kafka key's, as before the "
+        "gateway placed them (every record then crosses the by-identity topic)",
+    )
     p.add_argument("--patients", type=int, default=5000, help="check: patients with a result")
     p.add_argument("--rate", type=float, default=500.0, help="check: requests per second")
     p.add_argument("--orders", type=int, default=500, help="check: orders for order → decision")

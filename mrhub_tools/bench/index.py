@@ -96,6 +96,7 @@ from services.common.topics import (
 )
 from services.ingest.validation import business_id
 from services.ingest.views import EVENT_TYPE, patient_identifiers
+from services.patient_index.routing import route_key
 from services.patient_index.seed import SeedStats, changelog_specs, seed_messages
 
 SEED: Final = 20260312
@@ -319,9 +320,11 @@ def bundle_of(visit: Visit) -> dict[str, Any]:
 
 def gateway_messages(
     visit: Visit, hmac_key: bytes, received_at: datetime
-) -> list[tuple[bytes, bytes]]:
-    """``(key, value)`` of each entry as the gateway publishes an accepted transaction bundle
-    on ``mrhub.ingest.resource-accepted.v1`` (``Gateway.message`` in services/ingest/views)."""
+) -> list[tuple[bytes, bytes, bytes | None]]:
+    """``(key, value, route)`` of each entry as the gateway publishes an accepted transaction
+    bundle on ``mrhub.ingest.resource-accepted.v1`` (``Gateway.message`` in
+    services/ingest/views): ``route`` is the keyed hash whose partition the gateway puts the
+    message on."""
     inst = visit.person.institution
     patients = {u: r for u, r in visit.entries if r["resourceType"] == "Patient"}
     out = []
@@ -344,7 +347,8 @@ def gateway_messages(
         )
         bid = business_id(resource)
         digest = keyed_hash(hmac_key, *bid) if bid is not None else f"event-{env.event_id}"
-        out.append((f"{inst}|{rtype}|{digest}".encode(), env.to_bytes()))
+        route = route_key(env.payload, inst, lambda i: keyed_hash(hmac_key, *i.key()))
+        out.append((f"{inst}|{rtype}|{digest}".encode(), env.to_bytes(), route))
     return out
 
 
@@ -490,6 +494,8 @@ def combine_checks(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "expected_new",
         "expected_deterministic",
         "dead_letters",
+        "routed_in_place",
+        "routed_forwarded",
     ):
         out[key] = sum(int(r.get(key) or 0) for r in rounds)
     out["stalled"] = any(r.get("stalled") for r in rounds)
@@ -600,6 +606,10 @@ def format_report(report: Mapping[str, Any]) -> str:
     row(
         "  expected",
         lambda r: _pair(r["checks"], "expected_new", "expected_deterministic"),
+    )
+    row(
+        "resources resolved in place / forwarded",
+        lambda r: _pair(r["checks"], "routed_in_place", "routed_forwarded"),
     )
     row("dead letters", lambda r: r["checks"]["dead_letters"], "d")
     row("complete and checked", lambda r: r["checks"]["ok"])
@@ -903,15 +913,18 @@ class LoadRun:
 
 def run_load(
     bootstrap: str,
-    messages: Sequence[tuple[bytes, bytes]],
+    messages: Sequence[tuple[bytes, bytes, bytes | None]],
     trace_ids: set[str],
     expected: int,
     *,
     alive: Callable[[], bool],
+    placement: str = "anchor",
 ) -> LoadRun:
     """Produce ``messages`` onto the accepted topic (another thread) while reading the results
     topic (read_committed) from its current end until ``expected`` records whose trace id is
-    in ``trace_ids`` are read; their read times are the arrivals."""
+    in ``trace_ids`` are read; their read times are the arrivals. ``placement``: ``anchor``
+    puts each message on its route's partition, as the gateway does; ``key`` by its Kafka
+    key, as the gateway did before (every record then crosses ``by-identity``)."""
     consumer = _consumer(bootstrap)
     producer = _producer(bootstrap, linger_ms=5)
     run = LoadRun()
@@ -923,10 +936,15 @@ def run_load(
             consumer.seek(tp, off)
         consumer.poll(timeout_ms=0)  # connect before the clock starts
 
+        count = len(producer.partitions_for(RESOURCE_ACCEPTED.name))
+
         def produce() -> None:
             try:
-                for key, value in messages:
-                    producer.send(RESOURCE_ACCEPTED.name, key=key, value=value)
+                for key, value, route in messages:
+                    part = None
+                    if placement == "anchor" and route is not None:
+                        part = partition_for(route, count)
+                    producer.send(RESOURCE_ACCEPTED.name, key=key, value=value, partition=part)
                 producer.flush(timeout=120)
                 run.produce_s = time.perf_counter() - run.t_start
             except BaseException as exc:  # reported by the main thread
@@ -1006,13 +1024,21 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         _log("the load needs at least 2 visits and 1 round")
         return 2
     as_json = bool(getattr(args, "json", False))
+    placement = str(getattr(args, "placement", None) or "anchor")
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted()
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        report = _run(settings, populations, visits=visits, warmup=warmup, rounds=rounds)
+        report = _run(
+            settings,
+            populations,
+            visits=visits,
+            warmup=warmup,
+            rounds=rounds,
+            placement=placement,
+        )
     except (KeyboardInterrupt, _Interrupted):
         _log("interrupted; everything the bench started is stopped")
         return 130
@@ -1027,7 +1053,13 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(
-    settings: Settings, populations: Sequence[int], *, visits: int, warmup: int, rounds: int
+    settings: Settings,
+    populations: Sequence[int],
+    *,
+    visits: int,
+    warmup: int,
+    rounds: int,
+    placement: str = "anchor",
 ) -> dict[str, Any]:
     if settings.kafka.bootstrap_servers:
         _log(
@@ -1041,7 +1073,10 @@ def _run(
     hmac_secret = secrets.token_urlsafe(32)
     known_visits = round(visits * KNOWN_SHARE)
     report: dict[str, Any] = {
-        "command": "mrhub bench index --populations " + ",".join(str(n) for n in populations),
+        "command": "mrhub bench index --populations "
+        + ",".join(str(n) for n in populations)
+        + ("" if placement == "anchor" else f" --placement {placement}"),
+        "placement": placement,
         "cpu_count": os.cpu_count() or 1,
         "kafka_version": settings.broker.kafka_version,
         "partitions": partitions,
@@ -1073,6 +1108,7 @@ def _run(
                     warmup=warmup,
                     rounds=rounds,
                     load=report["load"],
+                    placement=placement,
                 )
             except (MrhubError, TimeoutError) as exc:  # BenchError, BrokerError, Kafka
                 keep_tmp = True
@@ -1103,6 +1139,7 @@ def _run_population(
     warmup: int,
     rounds: int,
     load: dict[str, Any],
+    placement: str = "anchor",
 ) -> dict[str, Any]:
     from services.common.broker import LocalBroker, free_port
     from services.common.kafka_admin import create_topics
@@ -1201,13 +1238,14 @@ def _run_population(
                 {v.trace_id for v in warm},
                 sum(v.records for v in warm),
                 alive=service.alive,
+                placement=placement,
             )
             if w.stalled:
                 raise BenchError(f"the warm-up stalled:\n{service.tail()}")
         results: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
         for i, batch in enumerate(batches, start=1):
-            fig, chk = _measure(service, info.pid, bootstrap, batch, hmac_key, received)
+            fig, chk = _measure(service, info.pid, bootstrap, batch, hmac_key, received, placement)
             results.append(fig)
             checks.append(chk)
             _log(
@@ -1249,13 +1287,21 @@ def _measure(
     visits: Sequence[Visit],
     hmac_key: bytes,
     received: datetime,
+    placement: str = "anchor",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One measured round: its figures and its checks."""
     messages = [m for v in visits for m in gateway_messages(v, hmac_key, received)]
     records = sum(v.records for v in visits)
     before_metrics = service.metrics()
     cpu_before = cpu_sample(service.pid, kafka_pid)
-    run = run_load(bootstrap, messages, {v.trace_id for v in visits}, records, alive=service.alive)
+    run = run_load(
+        bootstrap,
+        messages,
+        {v.trace_id for v in visits},
+        records,
+        alive=service.alive,
+        placement=placement,
+    )
     cpu_after = cpu_sample(service.pid, kafka_pid)
     time.sleep(0.5)  # metrics of the last messages
     after_metrics = service.metrics() if service.alive() else ""
@@ -1272,6 +1318,7 @@ def _measure(
 
 _DECISIONS = "mrhub_patient_index_link_decisions_total"
 _DEAD = "mrhub_patient_index_dead_letters_total"
+_ROUTED = "mrhub_patient_index_routed_total"
 
 
 def _checks(
@@ -1289,6 +1336,8 @@ def _checks(
         "expected_new": new,
         "expected_deterministic": messages - new,
         "dead_letters": dead,
+        "routed_in_place": delta(_ROUTED, {"path": "in-place"}),
+        "routed_forwarded": delta(_ROUTED, {"path": "forwarded"}),
         "stalled": run.stalled,
     }
     out["ok"] = (
@@ -1297,6 +1346,8 @@ def _checks(
         and out["decisions_new"] == new
         and out["decisions_deterministic"] == messages - new
         and dead == 0
+        # every resource routed once: resolved where it arrived, or forwarded to its owner
+        and out["routed_in_place"] + out["routed_forwarded"] == messages
     )
     return out
 

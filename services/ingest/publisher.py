@@ -43,7 +43,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.common.errors import KafkaUnavailableError
 from services.common.kafka_security import aiokafka_options
-from services.common.partitioner import PARTITIONER
+from services.common.partitioner import PARTITIONER, partition_for
 from services.common.topics import DEFAULT_MAX_MESSAGE_BYTES
 from services.ingest.metrics import IngestMetrics
 
@@ -63,6 +63,10 @@ class OutMessage:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
+    #: the keyed hash of the patient's anchor (services/patient_index/routing.py): the
+    #: message goes to ``partition_for(route, partitions)``, the partition whose reader owns
+    #: that identifier in the patient index; ``None``: by its key, as any Kafka client would
+    route: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -283,9 +287,18 @@ class Publisher:
                 p.fut.set_exception(err)
 
     async def _transaction(self, producer: AIOKafkaProducer, msgs: Sequence[OutMessage]) -> None:
+        # the topic's partition count from the producer's metadata (fetched once, then kept
+        # up to date by aiokafka): a message with a route goes where its patient is owned
+        count = len(await producer.partitions_for(self.topic))
         async with producer.transaction():
             futures = [
-                await producer.send(self.topic, value=m.value, key=m.key, headers=list(m.headers))
+                await producer.send(
+                    self.topic,
+                    value=m.value,
+                    key=m.key,
+                    headers=list(m.headers),
+                    partition=None if m.route is None else partition_for(m.route, count),
+                )
                 for m in msgs
             ]
             await asyncio.gather(*futures)

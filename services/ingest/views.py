@@ -67,6 +67,8 @@ from services.ingest.validation import (
     http_status,
     parse_json,
 )
+from services.patient_index.normalize import Ident
+from services.patient_index.routing import CLINICAL, route_key
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +313,13 @@ class Gateway:
         import_line: int | None = None,
         patients: Mapping[str, dict[str, Any]] | None = None,
         record_id: str | None = None,
+        routes: dict[tuple[int, ...], bytes | None] | None = None,
     ) -> tuple[OutMessage, str]:
         # The Envelope's JSON, written directly (a pydantic model built and dumped for each
         # resource cost more than the encoding); test_ingest_envelope checks it against
         # Envelope.to_bytes.
         event_id = new_id()
+        idents = patient_identifiers(checked.resource, patients or {})
         doc = {
             "schema_version": SCHEMA_VERSION,
             "event_id": event_id,
@@ -330,7 +334,7 @@ class Gateway:
                 "entry_index": entry_index,
                 "import_line": import_line,
                 "full_url": checked.full_url,
-                "patient_identifiers": patient_identifiers(checked.resource, patients or {}),
+                "patient_identifiers": idents,
                 "resource": checked.resource,
             },
         }
@@ -342,7 +346,38 @@ class Gateway:
             ("source", institution.id.encode()),
         )
         key = self.kafka_key(institution, checked, event_id, record_id)
-        return OutMessage(key=key, value=codec.dumps(doc), headers=headers), event_id
+        route = self.route(institution, checked, idents, routes)
+        return OutMessage(key, codec.dumps(doc), headers, route), event_id
+
+    def route(
+        self,
+        institution: Institution,
+        checked: CheckedResource,
+        idents: list[Any],
+        memo: dict[tuple[int, ...], bytes | None] | None = None,
+    ) -> bytes | None:
+        """The keyed hash of the patient's strongest identifier, which places the message on
+        the partition whose patient-index worker owns it (services/patient_index/routing).
+        ``memo`` (one per bundle) keeps it per subject: a visit's results name one Patient
+        entry, whose identifier objects they share, so its identifiers are normalised and
+        hashed once, not once per result (a clinical resource's route depends on nothing else)."""
+        memo_key: tuple[int, ...] | None = None
+        if memo is not None and checked.resource_type in CLINICAL:
+            memo_key = tuple(map(id, idents))
+            if memo_key in memo:
+                return memo[memo_key]
+        payload = {
+            "resource_type": checked.resource_type,
+            "resource": checked.resource,
+            "patient_identifiers": idents,
+        }
+        found = route_key(payload, institution.id, self._hash_ident)
+        if memo_key is not None and memo is not None:
+            memo[memo_key] = found
+        return found
+
+    def _hash_ident(self, ident: Ident) -> str:
+        return keyed_hash(self.hmac_key, *ident.key())
 
     def count(
         self, institution: Institution, checked: Sequence[CheckedResource], outcome: str
@@ -843,6 +878,7 @@ def _prepare_bundle(
     patients = bundle_patients(bundle.entries)
     ids = resolve_bundle(who, [e for e in bundle.entries if e.ok], patients)
     out: dict[int, tuple[OutMessage, str]] = {}
+    routes: dict[tuple[int, ...], bytes | None] = {}
     for e in bundle.entries:
         if not e.ok:
             continue
@@ -855,6 +891,7 @@ def _prepare_bundle(
             entry_index=e.index,
             patients=patients,
             record_id=ids.get(id(e)),
+            routes=routes,
         )
         if gw.fits(msg):
             out[id(e)] = (msg, eid)

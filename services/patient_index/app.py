@@ -60,6 +60,7 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.types import TP
 from prometheus_client import Counter, Gauge
 
 from services.common.codec import dumps as _dumps
@@ -187,6 +188,15 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.routed = Counter(
+            "mrhub_patient_index_routed_total",
+            "Accepted resources by route: in-place (the gateway put the resource on the "
+            "partition of the worker that owns its patient's strongest identifier, which "
+            "resolved it at once) or forwarded (through the by-identity topic to that owner: "
+            "a topic of another partition count, a message from before, a rebalance).",
+            ["path"],
+            registry=self.registry,
+        )
         self.probes = Counter(
             "mrhub_patient_index_block_probes_total",
             "Persons sent to a block, by block key kind (birth_date, phone, name_year).",
@@ -276,26 +286,62 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
 
     # ------------------------------------------------------------------ 1. route
 
+    by_identity_name = by_identity.get_topic_name()
+    # the partitions of by-identity this worker reads, as of its last rebalance (empty
+    # while one is under way: faust processes no event then)
+    identity_partitions: set[int] = set()
+
+    async def on_assigned(_sender: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+        assigned: set[TP] = args[0]  # faust sends the whole assignment
+        identity_partitions.clear()
+        identity_partitions.update(tp.partition for tp in assigned if tp.topic == by_identity_name)
+
+    async def on_revoked(_sender: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        identity_partitions.clear()
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
+
+    def owns_identity(event: Any, key: bytes) -> bool:
+        """Whether this worker reads ``key``'s partition of ``by-identity`` (so owns its
+        ``identities`` entry) and the current event came in on that same partition number,
+        whose changelog partitions its table writes go to: then forwarding the record
+        there would only bring it back here."""
+        part = int(event.message.partition)
+        return part in identity_partitions and partition_for(key, partitions) == part
+
     async def route(event: Any, _key: bytes | None, value: bytes) -> None:
-        env = Envelope.model_validate(_loads(value))  # parsed once: validated here
+        doc = _loads(value)
+        env = Envelope.model_validate(doc)  # parsed once: validated here
         found = route_of(env.payload, env.source, hash_ident)
         if found is None:
             metrics.skipped.labels("context-resource").inc()
             return
         anchor = found.anchor
         is_patient = env.payload.get("resource_type") == "Patient"
+        anchor_doc = {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind}
+        person = person_to_json(found.person) if is_patient else None
+        key = anchor.key.encode()
+        if owns_identity(event, key):
+            # the gateway put it on its owner's partition (services/patient_index/routing)
+            metrics.routed.labels("in-place").inc()
+            await resolve_record(
+                event, key, load_identity(key), anchor_doc, list(found.aliases), person, doc, env
+            )
+            return
+        metrics.routed.labels("forwarded").inc()
         await emit(
             event,
             by_identity,
-            anchor.key.encode(),
+            key,
             _dumps(
                 {
                     "type": "record",
-                    "anchor": {"key": anchor.key, "rank": anchor.rank, "kind": anchor.kind},
+                    "anchor": anchor_doc,
                     "aliases": [
                         {"key": a.key, "rank": a.rank, "kind": a.kind} for a in found.aliases
                     ],
-                    "person": person_to_json(found.person) if is_patient else None,
+                    "person": person,
                     # the bytes received, spliced in: not encoded again
                     "envelope": msgspec.Raw(value),
                 }
@@ -314,12 +360,15 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         )
         await emit(event, linked, link.master_patient_id.encode(), env.to_bytes(), env.headers())
 
+    def load_identity(key: bytes) -> IdentityState | None:
+        raw = identities.get(key)
+        return IdentityState.model_validate_json(raw) if raw else None
+
     async def resolve(event: Any, key: bytes | None, value: bytes) -> None:
         msg = _loads(value)
         if key is None:
             raise ValueError("identity message without a key")
-        current_raw = identities.get(key)
-        current = IdentityState.model_validate_json(current_raw) if current_raw else None
+        current = load_identity(key)
         if msg["type"] in ("steward-link", "steward-unlink"):
             await steward_identity(event, key, current, msg)
             return
@@ -344,13 +393,36 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 old_master, body = follow
                 await emit(event, by_master, old_master.encode(), _dumps(body))
             return
-        a = msg["anchor"]
+        await resolve_record(
+            event,
+            key,
+            current,
+            msg["anchor"],
+            [Keyed(x["key"], x["rank"], x["kind"]) for x in msg["aliases"]],
+            msg.get("person"),
+            env_doc,
+            None,
+        )
+
+    async def resolve_record(
+        event: Any,
+        key: bytes,
+        current: IdentityState | None,
+        a: dict[str, Any],
+        aliases: list[Keyed],
+        person: dict[str, Any] | None,
+        env_doc: dict[str, Any],
+        env: Envelope | None,
+    ) -> None:
+        """One accepted resource at the owner of its anchor ``key`` (``a``): its master
+        resolved, its weaker identifiers claimed, a Patient probed in its blocks, a result or
+        an order sent on to its master. ``env`` is ``env_doc`` validated, when the caller
+        has it already."""
+        trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
         res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
         metrics.decisions.labels(res.decision).inc()
         # each weaker identifier is claimed once per master, not once per record
-        claims, state = claims_to_send(
-            res.state, [Keyed(x["key"], x["rank"], x["kind"]) for x in msg["aliases"]]
-        )
+        claims, state = claims_to_send(res.state, aliases)
         if res.changed or state is not res.state:
             identities[key] = state.model_dump_json().encode()
         if res.event is not None:
@@ -371,7 +443,6 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                     }
                 ),
             )
-        person = msg.get("person")
         if person is not None:
             # match while nothing stronger than a hospital number holds this identity — not
             # only when it is new: the patient's own record may arrive after one of its
@@ -384,7 +455,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
                 match=a["rank"] < MATCH_BELOW_RANK and res.state.rank < PROBABILISTIC_RANK,
                 envelope={"trace_id": trace_id, "source": source},
             )
-        env = Envelope.model_validate(env_doc)
+        if env is None:
+            env = Envelope.model_validate(env_doc)
         record = build_record(
             env.payload,
             source_institution=env.source,

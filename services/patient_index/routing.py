@@ -1,12 +1,17 @@
 """Whose record is it: the person and the anchor of one accepted resource (pure).
 
-The ``route`` stage calls :func:`route_of` for every message on
-``mrhub.ingest.resource-accepted.v1`` and forwards the record to the owner of the anchor's
-keyed hash. :func:`routing_partition` is the partition that owner reads: a producer that
-put each accepted resource there (the gateway, which holds the same HMAC key) would let the
-``resolve`` stage read ``resource-accepted`` directly and the ``route`` hop — one consumed
-and one produced message per record — disappear (issue 15; not done: the gateway's key and
-partitioning are its own, and other consumers read that topic too).
+The patient index's ``route`` stage calls :func:`route_of` for every message on
+``mrhub.ingest.resource-accepted.v1``; the record belongs to the owner of the anchor's keyed
+hash (the ``resolve`` stage's partition ``partition_for(anchor key)`` of ``by-identity``,
+which holds that identifier's ``identities`` entry).
+
+The gateway, which holds the same HMAC key, publishes each accepted resource on the
+partition of ``resource-accepted`` its anchor names (:func:`route_key`), so that the worker
+that reads it is, as a rule, the anchor's owner: the ``route`` stage then resolves the
+record in place, and the hop through ``by-identity`` — one produced and one consumed message
+per record — disappears (issue 15). A resource that lands elsewhere (a topic with another
+partition count, a message published before this, a rebalance between the two reads) is
+forwarded as before, so the placement is an optimisation, never a condition of correctness.
 """
 
 from __future__ import annotations
@@ -58,14 +63,24 @@ def route_of(
     return Route(person, idents[0], tuple(idents[1:]))
 
 
+def route_key(
+    payload: Mapping[str, Any], source: str, hash_ident: Callable[[Ident], str]
+) -> bytes | None:
+    """The keyed hash of the resource's anchor, as the ``route`` stage keys its forward to
+    ``by-identity``: the resource belongs to ``partition_for(route_key, partitions)``.
+    ``None`` when the index has nothing to route (not a record, no usable identifier)."""
+    try:
+        found = route_of(payload, source, hash_ident)
+    except ValueError:
+        return None
+    return None if found is None else found.anchor.key.encode()
+
+
 def routing_partition(
     payload: Mapping[str, Any], source: str, hmac_key: bytes, partitions: int
 ) -> int | None:
     """The partition of the patient index's ``by-identity`` topic (and of its ``identities``
     table) that owns the resource's anchor; ``None`` when the index has nothing to route
     (not a record, or no usable identifier)."""
-    try:
-        found = route_of(payload, source, lambda i: keyed_hash(hmac_key, *i.key()))
-    except ValueError:
-        return None
-    return None if found is None else partition_for(found.anchor.key.encode(), partitions)
+    key = route_key(payload, source, lambda i: keyed_hash(hmac_key, *i.key()))
+    return None if key is None else partition_for(key, partitions)

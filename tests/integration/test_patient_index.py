@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,16 @@ from kafka import KafkaProducer
 from services.common.broker import free_port
 from services.common.envelope import Envelope
 from services.common.harness import wait_until
-from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM
+from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
 from services.common.institutions import Registry, hash_token, issue_token
 from services.common.kafka_admin import create_topics
 from services.common.partitioner import partition_for
-from services.common.topics import ALL_TOPICS, RESULT_INDEXED
+from services.common.topics import ALL_TOPICS, RESOURCE_ACCEPTED, RESULT_INDEXED
+from services.ingest.metrics import IngestMetrics
+from services.ingest.validation import check_resource
+from services.ingest.views import Gateway
+from services.patient_index.normalize import Ident
+from services.patient_index.routing import route_key
 from tests.conftest import REPO
 from tests.fhir_samples import bundle, dumps, gb11643, observation
 from tests.support import consume_all, produce, run_module, stop_process, wait_ready
@@ -308,6 +314,82 @@ def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(hub: Hub) -> N
 
 
 _DAYS = iter(random.sample(range(20_000), 200))
+
+
+def _routed(port: str) -> dict[str, float]:
+    """``mrhub_patient_index_routed_total`` by path, from the worker's metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out = {"in-place": 0.0, "forwarded": 0.0}
+    for line in text.splitlines():
+        if line.startswith("mrhub_patient_index_routed_total{"):
+            out[line.split('path="')[1].split('"')[0]] = float(line.split()[-1])
+    return out
+
+
+def _hash_ident(ident: Ident) -> str:
+    return keyed_hash(b"test-hmac-key", *ident.key())
+
+
+def test_the_gateway_puts_a_visit_on_its_patient_s_partition_and_the_index_resolves_it_there(
+    hub: Hub,
+) -> None:
+    a, _, _ = hub.tokens
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    before = _routed(port)
+    t = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=4, id_card=new_card())))
+    assert len(results(hub, t, expect=4)) == 4
+    accepted = [
+        r
+        for r in consume_all(hub.bootstrap, RESOURCE_ACCEPTED.name)
+        if Envelope.from_bytes(r.value).trace_id == t
+    ]
+    assert len(accepted) == 5  # the Patient and its four results
+    # five records with five different Kafka keys, on the one partition the card names
+    assert len({r.key for r in accepted}) == 5
+    for r in accepted:
+        env = Envelope.from_bytes(r.value)
+        route = route_key(env.payload, env.source, _hash_ident)
+        assert route is not None
+        assert r.partition == partition_for(route, PARTITIONS)
+    # ... which this worker reads: each resolved where it arrived, none sent round
+    after = wait_until(
+        lambda: (lambda now: now if now["in-place"] - before["in-place"] >= 5 else None)(
+            _routed(port)
+        ),
+        deadline_s=30,
+        what="the worker's count of resources resolved in place",
+    )
+    assert after["forwarded"] == before["forwarded"]
+
+
+def test_a_resource_on_another_partition_than_its_patient_s_is_forwarded_to_its_owner(
+    hub: Hub,
+) -> None:
+    """What an older gateway published (by Kafka key), or a topic whose partitions do not
+    match the index's: resolved at the owner of the patient's card all the same."""
+    a, b, _ = hub.tokens
+    port = hub.env["MRHUB_PATIENT_INDEX__PORT"]
+    card = new_card()
+    t1 = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=card)))
+    first = master(hub, t1)
+    registry = Registry.load(hub.log_dir / "institutions.yaml")
+    inst = next(i for i in registry if i.id == b)
+    checked = check_resource(json.loads(dumps(obs_for_card(b, card))), inst)
+    assert checked.ok
+    gw = Gateway(registry, None, IngestMetrics(), hmac_key=b"test-hmac-key", max_body_bytes=1 << 20)  # type: ignore[arg-type]
+    t2 = f"forwarded-{card}"
+    msg, _ = gw.message(inst, checked, received_at=datetime.now(UTC), trace_id=t2)
+    assert msg.route is not None
+    wrong = (partition_for(msg.route, PARTITIONS) + 1) % PARTITIONS
+    before = _routed(port)
+    producer = KafkaProducer(bootstrap_servers=hub.bootstrap, acks="all")
+    try:
+        producer.send(RESOURCE_ACCEPTED.name, key=msg.key, value=msg.value, partition=wrong)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    assert master(hub, t2) == first
+    assert _routed(port)["forwarded"] - before["forwarded"] >= 1
 
 
 def new_birth_date() -> str:

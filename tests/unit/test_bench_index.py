@@ -338,8 +338,10 @@ def test_gateway_messages_are_what_the_gateway_publishes(
         for e in check.entries
     ]
     assert len(mine) == len(theirs) == 10
-    for (key, value), out in zip(mine, theirs, strict=True):
+    for (key, value, route), out in zip(mine, theirs, strict=True):
         assert key == out.key
+        assert route == out.route  # the same partition
+        assert route is not None
         a, b = Envelope.from_bytes(value), Envelope.from_bytes(out.value)
         assert a.model_dump(exclude={"event_id", "occurred_at"}) == b.model_dump(
             exclude={"event_id", "occurred_at"}
@@ -353,7 +355,7 @@ def test_the_load_s_records_are_distinct_and_name_the_seeded_person(
     visit = make_visit(random.Random(3), p, known=True, number=7)
     seeded_anchor = _seed(p).identities[0][0].decode()
     record_ids = set()
-    for _, value in gateway_messages(visit, KEY, datetime.now(UTC)):
+    for _, value, route in gateway_messages(visit, KEY, datetime.now(UTC)):
         env = Envelope.from_bytes(value)
         payload = env.payload
         person = (
@@ -362,6 +364,7 @@ def test_the_load_s_records_are_distinct_and_name_the_seeded_person(
             else person_from_subject(payload["patient_identifiers"], env.source)
         )
         assert keyed_identifiers(person, _hash)[0].key == seeded_anchor  # route's anchor
+        assert route == seeded_anchor.encode()  # and the partition it is produced to
         record = build_record(
             payload,
             source_institution=env.source,

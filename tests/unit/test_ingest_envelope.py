@@ -9,12 +9,15 @@ from pathlib import Path
 
 from mrhub_tools.bench.ingest import make_payloads
 from services.common.envelope import Envelope
+from services.common.identifiers import keyed_hash
 from services.common.institutions import Institution, Registry
 from services.common.topics import ALL_EVENTS
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutMessage
-from services.ingest.validation import check_bundle, check_resource, parse_json
+from services.ingest.validation import CheckedResource, check_bundle, check_resource, parse_json
 from services.ingest.views import EVENT_TYPE, Gateway, bundle_patients
+from services.patient_index.routing import route_key
+from tests.fhir_samples import gb11643
 from tests.unit.test_contracts import valid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +95,32 @@ def test_the_gateways_resource_accepted_event_fits_its_schema() -> None:
     [ev] = [e for e in ALL_EVENTS if e.event_type == EVENT_TYPE]
     valid(ev, Envelope.from_bytes(msg.value))
     assert dict(msg.headers)["source"] == who.id.encode()
+
+
+def test_a_bundle_s_results_carry_their_patient_s_route_and_a_context_resource_none() -> None:
+    """The route (the partition the message goes to) is the patient index's anchor for the
+    patient; within a bundle it is computed once per subject — and a resource that carries
+    no record (its route is None) sharing the subject must not give the results None."""
+    gw, who = _gateway()
+    card = gb11643("11010519850317001")
+    idents = [{"system": "urn:oid:2.16.156.10011.1.3", "value": card}]
+    subject = {"reference": "urn:uuid:p"}
+    memo: dict[tuple[int, ...], bytes | None] = {}
+    specimen = CheckedResource("Specimen", {"resourceType": "Specimen", "subject": subject})
+    obs = CheckedResource("Observation", {"resourceType": "Observation", "subject": subject})
+    report = CheckedResource("DiagnosticReport", {"resourceType": "DiagnosticReport"})
+    assert gw.route(who, specimen, idents, memo) is None  # no record: no placement
+    first = gw.route(who, obs, idents, memo)
+    again = gw.route(who, report, idents, memo)
+    expected = route_key(
+        {"resource_type": "Observation", "resource": obs.resource, "patient_identifiers": idents},
+        who.id,
+        lambda i: keyed_hash(gw.hmac_key, *i.key()),
+    )
+    assert first == again == expected
+    assert expected is not None
+    # another card, another route (the memo is per subject, not per bundle)
+    other = [{"system": "urn:oid:2.16.156.10011.1.3", "value": gb11643("11010519850317003")}]
+    assert gw.route(who, obs, other, memo) not in (None, first)
+    # no usable identifier: no placement (the message goes by its key)
+    assert gw.route(who, obs, [], memo) is None
