@@ -1358,8 +1358,10 @@ def report_notes(report: Mapping[str, Any]) -> list[str]:
         "and the bench (which produces the load and reads the results); wall-clock figures "
         "move with whatever else runs — read them with the 'other' CPU column, and prefer the "
         "service CPU µs/record for the scaling question",
-        "records/s include the pipeline's fill: a record crosses four stages (route → resolve "
-        "→ index → master), each of which commits its Kafka transaction every "
+        "records/s include the pipeline's fill: a record crosses three stages (route, which "
+        "resolves it in place when it arrived on its anchor's partition → master → index; "
+        "four with --placement key: route → resolve → master → index), each of which "
+        "commits its Kafka transaction every "
         "MRHUB_KAFKA__COMMIT_INTERVAL_MIN_S once caught up (0.05 s by default) and every "
         "MRHUB_KAFKA__COMMIT_INTERVAL_S under a backlog (1.0 s) before the next may read its "
         "output, so the first record takes a while whatever the population ('first record "
