@@ -68,7 +68,7 @@ from services.ingest.validation import (
     parse_json,
 )
 from services.patient_index.normalize import Ident
-from services.patient_index.routing import CLINICAL, route_key
+from services.patient_index.routing import CLINICAL, route_and_scope
 
 log = logging.getLogger(__name__)
 
@@ -358,21 +358,24 @@ class Gateway:
     ) -> bytes | None:
         """The keyed hash of the patient's strongest identifier, which places the message on
         the partition whose patient-index worker owns it (services/patient_index/routing).
-        ``memo`` (one per bundle) keeps it per subject: a visit's results name one Patient
-        entry, whose identifier objects they share, so its identifiers are normalised and
-        hashed once, not once per result (a clinical resource's route depends on nothing else)."""
+        ``memo`` (one per bundle) keeps it per subject: a visit's Patient and the results
+        that reference it share the identifier objects, so they are normalised and hashed
+        once, not once per resource (a clinical resource's route depends on nothing else; a
+        Patient's also on its birth date and sex, so a Patient shares its route only when
+        they agree with its 身份证)."""
+        rtype = checked.resource_type
         memo_key: tuple[int, ...] | None = None
-        if memo is not None and checked.resource_type in CLINICAL:
+        if memo is not None and (rtype in CLINICAL or rtype == "Patient"):
             memo_key = tuple(map(id, idents))
-            if memo_key in memo:
+            if rtype in CLINICAL and memo_key in memo:
                 return memo[memo_key]
         payload = {
-            "resource_type": checked.resource_type,
+            "resource_type": rtype,
             "resource": checked.resource,
             "patient_identifiers": idents,
         }
-        found = route_key(payload, institution.id, self._hash_ident)
-        if memo_key is not None and memo is not None:
+        found, shared = route_and_scope(payload, institution.id, self._hash_ident)
+        if memo_key is not None and memo is not None and shared:
             memo[memo_key] = found
         return found
 

@@ -598,6 +598,24 @@ def person_from_fhir(patient: Mapping[str, Any], institution: str) -> Person:
     )
 
 
+def identity_from_fhir(patient: Mapping[str, Any], institution: str) -> Person:
+    """What of a FHIR ``Patient`` decides its identifiers' keys — the identifiers, sex and
+    birth date (a 身份证 that disagrees with them is keyed as borrowed,
+    :func:`services.patient_index.identity.keyed_identifiers`) — without the name, phone and
+    address :func:`person_from_fhir` also normalises (the name's pinyin is most of its cost):
+    the gateway's routing needs only the keys."""
+    return _build(
+        institution,
+        normalize_idents(patient.get("identifier") or (), institution),
+        _NO_NAME,
+        _sex(patient.get("gender")),
+        parse_birth_date(patient.get("birthDate")),
+        None,
+        None,
+        None,
+    )
+
+
 def person_from_subject(identifiers: Iterable[Any], institution: str) -> Person:
     """The patient of a clinical resource that carries only ``subject.identifier``(s)."""
     if isinstance(identifiers, dict):

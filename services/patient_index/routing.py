@@ -26,6 +26,7 @@ from services.patient_index.identity import Keyed, keyed_identifiers
 from services.patient_index.normalize import (
     Ident,
     Person,
+    identity_from_fhir,
     person_from_fhir,
     person_from_subject,
 )
@@ -66,14 +67,30 @@ def route_of(
 def route_key(
     payload: Mapping[str, Any], source: str, hash_ident: Callable[[Ident], str]
 ) -> bytes | None:
-    """The keyed hash of the resource's anchor, as the ``route`` stage keys its forward to
-    ``by-identity``: the resource belongs to ``partition_for(route_key, partitions)``.
-    ``None`` when the index has nothing to route (not a record, no usable identifier)."""
-    try:
-        found = route_of(payload, source, hash_ident)
-    except ValueError:
-        return None
-    return None if found is None else found.anchor.key.encode()
+    """The keyed hash of the resource's anchor — the key :func:`route_of`'s anchor has, which
+    the ``route`` stage forwards to ``by-identity`` with — computed from what decides it only
+    (a Patient's name, phone and address are not normalised): the resource belongs to
+    ``partition_for(route_key, partitions)``. ``None`` when the index has nothing to route
+    (not a record, no usable identifier)."""
+    return route_and_scope(payload, source, hash_ident)[0]
+
+
+def route_and_scope(
+    payload: Mapping[str, Any], source: str, hash_ident: Callable[[Ident], str]
+) -> tuple[bytes | None, bool]:
+    """:func:`route_key`, and whether a clinical resource naming the same identifiers routes
+    the same way: always for a clinical resource; for a Patient unless its 身份证 disagrees
+    with its birth date or sex (then it is keyed as borrowed on the Patient only, and a
+    result, which carries neither, is routed by the card)."""
+    rtype = payload.get("resource_type")
+    if rtype == "Patient":
+        person = identity_from_fhir(payload["resource"], source)
+    elif rtype in CLINICAL:
+        person = person_from_subject(payload.get("patient_identifiers") or [], source)
+    else:
+        return None, False
+    idents = keyed_identifiers(person, hash_ident)
+    return (idents[0].key.encode() if idents else None), not person.card_conflict
 
 
 def routing_partition(

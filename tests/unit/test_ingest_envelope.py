@@ -124,3 +124,30 @@ def test_a_bundle_s_results_carry_their_patient_s_route_and_a_context_resource_n
     assert gw.route(who, obs, other, memo) not in (None, first)
     # no usable identifier: no placement (the message goes by its key)
     assert gw.route(who, obs, [], memo) is None
+
+
+def test_a_patient_shares_its_route_with_its_results_only_when_its_card_agrees_with_it() -> None:
+    gw, who = _gateway()
+    card = gb11643("11010519850317001")  # born 1985-03-17, male
+
+    def hashed(payload: dict[str, object]) -> bytes | None:
+        return route_key(payload, who.id, lambda i: keyed_hash(gw.hmac_key, *i.key()))
+
+    for gender, shared in (("male", True), ("female", False)):  # female: a borrowed card
+        pat = {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": card}],
+            "gender": gender,
+            "birthDate": "1985-03-17",
+        }
+        idents = pat["identifier"]
+        memo: dict[tuple[int, ...], bytes | None] = {}
+        mine = gw.route(who, CheckedResource("Patient", pat), list(idents), memo)
+        obs = CheckedResource("Observation", {"resourceType": "Observation"})
+        theirs = gw.route(who, obs, list(idents), memo)
+        # each is what the route stage computes for it, memo or not
+        assert mine == hashed({"resource_type": "Patient", "resource": pat})
+        assert theirs == hashed(
+            {"resource_type": "Observation", "resource": {}, "patient_identifiers": idents}
+        )
+        assert (mine == theirs) is shared
