@@ -326,6 +326,15 @@ def _routed(port: str) -> dict[str, float]:
     return out
 
 
+def _trace_of(value: bytes) -> str | None:
+    """The trace id of an accepted resource's envelope (None for the poison message an
+    earlier test put on the topic)."""
+    try:
+        return Envelope.from_bytes(value).trace_id
+    except ValueError:
+        return None
+
+
 def _hash_ident(ident: Ident) -> str:
     return keyed_hash(b"test-hmac-key", *ident.key())
 
@@ -339,9 +348,7 @@ def test_the_gateway_puts_a_visit_on_its_patient_s_partition_and_the_index_resol
     t = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=4, id_card=new_card())))
     assert len(results(hub, t, expect=4)) == 4
     accepted = [
-        r
-        for r in consume_all(hub.bootstrap, RESOURCE_ACCEPTED.name)
-        if Envelope.from_bytes(r.value).trace_id == t
+        r for r in consume_all(hub.bootstrap, RESOURCE_ACCEPTED.name) if _trace_of(r.value) == t
     ]
     assert len(accepted) == 5  # the Patient and its four results
     # five records with five different Kafka keys, on the one partition the card names
