@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.common.identifiers import keyed_hash
-from services.common.partitioner import partition_for
 from services.patient_index.identity import Keyed, keyed_identifiers
 from services.patient_index.normalize import (
     Ident,
@@ -91,13 +89,3 @@ def route_and_scope(
         return None, False
     idents = keyed_identifiers(person, hash_ident)
     return (idents[0].key.encode() if idents else None), not person.card_conflict
-
-
-def routing_partition(
-    payload: Mapping[str, Any], source: str, hmac_key: bytes, partitions: int
-) -> int | None:
-    """The partition of the patient index's ``by-identity`` topic (and of its ``identities``
-    table) that owns the resource's anchor; ``None`` when the index has nothing to route
-    (not a record, or no usable identifier)."""
-    key = route_key(payload, source, lambda i: keyed_hash(hmac_key, *i.key()))
-    return None if key is None else partition_for(key, partitions)

@@ -6,7 +6,7 @@ import pytest
 
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
 from services.common.partitioner import partition_for
-from services.patient_index.routing import route_key, route_of, routing_partition
+from services.patient_index.routing import route_key, route_of
 from tests.fhir_samples import ID_CARD, patient
 
 HOSPITAL = "12140000405001730E"
@@ -31,19 +31,21 @@ def test_a_patient_and_its_result_route_to_the_same_anchor_and_partition() -> No
     assert a is not None and b is not None
     assert a.anchor == b.anchor and a.anchor.kind == "id_card"
     assert [k.kind for k in a.aliases] == ["local"]
-    part = routing_partition(result, HOSPITAL, KEY, 6)
-    assert part == routing_partition(own, HOSPITAL, KEY, 6)
+    # the partition the gateway puts each on (services/ingest/publisher.py)
+    key = route_key(result, HOSPITAL, _hash)
+    assert key is not None and key == route_key(own, HOSPITAL, _hash)
+    part = partition_for(key, 6)
     assert part == partition_for(a.anchor.key.encode(), 6)
 
 
 def test_context_resources_have_no_route_and_unusable_identifiers_are_an_error() -> None:
     org = {"resource_type": "Organization", "resource": {"resourceType": "Organization"}}
     assert route_of(org, HOSPITAL, _hash) is None
-    assert routing_partition(org, HOSPITAL, KEY, 6) is None
+    assert route_key(org, HOSPITAL, _hash) is None
     nameless = {"resource_type": "Observation", "resource": {}, "patient_identifiers": []}
     with pytest.raises(ValueError, match="no usable patient identifier"):
         route_of(nameless, HOSPITAL, _hash)
-    assert routing_partition(nameless, HOSPITAL, KEY, 6) is None
+    assert route_key(nameless, HOSPITAL, _hash) is None
 
 
 @pytest.mark.parametrize("gender", ["male", "female", None])
