@@ -32,6 +32,7 @@ from services.common.broker import (
     ensure_jars,
 )
 from services.common.errors import MrhubError
+from services.common.event_loop import use_event_loop
 from services.common.institutions import hash_token
 from services.common.settings import ServiceSettings, Settings, load_settings
 from services.common.topics import ALL_TOPICS, max_message_bytes
@@ -241,6 +242,7 @@ def cmd_stewards(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     spec = next(s for s in SERVICES if s.name == args.service)
+    use_event_loop(settings.event_loop)
     module = importlib.import_module(f"{spec.module}.main")
     module.run(settings)
     return 0

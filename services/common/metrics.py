@@ -4,6 +4,7 @@ table recovery). The catalogue of every metric is docs/metrics.md."""
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -44,14 +45,22 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
+def event_loop_in_use() -> str:
+    """``uvloop`` or ``asyncio``: the loop this process's policy makes
+    (``MRHUB_EVENT_LOOP``, :mod:`services.common.event_loop`)."""
+    policy = type(asyncio.get_event_loop_policy()).__module__
+    return "uvloop" if policy.split(".")[0] == "uvloop" else "asyncio"
+
+
 def build_info(registry: CollectorRegistry, service: str) -> Gauge:
     g = Gauge(
         "mrhub_build_info",
-        "Always 1; the labels say which build of which service is running.",
-        ["service", "version", "python"],
+        "Always 1; the labels say which build of which service is running, on which "
+        "Python and which event loop.",
+        ["service", "version", "python", "event_loop"],
         registry=registry,
     )
-    g.labels(service, hub_version(), platform.python_version()).set(1)
+    g.labels(service, hub_version(), platform.python_version(), event_loop_in_use()).set(1)
     return g
 
 

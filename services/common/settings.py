@@ -348,6 +348,14 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop every `mrhub serve` process runs on: uvloop (libuv, in C; "
+        "faust's own supported choice, `mode.loop.use`) or the standard library's. uvloop "
+        "takes about a tenth off the patient index's CPU per record (docs/performance.md, "
+        "issue 15, eighth session); `asyncio` is the fallback should a platform lack it. "
+        "``MRHUB_EVENT_LOOP``.",
+    )
     log_format: Literal["json", "console"] = "json"
     workers: int = Field(
         default=1,

@@ -350,6 +350,8 @@ def test_every_service_says_which_build_runs(hub: Hub) -> None:
     for service in hub.ports:
         text = hub.metrics(service)
         assert sample_sum(text, "mrhub_build_info", version=hub_version()) == 1, service
+        # every service runs on uvloop by default (MRHUB_EVENT_LOOP), the loop it measured on
+        assert sample_sum(text, "mrhub_build_info", event_loop="uvloop") == 1, service
 
 
 def test_ingest_counts_resources_by_the_posting_hospitals_level(hub: Hub) -> None:
