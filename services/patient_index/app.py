@@ -372,6 +372,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if msg["type"] in ("steward-link", "steward-unlink"):
             await steward_identity(event, key, current, msg)
             return
+        if msg["type"] == "stray-record":
+            # a record that reached the identifier's old master after it left: to its master
+            send = stewardship.stray_message(
+                current.master_patient_id if current is not None else None, msg
+            )
+            await emit(event, by_master, send.key.encode(), _dumps(send.body))
+            return
         if msg["type"] == "records-released":
             # records the identifier's old master let go: to the master it names now
             send = stewardship.adopt_message(
@@ -597,18 +604,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         st = migrate_legacy(key)
         kind = msg["type"]
         if kind == "record":
+            # published under the root, or sent back if its identifier left (a stray)
             rid = msg["record"]["record_id"]
             known = master_records.get(record_entry(key, rid))
             step = stewardship.add_record(
-                st, mid, rid, msg["anchor"], known.decode() if known is not None else None
-            )
-            root = (step.state or st or stewardship.MasterState.new(mid)).root
-            msg["record"]["master_patient_id"] = root
-            await emit(
-                event,
-                by_record,
-                msg["record"]["record_id"].encode(),
-                _dumps({"type": "record", "record": msg["record"], "source": msg["source"]}),
+                st, mid, rid, msg["anchor"], known.decode() if known is not None else None, msg
             )
         else:
             mine = (

@@ -15,6 +15,16 @@ A merge, an unmerge or a change of a root further up re-publishes the master's r
 (*remaster*), and passes the new root down to the masters merged into it, each of which does
 the same. All messages about one record then come from one owner, in order.
 
+A record can reach its master *after* its identifier has left that master: the ``route``
+stage resolves a record in place (``services.patient_index.app``), while the ``resolve``
+stage of the same partition may relink the identifier a moment later and send the old master
+``move-records``; the two stages publish through different transactional producers, so Kafka
+keeps no order between them. The master therefore remembers the identifiers it let go
+(``released``, the last :data:`RELEASED_LIMIT`) and sends a record of one back to the
+identifier's owner (``stray-record``), which hands it to the master the identifier names now
+(:func:`stray_message`, ``adopted``): the record ends where its identifier is, as released
+records do.
+
 A merge is two steps, so that a cycle is refused without a global lock:
 
 1. ``merge`` goes to the **target**'s owner, which refuses if the target is itself merged
@@ -50,6 +60,8 @@ HISTORY_LIMIT = 200
 #: Records per ``records-released`` / ``adopt-records`` message: a relink of an identifier
 #: with many records sends several messages, none near Kafka's message size limit.
 RELEASE_CHUNK = 1000
+#: Identifiers a master remembers having let go (newest last; the oldest drop out first).
+RELEASED_LIMIT = 64
 #: Types of master messages whose step needs the master's records (a prefix scan).
 NEEDS_RECORDS = frozenset({"attach", "unmerge", "set-root", "move-records"})
 
@@ -85,6 +97,8 @@ class MasterState(BaseModel):
     root: str
     children: tuple[str, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
+    #: keyed hashes of identifiers that left this master (``move-records``), newest last
+    released: tuple[str, ...] = ()
 
     @classmethod
     def new(cls, master: str) -> MasterState:
@@ -218,14 +232,54 @@ def unlinked_master_id(identifier_key: str, command_id: str) -> str:
 
 
 def add_record(
-    st: MasterState | None, master: str, record_id: str, anchor: str, known: str | None
+    st: MasterState | None,
+    master: str,
+    record_id: str,
+    anchor: str,
+    known: str | None,
+    message: Mapping[str, Any] | None = None,
 ) -> Step:
-    """A record of this master's identity: remember it (``known``: the anchor its entry
-    holds now, if any); the caller stamps ``root``. The state is stored only when new."""
-    new = None if st is not None else MasterState.new(master)
-    if known == anchor:
-        return Step(new)
-    return Step(new, add={record_id: anchor})
+    """A record of this master's identity ``anchor``: remember it (``known``: the anchor its
+    entry holds now, if any) and publish it under the root (when ``message``, the ``record``
+    message, is given). The state is stored only when new.
+
+    A record of an identifier this master let go is not its own: it goes back to the
+    identifier's owner instead (``stray-record``), unless that owner sent it (``adopted``),
+    which makes the identifier this master's again."""
+    if st is not None and anchor in st.released:
+        if message is not None and not message.get("adopted"):
+            body = {k: v for k, v in message.items() if k != "type"}
+            return Step(None, [Send("identity", anchor, {"type": "stray-record", **body})])
+        new: MasterState | None = _unreleased(st, {anchor})
+    else:
+        new = None if st is not None else MasterState.new(master)
+    cur = new or st or MasterState.new(master)
+    sends = []
+    if message is not None:
+        record = {**message["record"], "master_patient_id": cur.root}
+        sends.append(
+            Send(
+                "record",
+                record_id,
+                {"type": "record", "record": record, "source": message["source"]},
+            )
+        )
+    return Step(new, sends, add={} if known == anchor else {record_id: anchor})
+
+
+def _unreleased(st: MasterState, anchors: set[str]) -> MasterState | None:
+    """``st`` without ``anchors`` among its released identifiers (``None``: none was)."""
+    if not anchors.intersection(st.released):
+        return None
+    return st.model_copy(update={"released": tuple(a for a in st.released if a not in anchors)})
+
+
+def stray_message(current_master: str | None, stray: dict[str, Any]) -> Send:
+    """At the identifier's owner: a record its old master got after the identifier left
+    goes to the master the identifier names now, as that master's own (``adopted``)."""
+    target = current_master or str(stray["record"]["master_patient_id"])
+    body = {k: v for k, v in stray.items() if k != "type"}
+    return Send("master", target, {**body, "type": "record", "adopted": True})
 
 
 def _chunks(records: Mapping[str, str]) -> list[dict[str, str]]:
@@ -241,15 +295,18 @@ def move_records(
     which hands them to the master the identifier names *when it gets them*
     (:func:`adopt_message`) — so however many relinks happen meanwhile, and in whatever
     order their messages reach the masters, the records end where the identifier is.
-    ``records``: every record of this master (record id → anchor key)."""
+    The master remembers the identifier, so that a record of it that arrives later is sent
+    back the same way (:func:`add_record`). ``records``: every record of this master (record
+    id → anchor key)."""
+    cur = st or MasterState.new(master)
+    released = (*(a for a in cur.released if a != anchor), anchor)[-RELEASED_LIMIT:]
+    new = None if released == cur.released else cur.model_copy(update={"released": released})
     moved = {r: a for r, a in records.items() if a == anchor}
-    if not moved:
-        return Step(None)
     sends = [
         Send("identity", anchor, {"type": "records-released", "records": part, "from": master})
         for part in _chunks(moved)
     ]
-    return Step(None, sends, remove=sorted(moved))
+    return Step(new, sends, remove=sorted(moved))
 
 
 def adopt_message(current_master: str | None, released: dict[str, Any]) -> Send:
@@ -261,8 +318,13 @@ def adopt_message(current_master: str | None, released: dict[str, Any]) -> Send:
 
 
 def adopt_records(st: MasterState | None, master: str, records: dict[str, str]) -> Step:
-    cur = st or MasterState.new(master)
-    return Step(None if st is not None else cur, _remaster(cur, records), add=dict(records))
+    """Records an identifier brought along: this master's now, its identifier too."""
+    if st is None:
+        new: MasterState | None = MasterState.new(master)
+    else:
+        new = _unreleased(st, set(records.values()))
+    cur = new or st or MasterState.new(master)
+    return Step(new, _remaster(cur, records), add=dict(records))
 
 
 # ── merge, unmerge ──────────────────────────────────────────────────────────────────────

@@ -23,6 +23,7 @@ import pytest
 from kafka import KafkaProducer
 
 from services.common.broker import free_port
+from services.common.codec import dumps as codec_dumps
 from services.common.envelope import Envelope
 from services.common.harness import wait_until
 from services.common.identifiers import ID_CARD_SYSTEM, OUTPATIENT_NO_SYSTEM, keyed_hash
@@ -33,6 +34,7 @@ from services.common.topics import ALL_TOPICS, RESOURCE_ACCEPTED, RESULT_INDEXED
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validation import check_resource
 from services.ingest.views import Gateway
+from services.patient_index.canonical import build_record, record_json
 from services.patient_index.normalize import Ident
 from services.patient_index.routing import route_key
 from tests.conftest import REPO
@@ -397,6 +399,54 @@ def test_a_resource_on_another_partition_than_its_patient_s_is_forwarded_to_its_
         producer.close()
     assert master(hub, t2) == first
     assert _routed(port)["forwarded"] - before["forwarded"] >= 1
+
+
+def test_a_record_that_reaches_a_master_its_identifier_left_is_published_under_the_new_one(
+    hub: Hub,
+) -> None:
+    """The race the in-place route opened: ``route`` stamps master X on a result a moment
+    before ``resolve`` relinks its identifier away from X, and X's ``move-records`` reaches
+    X first (two producers, no order between them). Forced here by writing both to
+    ``by-master`` in that order: the result must be published under the identifier's master,
+    not under X, which no identifier names any more."""
+    a, b, _ = hub.tokens
+    card = new_card()
+    mine = master(hub, trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=card))))
+    registry = Registry.load(hub.log_dir / "institutions.yaml")
+    inst = next(i for i in registry if i.id == b)
+    checked = check_resource(json.loads(dumps(obs_for_card(b, card))), inst)
+    assert checked.ok
+    gw = Gateway(registry, None, IngestMetrics(), hmac_key=b"test-hmac-key", max_body_bytes=1 << 20)  # type: ignore[arg-type]
+    t = f"stray-{card}"
+    msg, _ = gw.message(inst, checked, received_at=datetime.now(UTC), trace_id=t)
+    assert msg.route is not None
+    env = Envelope.model_validate_json(msg.value)
+    gone = "MP" + f"{random.getrandbits(96):024x}"  # the master the identifier just left
+    record = build_record(
+        env.payload,
+        source_institution=env.source,
+        master_patient_id=gone,
+        event_id=env.event_id,
+        received_at=env.received_at,
+        trace_id=env.trace_id,
+    )
+    assert record is not None
+    anchor = msg.route.decode()
+    by_master = "mrhub-patient-index-by-master"
+    producer = KafkaProducer(bootstrap_servers=hub.bootstrap, acks="all")
+    try:
+        for body in (
+            {"type": "move-records", "anchor": anchor},
+            {"type": "record", "anchor": anchor, "record": record_json(record), "source": b},
+        ):
+            headers = [("trace_id", t.encode())]
+            producer.send(by_master, key=gone.encode(), value=codec_dumps(body), headers=headers)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    [env_out] = results(hub, t)
+    assert env_out.payload["master_patient_id"] == mine
+    assert steward(hub, "GET", f"/patients/{gone}").json()["records"] == 0
 
 
 def new_birth_date() -> str:

@@ -39,16 +39,23 @@ class Owners:
         self.events.extend(step.events)
         out: list[tuple[str, dict[str, Any]]] = []
         for s in step.sends:
-            if s.to == "record":
+            if s.to == "record" and s.body["type"] == "record":  # published
+                self.remastered.append((s.key, s.body["record"]["master_patient_id"]))
+            elif s.to == "record":
                 self.remastered.append((s.key, s.body["master_patient_id"]))
             elif s.to == "identity":  # the identifier's owner hands them on at once
-                adopt = sw.adopt_message(self.identities.get(s.key), s.body)
+                hand_on = sw.stray_message if s.body["type"] == "stray-record" else sw.adopt_message
+                adopt = hand_on(self.identities.get(s.key), s.body)
                 out.append((adopt.key, adopt.body))
             else:
                 out.append((s.key, s.body))
         return out
 
     def deliver(self, m: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        if body["type"] == "record":  # as the master stage does
+            rid = body["record"]["record_id"]
+            known = self.records.get(m, {}).get(rid)
+            return self.apply(m, sw.add_record(self.get(m), m, rid, body["anchor"], known, body))
         return self.apply(m, sw.apply(self.get(m), m, body, dict(self.records.get(m, {}))))
 
     def published_under(self, rid: str) -> str:
@@ -217,7 +224,8 @@ def test_many_records_move_in_bounded_messages() -> None:
     o.record(B, "r-other", "id-o")
     o.identities["id-b"] = A
     step = sw.apply(o.get(B), B, {"type": "move-records", "anchor": "id-b"}, o.records[B])
-    assert step.state is None and len(step.remove) == many
+    assert len(step.remove) == many
+    assert step.state is not None and step.state.released == ("id-b",)  # remembered
     assert [len(s.body["records"]) for s in step.sends] == [
         sw.RELEASE_CHUNK,
         sw.RELEASE_CHUNK,
@@ -361,3 +369,91 @@ def test_a_relinked_identifier_s_records_reach_the_survivor_of_a_merge() -> None
     o.identities["id-b"] = A  # then B's identifier is auto-linked to A
     o.run(B, {"type": "move-records", "anchor": "id-b"})
     assert o.published_under("r-b") == C  # the surviving master
+
+
+# ── a record that reaches its master after its identifier left ──────────────────────────
+
+
+def record_message(master: str, rid: str, anchor: str) -> dict[str, Any]:
+    """What the route stage sends a master for a record it resolved in place."""
+    return {
+        "type": "record",
+        "anchor": anchor,
+        "record": {"record_id": rid, "master_patient_id": master, "code": "718-7"},
+        "source": "H1",
+    }
+
+
+def test_a_record_resolved_just_before_its_identifier_was_relinked_follows_the_identifier() -> None:
+    """The route stage stamped B on a record of id-b a moment before the resolve stage
+    relinked id-b to A; B's move-records overtook the record (two producers, no order).
+    Before the fix B kept the record — published under a master with no identifier left."""
+    o = Owners()
+    o.identities["id-b"] = B
+    assert o.record(B, "r-1", "id-b") == B
+    o.identities["id-b"] = A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})  # first: r-1 moves to A
+    o.run(B, record_message(B, "r-2", "id-b"))  # then the late record
+    assert o.published_under("r-1") == A
+    assert o.published_under("r-2") == A
+    assert [rid for rid, _ in o.remastered].count("r-2") == 1  # published once, by A
+    assert o.records[B] == {}
+    assert o.records[A] == {"r-1": "id-b", "r-2": "id-b"}
+    # its body went along untouched, only the master stamped
+    step = sw.add_record(o.get(A), A, "r-3", "id-b", None, record_message(B, "r-3", "id-b"))
+    assert step.sends[0].body["record"] == {
+        "record_id": "r-3",
+        "master_patient_id": A,
+        "code": "718-7",
+    }
+
+
+def test_a_move_that_reaches_a_master_before_its_first_record_is_remembered_too() -> None:
+    """B had no state yet: the move-records alone creates it, remembering id-b."""
+    o = Owners()
+    o.identities["id-b"] = A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    assert o.state[B].released == ("id-b",)  # type: ignore[union-attr]
+    o.run(B, record_message(B, "r-1", "id-b"))
+    assert o.published_under("r-1") == A
+    assert o.records.get(B, {}) == {}
+
+
+def test_an_identifier_that_comes_back_without_records_is_taken_back_at_its_first_record() -> None:
+    """id-b left B and came back with nothing to bring along (no adopt-records): B's first
+    record of it goes round the identifier's owner once, is adopted, and B forgets the
+    release — the next record is published at once."""
+    o = Owners()
+    o.identities["id-b"] = A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    o.identities["id-b"] = B  # linked back; A had no record of it
+    o.run(A, {"type": "move-records", "anchor": "id-b"})
+    o.run(B, record_message(B, "r-1", "id-b"))
+    assert o.published_under("r-1") == B
+    assert o.state[B].released == ()  # type: ignore[union-attr]
+    step = sw.add_record(o.get(B), B, "r-2", "id-b", None, record_message(B, "r-2", "id-b"))
+    assert [s.to for s in step.sends] == ["record"]
+
+
+def test_records_brought_along_make_their_identifier_the_master_s_again() -> None:
+    o = Owners()
+    o.identities["id-b"] = B
+    o.record(B, "r-1", "id-b")
+    o.identities["id-b"] = A
+    o.run(B, {"type": "move-records", "anchor": "id-b"})
+    o.identities["id-b"] = B  # back again, bringing r-1
+    o.run(A, {"type": "move-records", "anchor": "id-b"})
+    assert o.published_under("r-1") == B
+    assert o.state[B].released == ()  # type: ignore[union-attr]
+
+
+def test_a_master_remembers_a_bounded_number_of_released_identifiers() -> None:
+    st: MasterState | None = None
+    for i in range(sw.RELEASED_LIMIT + 10):
+        step = sw.move_records(st, B, f"id-{i}", {})
+        st = step.state or st
+    assert st is not None
+    assert len(st.released) == sw.RELEASED_LIMIT
+    assert st.released[-1] == f"id-{sw.RELEASED_LIMIT + 9}" and "id-0" not in st.released
+    again = sw.move_records(st, B, st.released[-1], {})
+    assert again.state is None  # the same identifier again: nothing new to store
