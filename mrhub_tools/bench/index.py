@@ -496,6 +496,8 @@ def combine_checks(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "dead_letters",
         "routed_in_place",
         "routed_forwarded",
+        "master_in_place",
+        "master_forwarded",
     ):
         out[key] = sum(int(r.get(key) or 0) for r in rounds)
     out["stalled"] = any(r.get("stalled") for r in rounds)
@@ -610,6 +612,10 @@ def format_report(report: Mapping[str, Any]) -> str:
     row(
         "resources resolved in place / forwarded",
         lambda r: _pair(r["checks"], "routed_in_place", "routed_forwarded"),
+    )
+    row(
+        "records stamped by their master in place / forwarded",
+        lambda r: _pair(r["checks"], "master_in_place", "master_forwarded"),
     )
     row("dead letters", lambda r: r["checks"]["dead_letters"], "d")
     row("complete and checked", lambda r: r["checks"]["ok"])
@@ -822,7 +828,7 @@ def seed_population(
             if (p.index + 1) % step == 0 and population >= 50_000:
                 _log(f"  seeded {p.index + 1:,} of {population:,} persons")
 
-    messages = seed_messages(patients(), hmac_key, seeded)
+    messages = seed_messages(patients(), hmac_key, seeded, partitions)
     # right after the topics are created their leaders may still be moving: aiokafka retries
     # (NotLeaderForPartition) and says so at WARNING; only errors are worth printing here
     aiokafka_log = logging.getLogger("aiokafka")
@@ -1319,6 +1325,7 @@ def _measure(
 _DECISIONS = "mrhub_patient_index_link_decisions_total"
 _DEAD = "mrhub_patient_index_dead_letters_total"
 _ROUTED = "mrhub_patient_index_routed_total"
+_MASTER_STEPS = "mrhub_patient_index_master_steps_total"
 
 
 def _checks(
@@ -1338,6 +1345,8 @@ def _checks(
         "dead_letters": dead,
         "routed_in_place": delta(_ROUTED, {"path": "in-place"}),
         "routed_forwarded": delta(_ROUTED, {"path": "forwarded"}),
+        "master_in_place": delta(_MASTER_STEPS, {"path": "in-place"}),
+        "master_forwarded": delta(_MASTER_STEPS, {"path": "forwarded"}),
         "stalled": run.stalled,
     }
     out["ok"] = (
@@ -1348,6 +1357,8 @@ def _checks(
         and dead == 0
         # every resource routed once: resolved where it arrived, or forwarded to its owner
         and out["routed_in_place"] + out["routed_forwarded"] == messages
+        # every record stamped once by its master: in place or through by-master
+        and out["master_in_place"] + out["master_forwarded"] == records
     )
     return out
 

@@ -2,14 +2,17 @@
 
 1. ``route`` reads ``mrhub.ingest.resource-accepted.v1``, works out whose record it is, and
    forwards it to the owner of its strongest identifier (internal topic, keyed by the
-   identifier's keyed hash).
+   identifier's keyed hash) — or, when the gateway put it on that owner's partition,
+   resolves it in place (``resolve_record``).
 2. ``resolve`` owns the ``identities`` table (identifier hash → master id): it resolves the
    record's master id, claims each weaker identifier for it at that identifier's owner —
    once per master: the anchor's state remembers what it claimed, so a known patient's
    record makes no claim round trip —, applies claims and stewards' link / unlink, publishes
    identity events
    on ``mrhub.patient.identity-linked.v1``, sends Patients to their block and results and
-   orders to their master's owner.
+   orders to their master's owner — or stamps them in place when this worker owns the
+   master too (a master minted on its anchor's partition, ``identity.master_id_for``; see
+   ``owns_master``).
 3. ``match`` owns the ``blocks``, ``deciders`` and ``reviews`` tables: probabilistic linking
    as a scatter–gather on ``by-block`` (see :mod:`services.patient_index.blocks`).
    ``resolve`` sends a Patient's person as a *probe* to each of its block keys (keyed
@@ -54,6 +57,7 @@ its original bytes and the error; the stream goes on.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from typing import Any
@@ -67,7 +71,7 @@ from services.common.codec import dumps as _dumps
 from services.common.codec import loads as _loads
 from services.common.envelope import Envelope, utcnow
 from services.common.faust_app import make_app
-from services.common.faust_fixes import scan_prefix
+from services.common.faust_fixes import scan_prefix, transactional_id
 from services.common.identifiers import keyed_hash
 from services.common.institutions import hash_token
 from services.common.metrics import build_info, new_registry
@@ -119,6 +123,8 @@ DEAD_LETTER = dead_letter(SERVICE)
 BLOCK_LIMIT = blocks_mod.BLOCK_LIMIT
 #: Identities ``GET /patients/{id}`` lists at most (``identities_total`` counts them all).
 IDENTITIES_SHOWN = 50
+#: Master states a worker keeps parsed (the memo is emptied when it is full).
+PARSED_MASTERS = 4096
 
 
 def record_entry(master: bytes, record_id: str) -> bytes:
@@ -194,6 +200,15 @@ class Metrics:
             "partition of the worker that owns its patient's strongest identifier, which "
             "resolved it at once) or forwarded (through the by-identity topic to that owner: "
             "a topic of another partition count, a message from before, a rebalance).",
+            ["path"],
+            registry=self.registry,
+        )
+        self.master_steps = Counter(
+            "mrhub_patient_index_master_steps_total",
+            "Records stamped by their master's owner, by path: in-place (the worker that "
+            "resolved the record owns its master too — a master minted on its anchor's "
+            "partition — and stamps it in the same transaction) or forwarded (through the "
+            "by-master topic: a master minted before, or on another partition).",
             ["path"],
             registry=self.registry,
         )
@@ -276,6 +291,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     metrics.pending_gathers.set_function(pending_gathers)
 
     stages = Stages(app, SERVICE, dlq, lambda stage: metrics.dead_letters.labels(stage).inc())
+    # the counters every resource moves, bound to their labels once
+    routed_in_place = metrics.routed.labels("in-place")
+    routed_forwarded = metrics.routed.labels("forwarded")
+    master_in_place = metrics.master_steps.labels("in-place")
+    master_forwarded = metrics.master_steps.labels("forwarded")
     emit = stages.emit
 
     def hash_ident(ident: Ident) -> str:
@@ -287,17 +307,36 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     # ------------------------------------------------------------------ 1. route
 
     by_identity_name = by_identity.get_topic_name()
-    # the partitions of by-identity this worker reads, as of its last rebalance (empty
-    # while one is under way: faust processes no event then)
+    by_master_name = by_master.get_topic_name()
+    # the partitions of by-identity and by-master this worker reads, as of its last
+    # rebalance (empty while one is under way: faust processes no event then)
     identity_partitions: set[int] = set()
+    master_partitions: set[int] = set()
+    # how many partitions each of the two topics has: what Kafka partitions their keys by,
+    # which need not be MRHUB_TOPIC_PARTITIONS (topics created before with another count)
+    counts: dict[str, int] = {}
+    # per source topic: whether its transaction on a partition is by-master's on that
+    # partition (faust's partition groups; worked out again after every rebalance)
+    one_transaction: dict[str, bool] = {}
+
+    def count_of(topic: str) -> int:
+        return counts.get(topic) or partitions
 
     async def on_assigned(_sender: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
         assigned: set[TP] = args[0]  # faust sends the whole assignment
         identity_partitions.clear()
         identity_partitions.update(tp.partition for tp in assigned if tp.topic == by_identity_name)
+        master_partitions.clear()
+        master_partitions.update(tp.partition for tp in assigned if tp.topic == by_master_name)
+        one_transaction.clear()
+        for topic in (by_identity_name, by_master_name):
+            # the counts the group's assignment was made with (faust's consumer API)
+            counts[topic] = app.consumer.topic_partitions(topic) or partitions
 
     async def on_revoked(_sender: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
         identity_partitions.clear()
+        master_partitions.clear()
+        one_transaction.clear()
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
@@ -308,7 +347,33 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         whose changelog partitions its table writes go to: then forwarding the record
         there would only bring it back here."""
         part = int(event.message.partition)
-        return part in identity_partitions and partition_for(key, partitions) == part
+        return (
+            part in identity_partitions and partition_for(key, count_of(by_identity_name)) == part
+        )
+
+    def owns_master(event: Any, key: bytes) -> bool:
+        """Whether the master ``key`` can be stamped right here (:func:`master_step`): this
+        worker reads ``key``'s partition of ``by-master``, the current event came in on that
+        same partition number (its table writes go to the master's changelog partitions), and
+        its transaction is the one the ``master`` stage of that partition commits with — one
+        producer, so the two stages' outputs reach Kafka in the order they were sent (faust
+        gives topics of one partition count one transaction per partition number)."""
+        msg = event.message
+        part = int(msg.partition)
+        if part not in master_partitions or partition_for(key, count_of(by_master_name)) != part:
+            return False
+        same = one_transaction.get(msg.topic)
+        if same is None:  # once per topic and assignment
+            same = transactional_id(app, msg.topic, part) == transactional_id(
+                app, by_master_name, part
+            )
+            one_transaction[msg.topic] = same
+        return same
+
+    # one per partition number: a master's step for a record stamped in place, and each
+    # change of a master's state by the master stage, never interleave (a step that waits
+    # for buffer space in the producer lets the loop run the other)
+    master_locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     async def route(event: Any, _key: bytes | None, value: bytes) -> None:
         doc = _loads(value)
@@ -324,12 +389,12 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         key = anchor.key.encode()
         if owns_identity(event, key):
             # the gateway put it on its owner's partition (services/patient_index/routing)
-            metrics.routed.labels("in-place").inc()
+            routed_in_place.inc()
             await resolve_record(
                 event, key, load_identity(key), anchor_doc, list(found.aliases), person, doc, env
             )
             return
-        metrics.routed.labels("forwarded").inc()
+        routed_forwarded.inc()
         await emit(
             event,
             by_identity,
@@ -426,7 +491,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         an order sent on to its master. ``env`` is ``env_doc`` validated, when the caller
         has it already."""
         trace_id, source = env_doc.get("trace_id", ""), env_doc.get("source", "")
-        res = resolve_anchor(current, Keyed(a["key"], a["rank"], a["kind"]))
+        res = resolve_anchor(
+            current, Keyed(a["key"], a["rank"], a["kind"]), count_of(by_master_name)
+        )
         metrics.decisions.labels(res.decision).inc()
         # each weaker identifier is claimed once per master, not once per record
         claims, state = claims_to_send(res.state, aliases)
@@ -475,19 +542,20 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if record is None:
             metrics.skipped.labels("not-a-result-or-order").inc()
             return
-        await emit(
-            event,
-            by_master,
-            res.master_patient_id.encode(),
-            _dumps(
-                {
-                    "type": "record",
-                    "anchor": a["key"],
-                    "record": record_json(record),
-                    "source": env.source,
-                }
-            ),
-        )
+        body = {
+            "type": "record",
+            "anchor": a["key"],
+            "record": record_json(record),
+            "source": env.source,
+        }
+        master_key = res.master_patient_id.encode()
+        if owns_master(event, master_key):
+            master_in_place.inc()
+            async with master_locks[int(event.message.partition)]:
+                await master_step(event, master_key, body)
+            return
+        master_forwarded.inc()
+        await emit(event, by_master, master_key, _dumps(body))
 
     async def steward_identity(
         event: Any, key: bytes, current: IdentityState | None, msg: dict[str, Any]
@@ -547,18 +615,30 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
     def master_records_of(key: bytes, partition: int | None = None) -> dict[str, str]:
         """record id → anchor key of every record of master ``key``: a prefix scan of the
         partition that holds them (the event's own, or the master's when answering HTTP)."""
-        part = partition_for(key, partitions) if partition is None else partition
+        part = partition_for(key, count_of(by_master_name)) if partition is None else partition
         prefix = records_prefix(key)
         return {
             k[len(prefix) :].decode(): v.decode()
             for k, v in scan_prefix(master_records, part, prefix)
         }
 
+    # master id → (its stored value, that value parsed): a visit's records read the same
+    # master one after another (MasterState is immutable; a changed value is parsed again)
+    parsed_masters: dict[bytes, tuple[bytes, stewardship.MasterState]] = {}
+
     def load_master(key: bytes) -> tuple[stewardship.MasterState | None, dict[str, str]]:
         raw = masters.get(key)
         if not raw:
             return None, {}
-        return stewardship.MasterState.load(raw)
+        hit = parsed_masters.get(key)
+        if hit is not None and hit[0] == raw:
+            return hit[1], {}
+        st, legacy = stewardship.MasterState.load(raw)
+        if not legacy:
+            if len(parsed_masters) >= PARSED_MASTERS:
+                parsed_masters.clear()
+            parsed_masters[key] = (raw, st)
+        return st, legacy
 
     def migrate_legacy(key: bytes) -> stewardship.MasterState | None:
         """Split a master's value of the old layout (its state listing every record) into
@@ -600,6 +680,13 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if key is None:
             raise ValueError("master message without a key")
         msg = _loads(value)
+        async with master_locks[int(event.message.partition)]:
+            await master_step(event, key, msg)
+
+    async def master_step(event: Any, key: bytes, msg: dict[str, Any]) -> None:
+        """One message for master ``key``: a record to stamp and remember (from the
+        ``master`` stage, or in place from ``resolve_record``), or a merge, unmerge or move.
+        The table writes come first, then the sends, all in the event's transaction."""
         mid = key.decode()
         st = migrate_legacy(key)
         kind = msg["type"]
@@ -908,7 +995,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         if outcome.store or change is not None:
             # one table write per record: the dedup state and what was published, together
             if change is not None:
-                last = {"record": record_json(record), "source": source}
+                # the record as received is its JSON already; a remastered one is not
+                doc = msg["record"] if msg.get("type") != "remaster" else record_json(record)
+                last = {"record": doc, "source": source}
             seen[key] = dedup.seen_value(outcome.seen, last)
         attempt = stored is None and record.retracted
         uid = record.imaging.study_uid if record.imaging is not None else None

@@ -39,7 +39,7 @@ from typing import Any
 
 from services.common.codec import dumps
 from services.patient_index import matching
-from services.patient_index.identity import master_id_for
+from services.patient_index.identity import minted_from
 from services.patient_index.names import name_block_key
 from services.patient_index.normalize import Person, person_from_json
 
@@ -346,9 +346,9 @@ def link_direction(finished: Mapping[str, Any], master: str) -> Link:
     mine = header["master_patient_id"]
     others = [c for c in finished["candidates"] if c["master_patient_id"] == master]
     if (
-        mine != master_id_for(me["key"])
+        not minted_from(mine, me["key"])
         or len({c["anchor"]["key"] for c in others}) != 1
-        or master != master_id_for(str(others[0]["anchor"]["key"]))
+        or not minted_from(master, str(others[0]["anchor"]["key"]))
         or others[0]["anchor"].get("rank") is None
     ):
         return Link(me, master)

@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from services.common.partitioner import partition_for
 from services.patient_index.normalize import Ident, Person
 
 #: How strongly an identifier names one person (0: never used for linking).
@@ -91,8 +92,32 @@ def borrowed_card(card: Ident, person: Person) -> Ident:
     return Ident("other", BORROWED_CARD_SYSTEM, f"{card.value}|{born}|{person.sex or '-'}")
 
 
-def master_id_for(anchor_key: str) -> str:
+def master_id_for(anchor_key: str, partitions: int | None = None) -> str:
+    """The master id a new identity mints from its anchor's keyed hash: ``MP`` and 24 hex
+    digits.
+
+    With ``partitions`` (the hub's ``topic_partitions``) the last three digits are the first
+    of ``000`` … ``fff`` that put the id on the anchor's own partition, so that the worker owning
+    the anchor owns its master too and a record needs no hop through ``by-master`` (the
+    in-place master step, :mod:`services.patient_index.app`). Without — and should no three
+    digits do it (at 64 partitions, a chance of 1 in 10^28) — the form minted before: the
+    anchor's first 24 digits."""
+    if partitions is not None:
+        want = partition_for(anchor_key.encode(), partitions)
+        stem = f"MP{anchor_key[:21]}"
+        for n in range(4096):
+            mid = f"{stem}{n:03x}"
+            if partition_for(mid.encode(), partitions) == want:
+                return mid
     return f"MP{anchor_key[:24]}"
+
+
+def minted_from(master: str, anchor_key: str) -> bool:
+    """Whether ``master`` is the id an identity anchored at ``anchor_key`` minted, in either
+    form of :func:`master_id_for`."""
+    return master.startswith(f"MP{anchor_key[:21]}") and len(master) == len(
+        master_id_for(anchor_key)
+    )
 
 
 #: Weaker identifiers an anchor remembers having claimed for its master (a person has a few;
@@ -147,11 +172,14 @@ class Resolution:
     decision: Literal["new", "deterministic"]
 
 
-def resolve_anchor(state: IdentityState | None, anchor: Keyed) -> Resolution:
-    """The master of a record routed to the owner of its anchor."""
+def resolve_anchor(
+    state: IdentityState | None, anchor: Keyed, partitions: int | None = None
+) -> Resolution:
+    """The master of a record routed to the owner of its anchor (a new one minted on the
+    anchor's partition of ``partitions``, see :func:`master_id_for`)."""
     if state is not None:
         return Resolution(state.master_patient_id, state, False, None, "deterministic")
-    master = master_id_for(anchor.key)
+    master = master_id_for(anchor.key, partitions)
     new_state = IdentityState(master_patient_id=master, rank=anchor.rank, kind=anchor.kind)
     event = LinkEvent("new", master, anchor.kind, anchor.rank)
     return Resolution(master, new_state, True, event, "new")

@@ -95,20 +95,26 @@ class SeedEntries:
     master_patient_id: str
 
 
-def seed_entries(patient: Mapping[str, Any], institution: str, hmac_key: bytes) -> SeedEntries:
+def seed_entries(
+    patient: Mapping[str, Any],
+    institution: str,
+    hmac_key: bytes,
+    partitions: int | None = None,
+) -> SeedEntries:
     """The state the service writes for a FHIR ``Patient`` posted by ``institution``, built with
     its own functions: ``route`` (``person_from_fhir``, ``keyed_identifiers``), ``resolve``
     (``resolve_anchor`` for the anchor, ``apply_claim`` for each weaker identifier) and
     ``match`` (the block). ``hmac_key`` is ``MRHUB_IDENTITY__HMAC_KEY``'s bytes.
 
     Raises ``ValueError`` for a Patient without a usable identifier (the index would not link
-    it to anyone either)."""
+    it to anyone either). ``partitions``: the hub's ``topic_partitions``, with which the
+    service mints a new master id (``resolve_anchor``)."""
     person = person_from_fhir(dict(patient), institution)
     idents = keyed_identifiers(person, lambda i: keyed_hash(hmac_key, *i.key()))
     if not idents:
         raise ValueError("the Patient has no usable identifier")
     anchor, aliases = idents[0], idents[1:]
-    res = resolve_anchor(None, anchor)
+    res = resolve_anchor(None, anchor, partitions)
     _, anchor_state = claims_to_send(res.state, aliases)
     entries = [(anchor.key.encode(), anchor_state.model_dump_json().encode())]
     for alias in aliases:
@@ -146,6 +152,7 @@ def seed_messages(
     patients: Iterable[tuple[Mapping[str, Any], str]],
     hmac_key: bytes,
     stats: SeedStats | None = None,
+    partitions: int | None = None,
 ) -> Iterator[tuple[str, bytes, bytes]]:
     """``(topic, key, value)`` changelog messages for ``(Patient, institution)`` pairs, each a
     distinct person seen once, in the order given: every identity entry as its person comes,
@@ -155,7 +162,7 @@ def seed_messages(
     ident_topic = changelog_topic("identities")
     blocks: dict[bytes, list[bytes]] = {}
     for patient, institution in patients:
-        entries = seed_entries(patient, institution, hmac_key)
+        entries = seed_entries(patient, institution, hmac_key, partitions)
         stats.persons += 1
         for key, value in entries.identities:
             stats.identities += 1

@@ -18,8 +18,10 @@ the same. All messages about one record then come from one owner, in order.
 A record can reach its master *after* its identifier has left that master: the ``route``
 stage resolves a record in place (``services.patient_index.app``), while the ``resolve``
 stage of the same partition may relink the identifier a moment later and send the old master
-``move-records``; the two stages publish through different transactional producers, so Kafka
-keeps no order between them. The master therefore remembers the identifiers it let go
+``move-records``. The two stages share a transactional producer only when their topics have
+the same partition count (faust's partition groups), and even then a send that waits for room
+in the producer's buffer lets the other stage's message go first: Kafka keeps no order
+between the two. The master therefore remembers the identifiers it let go
 (``released``, the last :data:`RELEASED_LIMIT`) and sends a record of one back to the
 identifier's owner (``stray-record``), which hands it to the master the identifier names now
 (:func:`stray_message`, ``adopted``): the record ends where its identifier is, as released

@@ -535,8 +535,9 @@ def test_the_gateways_trace_id_is_in_every_derived_events_kafka_headers(hub: Hub
     assert sorted(seen) == sorted(public), "each topic carries an event of the two posts"
     # the patient index's internal hops carry it too (their values are not envelopes); a
     # resource the gateway placed on its patient's partition is resolved where it arrives,
-    # so a record's hops are by-master and by-record, not by-identity
-    internal = [f"mrhub-patient-index-{stage}" for stage in ("by-master", "by-record")]
+    # and a new patient's master is minted on that partition and stamps it there too, so a
+    # record's one internal hop is by-record (not by-identity, not by-master)
+    internal = ["mrhub-patient-index-by-record"]
     for topic in internal:
         carried = {
             _headers(r).get("trace_id", b"").decode() for r in consume_all(hub.bootstrap, topic)

@@ -149,3 +149,33 @@ def test_the_claimed_list_stays_bounded_and_reads_old_values() -> None:
     assert len(state.claimed) == CLAIMED_LIMIT
     old = IdentityState.model_validate_json('{"master_patient_id":"MP1","rank":50,"kind":"x"}')
     assert old.claimed == ()
+
+
+def test_a_new_master_is_minted_on_its_anchor_s_partition_and_known_as_its_own() -> None:
+    """So that the worker owning the anchor owns the master too (the in-place master step);
+    the id keeps its form (MP + 24 hex digits) and is the same wherever it is minted."""
+    from services.common.partitioner import partition_for
+    from services.patient_index.identity import minted_from
+
+    keys = [f"{i:032x}" for i in range(0, 2**128, 2**121)]  # 64 anchors spread over the hash
+    for partitions in (1, 6, 12, 64):
+        placed = 0
+        for key in keys:
+            mid = master_id_for(key, partitions)
+            assert mid == master_id_for(key, partitions)  # deterministic
+            assert len(mid) == 26 and mid.startswith("MP" + key[:21])
+            int(mid[2:], 16)  # hex
+            placed += partition_for(mid.encode(), partitions) == partition_for(
+                key.encode(), partitions
+            )
+            assert minted_from(mid, key) and minted_from(master_id_for(key), key)
+            assert not minted_from(mid, "f" * 32) and not minted_from(mid + "0", key)
+        assert placed == len(keys), partitions
+    # resolve_anchor mints it so for a new identity, and keeps a stored one
+    anchor = Keyed("ab" * 16, 50, "id_card")
+    res = resolve_anchor(None, anchor, 6)
+    assert res.master_patient_id == master_id_for(anchor.key, 6)
+    kept = resolve_anchor(
+        IdentityState(master_patient_id="MP" + "0" * 24, rank=50, kind="id_card"), anchor, 6
+    )
+    assert kept.master_patient_id == "MP" + "0" * 24
