@@ -679,6 +679,14 @@ def _add_tool_parsers(sub: Any) -> None:
         "anchor's, as the gateway places it (default), or its Kafka key's, as before the "
         "gateway placed them (every record then crosses the by-identity topic)",
     )
+    p.add_argument(
+        "--masters",
+        choices=("anchor", "legacy"),
+        default="anchor",
+        help="index: the known persons' master ids as seeded — minted on their anchor's "
+        "partition, as the index mints them (default), or in the form minted before, as an "
+        "upgraded hub holds them (their records then cross the by-master topic)",
+    )
     p.add_argument("--patients", type=int, default=5000, help="check: patients with a result")
     p.add_argument("--rate", type=float, default=500.0, help="check: requests per second")
     p.add_argument("--orders", type=int, default=500, help="check: orders for order → decision")

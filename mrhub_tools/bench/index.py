@@ -810,9 +810,13 @@ def seed_population(
     institutions: Sequence[str],
     keep: set[int],
     seed: int,
+    masters: str = "anchor",
 ) -> Seeded:
     """Write ``population`` persons' identity and block entries to the changelog topics, as
-    :mod:`services.patient_index.seed` (the index's seeding API) makes them."""
+    :mod:`services.patient_index.seed` (the index's seeding API) makes them. ``masters``:
+    ``anchor`` mints each master id on its anchor's partition, as the service does since
+    issue 15's eighth session; ``legacy`` in the form minted before (an upgraded hub's
+    persons), whose records then cross ``by-master``."""
     started = time.perf_counter()
     gen = PersonGen(seed, institutions)
     known: dict[int, Person] = {}
@@ -828,7 +832,8 @@ def seed_population(
             if (p.index + 1) % step == 0 and population >= 50_000:
                 _log(f"  seeded {p.index + 1:,} of {population:,} persons")
 
-    messages = seed_messages(patients(), hmac_key, seeded, partitions)
+    mint = partitions if masters == "anchor" else None
+    messages = seed_messages(patients(), hmac_key, seeded, mint)
     # right after the topics are created their leaders may still be moving: aiokafka retries
     # (NotLeaderForPartition) and says so at WARNING; only errors are worth printing here
     aiokafka_log = logging.getLogger("aiokafka")
@@ -1031,6 +1036,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     as_json = bool(getattr(args, "json", False))
     placement = str(getattr(args, "placement", None) or "anchor")
+    masters = str(getattr(args, "masters", None) or "anchor")
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted()
@@ -1044,6 +1050,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             warmup=warmup,
             rounds=rounds,
             placement=placement,
+            masters=masters,
         )
     except (KeyboardInterrupt, _Interrupted):
         _log("interrupted; everything the bench started is stopped")
@@ -1066,6 +1073,7 @@ def _run(
     warmup: int,
     rounds: int,
     placement: str = "anchor",
+    masters: str = "anchor",
 ) -> dict[str, Any]:
     if settings.kafka.bootstrap_servers:
         _log(
@@ -1081,8 +1089,10 @@ def _run(
     report: dict[str, Any] = {
         "command": "mrhub bench index --populations "
         + ",".join(str(n) for n in populations)
-        + ("" if placement == "anchor" else f" --placement {placement}"),
+        + ("" if placement == "anchor" else f" --placement {placement}")
+        + ("" if masters == "anchor" else f" --masters {masters}"),
         "placement": placement,
+        "masters": masters,
         "cpu_count": os.cpu_count() or 1,
         "kafka_version": settings.broker.kafka_version,
         "partitions": partitions,
@@ -1115,6 +1125,7 @@ def _run(
                     rounds=rounds,
                     load=report["load"],
                     placement=placement,
+                    masters=masters,
                 )
             except (MrhubError, TimeoutError) as exc:  # BenchError, BrokerError, Kafka
                 keep_tmp = True
@@ -1146,6 +1157,7 @@ def _run_population(
     rounds: int,
     load: dict[str, Any],
     placement: str = "anchor",
+    masters: str = "anchor",
 ) -> dict[str, Any]:
     from services.common.broker import LocalBroker, free_port
     from services.common.kafka_admin import create_topics
@@ -1185,6 +1197,7 @@ def _run_population(
             institutions=institutions,
             keep={*plan.warmup_known, *plan.measured_known},
             seed=SEED,
+            masters=masters,
         )
         _log(
             f"population {n:,}: {seeded.stats['identities']:,} identity and "

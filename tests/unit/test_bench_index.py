@@ -212,6 +212,23 @@ def test_seeded_identity_entries_are_the_service_s_identity_state(persons: list[
     }
 
 
+def test_seeded_masters_are_minted_as_the_service_mints_them_or_as_before(
+    persons: list[Person],
+) -> None:
+    """``--masters anchor``: on the anchor's partition, as ``resolve_anchor`` mints a new
+    master with the hub's partition count; ``--masters legacy``: the form minted before."""
+    from services.common.partitioner import partition_for
+    from services.patient_index.seed import seed_entries
+
+    p = persons[2]
+    card_key = keyed_hash(KEY, ID_CARD_SYSTEM, p.card)
+    placed = seed_entries(patient_resource(p), p.institution, KEY, 6).master_patient_id
+    assert placed == resolve_anchor(None, Keyed(card_key, 50, "id_card"), 6).master_patient_id
+    assert partition_for(placed.encode(), 6) == partition_for(card_key.encode(), 6)
+    legacy = seed_entries(patient_resource(p), p.institution, KEY).master_patient_id
+    assert legacy == master_id_for(card_key) == "MP" + card_key[:24]
+
+
 def test_seeded_state_is_what_the_service_keeps_when_the_person_comes_back(
     persons: list[Person],
 ) -> None:
