@@ -371,6 +371,20 @@ def test_the_gateway_puts_a_visit_on_its_patient_s_partition_and_the_index_resol
     assert after["forwarded"] == before["forwarded"]
 
 
+def _as_the_gateway_makes_it(
+    hub: Hub, inst_id: str, resource: dict[str, Any], trace_id: str
+) -> Any:
+    """The message the gateway would publish for ``resource`` posted by ``inst_id``, with the
+    hub's registry and HMAC key (its ``route`` names the patient's anchor)."""
+    registry = Registry.load(hub.log_dir / "institutions.yaml")
+    inst = next(i for i in registry if i.id == inst_id)
+    checked = check_resource(json.loads(dumps(resource)), inst)
+    assert checked.ok
+    gw = Gateway(registry, None, IngestMetrics(), hmac_key=b"test-hmac-key", max_body_bytes=1 << 20)  # type: ignore[arg-type]
+    msg, _ = gw.message(inst, checked, received_at=datetime.now(UTC), trace_id=trace_id)
+    return msg
+
+
 def test_a_resource_on_another_partition_than_its_patient_s_is_forwarded_to_its_owner(
     hub: Hub,
 ) -> None:
@@ -381,13 +395,8 @@ def test_a_resource_on_another_partition_than_its_patient_s_is_forwarded_to_its_
     card = new_card()
     t1 = trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=card)))
     first = master(hub, t1)
-    registry = Registry.load(hub.log_dir / "institutions.yaml")
-    inst = next(i for i in registry if i.id == b)
-    checked = check_resource(json.loads(dumps(obs_for_card(b, card))), inst)
-    assert checked.ok
-    gw = Gateway(registry, None, IngestMetrics(), hmac_key=b"test-hmac-key", max_body_bytes=1 << 20)  # type: ignore[arg-type]
     t2 = f"forwarded-{card}"
-    msg, _ = gw.message(inst, checked, received_at=datetime.now(UTC), trace_id=t2)
+    msg = _as_the_gateway_makes_it(hub, b, obs_for_card(b, card), t2)
     assert msg.route is not None
     wrong = (partition_for(msg.route, PARTITIONS) + 1) % PARTITIONS
     before = _routed(port)
@@ -406,19 +415,14 @@ def test_a_record_that_reaches_a_master_its_identifier_left_is_published_under_t
 ) -> None:
     """The race the in-place route opened: ``route`` stamps master X on a result a moment
     before ``resolve`` relinks its identifier away from X, and X's ``move-records`` reaches
-    X first (two producers, no order between them). Forced here by writing both to
+    X first (nothing orders the two: see docs/patient-index.md, 7). Forced here by writing both to
     ``by-master`` in that order: the result must be published under the identifier's master,
     not under X, which no identifier names any more."""
     a, b, _ = hub.tokens
     card = new_card()
     mine = master(hub, trace(hub.post(a, "/fhir", bundle("transaction", a, n_obs=1, id_card=card))))
-    registry = Registry.load(hub.log_dir / "institutions.yaml")
-    inst = next(i for i in registry if i.id == b)
-    checked = check_resource(json.loads(dumps(obs_for_card(b, card))), inst)
-    assert checked.ok
-    gw = Gateway(registry, None, IngestMetrics(), hmac_key=b"test-hmac-key", max_body_bytes=1 << 20)  # type: ignore[arg-type]
     t = f"stray-{card}"
-    msg, _ = gw.message(inst, checked, received_at=datetime.now(UTC), trace_id=t)
+    msg = _as_the_gateway_makes_it(hub, b, obs_for_card(b, card), t)
     assert msg.route is not None
     env = Envelope.model_validate_json(msg.value)
     gone = "MP" + f"{random.getrandbits(96):024x}"  # the master the identifier just left
