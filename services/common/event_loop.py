@@ -1,6 +1,6 @@
 """Which event loop a ``mrhub serve`` process runs on (``MRHUB_EVENT_LOOP``).
 
-uvloop by default: the patient index spends about a quarter of its CPU in the event loop's
+uvloop by default: the patient index spent a fifth to a quarter of its CPU in the event loop's
 own bookkeeping (scheduling callbacks, futures, the selector), which libuv does in C. It is
 faust's (mode's) supported alternative loop, chosen through its public ``mode.loop.use``,
 which sets the asyncio policy; so it must run before anything creates a loop — ``mrhub

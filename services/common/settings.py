@@ -352,7 +352,7 @@ class Settings(BaseSettings):
         default="uvloop",
         description="The event loop every `mrhub serve` process runs on: uvloop (libuv, in C; "
         "faust's own supported choice, `mode.loop.use`) or the standard library's. uvloop "
-        "takes about a tenth off the patient index's CPU per record (docs/performance.md, "
+        "takes 7–9 % off the patient index's CPU per record (docs/performance.md, "
         "issue 15, eighth session); `asyncio` is the fallback should a platform lack it. "
         "``MRHUB_EVENT_LOOP``.",
     )

@@ -157,7 +157,7 @@ def test_a_new_master_is_minted_on_its_anchor_s_partition_and_known_as_its_own()
     from services.common.partitioner import partition_for
     from services.patient_index.identity import minted_from
 
-    keys = [f"{i:032x}" for i in range(0, 2**128, 2**121)]  # 64 anchors spread over the hash
+    keys = [f"{i:032x}" for i in range(0, 2**128, 2**121)]  # 128 anchors spread over the hash
     for partitions in (1, 6, 12, 64):
         placed = 0
         for key in keys:
