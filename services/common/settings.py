@@ -74,14 +74,17 @@ class KafkaSettings(_Frozen):
         "`commit_interval_s`; the default follows a shorter `commit_interval_s`.",
     )
     producer_linger_ms: int = Field(
-        default=5,
+        default=100,
         ge=0,
         le=1000,
         description="How long a streaming worker's Kafka producer waits to fill a batch "
-        "before sending it (aiokafka's linger_ms). 0 sends every message as soon as the "
-        "sender is free: many small produce requests, each encoded in Python. 5 ms cut the "
-        "CPU per message and hop by about a third (docs/performance.md) and adds at most "
-        "5 ms per hop to a record's way, against the commit interval's up to 1 s.",
+        "before sending it (aiokafka's linger_ms; Kafka Streams' default is 100 too). Every "
+        "worker runs exactly_once: downstream reads a stage's output only once its "
+        "transaction commits, and a commit sends whatever still lingers first, so a longer "
+        "linger costs a record's way one produce round trip per hop, not the linger itself. "
+        "100 ms instead of 5 took the patient index from about 1,050 to about 860 µs of CPU "
+        "per record (fewer, fuller produce requests; docs/performance.md). 0 sends every "
+        "message as soon as the sender is free: many small requests, each encoded in Python.",
     )
     client_id_prefix: str = "mrhub"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

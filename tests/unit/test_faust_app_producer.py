@@ -26,8 +26,8 @@ def _linger_ms(tmp_path: Path, **kafka: object) -> int:
     return int(_producer(tmp_path, **kafka).linger_ms)
 
 
-def test_a_worker_batches_its_outputs_for_five_ms_by_default(tmp_path: Path) -> None:
-    assert _linger_ms(tmp_path) == 5
+def test_a_worker_batches_its_outputs_for_a_hundred_ms_by_default(tmp_path: Path) -> None:
+    assert _linger_ms(tmp_path) == 100
 
 
 def test_the_linger_setting_reaches_the_producer(tmp_path: Path) -> None:
