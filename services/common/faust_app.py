@@ -162,7 +162,9 @@ def make_app(
         "web_application_options": web_application_options(guard),
         **FAUST_WEB_SETTINGS,
         "producer_acks": -1,
-        # batches of several messages per produce request instead of one each
+        # batches of several messages per produce request instead of one each; a commit
+        # sends what still lingers first (tests/integration/test_producer_linger.py), so
+        # under exactly_once the linger is not added to a record's way
         "producer_linger": settings.kafka.producer_linger_ms / 1000,
         # Kafka's murmur2 in C instead of aiokafka's pure Python (the same partitions)
         "producer_partitioner": PARTITIONER,
