@@ -364,9 +364,7 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
             return False
         same = one_transaction.get(msg.topic)
         if same is None:  # once per topic and assignment
-            same = transactional_id(app, msg.topic, part) == transactional_id(
-                app, by_master_name, part
-            )
+            same = stages.source_transaction(event) == transactional_id(app, by_master_name, part)
             one_transaction[msg.topic] = same
         return same
 
